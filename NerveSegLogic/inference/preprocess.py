@@ -1,0 +1,196 @@
+"""Pre- and post-processing shared by live inference, training, evaluation and pre-labelling.
+
+A model card's ``input`` block says how a frame becomes the model's input::
+
+    "input": {"size": [256, 256], "channels": 1, "resize": "fit_width_pad_crop_bottom", "normalize": "unit"}
+
+resize modes:
+- ``fit_width_pad_crop_bottom`` (Smistad et al.): scale so the width equals the input width, keeping the aspect;
+  a frame that comes out shorter is zero-padded at the bottom, a taller one loses its bottom (the deepest tissue).
+- ``resize``: stretch to the input size (BPMSegNet resizes to 640x640).
+- ``letterbox``: scale to fit inside, keeping the aspect, zero-pad right and bottom.
+
+normalize modes: ``unit`` maps the dtype's range to 0..1 (uint8 / 255, uint16 / 65535; float input is taken as
+0..255 when its maximum exceeds 1.5, else as 0..1); ``zscore`` then subtracts the frame's mean and divides by its
+standard deviation.
+
+Everything here is numpy + OpenCV; nothing imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+RESIZE_MODES = ("fit_width_pad_crop_bottom", "resize", "letterbox")
+NORMALIZE_MODES = ("unit", "zscore")
+
+#: Smistad et al.: regions smaller than a circle of radius 7 pixels are ignored.
+MIN_COMPONENT_RADIUS_PX = 7
+MIN_COMPONENT_AREA_PX = int(np.ceil(np.pi * MIN_COMPONENT_RADIUS_PX ** 2))  # 154
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The ``input`` block of a model card."""
+
+    height: int
+    width: int
+    channels: int = 1
+    resize: str = "fit_width_pad_crop_bottom"
+    normalize: str = "unit"
+
+    def __post_init__(self):
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"input size must be positive, got {self.height}x{self.width}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"input channels must be 1 or 3, got {self.channels}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"input.resize {self.resize!r} unknown; expected one of {RESIZE_MODES}")
+        if self.normalize not in NORMALIZE_MODES:
+            raise ValueError(f"input.normalize {self.normalize!r} unknown; expected one of {NORMALIZE_MODES}")
+
+    @classmethod
+    def from_card(cls, block: Mapping) -> "InputSpec":
+        """From a card's ``input`` mapping; KeyError/ValueError name the missing or bad field."""
+        try:
+            height, width = (int(v) for v in block["size"])
+        except KeyError:
+            raise KeyError("model card 'input' block has no 'size' [height, width]") from None
+        return cls(height=height, width=width, channels=int(block.get("channels", 1)),
+                   resize=str(block.get("resize", "fit_width_pad_crop_bottom")),
+                   normalize=str(block.get("normalize", "unit")))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the scaled frame sits inside the model input, so outputs can be mapped back.
+
+    The frame (``src_h`` x ``src_w``) was scaled to ``scaled_h`` x ``scaled_w`` and its top-left
+    ``valid_h`` x ``valid_w`` part copied to the top-left of the input (the rest of the input is zero).
+    """
+
+    src_h: int
+    src_w: int
+    scaled_h: int
+    scaled_w: int
+    valid_h: int
+    valid_w: int
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """(H, W) from (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); colour by luminance (ITU-R BT.601), dtype kept."""
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        rgb = image[:, :, :3].astype(np.float32)
+        grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        if np.issubdtype(image.dtype, np.integer):
+            return np.clip(np.rint(grey), 0, np.iinfo(image.dtype).max).astype(image.dtype)
+        return grey.astype(image.dtype)
+    raise ValueError(f"expected a grey or RGB image (H, W[, 1|3|4]), got shape {image.shape}")
+
+
+def normalize(image: np.ndarray, mode: str = "unit") -> np.ndarray:
+    """float32 image in 0..1 (``unit``) or zero mean, unit variance (``zscore``)."""
+    if image.dtype == np.uint8:
+        out = image.astype(np.float32) / 255.0
+    elif image.dtype == np.uint16:
+        out = image.astype(np.float32) / 65535.0
+    elif np.issubdtype(image.dtype, np.floating):
+        out = image.astype(np.float32)
+        if out.size and float(out.max()) > 1.5:
+            out = out / 255.0
+    else:
+        raise ValueError(f"unsupported image dtype {image.dtype}; expected uint8, uint16 or float")
+    if mode == "zscore":
+        out = (out - out.mean()) / max(float(out.std()), 1e-6)
+    elif mode != "unit":
+        raise ValueError(f"normalize mode {mode!r} unknown; expected one of {NORMALIZE_MODES}")
+    return out
+
+
+def place(image: np.ndarray, spec: InputSpec, interpolation: int = cv2.INTER_LINEAR) -> Tuple[np.ndarray, Placement]:
+    """Scale ``image`` (H, W) or (H, W, C) into a zero canvas of the input size; return it and its placement."""
+    src_h, src_w = image.shape[:2]
+    if src_h == 0 or src_w == 0:
+        raise ValueError(f"cannot preprocess an empty image of shape {image.shape}")
+    if spec.resize == "resize":
+        scaled_h, scaled_w = spec.height, spec.width
+    elif spec.resize == "fit_width_pad_crop_bottom":
+        scaled_w = spec.width
+        scaled_h = max(1, int(round(src_h * spec.width / src_w)))
+    else:  # letterbox
+        factor = min(spec.height / src_h, spec.width / src_w)
+        scaled_h, scaled_w = max(1, int(round(src_h * factor))), max(1, int(round(src_w * factor)))
+    scaled = image if (scaled_h, scaled_w) == (src_h, src_w) else cv2.resize(
+        image, (scaled_w, scaled_h), interpolation=interpolation)
+    valid_h, valid_w = min(scaled_h, spec.height), min(scaled_w, spec.width)
+    canvas = np.zeros((spec.height, spec.width) + image.shape[2:], dtype=scaled.dtype)
+    canvas[:valid_h, :valid_w] = scaled[:valid_h, :valid_w]
+    return canvas, Placement(src_h, src_w, scaled_h, scaled_w, valid_h, valid_w)
+
+
+def preprocess(image: np.ndarray, spec: InputSpec) -> Tuple[np.ndarray, Placement]:
+    """Model input ``(channels, height, width)`` float32 for one frame, and the placement to undo it."""
+    grey = to_grey(image)
+    canvas, placement = place(normalize(grey, "unit"), spec)
+    if spec.normalize == "zscore":
+        valid = canvas[:placement.valid_h, :placement.valid_w]
+        canvas = (canvas - valid.mean()) / max(float(valid.std()), 1e-6)
+    tensor = canvas[np.newaxis].astype(np.float32, copy=False)
+    if spec.channels == 3:
+        tensor = np.repeat(tensor, 3, axis=0)
+    return tensor, placement
+
+
+def place_mask(mask: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A label mask (H, W) placed like its image (nearest neighbour), for training targets."""
+    canvas, _ = place(mask, spec, interpolation=cv2.INTER_NEAREST)
+    return canvas
+
+
+def restore(maps: np.ndarray, placement: Placement, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Undo :func:`place` for per-class maps ``(C, h, w)`` in input size: ``(C, src_h, src_w)`` float32.
+
+    Rows that were cropped away (below the input's bottom) get the background class: probability 1 for channel 0
+    and 0 elsewhere, so nothing is claimed in tissue the model never saw.
+    """
+    if maps.ndim != 3:
+        raise ValueError(f"expected (C, H, W) maps, got shape {maps.shape}")
+    channels = maps.shape[0]
+    scaled = np.zeros((channels, placement.scaled_h, placement.scaled_w), dtype=np.float32)
+    scaled[0] = 1.0
+    scaled[:, :placement.valid_h, :placement.valid_w] = maps[:, :placement.valid_h, :placement.valid_w]
+    # OpenCV resizes up to 512 channels at once when they are last.
+    hwc = np.ascontiguousarray(scaled.transpose(1, 2, 0))
+    out = cv2.resize(hwc, (placement.src_w, placement.src_h), interpolation=interpolation)
+    if out.ndim == 2:
+        out = out[:, :, np.newaxis]
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def restore_mask(mask: np.ndarray, placement: Placement) -> np.ndarray:
+    """Undo :func:`place` for an (h, w) mask (nearest neighbour); cropped rows become 0."""
+    scaled = np.zeros((placement.scaled_h, placement.scaled_w), dtype=mask.dtype)
+    scaled[:placement.valid_h, :placement.valid_w] = mask[:placement.valid_h, :placement.valid_w]
+    return cv2.resize(scaled, (placement.src_w, placement.src_h), interpolation=cv2.INTER_NEAREST)
+
+
+def remove_small_components(labelmap: np.ndarray, min_area: int = MIN_COMPONENT_AREA_PX,
+                            labels: Sequence[int] = ()) -> np.ndarray:
+    """Labelmap with every connected region (8-connected, per label) smaller than ``min_area`` pixels set to 0."""
+    out = labelmap.copy()
+    present = labels or [int(v) for v in np.unique(labelmap) if v != 0]
+    for value in present:
+        binary = (labelmap == value).astype(np.uint8)
+        count, components, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        small = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < min_area) + 1
+        if small.size:
+            out[np.isin(components, small)] = 0
+    return out
