@@ -155,17 +155,20 @@ def place_mask(mask: np.ndarray, spec: InputSpec) -> np.ndarray:
     return canvas
 
 
-def restore(maps: np.ndarray, placement: Placement, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+def restore(maps: np.ndarray, placement: Placement, interpolation: int = cv2.INTER_LINEAR,
+            background_channel: bool = True) -> np.ndarray:
     """Undo :func:`place` for per-class maps ``(C, h, w)`` in input size: ``(C, src_h, src_w)`` float32.
 
     Rows that were cropped away (below the input's bottom) get the background class: probability 1 for channel 0
-    and 0 elsewhere, so nothing is claimed in tissue the model never saw.
+    and 0 elsewhere, so nothing is claimed in tissue the model never saw. With ``background_channel=False``
+    (e.g. per-instance masks) they get 0 in every channel.
     """
     if maps.ndim != 3:
         raise ValueError(f"expected (C, H, W) maps, got shape {maps.shape}")
     channels = maps.shape[0]
     scaled = np.zeros((channels, placement.scaled_h, placement.scaled_w), dtype=np.float32)
-    scaled[0] = 1.0
+    if background_channel:
+        scaled[0] = 1.0
     scaled[:, :placement.valid_h, :placement.valid_w] = maps[:, :placement.valid_h, :placement.valid_w]
     # OpenCV resizes up to 512 channels at once when they are last.
     hwc = np.ascontiguousarray(scaled.transpose(1, 2, 0))

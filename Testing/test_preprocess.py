@@ -1,0 +1,77 @@
+"""Pre/post-processing: frames go into the model input and results come back to the frame's own pixels."""
+
+import numpy as np
+import pytest
+
+from NerveSegLogic.inference import preprocess as pp
+
+
+def test_fit_width_pads_short_frames_at_the_bottom():
+    spec = pp.InputSpec(height=256, width=256)
+    image = np.full((100, 200), 255, np.uint8)  # scaled to 128 x 256: 128 rows of padding below
+    tensor, placement = pp.preprocess(image, spec)
+    assert tensor.shape == (1, 256, 256) and tensor.dtype == np.float32
+    assert placement.scaled_h == 128 and placement.valid_h == 128
+    assert np.allclose(tensor[0, :128], 1.0) and np.allclose(tensor[0, 128:], 0.0)
+
+
+def test_fit_width_crops_tall_frames_at_the_bottom_and_restore_marks_the_crop_background():
+    spec = pp.InputSpec(height=64, width=64)
+    image = np.zeros((256, 128), np.uint8)
+    image[:64] = 200  # only the top half survives the crop (scaled to 128 x 64)
+    tensor, placement = pp.preprocess(image, spec)
+    assert (placement.scaled_h, placement.valid_h) == (128, 64)
+    probs = np.zeros((3, 64, 64), np.float32)
+    probs[2] = 1.0  # the model says class 2 everywhere it looked
+    back = pp.restore(probs, placement)
+    assert back.shape == (3, 256, 128)
+    assert np.allclose(back[2, :120], 1.0)  # seen rows keep the model's answer
+    assert np.allclose(back[0, 136:], 1.0) and np.allclose(back[2, 136:], 0.0)  # cropped rows: background
+
+
+@pytest.mark.parametrize("mode", ["resize", "letterbox", "fit_width_pad_crop_bottom"])
+def test_mask_placed_and_restored_returns_to_the_frame(mode):
+    spec = pp.InputSpec(height=128, width=128, resize=mode)
+    mask = np.zeros((120, 100), np.uint8)
+    mask[30:90, 20:70] = 1
+    placed = pp.place_mask(mask, spec)
+    _, placement = pp.place(mask, spec)
+    back = pp.restore_mask(placed, placement)
+    assert back.shape == mask.shape
+    agreement = (back == mask).mean()
+    assert agreement > 0.98, agreement
+
+
+def test_rgb_frames_become_grey_by_luminance():
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[..., 0] = 100
+    rgb[..., 1] = 200
+    grey = pp.to_grey(rgb)
+    assert grey.shape == (2, 2) and grey.dtype == np.uint8
+    assert grey[0, 0] == round(0.299 * 100 + 0.587 * 200)
+
+
+def test_normalize_maps_each_dtype_to_unit_range():
+    assert pp.normalize(np.array([[0, 255]], np.uint8)).tolist() == [[0.0, 1.0]]
+    assert pp.normalize(np.array([[0, 65535]], np.uint16)).tolist() == [[0.0, 1.0]]
+    assert np.allclose(pp.normalize(np.array([[0.0, 255.0]], np.float32)), [[0.0, 1.0]])
+    with pytest.raises(ValueError, match="dtype"):
+        pp.normalize(np.array([[1, 2]], np.int64))
+
+
+def test_small_components_below_a_7_pixel_radius_circle_are_removed():
+    labelmap = np.zeros((100, 100), np.uint8)
+    labelmap[5:15, 5:15] = 1  # 100 px < 154 px: removed
+    labelmap[40:60, 40:60] = 1  # 400 px: kept
+    labelmap[80:93, 80:93] = 2  # 169 px: kept
+    out = pp.remove_small_components(labelmap)
+    assert pp.MIN_COMPONENT_AREA_PX == 154
+    assert out[10, 10] == 0 and out[50, 50] == 1 and out[85, 85] == 2
+    assert (out != 0).sum() == 400 + 169
+
+
+def test_input_spec_refuses_unknown_modes_naming_the_field():
+    with pytest.raises(ValueError, match="input.resize"):
+        pp.InputSpec(height=8, width=8, resize="stretchy")
+    with pytest.raises(KeyError, match="size"):
+        pp.InputSpec.from_card({"channels": 1})
