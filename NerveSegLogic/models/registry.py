@@ -1,0 +1,278 @@
+"""The model registry: names -> model cards -> models, weights and ONNX graphs.
+
+Each registered model is a card file ``Resources/Models/<name>.json`` (see :mod:`.card`). The card's
+``architecture`` key selects a builder through the one fixed table :data:`ARCHITECTURES` below; a string is never
+turned into an arbitrary import. Importing this module does not import torch: the architecture modules and torch
+load when a model is first built.
+
+    from NerveSegLogic.models import registry
+    registry.names()                        # ['attention-unet', 'bpmsegnet', ...]
+    model = registry.load("smistad-unet")   # eval mode, sha256-checked safetensors weights
+    registry.export_onnx("sa-unet", "sa-unet.onnx")
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
+
+from NerveSegLogic.resources import models_dir
+
+from .card import ModelCard, load_card
+from .weights import WeightsError, apply_weights, read_weights, save_weights as _save_weights
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+log = logging.getLogger(__name__)
+
+#: architecture key (a card's "architecture") -> (module inside NerveSegLogic.models, builder function).
+#: The only way a card reaches code: a fixed table, not an import path taken from the card.
+ARCHITECTURES: Dict[str, Tuple[str, str]] = {
+    "smistad_unet": ("smistad_unet", "build_smistad_unet"),
+    "sa_unet": ("sa_unet", "build_sa_unet"),
+    "ragcm": ("ragcm", "build_ragcm"),
+    "bpmsegnet": ("bpmsegnet", "build_bpmsegnet"),
+    "monai_unet": ("baselines", "build_monai_unet"),
+    "monai_attention_unet": ("baselines", "build_monai_attention_unet"),
+    "monai_unetplusplus": ("baselines", "build_monai_unetplusplus"),
+}
+
+ONNX_INPUT = "image"
+ONNX_OUTPUT = "probabilities"
+
+
+# --------------------------------------------------------------------------------------------------------- cards
+def _cards_dir(directory: Optional[os.PathLike]) -> Path:
+    return Path(directory) if directory is not None else models_dir()
+
+
+def _card_files(directory: Optional[os.PathLike]) -> Dict[str, Path]:
+    folder = _cards_dir(directory)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model card folder {folder} does not exist")
+    return {path.stem: path for path in sorted(folder.glob("*.json"))}
+
+
+def names(directory: Optional[os.PathLike] = None) -> List[str]:
+    """Registered model names (card file stems), sorted."""
+    return sorted(_card_files(directory))
+
+
+def card(name: str, directory: Optional[os.PathLike] = None) -> ModelCard:
+    """The validated card of ``name``, read fresh from disk (callers never share one mutable object).
+
+    Raises KeyError listing the valid names for an unknown name; ValueError naming the file and field for an
+    invalid card, including an architecture the registry does not know.
+    """
+    files = _card_files(directory)
+    if name not in files:
+        raise KeyError(f"unknown model {name!r}; valid names: {', '.join(sorted(files)) or '(none)'}")
+    result = load_card(files[name])
+    if result.architecture not in ARCHITECTURES:
+        raise ValueError(f"{files[name]}: field 'architecture': {result.architecture!r} is not a known "
+                         f"architecture; expected one of {', '.join(sorted(ARCHITECTURES))}")
+    return result
+
+
+_card_by_name = card  # export_onnx has a parameter named ``card``
+
+
+def cards(directory: Optional[os.PathLike] = None) -> List[ModelCard]:
+    """Every card, sorted by name."""
+    return [card(name, directory) for name in names(directory)]
+
+
+def default_name(directory: Optional[os.PathLike] = None) -> str:
+    """The name of the card marked ``"default": true``; ValueError unless exactly one card has it."""
+    marked = [c.name for c in cards(directory) if c.default]
+    if len(marked) != 1:
+        raise ValueError(f"exactly one model card must have \"default\": true; found {len(marked)}: {marked}")
+    return marked[0]
+
+
+# -------------------------------------------------------------------------------------------------------- models
+def builder(architecture: str):
+    """The builder function for an architecture key of :data:`ARCHITECTURES` (imports its module, and torch)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of {', '.join(sorted(ARCHITECTURES))}")
+    module_name, function_name = ARCHITECTURES[architecture]
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    return getattr(module, function_name)
+
+
+def build_from_card(model_card: ModelCard, **overrides: Any) -> "torch.nn.Module":
+    """A randomly initialised model from a card's architecture and build arguments (plus ``overrides``)."""
+    model = builder(model_card.architecture)(**model_card.build_kwargs(**overrides))
+    model.nerveseg_name = model_card.name
+    model.nerveseg_architecture = model_card.architecture
+    return model
+
+
+def build(name: str, directory: Optional[os.PathLike] = None, **overrides: Any) -> "torch.nn.Module":
+    """A randomly initialised model for ``name`` (train mode, as torch builds it).
+
+    ``overrides`` replace the card's build arguments (e.g. ``num_classes=5``, or smaller proposal counts in tests).
+    """
+    return build_from_card(card(name, directory), **overrides)
+
+
+def parameter_count(name_or_card: Union[str, ModelCard], directory: Optional[os.PathLike] = None) -> int:
+    """Number of parameters (trainable or not; buffers excluded), counted without allocating them (meta device)."""
+    import torch
+
+    model_card = card(name_or_card, directory) if isinstance(name_or_card, str) else name_or_card
+    with torch.device("meta"):
+        model = build_from_card(model_card)
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_from_card(model_card: ModelCard, device: str = "cpu", weights_path: Optional[os.PathLike] = None,
+                   sha256: Optional[str] = None) -> "torch.nn.Module":
+    """A model in eval mode with the card's weights (or ``weights_path``) loaded; see :func:`load`."""
+    path = Path(weights_path) if weights_path is not None else model_card.weights_path
+    if path is None:
+        raise WeightsError(f"model {model_card.name!r} ships no weights (its card {model_card.path} has "
+                           f"\"weights\": null); train it first or pass weights_path")
+    expected = sha256 or (model_card.weights or {}).get("sha256")
+    if expected is None:
+        # Only an explicit file the caller vouches for (e.g. a checkpoint it just wrote) gets here.
+        log.warning("loading %s without a sha256 check: the card of %s lists no checksum", path, model_card.name)
+    tensors = read_weights(path, expected)
+    model = build_from_card(model_card)
+    apply_weights(model, tensors, path)
+    return model.to(device).eval()
+
+
+def load(name: str, device: str = "cpu", weights_path: Optional[os.PathLike] = None,
+         sha256: Optional[str] = None, directory: Optional[os.PathLike] = None) -> "torch.nn.Module":
+    """The model ``name`` in eval mode on ``device`` with weights from safetensors (never unpickled).
+
+    The file is the card's ``weights.file`` (next to the card) unless ``weights_path`` is given; its sha256 must
+    equal ``sha256`` or else the card's ``weights.sha256``. float16 files are cast to float32. Raises
+    :class:`WeightsError` naming the file when it is missing, its checksum differs, it is not safetensors, or its
+    keys or shapes differ from the model; KeyError for an unknown name.
+    """
+    return load_from_card(card(name, directory), device=device, weights_path=weights_path, sha256=sha256)
+
+
+def save_weights(model: "torch.nn.Module", path: os.PathLike, dtype: str = "float32") -> str:
+    """Write ``model``'s weights to ``path`` (safetensors; metadata names the architecture); return the sha256."""
+    return _save_weights(model, path, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------- ONNX
+def export_onnx(name_or_module: Union[str, "torch.nn.Module"], path: os.PathLike, card: Optional[ModelCard] = None,
+                opset: int = 17, allow_random_weights: bool = False) -> Path:
+    """Export a semantic model to ONNX: input ``image`` (B, C, H, W) float32, output ``probabilities``
+    (B, K, H, W), softmax over the K classes, dynamic batch axis, H and W fixed to the card's input size.
+
+    A name loads the card's weights (WeightsError when it ships none, unless ``allow_random_weights``); a module is
+    exported as it is, with ``card`` giving the input size (default: the module's card name, else 1x256x256).
+    The card is stored in the graph's metadata (``nerveseg.card``). Raises ValueError for instance models, whose
+    two-stage, data-dependent output (proposals, NMS, per-instance masks) is not exported.
+    """
+    import torch
+
+    model_card = card
+    if isinstance(name_or_module, str):
+        model_card = model_card or _card_by_name(name_or_module)
+        _check_semantic(model_card)
+        if model_card.has_weights or not allow_random_weights:
+            module = load_from_card(model_card)
+        else:
+            log.warning("exporting %s with random weights: its card lists no trained weights", model_card.name)
+            module = build_from_card(model_card).eval()
+    else:
+        module = name_or_module
+        if model_card is None and getattr(module, "nerveseg_name", None):
+            model_card = _card_by_name(module.nerveseg_name)
+        if model_card is not None:
+            _check_semantic(model_card)
+        elif getattr(module, "task", "semantic") == "instance":
+            raise ValueError(_INSTANCE_EXPORT_REFUSAL)
+    if model_card is not None:
+        channels, height, width = model_card.input.channels, model_card.input.height, model_card.input.width
+    else:
+        channels, height, width = 1, 256, 256
+
+    was_training = module.training
+    wrapper = _with_softmax(module).eval()
+    example = torch.zeros(1, channels, height, width, dtype=torch.float32)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The TorchScript-based exporter: the dynamo one needs onnxscript, which is not a dependency.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                              dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+                              do_constant_folding=True)
+    finally:
+        module.train(was_training)
+    _add_metadata(path, model_card)
+    return path
+
+
+_INSTANCE_EXPORT_REFUSAL = ("instance models are not exported to ONNX: their output (proposals, NMS, per-instance "
+                            "boxes and masks) has a data-dependent size; run them with the torch backend")
+
+
+def _check_semantic(model_card: ModelCard) -> None:
+    if model_card.task != "semantic":
+        raise ValueError(f"{model_card.name}: {_INSTANCE_EXPORT_REFUSAL}")
+
+
+def _add_metadata(path: Path, model_card: Optional[ModelCard]) -> None:
+    import onnx
+
+    graph = onnx.load(str(path))
+    entries = {"nerveseg.output": ONNX_OUTPUT}
+    if model_card is not None:
+        entries["nerveseg.name"] = model_card.name
+        entries["nerveseg.card"] = json.dumps(model_card.to_json(), sort_keys=True)
+    for key, value in entries.items():
+        prop = graph.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+
+
+def _with_softmax(model: "torch.nn.Module") -> "torch.nn.Module":
+    """``model`` followed by a softmax over the class axis (what the ONNX graph outputs)."""
+    import torch
+
+    class Probabilities(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.model(image), dim=1)
+
+    return Probabilities(model)
+
+
+def describe(model_card: ModelCard) -> Dict[str, Any]:
+    """The summary `nerveseg models list --json` prints for one card (parameters counted on the meta device)."""
+    speed = model_card.speed or {}
+    return {
+        "name": model_card.name,
+        "task": model_card.task,
+        "architecture": model_card.architecture,
+        "classes": [c.key for c in model_card.classes],
+        "parameters": parameter_count(model_card),
+        "weights": model_card.has_weights,
+        "default": model_card.default,
+        "cpu_ms_per_frame": copy.deepcopy(speed.get("cpu_ms_per_frame")),
+        "input": [model_card.input.height, model_card.input.width],
+        "summary": model_card.summary,
+    }
