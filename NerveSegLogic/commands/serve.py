@@ -1,0 +1,56 @@
+"""``nerveseg serve``: headless segmentation server, IGTL images in, IGTL labelmaps out."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Headless form of the live path, for a GPU (or CPU) box serving Slicer laptops:
+receives OpenIGTLink IMAGE messages from PLUS (or any IGTL server) at --input, segments the newest frame with the
+chosen model, and sends every segmentation out as an IGTL IMAGE message (device name NerveSegLabel, same geometry
+and the same IGTL timestamp as the frame it was computed from, one label value per class) to every client
+connected on --port. In 3D Slicer, connect OpenIGTLinkIF as a client to this port to see the labelmap.
+Reconnects to the input with backoff when it goes away; Ctrl-C stops cleanly.
+Research use only, not for clinical decisions."""
+
+EPILOG = """\
+defaults: --port 18945, --model the registry's default, --device any IMAGE (whatever its device name),
+          --backend torch, --compute auto (CUDA when present, else CPU).
+example:
+  nerveseg serve --input 127.0.0.1:18944 --port 18945
+  nerveseg serve --input plus-host:18944 --port 18945 --model smistad-unet --device Image_Reference"""
+
+
+def parse_host_port(text: str):
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:18944), got {text!r}")
+    return host, int(port)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("serve", help="receive IGTL images, send segmentations back out as IGTL images",
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, type=parse_host_port, metavar="HOST:PORT",
+                        help="the IGTL server to receive images from (PLUS: port 18944)")
+    parser.add_argument("--port", type=int, default=18945, help="port that clients connect to (default: %(default)s)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--model", default=None, help="registered model name (default: the registry's default)")
+    parser.add_argument("--device", default=None, metavar="NAME",
+                        help="only segment IMAGE messages of this IGTL device name (default: any)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="(default: %(default)s)")
+    parser.add_argument("--compute", default="auto", help="torch device: auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=0, help="stop after this many results (default: run forever)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..live_serve import ServeOptions, run_serve
+
+    host, port = args.input
+    options = ServeOptions(input_host=host, input_port=port, port=args.port, host=args.host, model=args.model,
+                           device_name=args.device, backend=args.backend, compute=args.compute,
+                           max_results=args.frames)
+    run_serve(options)
+    return 0

@@ -1,0 +1,221 @@
+"""The demo run behind ``nerveseg demo``: replay server -> receiver -> engine -> MRML scene, then the outputs.
+
+Kept apart from the command so the benchmark and tests drive the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: After the replay server has sent its last frame, how long to wait for the pipeline to drain (s).
+DRAIN_TIMEOUT_S = 30.0
+#: How many single overlay PNGs to keep (evenly spread over the run); the video has every applied frame.
+OVERLAY_PICTURES = 8
+
+
+@dataclass
+class DemoOptions:
+    out: str = "nerveseg-demo"
+    frames: int = 48
+    fps: float = 25.0
+    model: Optional[str] = None
+    backend: str = "torch"
+    device: str = "cpu"
+    source: Optional[str] = None
+    video: bool = True
+    port: int = 0  # 0: an ephemeral port, so two demos never collide
+    quiet: bool = False
+
+
+@dataclass
+class _Kept:
+    """What the overlay sink keeps of each applied result (references, no copies: frames are not reused)."""
+
+    items: List[tuple] = field(default_factory=list)
+
+    def __call__(self, result) -> None:
+        self.items.append((result.frame_id, result.frame.image, result.labelmap))
+
+
+def run_demo(options: DemoOptions) -> dict:
+    """Run the demo; returns the summary (also written to ``<out>/summary.json``)."""
+    from .inference.segmenter import Segmenter
+    from .models import registry
+    from .pipeline import LivePipeline
+    from .resources import sample_dir
+    from .scene import LiveScene
+    from .stream.receiver import ImageReceiver
+    from .stream.replay import ReplayServer
+
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_name = options.model or registry.default_name()
+    say = (lambda *a: None) if options.quiet else print
+
+    say(f"loading model {model_name} ({options.backend}) ...")
+    segmenter = Segmenter.from_name(model_name, backend=options.backend, device=options.device)
+    source = Path(options.source) if options.source else sample_dir()
+    replay = ReplayServer(source, host="127.0.0.1", port=options.port, fps=options.fps, loop=True,
+                          max_frames=options.frames, wait_for_client=True)
+    first = replay.peek_frame() if hasattr(replay, "peek_frame") else None
+    segmenter.warm_up(*(first.shape[:2] if first is not None else (512, 534)))
+
+    scene = LiveScene(segmenter.classes, record=True)
+    kept = _Kept()
+    replay.start()
+    receiver = ImageReceiver("127.0.0.1", replay.port, device_name="Image_Reference")
+    pipeline = LivePipeline(receiver, segmenter, sinks=[scene.apply, kept])
+    say(f"replaying {options.frames} frames from {source} at {options.fps:g} fps on 127.0.0.1:{replay.port}")
+
+    started = time.perf_counter()
+    interrupted = False
+    pipeline.start()
+    try:
+        deadline = None
+        while True:
+            pipeline.poll(timeout=0.02)
+            if replay.done.is_set():
+                deadline = deadline or time.perf_counter() + DRAIN_TIMEOUT_S
+                received_all = pipeline.frames.put_count >= replay.frames_sent
+                if (received_all and pipeline.all_accounted()) or time.perf_counter() > deadline:
+                    break
+    except KeyboardInterrupt:
+        interrupted = True
+        say("interrupted: stopping and saving what was recorded")
+    finally:
+        pipeline.stop()
+        replay.stop()
+    wall_s = time.perf_counter() - started
+
+    say("saving the scene and overlays ...")
+    scene_path = scene.save(out / "scene")
+    pictures = _write_overlays(out, kept.items, segmenter.classes, options.video)
+    summary = _summary(options, model_name, segmenter, replay, pipeline, scene, scene_path, pictures, wall_s,
+                       interrupted)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if not options.quiet:
+        print(format_summary(summary))
+    return summary
+
+
+def _write_overlays(out: Path, items, classes, video: bool) -> dict:
+    import cv2
+
+    from .overlay import contact_sheet, render_overlay
+
+    folder = out / "overlays"
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("frame_*.png"):
+        old.unlink()  # a previous run's pictures would mix with this run's
+    written = {"pictures": [], "contact_sheet": None, "video": None}
+    if not items:
+        return written
+    rendered = [render_overlay(image, labelmap, classes, caption=f"frame {frame_id}")
+                for frame_id, image, labelmap in items]
+    chosen = sorted(set(np.linspace(0, len(rendered) - 1, min(OVERLAY_PICTURES, len(rendered))).astype(int)))
+    for index in chosen:
+        path = folder / f"frame_{items[index][0]:04d}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(rendered[index], cv2.COLOR_RGB2BGR))
+        written["pictures"].append(str(path.relative_to(out)))
+    sheet = out / "overlays.png"
+    cv2.imwrite(str(sheet), cv2.cvtColor(contact_sheet([rendered[i] for i in chosen]), cv2.COLOR_RGB2BGR))
+    written["contact_sheet"] = sheet.name
+    if video:
+        written["video"] = _write_video(out / "overlay.mp4", rendered)
+    return written
+
+
+def _write_video(path: Path, pictures, fps: float = 10.0) -> Optional[str]:
+    """MP4 (MPEG-4 part 2, which OpenCV's bundled FFmpeg writes everywhere) of same-size pictures."""
+    import cv2
+
+    height, width = pictures[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        log.warning("could not open a video writer for %s; no overlay video", path)
+        return None
+    try:
+        for picture in pictures:
+            if picture.shape[:2] != (height, width):
+                picture = cv2.resize(picture, (width, height), interpolation=cv2.INTER_AREA)
+            writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return path.name
+
+
+def _summary(options, model_name, segmenter, replay, pipeline, scene, scene_path, pictures, wall_s,
+             interrupted) -> dict:
+    counters = pipeline.counters()
+    percentiles = pipeline.stats.percentiles()
+    latency = {}
+    for key, values in percentiles.items():
+        latency[key] = {k: round(values[k], 2) for k in ("p50", "p95", "p99", "mean")}
+        latency[key]["n"] = values["n"]
+    summary = {
+        "model": model_name,
+        "backend": segmenter.describe(),
+        "frames_sent": int(replay.frames_sent),
+        "frames_received": counters["frames_received"],
+        "frames_segmented": counters["frames_segmented"],
+        "frames_applied": counters["frames_applied"],
+        "frames_dropped": counters["frames_dropped"],
+        "frames_dropped_before_inference": counters["frames_dropped_before_inference"],
+        "results_dropped_before_apply": counters["results_dropped_before_apply"],
+        "inference_errors": counters["inference_errors"],
+        "fps": round(pipeline.stats.fps(), 2),
+        "replay_fps": options.fps,
+        "latency_ms": latency,
+        "latency_note": "total = received to applied; receive = sender timestamp to received (same clock); "
+                        "wait = in the newest-frame slot; apply = to the main thread, MRML update and recording",
+        "scene": str(Path(scene_path).relative_to(Path(options.out))) if scene_path else None,
+        "recorded_items": int(getattr(scene, "applied_count", counters["frames_applied"])),
+        "overlays": pictures,
+        "wall_s": round(wall_s, 2),
+        "interrupted": interrupted,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "python": platform.python_version(),
+    }
+    if "receiver" in counters:
+        summary["receiver"] = counters["receiver"]
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The table the demo prints."""
+    lines = [
+        "",
+        f"NerveSeg demo: {summary['model']} on {summary['backend']}",
+        f"  frames sent {summary['frames_sent']}, received {summary['frames_received']}, "
+        f"segmented {summary['frames_segmented']}, applied {summary['frames_applied']}, "
+        f"dropped {summary['frames_dropped']} (stale before inference {summary['frames_dropped_before_inference']}, "
+        f"before apply {summary['results_dropped_before_apply']})",
+        f"  sustained {summary['fps']:.1f} fps (replayed at {summary['replay_fps']:g} fps), "
+        f"wall time {summary['wall_s']:.1f} s",
+        "",
+        f"  {'latency (ms)':<14}{'p50':>9}{'p95':>9}{'p99':>9}",
+    ]
+    for key in ("total", "receive", "wait", "preprocess", "inference", "postprocess", "apply"):
+        values = summary["latency_ms"].get(key)
+        if values:
+            lines.append(f"  {key:<14}{values['p50']:>9.1f}{values['p95']:>9.1f}{values['p99']:>9.1f}")
+    overlays = summary["overlays"]
+    lines += [
+        "",
+        f"  scene:    {summary['scene']}  ({summary['recorded_items']} recorded items; open it in 3D Slicer)",
+        f"  overlays: {overlays.get('contact_sheet')}, {len(overlays.get('pictures', []))} pictures in overlays/"
+        + (f", video {overlays['video']}" if overlays.get("video") else ""),
+        "  summary:  summary.json",
+        "  Research use only, not for clinical decisions.",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""The run behind ``nerveseg serve``: receiver -> engine -> IGTL sender, driven from the calling thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 5.0
+LABEL_DEVICE_NAME = "NerveSegLabel"
+
+
+@dataclass
+class ServeOptions:
+    input_host: str
+    input_port: int
+    port: int = 18945
+    host: str = "0.0.0.0"
+    model: Optional[str] = None
+    device_name: Optional[str] = None  # IGTL device-name filter; None = any IMAGE
+    backend: str = "torch"
+    compute: str = "auto"
+    max_results: int = 0  # 0 = until stopped
+
+
+class SegmentationServer:
+    """Owns the pipeline and the sender; ``serve_forever`` drives it, ``stop`` (any thread) ends it."""
+
+    def __init__(self, options: ServeOptions, segmenter=None):
+        from .inference.segmenter import Segmenter
+        from .models import registry
+        from .pipeline import LivePipeline
+        from .stream.receiver import ImageReceiver
+        from .stream.sender import ImageSender
+
+        self.options = options
+        name = options.model or registry.default_name()
+        self.segmenter = segmenter or Segmenter.from_name(name, backend=options.backend, device=options.compute)
+        self.sender = ImageSender(port=options.port, host=options.host)
+        self.receiver = ImageReceiver(options.input_host, options.input_port, device_name=options.device_name)
+        self.pipeline = LivePipeline(self.receiver, self.segmenter, sinks=[self._send])
+        self._stop = threading.Event()
+        self.results_sent = 0
+
+    @property
+    def port(self) -> int:
+        return self.sender.port
+
+    def _send(self, result) -> None:
+        frame = result.frame
+        self.sender.send_labelmap(result.labelmap, frame.geometry, timestamp=frame.igtl_timestamp,
+                                  device_name=LABEL_DEVICE_NAME)
+        self.results_sent += 1
+
+    def start(self) -> None:
+        self.sender.start()
+        self.segmenter.warm_up()
+        self.pipeline.start()
+
+    def serve_forever(self) -> None:
+        """Apply results until stop() or max_results; the caller's thread does the sending."""
+        last_status = time.perf_counter()
+        while not self._stop.is_set():
+            self.pipeline.poll(timeout=0.05)
+            if self.options.max_results and self.results_sent >= self.options.max_results:
+                break
+            if time.perf_counter() - last_status >= STATUS_INTERVAL_S:
+                last_status = time.perf_counter()
+                log.info("%s", self.status_line())
+
+    def status_line(self) -> str:
+        c = self.pipeline.counters()
+        receiver = c.get("receiver", {})
+        connected = "connected" if receiver.get("connected") else "waiting for input"
+        total = self.pipeline.stats.percentiles().get("total", {})
+        return (f"{connected}; received {c['frames_received']}, sent {self.results_sent} to "
+                f"{self.sender.client_count} client(s), dropped {c['frames_dropped']}, "
+                f"{self.pipeline.stats.recent_fps():.1f} fps, latency p50 {total.get('p50', float('nan')):.1f} ms")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.pipeline.stop()
+        self.sender.stop()
+
+
+def run_serve(options: ServeOptions) -> None:
+    server = SegmentationServer(options)
+    print(f"nerveseg serve: {server.segmenter.describe()}; input {options.input_host}:{options.input_port}"
+          f" (device {options.device_name or 'any'}); clients connect to port {options.port}. Ctrl-C stops.")
+    server.start()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopping")
+    finally:
+        server.close()
+        print(server.status_line())
