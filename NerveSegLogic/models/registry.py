@@ -212,6 +212,7 @@ def export_onnx(name_or_module: Union[str, "torch.nn.Module"], path: os.PathLike
             # The TorchScript-based exporter: the dynamo one needs onnxscript, which is not a dependency.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Constant folding")
             torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
                               input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
                               dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
