@@ -1,0 +1,110 @@
+"""Pre-labelling: a model's mask for every frame that has none, with the model's identity and its uncertainty.
+
+Each result is saved as a "model" draft version carrying the model name, the sha256 of its card file and the mean
+per-pixel entropy of its class probabilities (natural log, so in nats: 0 for a certain model, ln(C) for a uniform
+guess over C classes), which the review queue sorts by.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional
+
+import numpy as np
+
+from .store import AnnotationStore, ConflictError, UNLABELLED
+
+log = logging.getLogger(__name__)
+
+#: Probabilities are clipped to this before the log so that p = 0 contributes 0 (the limit of p ln p).
+_EPS = 1e-12
+
+
+def mean_entropy(probabilities: np.ndarray) -> float:
+    """Mean over pixels of ``-sum_c p_c ln p_c`` for probabilities ``(C, H, W)`` (nats). Raises ValueError for
+    anything that is not (C, H, W) with C >= 2."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 3 or p.shape[0] < 2:
+        raise ValueError(f"expected class probabilities (C, H, W) with C >= 2, got shape {p.shape}")
+    entropy = -(p * np.log(np.clip(p, _EPS, 1.0))).sum(axis=0)
+    return float(entropy.mean())
+
+
+def _valid_probabilities(segmenter, image: np.ndarray, probabilities: np.ndarray, shape) -> np.ndarray:
+    """The part of the probabilities that covers the frame. A Segmenter returns them in the model's input size,
+    where zero padding (no tissue) surrounds the scaled frame; entropy over padding would dilute the score, so only
+    the frame's own area (the placement's valid region) is kept."""
+    if probabilities.shape[1:] == tuple(shape):
+        return probabilities
+    spec = getattr(segmenter, "spec", None)
+    if spec is None:
+        return probabilities
+    from NerveSegLogic.inference.preprocess import place
+
+    _, placement = place(image, spec)
+    return probabilities[:, :placement.valid_h, :placement.valid_w]
+
+
+@dataclass
+class PrelabelReport:
+    model_name: str
+    model_sha256: Optional[str]
+    version_ids: List[int] = field(default_factory=list)
+    skipped: List[int] = field(default_factory=list)  # frames that got a mask from someone else meanwhile
+
+
+def prelabel(store: AnnotationStore, segmenter, author: str, frame_ids: Optional[Iterable[int]] = None,
+             second_opinion: bool = False, progress: bool = True) -> PrelabelReport:
+    """Segment every unlabelled frame (or the given ones that are still unlabelled) and save a "model" version.
+
+    second_opinion: also segment frames whose history so far holds only draft masks of OTHER models, adding this
+    model's version on top, so the review queue can rank them by the two models' disagreement.
+
+    segmenter: a :class:`NerveSegLogic.inference.segmenter.Segmenter` (or anything with ``segment(image)`` giving a
+    result with ``labelmap``, ``probabilities`` and ``model_name``, plus ``classes`` and ``card_sha256``).
+    author: who ran the model (recorded as the version's author; the model itself is in model_name/model_sha256).
+    A frame that gains a mask from someone else while this runs is skipped, not overwritten.
+    """
+    classes = {int(c.label): c.key for c in segmenter.classes}
+    card_sha = getattr(segmenter, "card_sha256", None)
+    name = getattr(getattr(segmenter, "card", None), "name", None)
+    candidates = {f.id: None for f in store.frames(statuses=[UNLABELLED])}
+    if second_opinion:
+        candidates.update(_model_only_frames(store, name))
+    todo = [i for i in (frame_ids if frame_ids is not None else sorted(candidates)) if i in candidates]
+    report = PrelabelReport(model_name=name or "", model_sha256=card_sha)
+    iterator = todo
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(todo, desc=f"prelabel {name or 'model'}", unit="frame")
+    for frame_id in iterator:
+        image = store.image(frame_id)
+        result = segmenter.segment(image)
+        model_name = result.model_name or name
+        report.model_name = model_name
+        uncertainty = None
+        if result.probabilities is not None:
+            uncertainty = mean_entropy(_valid_probabilities(segmenter, image, result.probabilities, image.shape))
+        try:
+            version = store.save_mask(frame_id, result.labelmap, classes, author, "model", candidates[frame_id],
+                                      model_name=model_name, model_sha256=card_sha, uncertainty=uncertainty)
+        except ConflictError as exc:
+            log.info("frame %d skipped: %s", frame_id, exc)
+            report.skipped.append(frame_id)
+            continue
+        report.version_ids.append(version.id)
+    return report
+
+
+def _model_only_frames(store: AnnotationStore, model_name: Optional[str]):
+    """{frame id: current version id} of frames whose every version is a draft by a model other than this one."""
+    history = {}
+    for v in store.summaries():
+        history.setdefault(v.frame_id, []).append(v)
+    out = {}
+    for frame_id, versions in history.items():
+        if all(v.origin == "model" and v.status == "draft" and v.model_name != model_name for v in versions):
+            out[frame_id] = versions[-1].id
+    return out
