@@ -1,0 +1,319 @@
+"""ImageSender: an OpenIGTLink server that sends IMAGE messages to every connected client.
+
+``nerveseg serve`` sends each segmentation as a uint8 labelmap (device ``NerveSegLabel``, the frame's geometry and
+IGTL timestamp); the replay server sends ultrasound frames through the same class.
+
+The caller is never blocked by a client: each client has its own one-message newest-wins slot and writer thread.
+A client that reads slower than messages come loses the older ones (counted as dropped); a client that accepts no
+bytes for ``client_send_timeout_s``, or that closes its end, is dropped without disturbing the others. One
+listener thread accepts clients and reads (and discards) whatever they send, which also notices when they go.
+
+Threads: the owner calls start/stop/send_*; the listener thread owns the listening socket and the client list
+(both guarded by ``_cond``); each client's writer thread owns that client's socket writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from NerveSegLogic.frame import ImageGeometry
+from NerveSegLogic.slot import NewestSlot
+from NerveSegLogic.stream.codec import encode_image
+
+logger = logging.getLogger(__name__)
+
+LABEL_DEVICE_NAME = "NerveSegLabel"
+
+
+@dataclass
+class SenderStats:
+    """Counts since the sender was created (they survive stop/start)."""
+
+    clients: int = 0  # connected now
+    clients_accepted: int = 0
+    clients_dropped: int = 0  # left or were dropped (closed, error, send timeout)
+    messages_offered: int = 0  # send_* calls
+    messages_queued: int = 0  # per client: messages put in a client's slot
+    messages_written: int = 0  # per client: messages fully written to a socket
+    messages_dropped: int = 0  # per client: replaced in the slot before being written (client too slow)
+    bytes_written: int = 0
+
+
+class _Client:
+    def __init__(self, sock: socket.socket, address: str):
+        self.sock = sock
+        self.address = address
+        self.slot: NewestSlot[bytes] = NewestSlot()
+        self.thread: Optional[threading.Thread] = None
+        self.queued = 0  # guarded by the sender's _cond
+        self.finished = 0  # written + dropped + abandoned; guarded by the sender's _cond
+        self.alive = True
+        self.failure = ""  # why the writer gave up, set by the writer thread
+
+
+class ImageSender:
+    """OpenIGTLink IMAGE server for any number of clients.
+
+    port: TCP port, 0 for an ephemeral one (``.port`` tells which after start()).
+    host: interface to listen on; ``0.0.0.0`` to serve other machines (the default serves this machine only).
+    device_name: default device name of the messages sent.
+    client_send_timeout_s: a client that accepts no bytes for this long is dropped (s).
+    """
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", device_name: str = LABEL_DEVICE_NAME,
+                 client_send_timeout_s: float = 5.0):
+        self.host = host
+        self.requested_port = int(port)
+        self.port: Optional[int] = None
+        self.device_name = device_name
+        self.client_send_timeout_s = client_send_timeout_s
+        self._cond = threading.Condition()  # guards _clients, _stats, _running; notified on every change
+        self._clients: List[_Client] = []
+        self._stats = SenderStats()
+        self._running = False
+        self._lifecycle = threading.Lock()
+        self._listener: Optional[socket.socket] = None
+        self._thread: Optional[threading.Thread] = None
+        self._wake_r: Optional[socket.socket] = None
+        self._wake_w: Optional[socket.socket] = None
+
+    # ---------------------------------------------------------------------------------------------- lifecycle
+
+    @property
+    def running(self) -> bool:
+        with self._cond:
+            return self._running
+
+    def start(self) -> None:
+        """Listen and accept clients (no-op when running; works again after stop()). Raises OSError if the
+        port cannot be bound."""
+        with self._lifecycle:
+            if self._thread is not None:
+                return
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rebind at once after a restart
+            try:
+                listener.bind((self.host, self.requested_port))
+            except OSError as exc:
+                listener.close()
+                raise OSError(exc.errno, f"cannot listen on {self.host}:{self.requested_port}: {exc.strerror}") from None
+            listener.listen(16)
+            listener.setblocking(False)
+            self._listener = listener
+            self.port = listener.getsockname()[1]
+            self._wake_r, self._wake_w = socket.socketpair()
+            with self._cond:
+                self._running = True
+            self._thread = threading.Thread(target=self._serve, name=f"ImageSender-{self.port}", daemon=True)
+            self._thread.start()
+            logger.info("OpenIGTLink sender listening on %s:%d", self.host, self.port)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Disconnect every client, close the port and join all threads (no-op when stopped)."""
+        with self._lifecycle:
+            if self._thread is None:
+                return
+            with self._cond:
+                self._running = False
+                self._cond.notify_all()
+            try:
+                self._wake_w.send(b"x")
+            except OSError:
+                pass
+            self._thread.join(timeout)
+            self._thread = None
+            with self._cond:
+                clients, self._clients = self._clients, []
+            for client in clients:
+                self._close_client(client, "sender stopped", timeout)
+            for s in (self._listener, self._wake_r, self._wake_w):
+                s.close()
+            self._listener = self._wake_r = self._wake_w = None
+            with self._cond:
+                self._stats.clients = 0
+                self._cond.notify_all()
+
+    def __enter__(self) -> "ImageSender":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------------------------------------- sending
+
+    def send_message(self, message: bytes) -> int:
+        """Queue an already encoded message for every client; returns how many clients it was queued for.
+
+        Never blocks on a client: a client whose previous message is still unsent loses that one (counted).
+        """
+        with self._cond:
+            self._stats.messages_offered += 1
+            clients = [c for c in self._clients if c.alive]
+            for client in clients:
+                client.queued += 1
+                self._stats.messages_queued += 1
+        for client in clients:
+            if client.slot.put(message) is not None:
+                with self._cond:
+                    client.finished += 1
+                    self._stats.messages_dropped += 1
+                    self._cond.notify_all()
+        return len(clients)
+
+    def send_image(self, image: np.ndarray, geometry: Optional[ImageGeometry], igtl_timestamp: float,
+                   device_name: Optional[str] = None) -> int:
+        """Encode ``image`` ((H, W) or (H, W, C), see codec.encode_image) once and queue it for every client."""
+        if not self.running:
+            raise RuntimeError("ImageSender.send_image called before start() or after stop()")
+        message = encode_image(image, geometry, device_name=device_name or self.device_name, timestamp=igtl_timestamp)
+        return self.send_message(message)
+
+    def send_labelmap(self, labelmap: np.ndarray, geometry: ImageGeometry, igtl_timestamp: float,
+                      device_name: Optional[str] = None) -> int:
+        """Send a segmentation: ``labelmap`` (H, W) uint8 (0 background, one value per class), with the geometry and
+        the IGTL timestamp (s since the epoch) of the frame it was computed from. Returns the number of clients.
+
+        Raises ValueError for a labelmap that is not a 2D uint8 array.
+        """
+        labelmap = np.asarray(labelmap)
+        if labelmap.ndim != 2 or labelmap.dtype != np.uint8:
+            raise ValueError(f"labelmap must be a 2D uint8 array (H, W), got {labelmap.dtype} of shape {labelmap.shape}")
+        return self.send_image(labelmap, geometry, igtl_timestamp, device_name)
+
+    # ---------------------------------------------------------------------------------------------- observing
+
+    @property
+    def client_count(self) -> int:
+        with self._cond:
+            return len(self._clients)
+
+    def stats(self) -> SenderStats:
+        with self._cond:
+            return SenderStats(**{**self._stats.__dict__, "clients": len(self._clients)})
+
+    def wait_for(self, predicate: Callable[[SenderStats], bool], timeout: Optional[float] = None) -> bool:
+        """Block until ``predicate(stats)`` is true (re-checked on every change); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: predicate(SenderStats(**{**self._stats.__dict__, "clients": len(self._clients)})), timeout)
+
+    def wait_for_clients(self, count: int = 1, timeout: Optional[float] = None) -> bool:
+        """Block until at least ``count`` clients are connected; False on timeout or when the sender stops."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._clients) >= count or not self._running, timeout)
+            return len(self._clients) >= count
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Block until every queued message was written or dropped (or its client left); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: all(c.finished >= c.queued for c in self._clients), timeout)
+
+    # ---------------------------------------------------------------------------------------------- threads
+
+    def _serve(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._listener, selectors.EVENT_READ, None)
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        try:
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj is self._wake_r:
+                        return
+                    if key.fileobj is self._listener:
+                        self._accept(selector)
+                    else:
+                        self._drain(selector, key.data)
+        finally:
+            selector.close()
+
+    def _accept(self, selector) -> None:
+        try:
+            sock, peer = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(True)
+        sock.settimeout(self.client_send_timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = _Client(sock, f"{peer[0]}:{peer[1]}")
+        client.thread = threading.Thread(target=self._write, args=(client,), name=f"ImageSender-{client.address}",
+                                         daemon=True)
+        with self._cond:
+            self._clients.append(client)
+            self._stats.clients_accepted += 1
+            self._cond.notify_all()
+        selector.register(sock, selectors.EVENT_READ, client)
+        client.thread.start()
+        logger.info("OpenIGTLink client %s connected (%d connected)", client.address, self.client_count)
+
+    def _drain(self, selector, client: _Client) -> None:
+        """Read and discard what a client sends (Slicer sends STATUS and queries); EOF means it left."""
+        try:
+            data = client.sock.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError, socket.timeout):
+            return
+        except OSError as exc:
+            data, reason = b"", f"error {exc}"
+        else:
+            reason = "closed the connection"
+        if not data:
+            selector.unregister(client.sock)
+            self._remove_client(client, reason)
+
+    def _write(self, client: _Client) -> None:
+        while True:
+            message = client.slot.take()
+            if message is None:  # slot closed: the client is being removed
+                return
+            try:
+                client.sock.sendall(message)
+            except OSError as exc:  # socket.timeout is an OSError
+                with self._cond:
+                    client.finished += 1
+                    client.failure = f"send failed ({exc})"
+                    self._cond.notify_all()
+                try:
+                    client.sock.shutdown(socket.SHUT_RDWR)  # the listener sees EOF and removes the client
+                except OSError:
+                    pass
+                return
+            with self._cond:
+                client.finished += 1
+                self._stats.messages_written += 1
+                self._stats.bytes_written += len(message)
+                self._cond.notify_all()
+
+    def _remove_client(self, client: _Client, reason: str) -> None:
+        """Listener thread only: it owns the selector, so it alone closes client sockets."""
+        with self._cond:
+            if client in self._clients:
+                self._clients.remove(client)
+            reason = client.failure or reason
+        self._close_client(client, reason, timeout=self.client_send_timeout_s)
+
+    def _close_client(self, client: _Client, reason: str, timeout: float) -> None:
+        """Mark the client gone, wake its writer, close its socket, account for what it will never send."""
+        with self._cond:
+            if not client.alive:
+                return
+            client.alive = False
+            client.finished = client.queued
+            self._stats.clients_dropped += 1
+            self._cond.notify_all()
+        client.slot.close()
+        try:
+            client.sock.shutdown(socket.SHUT_RDWR)  # unblocks a writer stuck in sendall
+        except OSError:
+            pass
+        if client.thread is not None:
+            client.thread.join(timeout)
+        client.sock.close()
+        logger.info("OpenIGTLink client %s left: %s", client.address, reason)
