@@ -12,7 +12,6 @@ import random
 import signal
 
 import numpy as np
-import pytest
 
 from NerveSegLogic.annotate.store import AnnotationStore, ConflictError
 

@@ -98,7 +98,8 @@ def _write_sequence(path, frames, list_first, spacing=(0.2, 0.3), origin_lps=(-1
                        "labels": ["time", "", "", ""], "units": ["s", "", "", ""],
                        "axis 0 index type": "numeric", "axis 0 index values": values})
     else:
-        header.update({"kinds": ["domain", "domain", "domain", "list"], "space directions": np.array(directions + [[np.nan] * 3]),
+        header.update({"kinds": ["domain", "domain", "domain", "list"],
+                       "space directions": np.array(directions + [[np.nan] * 3]),
                        "axis 3 index type": "numeric", "axis 3 index values": values})
     nrrd.write(str(path), data, header)  # fields pynrrd does not know are written as custom "key:=value"
 

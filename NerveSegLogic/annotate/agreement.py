@@ -145,6 +145,6 @@ def agreement_between_stores(store_a: AnnotationStore, store_b: AnnotationStore)
     for sha in sorted(set(a) & set(b), key=lambda s: a[s][0]):
         (fa, va), (_, vb) = a[sha], b[sha]
         dice = class_dice(store_a.mask(va.mask_sha256), va.classes, store_b.mask(vb.mask_sha256), vb.classes)
-        report.frames.append(FrameAgreement(fa, (f"{va.author}@{store_a.path.name}", f"{vb.author}@{store_b.path.name}"),
-                                            (va.id, vb.id), dice))
+        raters = (f"{va.author}@{store_a.path.name}", f"{vb.author}@{store_b.path.name}")
+        report.frames.append(FrameAgreement(fa, raters, (va.id, vb.id), dice))
     return report

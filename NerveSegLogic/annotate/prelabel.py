@@ -55,7 +55,7 @@ class PrelabelReport:
 
 
 def prelabel(store: AnnotationStore, segmenter, author: str, frame_ids: Optional[Iterable[int]] = None,
-             second_opinion: bool = False, progress: bool = True) -> PrelabelReport:
+             second_opinion: bool = False, progress: bool = True, comment: Optional[str] = None) -> PrelabelReport:
     """Segment every unlabelled frame (or the given ones that are still unlabelled) and save a "model" version.
 
     second_opinion: also segment frames whose history so far holds only draft masks of OTHER models, adding this
@@ -64,6 +64,7 @@ def prelabel(store: AnnotationStore, segmenter, author: str, frame_ids: Optional
     segmenter: a :class:`NerveSegLogic.inference.segmenter.Segmenter` (or anything with ``segment(image)`` giving a
     result with ``labelmap``, ``probabilities`` and ``model_name``, plus ``classes`` and ``card_sha256``).
     author: who ran the model (recorded as the version's author; the model itself is in model_name/model_sha256).
+    comment: stored with each version (e.g. which weights file ran when it is not the card's).
     A frame that gains a mask from someone else while this runs is skipped, not overwritten.
     """
     classes = {int(c.label): c.key for c in segmenter.classes}
@@ -89,7 +90,8 @@ def prelabel(store: AnnotationStore, segmenter, author: str, frame_ids: Optional
             uncertainty = mean_entropy(_valid_probabilities(segmenter, image, result.probabilities, image.shape))
         try:
             version = store.save_mask(frame_id, result.labelmap, classes, author, "model", candidates[frame_id],
-                                      model_name=model_name, model_sha256=card_sha, uncertainty=uncertainty)
+                                      model_name=model_name, model_sha256=card_sha, uncertainty=uncertainty,
+                                      comment=comment)
         except ConflictError as exc:
             log.info("frame %d skipped: %s", frame_id, exc)
             report.skipped.append(frame_id)

@@ -284,7 +284,8 @@ def _append_only_triggers() -> str:
         for event in ("UPDATE", "DELETE"):
             out.append(
                 f"CREATE TRIGGER {table}_no_{event.lower()} BEFORE {event} ON {table} "
-                f"BEGIN SELECT RAISE(ABORT, 'the annotation store is append-only: {event} on {table} is refused'); END;")
+                f"BEGIN SELECT RAISE(ABORT, 'the annotation store is append-only: {event} on {table} is refused'); "
+                f"END;")
     return "\n".join(out)
 
 
@@ -320,7 +321,8 @@ class AnnotationStore:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as exc:
-            raise NotAStoreError(f"{self.path} is not a NerveSeg annotation store (not an SQLite file: {exc})") from None
+            raise NotAStoreError(f"{self.path} is not a NerveSeg annotation store (not an SQLite file: {exc})") \
+                from None
         if tables and app_id != APPLICATION_ID:
             raise NotAStoreError(f"{self.path} is an SQLite file but not a NerveSeg annotation store "
                                  f"(application_id {app_id:#x}, expected {APPLICATION_ID:#x}; tables: "

@@ -1,0 +1,425 @@
+"""``nerveseg annotate``: the annotation store from the command line (import, pre-label, review, correct)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Annotation correction on an annotation store (one SQLite file per project, created if missing). The store is
+append-only: every save is a new version with author, UTC time, origin (model, manual, corrected), model name and
+card sha256, parent version and status (draft, accepted, rejected, needs-review); nothing is overwritten.
+
+  import SOURCE      frames from an image folder, a video, a Slicer .seq.nrrd or a NerveSeg recording folder
+                     (its recorded masks come in as model versions); each frame once (pixel sha256)
+  prelabel           a model's mask for every frame without one (progress bar), with its uncertainty
+  queue              frames to review (draft, needs-review, unlabelled), most uncertain first
+  status             frames per status and per annotator (--json keys: frames, by_status, by_annotator)
+  accept / reject    decide frames (a new status version each)
+  history FRAME      every version of a frame: who, when, what
+  correct FRAME OP   a correction operation, saved as a new "corrected" version
+  agreement          Dice per class between annotators on frames labelled twice
+  restore FRAME V    a new version copying version V
+
+FRAME is the frame id that queue/status/import print. The author defaults to $NERVESEG_AUTHOR, else the login
+name. A save based on a version that is no longer current is refused (exit code 3) naming who saved the newer one.
+"""
+
+EPILOG = """\
+examples:
+  nerveseg annotate import recordings/subject07 --store project.nsdb --subject S07
+  nerveseg annotate prelabel --store project.nsdb --model smistad-unet
+  nerveseg annotate queue --store project.nsdb --order uncertainty
+  nerveseg annotate correct --store project.nsdb 12 paint --center 240 180 --radius 6 --label 1
+  nerveseg annotate accept --store project.nsdb 12 13 14 --author alice
+  nerveseg annotate history --store project.nsdb 12
+  nerveseg annotate status --store project.nsdb --json
+"""
+
+EXIT_CONFLICT = 3
+
+
+def _store_arg(parser) -> None:
+    parser.add_argument("--store", required=True, metavar="DB", help="annotation store file (created if missing)")
+
+
+def _author_arg(parser) -> None:
+    parser.add_argument("--author", default=None, help="who makes this change (default: $NERVESEG_AUTHOR, else "
+                                                       "the login name)")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("annotate", help="annotation store: import, pre-label, review, correct",
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="annotate_action", metavar="ACTION")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = actions.add_parser("import", help="import frames", formatter_class=fmt,
+                           description="Import frames from an image folder (PNG/JPEG/TIFF/BMP, natural name order), "
+                                       "a video, a Slicer .seq.nrrd, one image, or a recording folder saved by "
+                                       "'nerveseg demo' (a .mrml with its .seq.nrrd files).",
+                           epilog="example:\n  nerveseg annotate import scans/S07.seq.nrrd --store project.nsdb")
+    p.add_argument("source", help="folder, video, .seq.nrrd, image or recording folder")
+    _store_arg(p)
+    p.add_argument("--subject", default=None, help="pseudonymous subject id (default: the source's name)")
+    p.add_argument("--spacing", type=float, nargs=2, metavar=("X_MM", "Y_MM"), default=None,
+                   help="pixel size in mm for sources without geometry (folders, videos, images)")
+    p.add_argument("--labels", default=None, metavar="1=nerve,2=blood_vessel",
+                   help="class keys of a recording's mask labels when its files do not name them")
+    _author_arg(p)
+
+    p = actions.add_parser("prelabel", help="model masks for unlabelled frames", formatter_class=fmt,
+                           description="Segment every frame that has no mask with a registered model and save the "
+                                       "result as a 'model' draft version (model name, card sha256, mean entropy).",
+                           epilog="example:\n  nerveseg annotate prelabel --store project.nsdb --model smistad-unet")
+    _store_arg(p)
+    p.add_argument("--model", required=True, help="registered model name (see 'nerveseg models list')")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="inference backend (default torch)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--weights", default=None, metavar="FILE.safetensors",
+                   help="weights other than the card's (their sha256 is written into each version's comment, since "
+                        "the card's sha256 then no longer pins them)")
+    p.add_argument("--second-opinion", action="store_true",
+                   help="also segment frames that so far have only other models' draft masks (for disagreement)")
+    _author_arg(p)
+
+    p = actions.add_parser("queue", help="frames to review", formatter_class=fmt,
+                           description="Frames whose status is draft or needs-review, and unlabelled frames. "
+                                       "Score: 1 - Dice of two models' masks when two models labelled the frame, "
+                                       "else mean entropy / ln(number of classes); unscored frames last.",
+                           epilog="example:\n  nerveseg annotate queue --store project.nsdb --json")
+    _store_arg(p)
+    p.add_argument("--order", choices=("uncertainty", "index"), default="uncertainty",
+                   help="most uncertain first (default) or source order")
+    p.add_argument("--limit", type=int, default=None, help="show at most this many")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+
+    p = actions.add_parser("status", help="counts per status and annotator", formatter_class=fmt,
+                           description="Frames per current status (and unlabelled), and per annotator the frames "
+                                       "they saved a version of (model pre-labels not counted as annotator work).",
+                           epilog="example:\n  nerveseg annotate status --store project.nsdb --json")
+    _store_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON (keys frames, by_status, by_annotator, ...)")
+
+    for name, help_text in (("accept", "accept frames' current masks"), ("reject", "reject frames' current masks")):
+        p = actions.add_parser(name, help=help_text, formatter_class=fmt,
+                               description=f"{help_text.capitalize()}: a new status version per frame, based on the "
+                                           "version current when the command reads it.",
+                               epilog=f"example:\n  nerveseg annotate {name} --store project.nsdb 3 4 5")
+        _store_arg(p)
+        p.add_argument("frames", nargs="+", type=int, metavar="FRAME", help="frame ids")
+        p.add_argument("--comment", default=None, help="comment stored with each version")
+        _author_arg(p)
+
+    p = actions.add_parser("history", help="versions of a frame", formatter_class=fmt,
+                           description="Every version of a frame, oldest first.",
+                           epilog="example:\n  nerveseg annotate history --store project.nsdb 12")
+    _store_arg(p)
+    p.add_argument("frame", type=int, metavar="FRAME")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = actions.add_parser("restore", help="restore an old version", formatter_class=fmt,
+                           description="A new version of FRAME copying version VERSION (mask, classes, status).",
+                           epilog="example:\n  nerveseg annotate restore --store project.nsdb 12 40")
+    _store_arg(p)
+    p.add_argument("frame", type=int, metavar="FRAME")
+    p.add_argument("version", type=int, metavar="VERSION")
+    _author_arg(p)
+
+    p = actions.add_parser("agreement", help="Dice between annotators", formatter_class=fmt,
+                           description="Dice per class per frame between annotators' own labels (manual, corrected "
+                                       "or accepted by them), the mean per class, as a table. With --other, between "
+                                       "two stores (frames matched by pixel sha256): independent double labelling.",
+                           epilog="example:\n  nerveseg annotate agreement --store alice.nsdb --other bob.nsdb")
+    _store_arg(p)
+    p.add_argument("--other", default=None, metavar="DB", help="second annotator's store")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = actions.add_parser("correct", help="correct a frame's mask", formatter_class=fmt,
+                           description="Apply a correction to FRAME's current mask and save it as a new 'corrected' "
+                                       "draft. Coordinates are pixels (x = column, y = row).",
+                           epilog="examples:\n"
+                                  "  nerveseg annotate correct --store p.nsdb 12 paint --center 240 180 --radius 6 "
+                                  "--label 1\n"
+                                  "  nerveseg annotate correct --store p.nsdb 12 polygon --points 10,10 40,10 40,30 "
+                                  "--label 2\n"
+                                  "  nerveseg annotate correct --store p.nsdb 12 ellipse --label 1")
+    _store_arg(p)
+    p.add_argument("frame", type=int, metavar="FRAME")
+    _author_arg(p)
+    p.add_argument("--class", dest="new_class", default=None, metavar="LABEL=KEY",
+                   help="name a label the mask does not have yet, e.g. 3=artery")
+    ops = p.add_subparsers(dest="op", metavar="OP", required=True)
+    o = ops.add_parser("paint", help="round brush")
+    o.add_argument("--center", type=float, nargs=2, required=True, metavar=("X", "Y"))
+    o.add_argument("--radius", type=float, required=True, help="px")
+    o.add_argument("--label", type=int, required=True)
+    o = ops.add_parser("erase", help="round eraser")
+    o.add_argument("--center", type=float, nargs=2, required=True, metavar=("X", "Y"))
+    o.add_argument("--radius", type=float, required=True, help="px")
+    o.add_argument("--label", type=int, default=None, help="erase only this class (default: all)")
+    o = ops.add_parser("polygon", help="fill a polygon")
+    o.add_argument("--points", nargs="+", required=True, metavar="X,Y", help="at least 3 vertices")
+    o.add_argument("--label", type=int, required=True)
+    o = ops.add_parser("fill-holes", help="fill holes per class")
+    o.add_argument("--label", type=int, default=None, help="only this class (default: every class)")
+    o = ops.add_parser("largest", help="keep the largest region per class")
+    o.add_argument("--label", type=int, default=None, help="only this class (default: every class)")
+    o = ops.add_parser("smooth", help="smooth outlines (opening then closing)")
+    o.add_argument("--radius", type=int, default=2, help="structuring element radius, px (default 2)")
+    o.add_argument("--label", type=int, default=None, help="only this class (default: every class)")
+    o = ops.add_parser("ellipse", help="replace a class by its fitted ellipse")
+    o.add_argument("--label", type=int, required=True)
+    o = ops.add_parser("relabel", help="one class becomes another")
+    o.add_argument("--from", dest="from_label", type=int, required=True)
+    o.add_argument("--to", dest="to_label", type=int, required=True, help="0 deletes the class")
+
+    parser.set_defaults(func=run, annotate_parser=parser)
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+def run(args) -> int:
+    from NerveSegLogic.annotate.store import AnnotationStore, ConflictError, StoreError
+
+    action = getattr(args, "annotate_action", None)
+    if action is None:
+        args.annotate_parser.print_help()
+        return 2
+    try:
+        with AnnotationStore(args.store) as store:
+            return _ACTIONS[action](store, args)
+    except ConflictError as error:
+        print(f"conflict: {error}", file=sys.stderr)
+        return EXIT_CONFLICT
+    except KeyError as error:
+        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 2
+    except (StoreError, ValueError, FileNotFoundError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _author(args) -> str:
+    from NerveSegLogic.annotate.store import default_author
+
+    return args.author or default_author()
+
+
+def _parse_labels(text):
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        label, sep, key = part.partition("=")
+        if not sep or not label.strip().isdigit() or not key.strip():
+            raise ValueError(f"--labels: expected LABEL=KEY pairs like 1=nerve,2=blood_vessel, got {part!r}")
+        out[int(label)] = key.strip()
+    return out
+
+
+def _import(store, args) -> int:
+    from NerveSegLogic.annotate.importers import import_source
+
+    report = import_source(store, args.source, subject=args.subject, spacing_mm=args.spacing,
+                           author=_author(args), classes=_parse_labels(args.labels), progress=True)
+    print(report.summary())
+    if report.frame_ids:
+        print(f"frame ids {min(report.frame_ids)}..{max(report.frame_ids)}")
+    return 0
+
+
+def _prelabel(store, args) -> int:
+    import torch
+
+    from NerveSegLogic.annotate.prelabel import prelabel
+    from NerveSegLogic.inference.segmenter import Segmenter, file_sha256
+
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    try:
+        segmenter = Segmenter.from_name(args.model, backend=args.backend, device=args.device,
+                                        weights_path=args.weights)
+    except RuntimeError as error:  # WeightsError (missing/corrupt weights) or a device torch cannot use
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    comment = None
+    if args.weights:
+        comment = f"weights {Path(args.weights).name} sha256 {file_sha256(Path(args.weights))}"
+    report = prelabel(store, segmenter, _author(args), second_opinion=args.second_opinion, progress=True,
+                      comment=comment)
+    print(f"{len(report.version_ids)} frames pre-labelled by {report.model_name} "
+          f"(card sha256 {report.model_sha256 or 'unknown'})"
+          + (f"; {len(report.skipped)} skipped (labelled meanwhile)" if report.skipped else ""))
+    return 0
+
+
+def _queue(store, args) -> int:
+    from NerveSegLogic.annotate.queue import review_queue
+
+    entries = review_queue(store, order=args.order)
+    if args.limit is not None:
+        entries = entries[: args.limit]
+    if args.json:
+        print(json.dumps([e.as_dict() for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("nothing to review")
+        return 0
+    print(f"{'frame':>6}  {'status':<12} {'score':>6} {'entropy':>8} {'1-Dice':>7}  source[index]")
+    for e in entries:
+        print(f"{e.frame_id:>6}  {e.status:<12} {_num(e.score):>6} {_num(e.uncertainty):>8} "
+              f"{_num(e.disagreement):>7}  {e.source}[{e.index}]")
+    return 0
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def status_summary(store) -> dict:
+    """Counts for ``annotate status``: frames, by_status (current status, "unlabelled" too), by_annotator (per
+    author: frames they saved a version of, versions, frames whose current version is theirs and accepted),
+    by_subject, models (model name -> frames it pre-labelled). A model's own draft save is not annotator work."""
+    from NerveSegLogic.annotate.store import STATUSES, UNLABELLED
+
+    frames = store.frames()
+    by_status = {s: 0 for s in STATUSES + (UNLABELLED,)}
+    current = {v.frame_id: v for v in store.summaries(current_only=True)}
+    by_subject: dict = {}
+    for f in frames:
+        v = current.get(f.id)
+        by_status[v.status if v else UNLABELLED] += 1
+        by_subject[f.subject or ""] = by_subject.get(f.subject or "", 0) + 1
+    by_annotator: dict = {}
+    models: dict = {}
+    for v in store.summaries():
+        if v.origin == "model" and v.status == "draft":
+            models.setdefault(v.model_name, set()).add(v.frame_id)
+            continue
+        entry = by_annotator.setdefault(v.author, {"frames": set(), "versions": 0, "accepted": 0, "rejected": 0})
+        entry["frames"].add(v.frame_id)
+        entry["versions"] += 1
+    for v in current.values():
+        if v.author in by_annotator and v.status in ("accepted", "rejected"):
+            by_annotator[v.author][v.status] += 1
+    for entry in by_annotator.values():
+        entry["frames"] = len(entry["frames"])
+    return {"store": str(store.path), "frames": len(frames), "by_status": by_status,
+            "by_annotator": dict(sorted(by_annotator.items())), "by_subject": dict(sorted(by_subject.items())),
+            "models": {k: len(v) for k, v in sorted(models.items())}}
+
+
+def _status(store, args) -> int:
+    summary = status_summary(store)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['frames']} frames in {summary['store']}")
+    for status, count in summary["by_status"].items():
+        print(f"  {status:<13} {count}")
+    if summary["by_annotator"]:
+        print("annotators (frames touched, versions, current accepted, current rejected):")
+        for author, e in summary["by_annotator"].items():
+            print(f"  {author:<20} {e['frames']:>5} {e['versions']:>6} {e['accepted']:>5} {e['rejected']:>5}")
+    if summary["models"]:
+        print("models (frames pre-labelled): " + ", ".join(f"{k} {v}" for k, v in summary["models"].items()))
+    return 0
+
+
+def _decide(store, args) -> int:
+    from NerveSegLogic.annotate.store import ConflictError
+
+    status = "accepted" if args.annotate_action == "accept" else "rejected"
+    author, failures = _author(args), 0
+    for frame_id in args.frames:
+        current = store.current(frame_id)
+        if current is None:
+            print(f"frame {frame_id}: no mask yet, nothing to {args.annotate_action}", file=sys.stderr)
+            failures += 1
+            continue
+        try:
+            version = store.set_status(frame_id, status, author, current.id, comment=args.comment)
+        except ConflictError as error:
+            print(f"conflict: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        print(f"frame {frame_id}: version {version.id} {status} by {author}")
+    return 0 if failures == 0 else 1
+
+
+def _history(store, args) -> int:
+    from NerveSegLogic.annotate.session import describe_history
+
+    versions = store.summaries(frame_id=store.frame(args.frame).id)
+    if args.json:
+        print(json.dumps([{**v.__dict__, "classes": {str(k): c for k, c in v.classes.items()}} for v in versions],
+                         indent=2))
+        return 0
+    record = store.frame(args.frame)
+    print(f"frame {record.id}: {record.source}[{record.index}] subject {record.subject} "
+          f"{record.width}x{record.height}")
+    if not versions:
+        print("  no versions yet")
+    for entry, v in zip(describe_history(versions), versions):
+        model = f" model {v.model_name} ({(v.model_sha256 or 'no sha')[:12]})" if v.model_name else ""
+        unc = f" entropy {v.uncertainty:.3f}" if v.uncertainty is not None else ""
+        note = f"  \"{v.comment}\"" if v.comment else ""
+        print(f"  v{v.id:<5} {v.created}  {v.author:<16} {v.origin:<9} {v.status:<12} parent "
+              f"{v.parent_id if v.parent_id is not None else '-'}{model}{unc}  [{entry.change}]{note}")
+    return 0
+
+
+def _restore(store, args) -> int:
+    current = store.current(args.frame)
+    if current is None:
+        raise ValueError(f"frame {args.frame} has no versions to restore")
+    version = store.restore(args.frame, args.version, _author(args), current.id)
+    print(f"frame {args.frame}: version {version.id} restores version {args.version}")
+    return 0
+
+
+def _agreement(store, args) -> int:
+    from NerveSegLogic.annotate.agreement import agreement, agreement_between_stores
+    from NerveSegLogic.annotate.store import AnnotationStore
+
+    if args.other:
+        with AnnotationStore(args.other) as other:
+            report = agreement_between_stores(store, other)
+    else:
+        report = agreement(store)
+    print(report.to_json() if args.json else report.table())
+    return 0
+
+
+def _correct(store, args) -> int:
+    from NerveSegLogic.annotate.corrections import apply_correction
+
+    params = {k: getattr(args, k) for k in ("center", "radius", "label", "from_label", "to_label")
+              if hasattr(args, k)}
+    if args.op == "polygon":
+        params["points"] = [_point(p) for p in args.points]
+    if "center" in params:
+        params["center"] = tuple(params["center"])
+    classes = _parse_labels(args.new_class)
+    current = store.current(args.frame)
+    version = apply_correction(store, args.frame, args.op, _author(args), current.id if current else None,
+                               classes=classes, **params)
+    changed = int((version.mask != (current.mask if current else 0)).sum())
+    print(f"frame {args.frame}: version {version.id} ({args.op}, {changed} pixels changed)")
+    return 0
+
+
+def _point(text: str):
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--points: expected X,Y pairs like 10,20, got {text!r}") from None
+    return (x, y)
+
+
+_ACTIONS = {"import": _import, "prelabel": _prelabel, "queue": _queue, "status": _status, "accept": _decide,
+            "reject": _decide, "history": _history, "restore": _restore, "agreement": _agreement,
+            "correct": _correct}
