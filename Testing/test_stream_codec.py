@@ -36,6 +36,14 @@ def test_crc64_is_ecma_182_with_its_published_check_value():
     assert crc64(b"") == 0
 
 
+def test_crc64_agrees_with_crcmod_on_frame_sized_data():
+    # Whichever library computes it here (anycrc when installed), it must equal crcmod's, pyigtl's own choice.
+    reference = codec.crcmod_crc64()
+    for size in (1, 7, 8, 9, 4095, 243_672):
+        data = bytearray(np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes())
+        assert crc64(data) == reference(bytes(data)) == crc64(memoryview(data))
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32,
                                    np.float64])
 @pytest.mark.parametrize("components", [1, 3])
