@@ -13,7 +13,7 @@ import sys
 from typing import List, Optional
 
 # Order as shown in --help.
-COMMANDS = ["demo", "serve", "replay"]
+COMMANDS = ["demo", "serve", "replay", "predict", "models", "annotate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

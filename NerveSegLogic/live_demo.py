@@ -67,8 +67,7 @@ def run_demo(options: DemoOptions) -> dict:
     source = Path(options.source) if options.source else sample_dir()
     replay = ReplayServer(source, host="127.0.0.1", port=options.port, fps=options.fps, loop=True,
                           max_frames=options.frames, wait_for_client=True)
-    first = replay.peek_frame() if hasattr(replay, "peek_frame") else None
-    segmenter.warm_up(*(first.shape[:2] if first is not None else (512, 534)))
+    segmenter.warm_up()
 
     scene = LiveScene(segmenter.classes, record=True)
     kept = _Kept()
@@ -154,6 +153,12 @@ def _write_video(path: Path, pictures, fps: float = 10.0) -> Optional[str]:
     return path.name
 
 
+def describe_backend(backend) -> str:
+    from .inference.backends import describe
+
+    return describe(backend)
+
+
 def _summary(options, model_name, segmenter, replay, pipeline, scene, scene_path, pictures, wall_s,
              interrupted) -> dict:
     counters = pipeline.counters()
@@ -164,7 +169,7 @@ def _summary(options, model_name, segmenter, replay, pipeline, scene, scene_path
         latency[key]["n"] = values["n"]
     summary = {
         "model": model_name,
-        "backend": segmenter.describe(),
+        "backend": describe_backend(segmenter.backend),
         "frames_sent": int(replay.frames_sent),
         "frames_received": counters["frames_received"],
         "frames_segmented": counters["frames_segmented"],

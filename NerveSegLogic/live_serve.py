@@ -52,7 +52,7 @@ class SegmentationServer:
 
     def _send(self, result) -> None:
         frame = result.frame
-        self.sender.send_labelmap(result.labelmap, frame.geometry, timestamp=frame.igtl_timestamp,
+        self.sender.send_labelmap(result.labelmap, frame.geometry, igtl_timestamp=frame.igtl_timestamp,
                                   device_name=LABEL_DEVICE_NAME)
         self.results_sent += 1
 

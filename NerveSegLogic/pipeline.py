@@ -82,8 +82,7 @@ class LiveStats:
 class LivePipeline:
     """Receiver + inference engine + sinks, with counters.
 
-    receiver: anything with ``start()``, ``stop()``, a ``frames`` NewestSlot of Frame and a ``counters()`` dict
-    (ImageReceiver), or None when frames are put into ``frames`` by the caller (e.g. from a Slicer volume node).
+    receiver: anything with ``start()``, ``stop()`` and a ``frames`` NewestSlot of Frame (an ImageReceiver), or None when frames are put into ``frames`` by the caller (e.g. from a Slicer volume node).
     segmenter: a Segmenter. sinks: callables taking a SegmentationResult, run on the polling (main) thread.
     """
 
@@ -144,6 +143,15 @@ class LivePipeline:
             "sink_errors": self.sink_errors,
         }
         out["frames_dropped"] = out["frames_dropped_before_inference"] + out["results_dropped_before_apply"]
-        if self.receiver is not None and hasattr(self.receiver, "counters"):
-            out["receiver"] = self.receiver.counters()
+        if self.receiver is not None and hasattr(self.receiver, "stats"):
+            out["receiver"] = receiver_counters(self.receiver)
         return out
+
+
+def receiver_counters(receiver) -> dict:
+    """An ImageReceiver's counters as a plain dict, with ``connected``."""
+    import dataclasses
+
+    counters = dataclasses.asdict(receiver.stats())
+    counters["connected"] = receiver.connected.is_set()
+    return counters
