@@ -4,7 +4,8 @@ Reading: the classes come from ``dataset.json`` ``labels`` (``{"background": 0, 
 a catalogue key or alias, or pass ``mapping={value: key}``). ``labelsTs/`` is read too when present (nnU-Net itself
 ignores it; NerveSeg exports put the test labels there). Single-channel only: NerveSeg frames are grey.
 
-Writing (:class:`NnunetWriter`): 2D PNG, one channel (``channel_names {"0": "US"}``), train and validation cases in
+Writing (:class:`NnunetWriter`): 2D PNG (labels as plain grey PNG: nnU-Net reads PNG through scikit-image, which
+turns palette images into colours), one channel (``channel_names {"0": "US"}``), train and validation cases in
 ``imagesTr``/``labelsTr`` and ``splits_final.json`` (nnU-Net's own split file, one fold: our train/val) beside
 ``dataset.json`` so it can be copied into the preprocessed folder to train on exactly our split; test cases in
 ``imagesTs`` with their labels in ``labelsTs``.
@@ -22,7 +23,7 @@ import numpy as np
 from NerveSegLogic.classes import SegmentClass
 
 from .dataset import DatasetError, LabelledDataset, SampleRef
-from .files import read_image, read_label_image, write_image, write_label_image
+from .files import read_image, read_label_image, write_image
 from .labels import index_mapping, read_class_file
 from .layout import frame_extras, manifest_frames
 
@@ -125,7 +126,6 @@ class NnunetWriter:
         self.dataset_name = dataset_name
         self.channel_name = channel_name
         self.compress_level = compress_level
-        self._colors = [c.color_uint8() for c in self.classes]
         self._split_cases: Dict[str, List[str]] = {"train": [], "val": [], "test": []}
         for sub in ("imagesTr", "labelsTr"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,8 @@ class NnunetWriter:
         image_path = self.root / images / f"{case}_0000{self.ending}"
         label_path = self.root / labels / f"{case}{self.ending}"
         write_image(image_path, image, self.compress_level)
-        write_label_image(label_path, mask, self._colors, self.compress_level)
+        # plain grey, not a palette: nnU-Net reads PNG with scikit-image, which expands palettes to RGB colours
+        write_image(label_path, mask, self.compress_level)
         self._split_cases.setdefault(split, []).append(case)
         return [image_path, label_path]
 

@@ -174,3 +174,45 @@ def read_kaggle(root: Path, mapping: Optional[Mapping] = None, split: Optional[s
 def _kaggle_order(name: str):
     match = _KAGGLE_NAME.match(name)
     return (0, int(match.group(1)), int(match.group(2)), "") if match else (1, 0, 0, name)
+
+
+# -- writing -------------------------------------------------------------------------------------------------------
+
+class MasksWriter:
+    """Image/mask pairs with class-index masks that carry a palette (a person sees the classes in colour).
+
+    ``png`` (default): ``<split>/images/<case>.png`` + ``<split>/masks/<case>.png`` (the usgra-seg layout).
+    ``tif``: ``<split>/<case>.tif`` + ``<split>/<case>_mask.tif`` (the Kaggle nerve set's layout; the masks hold
+    class indices, not 0/255, and ``classes.json`` says which).
+    ``classes.json`` at the root names the labels for every reader."""
+
+    format = "masks"
+
+    def __init__(self, root: Path, classes, image_format: str = "png", compress_level: int = 1):
+        if image_format not in ("png", "tif"):
+            raise ValueError(f"image format for masks export must be 'png' or 'tif', got {image_format!r}")
+        self.root = Path(root)
+        self.classes = tuple(classes)
+        self.image_format = image_format
+        self.compress_level = compress_level
+        self._colors = [c.color_uint8() for c in self.classes]
+
+    def add(self, case: str, split: str, image: np.ndarray, mask: np.ndarray, **_) -> List[Path]:
+        from .files import write_image, write_label_image
+
+        if self.image_format == "png":
+            image_path = self.root / split / "images" / f"{case}.png"
+            mask_path = self.root / split / "masks" / f"{case}.png"
+        else:
+            image_path = self.root / split / f"{case}.tif"
+            mask_path = self.root / split / f"{case}_mask.tif"
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        write_image(image_path, image, self.compress_level)
+        write_label_image(mask_path, mask, self._colors, self.compress_level)
+        return [image_path, mask_path]
+
+    def close(self) -> List[Path]:
+        from .labelme import write_classes_json
+
+        return [write_classes_json(self.root, self.classes)]

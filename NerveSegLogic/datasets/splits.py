@@ -61,34 +61,52 @@ def split_by_subject(subjects: Sequence[Hashable], fractions: Mapping[str, float
                      strata: Optional[Sequence[Optional[str]]] = None) -> List[str]:
     """The split name of each item, so that all items of one subject share a split.
 
-    subjects: one subject key per item. fractions: target share of ITEMS per split (see :func:`parse_fractions`).
-    strata: per item, e.g. the block region; a subject is stratified by its most common value, and each stratum's
-    subjects are spread over the splits separately, so each split gets its share of every region.
-    The result depends only on the inputs and ``seed`` (subjects are sorted before the seeded shuffle). Within a
-    stratum subjects are taken in shuffled order and each goes to the split furthest below its target."""
-    frames_of: Dict[Hashable, int] = Counter(subjects)
+    subjects: one subject key per item. fractions: target share of SUBJECTS per split (see :func:`parse_fractions`);
+    the number of subjects per split is rounded by largest remainder, so 6 subjects at 70,15,15 give 4, 1, 1.
+    strata: per item, e.g. the block region; a subject counts in its most common stratum, and subjects are handed
+    out stratum by stratum in turn, each to the split (with room left) that is furthest below its share of that
+    stratum, so each split gets its share of every region as far as the counts allow.
+    The result depends only on the inputs and ``seed`` (subjects are sorted before the seeded shuffle)."""
+    names = [n for n in SPLITS if fractions.get(n, 0) > 0]
+    if not names:
+        raise ValueError(f"split fractions {dict(fractions)} give no split a positive share")
     stratum_of: Dict[Hashable, str] = {}
+    unique = sorted(set(subjects), key=lambda s: (str(type(s)), str(s)))
     if strata is not None:
         votes: Dict[Hashable, Counter] = defaultdict(Counter)
         for subject, stratum in zip(subjects, strata):
             votes[subject][stratum if stratum is not None else ""] += 1
         stratum_of = {s: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for s, c in votes.items()}
-    groups: Dict[str, List[Hashable]] = defaultdict(list)
-    for subject in sorted(frames_of, key=lambda s: (str(type(s)), str(s))):
-        groups[stratum_of.get(subject, "")].append(subject)
     rng = random.Random(seed)
-    names = [n for n in SPLITS if fractions.get(n, 0) > 0]
+    rng.shuffle(unique)
+
+    # subjects per split: largest remainder of fraction x number of subjects
+    total = sum(fractions[n] for n in names)
+    exact = {n: fractions[n] / total * len(unique) for n in names}
+    room = {n: int(exact[n]) for n in names}
+    for n in sorted(names, key=lambda n: (-(exact[n] - room[n]), names.index(n)))[:len(unique) - sum(room.values())]:
+        room[n] += 1
+
+    # hand subjects out one stratum at a time, in turn, so small strata spread over the splits too
+    queues: Dict[str, List[Hashable]] = defaultdict(list)
+    for subject in unique:
+        queues[stratum_of.get(subject, "")].append(subject)
+    size = {k: len(v) for k, v in queues.items()}
+    given: Dict[str, Counter] = defaultdict(Counter)
     split_of: Dict[Hashable, str] = {}
-    for stratum in sorted(groups):
-        members = groups[stratum]
-        rng.shuffle(members)
-        total = sum(frames_of[s] for s in members)
-        assigned = {n: 0 for n in names}
-        for subject in members:
-            # the split with the largest shortfall against its target; ties go to the earlier split
-            best = max(names, key=lambda n: (fractions[n] * total - assigned[n], -names.index(n)))
+    turn = sorted(queues)
+    rng.shuffle(turn)  # which region goes first varies with the seed, like everything else
+    while any(queues.values()):
+        for stratum in turn:
+            if not queues[stratum]:
+                continue
+            subject = queues[stratum].pop(0)
+            open_splits = [n for n in names if room[n] > 0]
+            best = max(open_splits, key=lambda n: (round(fractions[n] / total * size[stratum]
+                                                         - given[stratum][n], 9), room[n], -names.index(n)))
             split_of[subject] = best
-            assigned[best] += frames_of[subject]
+            given[stratum][best] += 1
+            room[best] -= 1
     return [split_of[s] for s in subjects]
 
 
