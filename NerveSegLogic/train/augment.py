@@ -159,8 +159,10 @@ class Augmenter:
     Raises ValueError for an unknown name, listing the known ones.
     """
 
-    def __init__(self, names: Iterable[str], probability: float = 0.5):
+    def __init__(self, names: Iterable[str], probability: float = 0.5,
+                 settings: Optional[Dict[str, Dict[str, float]]] = None):
         self.names: List[str] = [str(n) for n in names]
+        self.settings = {k: dict(v) for k, v in (settings or {}).items()}
         unknown = [n for n in self.names if n not in AUGMENTATIONS]
         if unknown:
             raise ValueError(f"unknown augmentation(s) {unknown}; known: {', '.join(sorted(AUGMENTATIONS))}")
@@ -171,8 +173,19 @@ class Augmenter:
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
         for name in self.names:
             if rng.random() < self.probability:
-                image, mask = AUGMENTATIONS[name](image, mask, rng)
+                image, mask = AUGMENTATIONS[name](image, mask, rng, **self.settings.get(name, {}))
         return image, mask
+
+    @classmethod
+    def from_recipe(cls, recipe: Dict) -> "Augmenter":
+        """From a card's ``training.recipe``: ``augmentations`` (names), optional ``augmentation_probability``,
+        ``rotation_degrees`` and ``shear_degrees`` (the largest angles)."""
+        settings: Dict[str, Dict[str, float]] = {}
+        if recipe.get("rotation_degrees") is not None:
+            settings["rotation"] = {"max_degrees": float(recipe["rotation_degrees"])}
+        if recipe.get("shear_degrees") is not None:
+            settings["shear"] = {"max_degrees": float(recipe["shear_degrees"])}
+        return cls(recipe.get("augmentations", []), float(recipe.get("augmentation_probability", 0.5)), settings)
 
     def __repr__(self) -> str:
         return f"Augmenter({self.names}, probability={self.probability})"

@@ -1,0 +1,73 @@
+"""``nerveseg evaluate``: score a model on a labelled data set exactly as the live path segments it."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Evaluate a registered model on any labelled data set (image/mask folders like usgra-seg, Kaggle, COCO, Labelme,
+Slicer .seg.nrrd, nnU-Net). Every frame is segmented by the live path's own code (the card's preprocessing, the
+model, argmax, back to the frame's size, regions under a 7-pixel-radius circle dropped), then compared with its mask.
+
+Writes into --out:
+  metrics.json   {"model", "n_images", "per_class": {"nerve": {"dice", "iou", "precision", "recall", "hd95_px",
+                 "hd95_mm", "auc"}, "blood_vessel": {...}, "vessel": same as blood_vessel}, "detection": {"nerve":
+                 {"precision", "recall", "f1", "pooled"}, ...}, "coco" (instance models), "per_image", ...};
+                 every figure the mean over the frames where it is defined (NaN/null otherwise)
+  report.md      the tables and overlay pictures (overlays/*.png) of the best and worst frames
+Detection follows Smistad et al.: a true region counts as found when a predicted region overlaps it with Dice above
+0.25; regions smaller than a 7-pixel-radius circle are ignored. HD95 is in pixels, and in mm where the data gives
+a pixel spacing. The data's classes must be the model's: if they are not, the command stops and says which mapping
+the model expects (give it with --map). Research use only, not for clinical decisions."""
+
+EPILOG = """\
+defaults: --out evaluation/<model>, the card's shipped weights, --device cpu.
+examples:
+  nerveseg evaluate --model smistad-unet --data Resources/Sample
+  nerveseg evaluate --model unet --data path/to/usgra-seg --weights runs/unet/unet.safetensors
+  nerveseg evaluate --model sa-unet --data my_frames --map 1=nerve,2=blood_vessel --out eval-sa"""
+
+
+def register(subparsers) -> None:
+    from .train import add_data_arguments
+
+    parser = subparsers.add_parser("evaluate", help="score a model on a labelled data set", description=DESCRIPTION,
+                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="registered model name (see 'nerveseg models list')")
+    add_data_arguments(parser)
+    parser.add_argument("--out", default=None, help="output folder (default: evaluation/<model>)")
+    parser.add_argument("--weights", default=None,
+                        help="safetensors weights to use instead of the card's; a card.json beside them (as "
+                             "'nerveseg train' writes) supplies their sha256 and input size")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument("--limit-images", type=int, default=None, help="only the first N frames by name")
+    parser.add_argument("--pictures", type=int, default=3, help="best and worst frames pictured (default: 3)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from ..datasets.dataset import DatasetError
+    from ..models.weights import WeightsError
+    from ..train.data import ClassMismatchError
+    from ..train.runs import evaluate_data_set
+
+    out = Path(args.out or Path("evaluation") / args.model)
+    try:
+        summary, paths = evaluate_data_set(args.model, Path(args.data), out, weights=args.weights,
+                                           device=args.device, data_format=args.data_format, mapping=args.mapping,
+                                           limit_images=args.limit_images, pictures=args.pictures,
+                                           progress=not args.no_progress,
+                                           command="nerveseg " + " ".join(sys.argv[1:]))
+    except (ClassMismatchError, DatasetError, WeightsError, KeyError) as error:
+        print(f"nerveseg evaluate: {error}", file=sys.stderr)
+        return 2
+    for key in summary["classes"]:
+        m, d = summary["per_class"][key], summary["detection"][key]
+        print(f"{key}: Dice {m['dice']:.3f}  IoU {m['iou']:.3f}  HD95 {m['hd95_px']:.1f} px  "
+              f"detection F1 {d['f1']:.3f}")
+    print(f"{summary['n_images']} frames; metrics: {paths['metrics']}; report: {paths['report']}")
+    return 0

@@ -1,0 +1,105 @@
+"""``nerveseg train``: train a registered model on a labelled data set with its paper's recipe."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Train a registered model on a labelled data set (image/mask folders like usgra-seg, Kaggle, COCO, Labelme, Slicer
+.seg.nrrd, nnU-Net), by default with the recipe in the model's card: loss, optimiser, learning-rate schedule, batch
+size, epochs, augmentations (Smistad's gamma, rotation, Gaussian shadows, depth cut, JPEG, elastic; Kim's shear),
+sampling and input size. Instance models (bpmsegnet) get one instance per connected region of each class.
+
+Validation is one contiguous block of frames (--folds blocks of the frames sorted by name; never random frames,
+since neighbouring frames come from the same scan). Every epoch is checkpointed (safetensors + JSON, nothing
+pickled); running the same command again RESUMES from the checkpoint in --out. Writes into --out:
+  <model>.safetensors   weights of the epoch with the best validation Dice (--folds 1: the last epoch)
+  card.json             the model card with those weights' sha256, the recipe and input size used, data, epochs,
+                        device, wall time and notes (copy both into Resources/Models to ship them)
+  learning_curve.png    train loss and validation Dice per epoch
+Uses CUDA when torch sees a GPU (--device auto), else all CPU cores."""
+
+EPILOG = """\
+defaults: --out runs/<model>, the card's epochs and input size, --folds 5 --fold 4 (last block validates),
+          --seed 0, --device auto, no time limit.
+examples:
+  nerveseg train --model smistad-unet --data path/to/usgra-seg
+  nerveseg train --model sa-unet --data path/to/usgra-seg --epochs 30 --input-size 128 128 --limit-minutes 60
+  nerveseg train --model unet --data path/to/usgra-seg --folds 1 --out runs/unet-all   # every frame, no validation"""
+
+
+def parse_mapping(text):
+    """``1=nerve,2=blood_vessel`` -> {1: "nerve", 2: "blood_vessel"} (labels may also be class names in files)."""
+    if not text:
+        return None
+    mapping = {}
+    for item in text.split(","):
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"--map expects VALUE=CLASS pairs separated by commas, got {item!r}")
+        source, target = (part.strip() for part in item.split("=", 1))
+        mapping[int(source) if source.isdigit() else source] = target
+    return mapping
+
+
+def add_data_arguments(parser) -> None:
+    parser.add_argument("--data", required=True, help="data set folder (or file, for COCO / Labelme)")
+    parser.add_argument("--format", dest="data_format", default="auto",
+                        help="data set format: auto, folder, kaggle, coco, labelme, slicer, nnunet (default: auto)")
+    parser.add_argument("--map", dest="mapping", type=parse_mapping, default=None, metavar="V=CLASS,...",
+                        help="the data's label values (or class names) to classes, e.g. 1=nerve,2=blood_vessel")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a model on a labelled data set", description=DESCRIPTION,
+                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="registered model name (see 'nerveseg models list')")
+    add_data_arguments(parser)
+    parser.add_argument("--out", default=None, help="output folder (default: runs/<model>)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the card's recipe)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="model input size (default: the card's; smaller trains faster on a CPU)")
+    parser.add_argument("--folds", type=int, default=5, help="contiguous blocks; 1 = no validation (default: 5)")
+    parser.add_argument("--fold", type=int, default=None, help="block that validates (default: the last)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, order and augmentation")
+    parser.add_argument("--limit-minutes", type=float, default=None,
+                        help="stop after this much training time, summed over resumed runs (default: none)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the card's recipe")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the card's recipe)")
+    parser.add_argument("--augmentations", default=None,
+                        help="comma-separated augmentation names, or 'none' (default: the card's recipe)")
+    parser.add_argument("--limit-images", type=int, default=None, help="use only the first N frames (smoke tests)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from ..train.data import ClassMismatchError
+    from ..train.loop import CheckpointError, TrainOptions, train
+
+    augmentations = None
+    if args.augmentations is not None:
+        augmentations = [] if args.augmentations.strip().lower() == "none" else \
+            [a.strip() for a in args.augmentations.split(",") if a.strip()]
+    options = TrainOptions(
+        model=args.model, data=Path(args.data), out=Path(args.out or Path("runs") / args.model),
+        epochs=args.epochs, device=args.device, input_size=tuple(args.input_size) if args.input_size else None,
+        folds=args.folds, fold=args.fold, seed=args.seed, limit_minutes=args.limit_minutes,
+        batch_size=args.batch_size, lr=args.lr, augmentations=augmentations, data_format=args.data_format,
+        mapping=args.mapping, limit_images=args.limit_images, threads=args.threads, progress=not args.no_progress)
+    try:
+        result = train(options)
+    except (ClassMismatchError, CheckpointError, KeyError) as error:
+        print(f"nerveseg train: {error}", file=sys.stderr)
+        return 2
+    last = result.history[-1] if result.history else {}
+    val = (last.get("val") or {}).get("dice") or {}
+    summary = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if v is not None)
+    print(f"{result.stop_reason}: {result.epochs_done} epochs, {result.global_step} steps"
+          + (f"; last validation Dice {summary}" if summary else ""))
+    print(f"weights: {result.weights}\ncard: {result.card}\ncurve: {result.out / 'learning_curve.png'}")
+    return 0

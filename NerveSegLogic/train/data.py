@@ -1,0 +1,189 @@
+"""Training and evaluation data: the class check against a model card, block splits, frames held in memory, batches.
+
+A data set is read once (:class:`FrameStore`, grey uint8 frames and label masks in their own size); every training
+step then augments the frames at their own size and preprocesses them exactly as the live path does
+(:func:`NerveSegLogic.inference.preprocess.preprocess` for the image, ``place_mask`` for the mask).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..classes import SegmentClass
+from ..inference import preprocess as pp
+
+log = logging.getLogger(__name__)
+
+#: Instance targets ignore components smaller than this many pixels of the model input (too small for a box).
+MIN_INSTANCE_AREA_INPUT_PX = 16
+
+
+class ClassMismatchError(ValueError):
+    """The data's classes are not the model's; the message gives the mapping the model expects."""
+
+
+def _describe(mapping: Mapping[int, str]) -> str:
+    return "{" + ", ".join(f"{label}: {key}" for label, key in sorted(mapping.items())) + "}"
+
+
+def label_translation(model_classes: Sequence[SegmentClass], data_classes: Sequence[SegmentClass],
+                      model_name: str = "the model", data_name: str = "the data") -> Optional[Dict[int, int]]:
+    """How the data's label values become the model's: None when they are already the same, else {data: model}.
+
+    The same classes under other label values are translated; any class on one side only raises
+    :class:`ClassMismatchError` naming both mappings and the ``--map`` that would make them agree.
+    """
+    model = {c.key: c.label for c in model_classes}
+    data = {c.key: c.label for c in data_classes}
+    if model == data:
+        return None
+    if set(model) == set(data):
+        return {data[key]: model[key] for key in data}
+    expected = _describe({label: key for key, label in model.items()})
+    found = _describe({label: key for key, label in data.items()})
+    example = ",".join(f"{label}={key}" for key, label in sorted(model.items(), key=lambda kv: kv[1]))
+    raise ClassMismatchError(
+        f"{model_name} segments {expected} (label value: class) but {data_name} has {found}: "
+        f"missing {sorted(set(model) - set(data)) or 'nothing'}, extra {sorted(set(data) - set(model)) or 'nothing'}. "
+        f"Give the data's label values the model's classes with --map (for example --map {example}), "
+        f"or pick a model trained on these classes.")
+
+
+def translate_mask(mask: np.ndarray, translation: Optional[Mapping[int, int]]) -> np.ndarray:
+    """``mask`` with its label values replaced by ``translation`` (unlisted values kept)."""
+    if not translation:
+        return mask
+    table = np.arange(256, dtype=np.uint8)
+    for source, target in translation.items():
+        table[int(source)] = int(target)
+    return table[mask]
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A grey frame as uint8 (uint16 and float frames scaled like preprocess's ``unit`` normalisation)."""
+    grey = pp.to_grey(image)
+    if grey.dtype == np.uint8:
+        return grey
+    return np.clip(np.rint(pp.normalize(grey, "unit") * 255.0), 0, 255).astype(np.uint8)
+
+
+def block_folds(names: Sequence[str], folds: int) -> List[List[int]]:
+    """Indices of ``folds`` contiguous blocks of the items sorted by name (neighbouring frames come from the same
+    scan, so a fold never takes random frames). Raises ValueError for fewer items than folds."""
+    from ..datasets.splits import contiguous_folds
+
+    return [list(test) for _, test in contiguous_folds(list(names), folds)]
+
+
+def split_indices(names: Sequence[str], folds: int, fold: Optional[int]) -> Tuple[List[int], List[int]]:
+    """(train, validation) indices: validation is block ``fold`` (default: the last) of ``folds`` contiguous
+    blocks; ``fold=None`` with ``folds <= 1`` means no validation (train on everything)."""
+    if folds <= 1:
+        return list(range(len(names))), []
+    blocks = block_folds(names, folds)
+    index = folds - 1 if fold is None else int(fold)
+    if not 0 <= index < folds:
+        raise ValueError(f"--fold must be 0..{folds - 1} for {folds} folds, got {fold}")
+    validation = sorted(blocks[index])
+    chosen = set(validation)
+    return [i for i in range(len(names)) if i not in chosen], validation
+
+
+@dataclass
+class Frame:
+    """One frame held for training: grey uint8 image and label mask (model labels) in the frame's own size."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+    spacing: Optional[Tuple[float, float]] = None
+
+
+class FrameStore:
+    """The frames of a data set, read once and kept in memory, masks translated to the model's labels."""
+
+    def __init__(self, dataset, translation: Optional[Mapping[int, int]] = None,
+                 indices: Optional[Sequence[int]] = None):
+        chosen = range(len(dataset)) if indices is None else indices
+        self.frames: List[Frame] = []
+        for index in chosen:
+            sample = dataset[index]
+            self.frames.append(Frame(name=sample.name, image=to_uint8(sample.image),
+                                     mask=translate_mask(sample.mask, translation), spacing=sample.spacing))
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> Frame:
+        return self.frames[index]
+
+
+def has_foreground(frame: Frame) -> bool:
+    return bool(frame.mask.any())
+
+
+def epoch_order(store: FrameStore, indices: Sequence[int], seed: int, epoch: int, sampling: str) -> List[int]:
+    """The order frames are visited in one epoch, reproducible from (seed, epoch).
+
+    ``uniform``: a random permutation. ``balanced`` (RAGCM's 1:1 positive/negative batches): frames with and without
+    foreground alternate, the smaller group drawn again as needed; when one group is empty this is ``uniform``.
+    """
+    rng = np.random.default_rng([int(seed), int(epoch), 17])
+    indices = list(indices)
+    if sampling == "balanced":
+        positive = [i for i in indices if has_foreground(store[i])]
+        negative = [i for i in indices if not has_foreground(store[i])]
+        if positive and negative:
+            half = len(indices) // 2 + len(indices) % 2
+            pos = list(rng.permutation(positive)) if len(positive) >= half else list(rng.choice(positive, half))
+            neg = list(rng.permutation(negative)) if len(negative) >= half else list(rng.choice(negative, half))
+            order = [int(v) for pair in zip(pos[:half], neg[:half]) for v in pair]
+            return order[:len(indices)]
+    elif sampling != "uniform":
+        raise ValueError(f"sampling must be 'uniform' or 'balanced', got {sampling!r}")
+    return [int(v) for v in rng.permutation(indices)]
+
+
+def augmentation_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+    """The generator for one frame's augmentation: a function of (seed, epoch, position in the epoch) only, so a
+    resumed run draws exactly what an uninterrupted one would."""
+    return np.random.default_rng([int(seed), int(epoch), int(position)])
+
+
+def prepare(frame: Frame, spec: pp.InputSpec, augmenter=None,
+            rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Model input (C, H, W) float32 and target (H, W) int64 labels for one frame, augmented when asked."""
+    image, mask = frame.image, frame.mask
+    if augmenter is not None:
+        image, mask = augmenter(image, mask, rng if rng is not None else np.random.default_rng())
+    tensor, _ = pp.preprocess(image, spec)
+    target = pp.place_mask(mask, spec).astype(np.int64)
+    return tensor, target
+
+
+def instance_targets(target: np.ndarray, labels: Sequence[int],
+                     min_area: int = MIN_INSTANCE_AREA_INPUT_PX) -> Dict[str, np.ndarray]:
+    """Mask R-CNN targets from a label map in input size: one instance per 8-connected component of each label
+    (components under ``min_area`` pixels skipped), ``boxes`` (N, 4) float32 xyxy in pixels (x1, y1 exclusive: the
+    box encloses the component's pixels), ``labels`` (N,) int64, ``masks`` (N, H, W) uint8."""
+    import cv2
+
+    boxes, classes, masks = [], [], []
+    for label in labels:
+        count, components, stats, _ = cv2.connectedComponentsWithStats((target == label).astype(np.uint8),
+                                                                         connectivity=8)
+        for index in range(1, count):
+            x, y, w, h, area = stats[index]
+            if area < min_area:
+                continue
+            boxes.append([x, y, x + w, y + h])
+            classes.append(label)
+            masks.append((components == index).astype(np.uint8))
+    height, width = target.shape
+    return {"boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            "labels": np.asarray(classes, dtype=np.int64),
+            "masks": np.asarray(masks, dtype=np.uint8).reshape(-1, height, width)}

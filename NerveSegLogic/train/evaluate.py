@@ -1,0 +1,248 @@
+"""Evaluating a model on labelled frames exactly as the live path segments them, and the report it writes.
+
+Every frame goes through :class:`NerveSegLogic.inference.segmenter.Segmenter` (the live path's own code: the card's
+preprocessing, the model, argmax, back to the frame's size, regions smaller than a 7-pixel-radius circle dropped),
+then :mod:`.metrics` compares the labelmap with the truth in the frame's own pixels.
+
+metrics.json (see :func:`evaluate` for everything in it) is keyed by the card's class keys (``nerve``,
+``blood_vessel``); ``blood_vessel`` is also reported as ``vessel``, the name issue 4 uses, with the same numbers
+(``aliases`` says so).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from . import metrics
+from .data import FrameStore
+
+log = logging.getLogger(__name__)
+
+#: Extra keys in metrics.json: {alias: card key}. Issue 4 names the vessel class "vessel".
+ALIASES = {"vessel": "blood_vessel"}
+
+
+@dataclass
+class FrameResult:
+    name: str
+    scores: Dict  # metrics.frame_metrics output
+    labelmap: np.ndarray
+    mean_dice: float
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured: the metrics.json content and the per-frame results (for pictures)."""
+
+    summary: Dict
+    frames: List[FrameResult] = field(default_factory=list)
+
+
+def _spacing_rc(spacing) -> Optional[tuple]:
+    # Samples give (along a row = x, along a column = y) mm; metrics take (row, column) = (y, x).
+    if spacing is None:
+        return None
+    return (float(spacing[1]), float(spacing[0]))
+
+
+def _class_probabilities(result, classes) -> Optional[Dict[str, np.ndarray]]:
+    """Per-class pixel scores in frame size for AUC: the semantic model's probabilities, or for instance models the
+    highest score of an instance of that class covering the pixel."""
+    height, width = result.labelmap.shape
+    if result.probabilities is not None:
+        probabilities = result.probabilities
+        if probabilities.shape[1:] != (height, width):
+            return None  # the caller restores them (it knows the placement)
+        return {c.key: probabilities[c.label] for c in classes}
+    if result.instances is not None:
+        maps = {c.key: np.zeros((height, width), dtype=np.float32) for c in classes}
+        by_label = {c.label: c.key for c in classes}
+        for instance in result.instances:
+            key = by_label.get(int(instance.label))
+            if key is not None:
+                np.maximum(maps[key], np.where(instance.mask, np.float32(instance.score), 0), out=maps[key])
+        return maps
+    return None
+
+
+def evaluate(segmenter, frames: FrameStore, progress: bool = False, auc: bool = True,
+             keep_labelmaps: bool = True) -> Evaluation:
+    """Segment every frame of ``frames`` with ``segmenter`` and score it against the truth.
+
+    Returns an :class:`Evaluation` whose ``summary`` holds ``model``, ``n_images``, ``classes`` ({key: label}),
+    ``per_class`` ({key: {dice, iou, precision, recall, hd95_px, hd95_mm, auc}}, each the mean over frames where it
+    is defined), ``detection`` ({key: {precision, recall, f1} means over frames, plus ``pooled`` counts}),
+    ``spread`` (std and n of each mean), ``coco`` (instance models: bbox/segm AP50, AP60, AP70, AP), ``ms_per_frame``
+    (median wall time of one segment call) and ``per_image``.
+    """
+    from ..inference import preprocess as pp
+
+    card = segmenter.card
+    classes = tuple(card.classes)
+    labels = {c.key: c.label for c in classes}
+    instance_model = card.task == "instance"
+    results: List[FrameResult] = []
+    truth_objects, found_objects, timings = [], [], []
+    iterator = range(len(frames))
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc=f"evaluate {card.name}", unit="frame")
+    for index in iterator:
+        frame = frames[index]
+        start = time.perf_counter()
+        result = segmenter.segment(frame.image)
+        timings.append((time.perf_counter() - start) * 1000.0)
+        probabilities = None
+        if auc:
+            probabilities = _class_probabilities(result, classes)
+            if probabilities is None and result.probabilities is not None:
+                _, placement = pp.place(frame.image, card.input)
+                restored = pp.restore(result.probabilities, placement)
+                probabilities = {c.key: restored[c.label] for c in classes}
+        scores = metrics.frame_metrics(result.labelmap, frame.mask, labels, probabilities,
+                                       _spacing_rc(frame.spacing))
+        dices = [scores["per_class"][c.key]["dice"] for c in classes]
+        finite = [d for d in dices if not math.isnan(d)]
+        results.append(FrameResult(frame.name, scores, result.labelmap if keep_labelmaps else None,
+                                   float(np.mean(finite)) if finite else math.nan))
+        if instance_model:
+            truth_objects.append(metrics.instances_from_labelmap(frame.mask, labels.values()))
+            found_objects.append([metrics.InstanceMask(int(i.label), i.mask, float(i.score), tuple(i.box))
+                                  for i in (result.instances or [])])
+    summary = metrics.summarize([r.scores for r in results])
+    out: Dict = {
+        "model": card.name,
+        "task": card.task,
+        "n_images": len(results),
+        "classes": labels,
+        "aliases": {alias: key for alias, key in ALIASES.items() if key in labels},
+        "per_class": summary["per_class"],
+        "detection": summary["detection"],
+        "spread": summary["spread"],
+    }
+    for alias, key in out["aliases"].items():
+        out["per_class"][alias] = out["per_class"][key]
+        out["detection"][alias] = out["detection"][key]
+    if instance_model:
+        out["coco"] = metrics.coco_average_precision(truth_objects, found_objects, labels)
+    out["mean_foreground_dice"] = _mean([summary["per_class"][k]["dice"] for k in labels])
+    out["ms_per_frame"] = float(np.median(timings)) if timings else math.nan
+    out["per_image"] = [{"name": r.name, **r.scores} for r in results]
+    return Evaluation(summary=out, frames=results)
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def json_ready(value):
+    """NaN and infinities become null (strict JSON); numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as strict JSON (NaN as null) atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(json_ready(data), indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def write_report(evaluation: Evaluation, frames: FrameStore, out_dir: Path, classes, context: Mapping,
+                 pictures: int = 3) -> Dict[str, Path]:
+    """Write ``metrics.json``, ``report.md`` and overlay PNGs of the ``pictures`` best and worst frames (by mean
+    foreground Dice) into ``out_dir``; returns the paths. ``context`` (data, weights, device, command) is recorded
+    in both files."""
+    import cv2
+
+    from ..overlay import render_overlay
+
+    out_dir = Path(out_dir)
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    summary = dict(evaluation.summary)
+    summary.update({"context": dict(context), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
+                    "conventions": metrics.__doc__.split("Conventions", 1)[-1].strip()})
+    paths = {"metrics": out_dir / "metrics.json", "report": out_dir / "report.md"}
+    write_json(paths["metrics"], summary)
+
+    scored = [(r.mean_dice, i) for i, r in enumerate(evaluation.frames) if not math.isnan(r.mean_dice)]
+    scored.sort()
+    worst = [i for _, i in scored[:pictures]]
+    best = [i for _, i in reversed(scored[-pictures:])] if scored else []
+    lines = [f"# Evaluation of {summary['model']}", "",
+             f"- data: {context.get('data', '?')} ({summary['n_images']} frames)",
+             f"- weights: {context.get('weights', '?')}",
+             f"- device: {context.get('device', '?')}; median {_fmt(summary['ms_per_frame'], 1)} ms per frame "
+             f"(whole live path: preprocessing, model, postprocessing)",
+             f"- machine: {summary['machine']}; date: {summary['date']}",
+             f"- command: `{context.get('command', '?')}`", "",
+             "Each figure is the mean over frames where it is defined (n = frames counted). "
+             "HD95 in pixels of the frame; in mm only where the data gives a pixel spacing.", "",
+             "| class | Dice | IoU | precision | recall | HD95 px | HD95 mm | pixel AUC | n |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for cls in classes:
+        m, n = summary["per_class"][cls.key], summary["spread"][cls.key]["dice"]["n"]
+        lines.append(f"| {cls.name} | {_fmt(m['dice'])} | {_fmt(m['iou'])} | {_fmt(m['precision'])} | "
+                     f"{_fmt(m['recall'])} | {_fmt(m['hd95_px'], 1)} | {_fmt(m['hd95_mm'], 2)} | {_fmt(m['auc'])} | "
+                     f"{n} |")
+    lines += ["", "Detection (Smistad's rule: a true region is found when a predicted region overlaps it with "
+                  "Dice > 0.25; regions under a 7-pixel-radius circle ignored). Means over frames, and pooled over "
+                  "all regions:", "",
+              "| class | precision | recall | F1 | pooled TP / FP / FN | pooled F1 |", "|---|---|---|---|---|---|"]
+    for cls in classes:
+        d = summary["detection"][cls.key]
+        p = d["pooled"]
+        lines.append(f"| {cls.name} | {_fmt(d['precision'])} | {_fmt(d['recall'])} | {_fmt(d['f1'])} | "
+                     f"{p['tp']} / {p['fp']} / {p['fn']} | {_fmt(p['f1'])} |")
+    if "coco" in summary:
+        lines += ["", "COCO average precision (pycocotools; all frames and classes):", "",
+                  "| | AP50 | AP60 | AP70 | AP 0.5:0.95 |", "|---|---|---|---|---|"]
+        for iou_type, ap in summary["coco"].items():
+            lines.append(f"| {iou_type} | {_fmt(ap['AP50'])} | {_fmt(ap['AP60'])} | {_fmt(ap['AP70'])} | "
+                         f"{_fmt(ap['AP'])} |")
+    for title, chosen in (("Best frames", best), ("Worst frames", worst)):
+        lines += ["", f"## {title}", "", "Left: truth. Right: the model (what the live path would show).", ""]
+        for index in chosen:
+            result, frame = evaluation.frames[index], frames[index]
+            if result.labelmap is None:
+                continue
+            picture = np.concatenate([
+                render_overlay(frame.image, frame.mask, classes, caption=f"{frame.name} truth"),
+                render_overlay(frame.image, result.labelmap, classes,
+                               caption=f"{frame.name} model, Dice {result.mean_dice:.2f}")], axis=1)
+            file_name = f"{title.split()[0].lower()}_{frame.name}.png"
+            cv2.imwrite(str(out_dir / "overlays" / file_name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            lines.append(f"![{frame.name}](overlays/{file_name})  ")
+            lines.append(f"{frame.name}: mean foreground Dice {result.mean_dice:.3f}")
+            lines.append("")
+    paths["report"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return paths

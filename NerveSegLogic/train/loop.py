@@ -1,0 +1,621 @@
+"""Training a registered model on a labelled data set: the card's recipe, block validation, resumable checkpoints.
+
+:func:`train` (and ``nerveseg train``) does, by default, what the model's card says: its loss, optimiser,
+learning-rate schedule, batch size, epochs, augmentations, sampling and input size; options override each.
+
+- Validation is one contiguous block of frames (``folds`` blocks of the frames sorted by name, block ``fold``;
+  neighbouring frames come from the same scan, so frames are never split at random). ``folds <= 1`` trains on every
+  frame without validation (the final models) and keeps the last epoch.
+- Every epoch ends with validation through the live path (:mod:`.evaluate`: mean Dice over frames per class) and a
+  checkpoint; the best epoch's weights are ``<out>/<model>.safetensors``.
+- Checkpoints are safetensors, nothing pickled: ``checkpoint-<step>.safetensors`` holds the model's tensors
+  (``model.*``), the optimiser's per-parameter state (``optimizer.<index>.<name>``) and torch's RNG state;
+  ``checkpoint.json`` holds the epoch, the step, the position inside the epoch, the loss history, the best epoch,
+  the optimiser's hyper-parameters and everything the run was started with. The JSON is written last and names its
+  tensor file, so a crash while saving leaves the previous checkpoint whole.
+- Running again with the same ``out`` resumes from the checkpoint: same step count, optimiser state restored, and
+  the same data order and augmentations as an uninterrupted run (both are functions of seed, epoch and position).
+  Checkpoints are also written mid-epoch every ``checkpoint_minutes`` and when ``limit_minutes`` (training time
+  summed over all runs of this ``out``) is reached.
+- At the end: ``<out>/card.json`` (the card with the weights file and sha256, the recipe and input size used, the
+  data, epochs, device, wall time and notes such as training on CPU with fewer epochs than the paper) and
+  ``<out>/learning_curve.png`` (train loss and validation Dice per epoch).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..inference import preprocess as pp
+from . import data as td
+from .augment import Augmenter
+from .evaluate import json_ready, write_json
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_JSON = "checkpoint.json"
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint in the output folder cannot be resumed (other model, other setup, or damaged files)."""
+
+
+@dataclass
+class TrainOptions:
+    """What to train, where, and what to change from the card's recipe (None keeps the card's value)."""
+
+    model: str
+    data: Optional[Path]
+    out: Path
+    epochs: Optional[int] = None
+    device: str = "auto"
+    input_size: Optional[Tuple[int, int]] = None
+    folds: int = 5
+    fold: Optional[int] = None
+    seed: int = 0
+    limit_minutes: Optional[float] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    augmentations: Optional[List[str]] = None
+    data_format: str = "auto"
+    mapping: Optional[Dict[int, str]] = None
+    limit_images: Optional[int] = None
+    threads: Optional[int] = None
+    checkpoint_minutes: float = 10.0
+    progress: bool = True
+    build_overrides: Dict[str, Any] = field(default_factory=dict)
+    cards_dir: Optional[Path] = None
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    weights: Optional[Path]
+    card: Optional[Path]
+    finished: bool
+    epochs_done: int
+    global_step: int
+    history: List[Dict]
+    stop_reason: str
+
+
+# ------------------------------------------------------------------------------------------------------ recipe
+def resolve_recipe(card, options: TrainOptions) -> Dict[str, Any]:
+    """The recipe this run uses: the card's ``training.recipe`` with the options' overrides applied."""
+    recipe = copy.deepcopy(card.training["recipe"])
+    if options.epochs is not None:
+        recipe["epochs"] = int(options.epochs)
+    if options.batch_size is not None:
+        recipe["batch_size"] = int(options.batch_size)
+    if options.lr is not None:
+        recipe["optimizer"]["lr"] = float(options.lr)
+    if options.augmentations is not None:
+        recipe["augmentations"] = list(options.augmentations)
+    recipe.setdefault("augmentations", [])
+    recipe.setdefault("sampling", "uniform")
+    return recipe
+
+
+def learning_rate(recipe: Mapping[str, Any], epoch: int) -> float:
+    """Learning rate for ``epoch`` (0-based): constant; poly ``lr (1 - epoch / epochs) ** power``; step ``lr *
+    gamma ** (epoch // step_epochs)``."""
+    base = float(recipe["optimizer"]["lr"])
+    schedule = recipe.get("schedule") or {"name": "constant"}
+    name = schedule.get("name", "constant")
+    if name == "constant":
+        return base
+    if name == "poly":
+        return base * (1.0 - epoch / max(1, int(recipe["epochs"]))) ** float(schedule.get("power", 0.9))
+    if name == "step":
+        return base * float(schedule.get("gamma", 0.1)) ** (epoch // max(1, int(schedule.get("step_epochs", 10))))
+    raise ValueError(f"unknown learning-rate schedule {name!r}; expected constant, poly or step")
+
+
+def make_optimizer(model, recipe: Mapping[str, Any]):
+    import torch
+
+    settings = recipe["optimizer"]
+    lr = float(settings["lr"])
+    weight_decay = float(settings.get("weight_decay") or 0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings["name"] == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if settings["name"] == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(settings.get("momentum") or 0.0),
+                               weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {settings['name']!r}; expected adam or sgd")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one raises RuntimeError."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device (this torch build: "
+                           f"{torch.__version__})")
+    return device
+
+
+def run_card(card, spec: pp.InputSpec):
+    """The card with the input size actually used (what the live path must feed the trained model)."""
+    if (spec.height, spec.width) == (card.input.height, card.input.width):
+        return card
+    data = card.to_json()
+    data["input"] = dict(data["input"], size=[spec.height, spec.width])
+    return type(card).from_dict(data, card.path)
+
+
+# ------------------------------------------------------------------------------------------------------ checkpoints
+def _flatten_optimizer(optimizer) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Optimizer state as (tensors, JSON-ready rest)."""
+    import torch
+
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entries in state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> Dict[str, Any]:
+    state: Dict[int, Dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for key, value in meta.get("scalars", {}).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": copy.deepcopy(meta["param_groups"])}
+
+
+def save_checkpoint(out: Path, model, optimizer, progress: Dict[str, Any]) -> Path:
+    """Write the tensors of model and optimizer and torch's RNG state, then ``checkpoint.json`` (atomically)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    optim_tensors, optim_meta = _flatten_optimizer(optimizer)
+    tensors.update(optim_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, value in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = value
+    file_name = f"checkpoint-{int(progress['global_step']):08d}.safetensors"
+    temporary = out / f".{file_name}.tmp"
+    save_file(tensors, str(temporary), metadata={"format": str(CHECKPOINT_FORMAT), "model": progress["model"]})
+    os.replace(temporary, out / file_name)
+    record = dict(progress, tensors=file_name, optimizer=optim_meta, format=CHECKPOINT_FORMAT)
+    write_json(out / CHECKPOINT_JSON, record)
+    for old in out.glob("checkpoint-*.safetensors"):
+        if old.name != file_name:
+            old.unlink()
+    return out / file_name
+
+
+def read_checkpoint(out: Path) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """(progress record, tensors) of the checkpoint in ``out``, or None when there is none."""
+    from safetensors.torch import load_file
+
+    path = out / CHECKPOINT_JSON
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        tensors_path = out / record["tensors"]
+    except (ValueError, KeyError) as error:
+        raise CheckpointError(f"{path}: damaged checkpoint record ({error}); delete it to start afresh") from None
+    if record.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {record.get('format')} is not {CHECKPOINT_FORMAT}")
+    if not tensors_path.is_file():
+        raise CheckpointError(f"{path} names {tensors_path.name}, which is missing; delete {path} to start afresh")
+    return record, load_file(str(tensors_path))
+
+
+def _check_resumable(record: Mapping[str, Any], setup: Mapping[str, Any], path: Path) -> None:
+    """The checkpoint must come from the same model, input, data split, seed and recipe (epochs may grow)."""
+    for key, value in setup.items():
+        theirs, ours = record.get("setup", {}).get(key), json_ready(value)
+        if key == "recipe" and isinstance(theirs, dict) and isinstance(ours, dict):
+            theirs = {k: v for k, v in theirs.items() if k != "epochs"}
+            ours = {k: v for k, v in ours.items() if k != "epochs"}
+        if theirs != ours:
+            raise CheckpointError(f"{path / CHECKPOINT_JSON} was written by a different run: {key} was {theirs!r}, "
+                                  f"now {ours!r}. Use another --out, or delete the checkpoint to start afresh.")
+
+
+# ------------------------------------------------------------------------------------------------------ learning curve
+def plot_learning_curve(history: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
+    """PNG of train loss (left axis) and validation Dice per class and mean (right axis) per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    figure, loss_axis = plt.subplots(figsize=(7, 4), dpi=100)
+    loss_axis.plot(epochs, [h["train_loss"] for h in history], color="tab:blue", marker=".", label="train loss")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("train loss", color="tab:blue")
+    if any(h.get("val") for h in history):
+        dice_axis = loss_axis.twinx()
+        keys = sorted({k for h in history for k in (h.get("val") or {}).get("dice", {})})
+        for key, color in zip(keys, ("tab:orange", "tab:red", "tab:purple", "tab:brown")):
+            dice_axis.plot(epochs, [(h.get("val") or {}).get("dice", {}).get(key, math.nan) for h in history],
+                           color=color, marker=".", label=f"val Dice {key}")
+        dice_axis.plot(epochs, [(h.get("val") or {}).get("mean_dice", math.nan) for h in history], color="tab:green",
+                       marker="o", label="val Dice mean")
+        dice_axis.set_ylabel("validation Dice")
+        dice_axis.set_ylim(0, 1)
+        dice_axis.legend(loc="lower right", fontsize=8)
+    loss_axis.legend(loc="upper right", fontsize=8)
+    loss_axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+# ------------------------------------------------------------------------------------------------------ training
+class Trainer:
+    """One training run; see the module docstring. Build with :func:`train` or directly for tests."""
+
+    def __init__(self, options: TrainOptions, dataset=None, card=None):
+        import torch
+
+        from ..models import registry
+
+        self.options = options
+        self.out = Path(options.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.base_card = card if card is not None else registry.card(options.model, options.cards_dir)
+        self.recipe = resolve_recipe(self.base_card, options)
+        size = options.input_size or (self.base_card.input.height, self.base_card.input.width)
+        self.spec = pp.InputSpec(int(size[0]), int(size[1]), self.base_card.input.channels,
+                                 self.base_card.input.resize, self.base_card.input.normalize)
+        self.card = run_card(self.base_card, self.spec)
+        self.instance = self.card.task == "instance"
+        self.labels = [c.label for c in self.card.classes]
+
+        if dataset is None:
+            from ..datasets.readers import open_dataset
+
+            dataset = open_dataset(options.data, format=options.data_format, mapping=options.mapping)
+        self.dataset = dataset
+        translation = td.label_translation(self.card.classes, dataset.classes, f"model {self.card.name}",
+                                           f"the data set {getattr(dataset, 'root', options.data)}")
+        names = list(dataset.names())
+        count = len(names) if options.limit_images is None else min(len(names), int(options.limit_images))
+        order = sorted(range(len(names)), key=lambda i: names[i])[:count]
+        sorted_names = [names[i] for i in order]
+        train_idx, val_idx = td.split_indices(sorted_names, options.folds, options.fold)
+        self.train_names = [sorted_names[i] for i in train_idx]
+        self.val_names = [sorted_names[i] for i in val_idx]
+        if not train_idx:
+            raise ValueError(f"no training frames left in {options.data} (folds={options.folds})")
+        self.store = td.FrameStore(dataset, translation, [order[i] for i in train_idx])
+        self.val_store = td.FrameStore(dataset, translation, [order[i] for i in val_idx]) if val_idx else None
+        self.augmenter = Augmenter.from_recipe(self.recipe)
+
+        self.device = resolve_device(options.device)
+        if self.device == "cpu":
+            torch.set_num_threads(int(options.threads or os.cpu_count() or 1))
+        torch.manual_seed(options.seed)
+        self.model = registry.build_from_card(self.card, **options.build_overrides).to(self.device)
+        self.optimizer = make_optimizer(self.model, self.recipe)
+        if not self.instance:
+            from .losses import semantic_loss
+
+            self.loss_fn = semantic_loss(self.recipe["loss"], l2=float(self.recipe.get("l2_lambda", 1e-3)))
+        self.setup = {"model": self.card.name, "architecture": self.card.architecture,
+                      "input_size": [self.spec.height, self.spec.width], "recipe": self.recipe,
+                      "seed": options.seed, "folds": options.folds, "fold": options.fold,
+                      "train_names": self.train_names, "val_names": self.val_names,
+                      "build_overrides": options.build_overrides}
+        self.epoch = 0
+        self.position = 0  # frames of the current epoch already trained on
+        self.global_step = 0
+        self.history: List[Dict[str, Any]] = []
+        self.epoch_loss = [0.0, 0]  # sum, batches
+        self.best = {"epoch": None, "score": -math.inf, "val": None, "sha256": None}
+        self.elapsed = 0.0  # training seconds over every run of this out folder
+        self.resumed_from: Optional[int] = None
+        self._resume()
+
+    # -------------------------------------------------------------------------------------------------- resume
+    def _resume(self) -> None:
+        import torch
+
+        found = read_checkpoint(self.out)
+        if found is None:
+            return
+        record, tensors = found
+        _check_resumable(record, self.setup, self.out)
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_state, strict=True)
+        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, record["optimizer"]))
+        torch.set_rng_state(tensors["rng.torch"])
+        self.epoch, self.position = int(record["epoch"]), int(record["position"])
+        self.global_step = int(record["global_step"])
+        self.history = list(record["history"])
+        self.epoch_loss = list(record["epoch_loss"])
+        self.best = dict(record["best"])
+        self.best["score"] = -math.inf if self.best.get("score") is None else float(self.best["score"])
+        self.elapsed = float(record["elapsed_s"])
+        self.resumed_from = self.global_step
+        log.info("resuming %s from %s: epoch %d, %d frames into it, step %d", self.card.name, self.out,
+                 self.epoch + 1, self.position, self.global_step)
+
+    def _progress_record(self) -> Dict[str, Any]:
+        return {"model": self.card.name, "setup": self.setup, "epoch": self.epoch, "position": self.position,
+                "global_step": self.global_step, "history": self.history, "epoch_loss": self.epoch_loss,
+                "best": self.best, "elapsed_s": self.elapsed,
+                "saved": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    def checkpoint(self) -> Path:
+        return save_checkpoint(self.out, self.model, self.optimizer, self._progress_record())
+
+    # -------------------------------------------------------------------------------------------------- steps
+    def _batch(self, indices: Sequence[int], epoch: int, first_position: int):
+        import torch
+
+        images, targets = [], []
+        for offset, index in enumerate(indices):
+            rng = td.augmentation_rng(self.options.seed, epoch, first_position + offset)
+            image, target = td.prepare(self.store[index], self.spec, self.augmenter, rng)
+            images.append(image)
+            targets.append(target)
+        x = torch.from_numpy(np.stack(images)).to(self.device)
+        if not self.instance:
+            return x, torch.from_numpy(np.stack(targets)).to(self.device)
+        instance_targets = []
+        for target in targets:
+            t = td.instance_targets(target, self.labels)
+            instance_targets.append({k: torch.from_numpy(v).to(self.device) for k, v in t.items()})
+        return x, instance_targets
+
+    def step(self, x, y) -> float:
+        """One optimiser step on a batch; returns the loss."""
+        from .losses import instance_loss
+
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.instance:
+            loss = instance_loss(self.model(x, y))
+        else:
+            loss = self.loss_fn(self.model(x), y, self.model)
+        if not torch_isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.global_step} of {self.card.name}; "
+                                     f"lower the learning rate (--lr) or check the data")
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.item())
+
+    def validate(self) -> Optional[Dict[str, Any]]:
+        """Mean Dice per class over the validation frames, through the live path (None without validation)."""
+        if self.val_store is None:
+            return None
+        from ..inference.segmenter import Segmenter
+        from .evaluate import evaluate
+
+        segmenter = Segmenter.from_module(self.card, self.model, device=self.device)
+        try:
+            summary = evaluate(segmenter, self.val_store, auc=False, keep_labelmaps=False).summary
+        finally:
+            self.model.train()
+        keys = [c.key for c in self.card.classes]
+        return {"dice": {k: summary["per_class"][k]["dice"] for k in keys},
+                "detection_f1": {k: summary["detection"][k]["f1"] for k in keys},
+                "hd95_px": {k: summary["per_class"][k]["hd95_px"] for k in keys},
+                "mean_dice": summary["mean_foreground_dice"]}
+
+    def _save_best(self, val: Optional[Mapping[str, Any]], epoch: int) -> None:
+        """Write the current weights as ``<out>/<model>.safetensors`` (atomically) and remember them as the best."""
+        from ..models import registry
+
+        path = self.out / f"{self.card.name}.safetensors"
+        temporary = self.out / f".{self.card.name}.safetensors.tmp"
+        sha256 = registry.save_weights(self.model, temporary)
+        os.replace(temporary, path)
+        score = (val or {}).get("mean_dice")
+        self.best = {"epoch": epoch, "score": score if score is not None else -math.inf, "val": val,
+                     "sha256": sha256}
+
+    # -------------------------------------------------------------------------------------------------- loop
+    def run(self) -> TrainResult:
+        options = self.options
+        epochs = int(self.recipe["epochs"])
+        batch_size = int(self.recipe["batch_size"])
+        limit_s = options.limit_minutes * 60.0 if options.limit_minutes is not None else math.inf
+        session_start = time.perf_counter()
+        elapsed_at_start = self.elapsed
+        last_checkpoint = session_start
+        stop_reason = "finished"
+        train_indices = list(range(len(self.store)))
+
+        def over_limit() -> bool:
+            return elapsed_at_start + (time.perf_counter() - session_start) >= limit_s
+
+        while self.epoch < epochs:
+            if over_limit():
+                stop_reason = f"time limit of {options.limit_minutes:g} minutes"
+                break
+            lr = learning_rate(self.recipe, self.epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            order = td.epoch_order(self.store, train_indices, options.seed, self.epoch, self.recipe["sampling"])
+            total_batches = math.ceil(len(order) / batch_size)
+            bar = None
+            if options.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total_batches, initial=self.position // batch_size, unit="batch", leave=False,
+                           desc=f"{self.card.name} epoch {self.epoch + 1}/{epochs}")
+            epoch_start = time.perf_counter()
+            stopped = False
+            while self.position < len(order):
+                chunk = order[self.position:self.position + batch_size]
+                x, y = self._batch(chunk, self.epoch, self.position)
+                loss = self.step(x, y)
+                self.position += len(chunk)
+                self.global_step += 1
+                self.epoch_loss = [self.epoch_loss[0] + loss, self.epoch_loss[1] + 1]
+                self.elapsed = elapsed_at_start + (time.perf_counter() - session_start)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{self.epoch_loss[0] / self.epoch_loss[1]:.4f}", lr=f"{lr:.2g}")
+                if self.position < len(order):
+                    if over_limit():
+                        stopped = True
+                        break
+                    if time.perf_counter() - last_checkpoint >= options.checkpoint_minutes * 60.0:
+                        self.checkpoint()
+                        last_checkpoint = time.perf_counter()
+            if bar is not None:
+                bar.close()
+            if stopped:
+                stop_reason = f"time limit of {options.limit_minutes:g} minutes (mid-epoch {self.epoch + 1})"
+                self.checkpoint()
+                break
+            val = self.validate()
+            record = {"epoch": self.epoch + 1, "train_loss": self.epoch_loss[0] / max(1, self.epoch_loss[1]),
+                      "lr": lr, "val": val, "seconds": time.perf_counter() - epoch_start, "step": self.global_step}
+            self.history.append(record)
+            improved = val is None or (val["mean_dice"] is not None and not math.isnan(val["mean_dice"])
+                                       and val["mean_dice"] > self.best["score"])
+            self.epoch += 1
+            self.position = 0
+            self.epoch_loss = [0.0, 0]
+            if improved:
+                self._save_best(val, self.epoch)
+            self.elapsed = elapsed_at_start + (time.perf_counter() - session_start)
+            log.info("%s epoch %d/%d: loss %.4f%s (%.0f s)", self.card.name, self.epoch, epochs,
+                     record["train_loss"], "" if val is None else
+                     ", val Dice " + ", ".join(f"{k} {v:.3f}" for k, v in val["dice"].items() if v is not None),
+                     record["seconds"])
+            self.checkpoint()
+            last_checkpoint = time.perf_counter()
+            plot_learning_curve(self.history, self.out / "learning_curve.png", self._curve_title())
+
+        finished = self.epoch >= epochs or stop_reason != "finished"
+        weights = card_path = None
+        if finished:
+            weights, card_path = self._finish(stop_reason)
+        return TrainResult(out=self.out, weights=weights, card=card_path, finished=finished,
+                           epochs_done=self.epoch, global_step=self.global_step, history=self.history,
+                           stop_reason=stop_reason)
+
+    def _curve_title(self) -> str:
+        return (f"{self.card.name}: {len(self.train_names)} train / {len(self.val_names)} val frames, "
+                f"input {self.spec.height}x{self.spec.width}, {self.device}")
+
+    def _finish(self, stop_reason: str) -> Tuple[Path, Path]:
+        """Best (or, without validation, last) weights, card.json and the learning curve."""
+        weights = self.out / f"{self.card.name}.safetensors"
+        if self.val_store is None or self.best.get("sha256") is None or not weights.is_file():
+            # No validation, or stopped before the first epoch ended: keep the model as it is now.
+            self._save_best(self.validate(), self.epoch)
+        if self.history:
+            plot_learning_curve(self.history, self.out / "learning_curve.png", self._curve_title())
+        return weights, self.write_card(stop_reason)
+
+    def notes(self, stop_reason: str) -> List[str]:
+        paper_recipe = self.base_card.training["recipe"]
+        notes = []
+        if self.device == "cpu":
+            notes.append(f"Trained on CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
+                         "not on the GPU the paper used.")
+        if self.epoch < int(paper_recipe["epochs"]):
+            why = "chosen with --epochs" if stop_reason == "finished" else f"stopped at the {stop_reason}"
+            notes.append(f"Trained for {self.epoch} epochs, fewer than the recipe's {paper_recipe['epochs']} "
+                         f"({why}).")
+        if (self.spec.height, self.spec.width) != (self.base_card.input.height, self.base_card.input.width):
+            notes.append(f"Input {self.spec.height}x{self.spec.width} instead of the card's "
+                         f"{self.base_card.input.height}x{self.base_card.input.width} (smaller, for CPU training); "
+                         "the live path feeds this size.")
+        for key in ("batch_size", "augmentations"):
+            if self.recipe.get(key) != paper_recipe.get(key):
+                notes.append(f"{key} {self.recipe.get(key)} instead of the recipe's {paper_recipe.get(key)}.")
+        if self.recipe["optimizer"]["lr"] != paper_recipe["optimizer"]["lr"]:
+            notes.append(f"learning rate {self.recipe['optimizer']['lr']} instead of the recipe's "
+                         f"{paper_recipe['optimizer']['lr']}.")
+        if self.val_store is None:
+            notes.append("Trained on every frame (no validation); the weights are the last epoch's.")
+        else:
+            notes.append(f"Weights of the epoch with the best validation mean Dice (epoch {self.best['epoch']}).")
+        return notes
+
+    def write_card(self, stop_reason: str) -> Path:
+        """``<out>/card.json``: the card with this run's weights, recipe, input, data and notes."""
+        import torch
+
+        from ..models.card import ModelCard
+
+        data = self.card.to_json()
+        data["weights"] = {"file": f"{self.card.name}.safetensors", "sha256": self.best["sha256"], "dtype": "float32"}
+        training = dict(data.get("training", {}))
+        dataset = self.dataset
+        training["data"] = (f"{Path(getattr(dataset, 'root', self.options.data or '.')).name}: "
+                            f"{len(self.train_names)} frames for training"
+                            + (f", {len(self.val_names)} for validation" if self.val_names else "")
+                            + f" ({getattr(dataset, 'format', 'data set')}; classes "
+                            + ", ".join(f"{c.label}={c.key}" for c in self.card.classes) + ")")
+        training["recipe"] = copy.deepcopy(self.recipe)
+        training["notes"] = list(training.get("notes", [])) + self.notes(stop_reason)
+        training["run"] = json_ready({
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": self.device if self.device != "cpu" else f"cpu ({os.cpu_count()} cores)",
+            "torch": torch.__version__,
+            "wall_time_s": round(self.elapsed, 1),
+            "epochs": self.epoch, "epochs_planned": int(self.recipe["epochs"]), "steps": self.global_step,
+            "stop_reason": stop_reason,
+            "input_size": [self.spec.height, self.spec.width],
+            "seed": self.options.seed,
+            "split": {"kind": "contiguous blocks of frames sorted by name", "folds": self.options.folds,
+                      "validation_fold": (self.options.folds - 1 if self.options.fold is None else self.options.fold)
+                      if self.val_names else None,
+                      "train_first_last": [self.train_names[0], self.train_names[-1]],
+                      "validation_first_last": [self.val_names[0], self.val_names[-1]] if self.val_names else None},
+            "best_epoch": self.best.get("epoch"),
+            "validation": self.best.get("val"),
+        })
+        data["training"] = training
+        ModelCard.from_dict(data)  # validate before writing
+        path = self.out / "card.json"
+        write_json(path, data)
+        return path
+
+
+def torch_isfinite(loss) -> bool:
+    import torch
+
+    return bool(torch.isfinite(loss.detach()).all())
+
+
+def train(options: TrainOptions, dataset=None, card=None) -> TrainResult:
+    """Train (or resume training) as ``options`` say; see the module docstring.
+
+    Raises ClassMismatchError when the data's classes are not the model's, CheckpointError when ``out`` holds a
+    checkpoint of a different run, and the data set readers' DatasetError for bad data.
+    """
+    return Trainer(options, dataset=dataset, card=card).run()

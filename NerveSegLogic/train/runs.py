@@ -1,0 +1,74 @@
+"""Glue between the commands (``nerveseg train`` / ``evaluate``), the comparison benchmark and the library:
+which card and weights a run uses, and evaluating a data set folder end to end."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
+
+log = logging.getLogger(__name__)
+
+
+def card_for_weights(model: str, weights: Optional[Path], cards_dir: Optional[Path] = None):
+    """(card, weights path, sha256) to evaluate ``model`` with.
+
+    Without ``weights``: the registered card and its shipped weights. With ``weights``: a ``card.json`` beside them
+    (as training writes it) gives the input size and sha256 they were trained with; without one, the registered
+    card with no checksum (the caller vouches for the file).
+    """
+    from ..models import registry
+    from ..models.card import ModelCard
+
+    card = registry.card(model, cards_dir)
+    if weights is None:
+        return card, None, None
+    weights = Path(weights)
+    beside = weights.parent / "card.json"
+    if beside.is_file():
+        trained = ModelCard.from_dict(json.loads(beside.read_text(encoding="utf-8")), None)
+        if trained.name != card.name:
+            raise ValueError(f"{beside} is the card of {trained.name!r}, not of {model!r}")
+        sha256 = (trained.weights or {}).get("sha256") if (trained.weights or {}).get("file") == weights.name \
+            else None
+        return trained, weights, sha256
+    return card, weights, None
+
+
+def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path] = None, device: str = "cpu",
+                      data_format: str = "auto", mapping: Optional[Mapping] = None,
+                      limit_images: Optional[int] = None, pictures: int = 3, progress: bool = True,
+                      command: str = "", cards_dir: Optional[Path] = None,
+                      threads: Optional[int] = None) -> Tuple[Dict, Dict[str, Path]]:
+    """Evaluate ``model`` on the data set at ``data``; write metrics.json, report.md and overlays into ``out``.
+
+    Returns (metrics summary, written paths). Raises ClassMismatchError when the data's classes differ from the
+    model's (naming the mapping it expects), DatasetError for bad data, WeightsError for missing/corrupt weights.
+    """
+    from ..datasets.readers import open_dataset
+    from ..inference.segmenter import Segmenter
+    from ..models import registry
+    from .data import FrameStore, label_translation
+    from .evaluate import evaluate, write_report
+    from .loop import resolve_device
+
+    card, weights_path, sha256 = card_for_weights(model, weights, cards_dir)
+    dataset = open_dataset(data, format=data_format, mapping=mapping)
+    translation = label_translation(card.classes, dataset.classes, f"model {card.name}", f"the data set {data}")
+    names = dataset.names()
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    if limit_images is not None:
+        order = order[:int(limit_images)]
+    frames = FrameStore(dataset, translation, order)
+    device = resolve_device(device)
+    module = registry.load_from_card(card, device=device, weights_path=weights_path, sha256=sha256)
+    segmenter = Segmenter.from_module(card, module, device=device, threads=threads)
+    evaluation = evaluate(segmenter, frames, progress=progress)
+    context = {"data": str(data), "data_description": getattr(dataset, "description", ""),
+               "weights": str(weights_path or card.weights_path),
+               "weights_sha256": sha256 or (card.weights or {}).get("sha256"),
+               "input_size": [card.input.height, card.input.width], "device": device, "command": command,
+               "label_translation": translation}
+    paths = write_report(evaluation, frames, out, card.classes, context, pictures=pictures)
+    return evaluation.summary, paths
