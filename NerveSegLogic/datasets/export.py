@@ -153,9 +153,13 @@ def frames_from_store(store, statuses: Sequence[str] = ("accepted",)) -> List[Ex
 
 def frames_from_dataset(dataset, source: Optional[str] = None) -> List[ExportFrame]:
     """Frames of a :class:`~NerveSegLogic.datasets.readers.LabelledDataset` (to convert a data set between
-    formats); subject and spacing as the data set gives them."""
+    formats); subject and spacing as the data set gives them; a public source named in the folder's
+    ATTRIBUTION.md/README.md/sample.json (usgra-seg) is recorded so the card credits it."""
+    from .manifest import KNOWN_SOURCES, known_source_of_folder
+
     frames = []
     mapping = dataset.label_mapping
+    known = known_source_of_folder(dataset.root)
     for i, name in enumerate(dataset.names()):
         ref = dataset.ref(i)
 
@@ -165,9 +169,12 @@ def frames_from_dataset(dataset, source: Optional[str] = None) -> List[ExportFra
 
         spacing = ref.spacing
         geometry = ImageGeometry(spacing=(spacing[0], spacing[1], 1.0)) if spacing else None
+        metadata = {k: v for k, v in ref.metadata.items() if k not in ("files", "split")}
+        if known:  # credit the public source in the card, and say which scanner it used
+            metadata.setdefault("dataset", known)
+            metadata.setdefault("scanner", KNOWN_SOURCES[known]["scanner"])
         frames.append(ExportFrame(frame_id=i + 1, load=load, classes=dict(mapping), subject=ref.subject,
-                                  source=source or str(dataset.root), index=i,
-                                  metadata={k: v for k, v in ref.metadata.items() if k != "files"},
+                                  source=source or str(dataset.root), index=i, metadata=metadata,
                                   geometry=geometry, status="accepted"))
     return frames
 
@@ -283,7 +290,9 @@ def export_cohort(frames: Sequence[ExportFrame], out: Path, options: ExportOptio
     try:
         entries, thumbnails, class_counts, sources = _write_frames(frames, splits, subject_keys, classes, luts,
                                                                    options, tmp, salt, on_frame)
-        created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        # a de-identified export states only the day: an export made right after a scan would date the scan
+        created = now.date().isoformat() if options.deidentify else now.isoformat()
         deid = ({"subject_ids": "HMAC-SHA256, secret salt kept outside the export",
                  "metadata_allow_list": list(METADATA_ALLOW_LIST), "sector": options.sector}
                 if options.deidentify else None)

@@ -43,6 +43,19 @@ def source_dataset(source: str, metadata: Mapping) -> Optional[str]:
     return None
 
 
+def known_source_of_folder(folder: Path) -> Optional[str]:
+    """The :data:`KNOWN_SOURCES` key a data set folder declares in its ``ATTRIBUTION.md``, ``README.md`` or
+    ``sample.json`` (as usgra-seg copies do), or None."""
+    for name in ("ATTRIBUTION.md", "README.md", "sample.json"):
+        path = Path(folder) / name
+        if path.is_file():
+            text = path.read_text(encoding="utf-8", errors="ignore").lower()
+            for key in KNOWN_SOURCES:
+                if key in text:
+                    return key
+    return None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
