@@ -495,9 +495,15 @@ class AnnotationStore:
         """Every version of the frame, oldest first; KeyError if there is no such frame."""
         with self._read() as conn:
             self._require_frame(conn, frame_id)
-            rows = conn.execute(f"SELECT {_VERSION_COLUMNS_WITH_MASK} WHERE v.frame_id = ? ORDER BY v.id",
+            rows = conn.execute(f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE v.frame_id = ? ORDER BY v.id",
                                 (int(frame_id),)).fetchall()
-        return [_version(r) for r in rows]
+            summaries = [_summary(r) for r in rows]
+            masks = {}
+            for s in summaries:  # status and restore versions share masks: decode each distinct one once
+                if s.mask_sha256 not in masks:
+                    png = conn.execute("SELECT png FROM masks WHERE sha256 = ?", (s.mask_sha256,)).fetchone()[0]
+                    masks[s.mask_sha256] = _unpng(png, f"mask of version {s.id}")
+        return [_with_mask(s, masks[s.mask_sha256].copy()) for s in summaries]
 
     def version(self, version_id: int) -> Version:
         """One version by id; KeyError if there is none."""
@@ -661,7 +667,10 @@ def _summary(row) -> VersionSummary:
 
 def _version(row) -> Version:
     s = _summary(row)
-    mask = _unpng(row[13], f"mask of version {s.id}")
+    return _with_mask(s, _unpng(row[13], f"mask of version {s.id}"))
+
+
+def _with_mask(s: VersionSummary, mask: np.ndarray) -> Version:
     return Version(id=s.id, frame_id=s.frame_id, mask=mask, classes=s.classes, author=s.author, created=s.created,
                    origin=s.origin, model_name=s.model_name, model_sha256=s.model_sha256, parent_id=s.parent_id,
                    status=s.status, comment=s.comment, uncertainty=s.uncertainty, mask_sha256=s.mask_sha256)
