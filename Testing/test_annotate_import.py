@@ -7,7 +7,7 @@ import nrrd
 import numpy as np
 import pytest
 
-from NerveSegLogic.annotate.importers import ImportError_, import_source, read_sequence
+from NerveSegLogic.annotate.importers import SourceError, import_source, read_sequence
 from NerveSegLogic.annotate.store import AnnotationStore
 
 
@@ -126,17 +126,17 @@ def test_bad_sources_are_refused_naming_the_file_and_field(tmp_path, store):
         import_source(store, tmp_path / "missing.png")
     odd = tmp_path / "scan.xyz"
     odd.write_text("?")
-    with pytest.raises(ImportError_, match="scan.xyz"):
+    with pytest.raises(SourceError, match="scan.xyz"):
         import_source(store, odd)
     volume = tmp_path / "vol.seq.nrrd"
     nrrd.write(str(volume), np.zeros((4, 5, 2, 3), np.uint8),
                {"kinds": ["domain", "domain", "domain", "list"], "space": "left-posterior-superior",
                 "space directions": np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [np.nan] * 3])})
-    with pytest.raises(ImportError_, match="'sizes'.*2 slices"):
+    with pytest.raises(SourceError, match="'sizes'.*2 slices"):
         read_sequence(volume)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ImportError_, match="no image files"):
+    with pytest.raises(SourceError, match="no image files"):
         import_source(store, empty)
     assert store.frame_count() == 0
 
@@ -177,5 +177,5 @@ def test_recording_brings_frames_and_its_masks_as_model_versions(tmp_path, store
         assert (version.origin, version.model_name, version.author) == ("model", "smistad-unet", "importer")
         assert np.array_equal(version.mask, masks[i]) and version.classes == {1: "nerve", 2: "blood_vessel"}
     assert [v.id for v in store.history(already.id)] == [mine.id]  # its history is untouched
-    with pytest.raises(ImportError_, match="do not name|does not name"):
+    with pytest.raises(SourceError, match="do not name|does not name"):
         import_source(store, folder.rename(tmp_path / "again"), author="importer")  # labels 1, 2 unnamed

@@ -201,3 +201,8 @@ def test_store_is_in_wal_mode_with_full_sync_and_reopens(tmp_path):
     with AnnotationStore(path) as s:
         assert s.integrity_check() == "ok"
         assert s.current(frame.id).author == "alice"
+        copy = s.backup(tmp_path / "copy.nsdb")
+        with pytest.raises(FileExistsError):
+            s.backup(copy)
+    with AnnotationStore(copy) as c:
+        assert c.current(frame.id).author == "alice" and c.integrity_check() == "ok"

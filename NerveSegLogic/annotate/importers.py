@@ -35,7 +35,7 @@ SEQUENCE_SUFFIXES = (".seq.nrrd", ".nrrd")
 PathLike = Union[str, Path]
 
 
-class ImportError_(ValueError):
+class SourceError(ValueError):
     """A source that cannot be imported (the message names the file and what was wrong)."""
 
 
@@ -73,7 +73,7 @@ class ImportReport:
 
 def source_kind(source: PathLike) -> str:
     """``"recording"`` (a folder with a .mrml), ``"folder"``, ``"sequence"``, ``"video"`` or ``"image"``;
-    FileNotFoundError / ImportError_ when it is none of them."""
+    FileNotFoundError / SourceError when it is none of them."""
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"import source {path} does not exist")
@@ -86,7 +86,7 @@ def source_kind(source: PathLike) -> str:
         return "video"
     if name.endswith(IMAGE_SUFFIXES):
         return "image"
-    raise ImportError_(f"{path}: unknown kind of source; expected a folder of images {IMAGE_SUFFIXES}, a video "
+    raise SourceError(f"{path}: unknown kind of source; expected a folder of images {IMAGE_SUFFIXES}, a video "
                        f"{VIDEO_SUFFIXES}, a Slicer sequence (.seq.nrrd) or a recording folder (with a .mrml)")
 
 
@@ -112,7 +112,7 @@ def _grey(image: np.ndarray, where: str) -> np.ndarray:
     try:
         image = to_grey(image)
     except ValueError as exc:
-        raise ImportError_(f"{where}: {exc}") from None
+        raise SourceError(f"{where}: {exc}") from None
     return _fit_dtype(image, where)
 
 
@@ -121,12 +121,12 @@ def _fit_dtype(image: np.ndarray, where: str) -> np.ndarray:
     if image.dtype in (np.uint8, np.uint16):
         return image
     if image.size == 0:
-        raise ImportError_(f"{where}: empty image")
+        raise SourceError(f"{where}: empty image")
     low, high = float(image.min()), float(image.max())
     integral = np.issubdtype(image.dtype, np.integer) or bool(np.all(image == np.round(image)))
     if integral and low >= 0 and high <= 65535:
         return image.astype(np.uint8 if high <= 255 else np.uint16)
-    raise ImportError_(f"{where}: pixel type {image.dtype} with values {low:g}..{high:g} does not fit uint8 or "
+    raise SourceError(f"{where}: pixel type {image.dtype} with values {low:g}..{high:g} does not fit uint8 or "
                        "uint16 grey; convert the data first")
 
 
@@ -139,7 +139,7 @@ def read_folder(folder: PathLike) -> Iterator[SourceFrame]:
     files = sorted((p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)),
                    key=_natural_key)
     if not files:
-        raise ImportError_(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        raise SourceError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     index = 0
     for path in files:
         for page, image in _read_image_file(path):
@@ -154,13 +154,13 @@ def _read_image_file(path: Path) -> Iterator[Tuple[Optional[int], np.ndarray]]:
     if path.suffix.lower() in (".tif", ".tiff"):
         ok, pages = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
         if not ok or not pages:
-            raise ImportError_(f"{path}: OpenCV could not read this TIFF")
+            raise SourceError(f"{path}: OpenCV could not read this TIFF")
         for page, image in enumerate(pages):
             yield (page if len(pages) > 1 else None), _grey(image, f"{path} page {page}")
         return
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise ImportError_(f"{path}: OpenCV could not read this image (corrupt or unsupported)")
+        raise SourceError(f"{path}: OpenCV could not read this image (corrupt or unsupported)")
     yield None, _grey(image, str(path))
 
 
@@ -169,7 +169,7 @@ def read_video(path: PathLike) -> Iterator[SourceFrame]:
     path = Path(path)
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise ImportError_(f"{path}: OpenCV could not open this video (unsupported codec or not a video)")
+        raise SourceError(f"{path}: OpenCV could not open this video (unsupported codec or not a video)")
     try:
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         index = 0
@@ -183,7 +183,7 @@ def read_video(path: PathLike) -> Iterator[SourceFrame]:
     finally:
         capture.release()
     if index == 0:
-        raise ImportError_(f"{path}: the video has no readable frames")
+        raise SourceError(f"{path}: the video has no readable frames")
 
 
 # -- Slicer sequences -----------------------------------------------------------------------------------------
@@ -210,27 +210,27 @@ class SequenceData:
 def read_sequence(path: PathLike) -> SequenceData:
     """Read a Slicer volume sequence file (``.seq.nrrd``: 3 spatial axes of kind domain, one of size 1, plus one
     ``list`` axis, first or last as different Slicer versions write it) with pynrrd. Geometry comes from ``space``,
-    ``space directions`` and ``space origin`` (LPS converted to RAS). Raises ImportError_ naming the field."""
+    ``space directions`` and ``space origin`` (LPS converted to RAS). Raises SourceError naming the field."""
     import nrrd  # pynrrd; imported here so the rest of the importers work without it
 
     path = Path(path)
     try:
         data, header = nrrd.read(str(path))  # Fortran index order: data axes follow the header's axes
     except Exception as exc:  # pynrrd raises several types for malformed files
-        raise ImportError_(f"{path}: not a readable NRRD file ({exc})") from None
+        raise SourceError(f"{path}: not a readable NRRD file ({exc})") from None
     kinds = [str(k).lower() for k in header.get("kinds", [])]
     if len(kinds) != data.ndim:
-        raise ImportError_(f"{path}: field 'kinds' must name every axis ({data.ndim}), got {header.get('kinds')}")
+        raise SourceError(f"{path}: field 'kinds' must name every axis ({data.ndim}), got {header.get('kinds')}")
     list_axes = [a for a, k in enumerate(kinds) if k == "list"]
     domain_axes = [a for a, k in enumerate(kinds) if k in ("domain", "space")]
     component_axes = [a for a, k in enumerate(kinds) if a not in list_axes and a not in domain_axes]
     if len(list_axes) != 1 or len(domain_axes) != 3 or len(component_axes) > 1:
-        raise ImportError_(f"{path}: field 'kinds' {header.get('kinds')} is not a Slicer volume sequence "
+        raise SourceError(f"{path}: field 'kinds' {header.get('kinds')} is not a Slicer volume sequence "
                            "(expected three domain axes and one list axis)")
     list_axis = list_axes[0]
     sizes = [data.shape[a] for a in domain_axes]
     if sizes[2] != 1:
-        raise ImportError_(f"{path}: field 'sizes' gives {sizes[2]} slices per item; 2D frames (one slice) expected")
+        raise SourceError(f"{path}: field 'sizes' gives {sizes[2]} slices per item; 2D frames (one slice) expected")
     # -> (N, I, J, K[, C]) then (N, J, I[, C]) = (N, H, W[, C])
     order = [list_axis] + domain_axes + component_axes
     arranged = np.transpose(data, order)[:, :, :, 0]
@@ -248,7 +248,7 @@ def read_sequence(path: PathLike) -> SequenceData:
         values_text = header.get("axis 0 index values")
     values = str(values_text).split() if values_text is not None else [str(i) for i in range(frames.shape[0])]
     if len(values) != frames.shape[0]:
-        raise ImportError_(f"{path}: field 'axis {list_axis} index values' has {len(values)} values for "
+        raise SourceError(f"{path}: field 'axis {list_axis} index values' has {len(values)} values for "
                            f"{frames.shape[0]} items")
     return SequenceData(frames=frames, geometry=geometry, index_name=index_name or "index", index_unit=index_unit,
                         index_values=values, data_node_class=str(header.get("DataNodeClassName", "")),
@@ -265,17 +265,17 @@ def _axis_label(header: dict, key: str, axis: int) -> str:
 def _sequence_geometry(header: dict, domain_axes: Sequence[int], where: str) -> ImageGeometry:
     space = header.get("space")
     if space is None:
-        raise ImportError_(f"{where}: field 'space' missing; expected right-anterior-superior or "
+        raise SourceError(f"{where}: field 'space' missing; expected right-anterior-superior or "
                            "left-posterior-superior")
     if space not in _SPACES:
-        raise ImportError_(f"{where}: field 'space' is {space!r}; expected one of {', '.join(_SPACES)}")
+        raise SourceError(f"{where}: field 'space' is {space!r}; expected one of {', '.join(_SPACES)}")
     flip = _SPACES[space]
     directions = np.asarray(header.get("space directions"), dtype=float)
     if directions.ndim != 2 or directions.shape[1] != 3:
-        raise ImportError_(f"{where}: field 'space directions' must give a 3-vector per spatial axis")
+        raise SourceError(f"{where}: field 'space directions' must give a 3-vector per spatial axis")
     axes = np.stack([directions[a] for a in domain_axes], axis=1) * flip[:, np.newaxis]  # columns i, j, k (RAS)
     if not np.all(np.isfinite(axes)):
-        raise ImportError_(f"{where}: field 'space directions' has 'none' for a spatial axis")
+        raise SourceError(f"{where}: field 'space directions' has 'none' for a spatial axis")
     origin = np.asarray(header.get("space origin", [0.0, 0.0, 0.0]), dtype=float) * flip
     matrix = np.eye(4)
     matrix[:3, :3] = axes
@@ -284,7 +284,7 @@ def _sequence_geometry(header: dict, domain_axes: Sequence[int], where: str) -> 
     try:
         return ImageGeometry.from_ijk_to_ras(matrix)
     except ValueError as exc:
-        raise ImportError_(f"{where}: field 'space directions': {exc}") from None
+        raise SourceError(f"{where}: field 'space directions': {exc}") from None
 
 
 def read_sequence_frames(path: PathLike) -> Iterator[SourceFrame]:
@@ -327,17 +327,17 @@ def find_recording_files(folder: PathLike) -> RecordingFiles:
     """The scene file and the image / segmentation sequence files of a recording folder.
 
     Read from the .mrml: each ``<Sequence>`` element's DataNodeClassName says what it holds (volumes or
-    segmentations) and its storage node names its file. Raises ImportError_ when there is not exactly one image
+    segmentations) and its storage node names its file. Raises SourceError when there is not exactly one image
     sequence or more than one segmentation sequence.
     """
     folder = Path(folder)
     mrmls = sorted(folder.glob("*.mrml"))
     if len(mrmls) != 1:
-        raise ImportError_(f"{folder}: a recording folder holds exactly one .mrml scene, found {len(mrmls)}")
+        raise SourceError(f"{folder}: a recording folder holds exactly one .mrml scene, found {len(mrmls)}")
     try:
         root = ET.parse(mrmls[0]).getroot()
     except ET.ParseError as exc:
-        raise ImportError_(f"{mrmls[0]}: not a readable MRML scene ({exc})") from None
+        raise SourceError(f"{mrmls[0]}: not a readable MRML scene ({exc})") from None
     by_id = {e.attrib["id"]: e for e in root.iter() if "id" in e.attrib}
     images, masks = [], []
     for element in root.iter("Sequence"):
@@ -350,17 +350,17 @@ def find_recording_files(folder: PathLike) -> RecordingFiles:
             continue
         path = Path(file_name) if Path(file_name).is_absolute() else folder / file_name
         if not path.is_file():
-            raise ImportError_(f"{mrmls[0]}: sequence {element.attrib.get('name')!r} refers to {file_name}, "
+            raise SourceError(f"{mrmls[0]}: sequence {element.attrib.get('name')!r} refers to {file_name}, "
                                "which is not in the folder")
         if node_class in _IMAGE_NODE_CLASSES:
             images.append(path)
         elif node_class in _MASK_NODE_CLASSES:
             masks.append((path, attributes))
     if len(images) != 1:
-        raise ImportError_(f"{mrmls[0]}: expected one image sequence in the recording, found "
+        raise SourceError(f"{mrmls[0]}: expected one image sequence in the recording, found "
                            f"{[p.name for p in images]}")
     if len(masks) > 1:
-        raise ImportError_(f"{mrmls[0]}: expected at most one segmentation sequence, found "
+        raise SourceError(f"{mrmls[0]}: expected at most one segmentation sequence, found "
                            f"{[p.name for p, _ in masks]}")
     mask_path, mask_attributes = masks[0] if masks else (None, {})
     return RecordingFiles(mrml=mrmls[0], image_sequence=images[0], segmentation_sequence=mask_path,
@@ -411,7 +411,7 @@ def _recorded_masks(path: Path, classes: Optional[Mapping[int, str]], where: str
             found = {n + 1: _class_key(s.id, s.name, n) for n, s in enumerate(segments)}
         wanted = tuple(segment_class(key, label) for label, key in sorted(found.items()))
         return values, np.stack([item.labelmap(wanted) for item in items]) if items else np.zeros((0, 0, 0)), found
-    raise ImportError_(f"{where}: segmentation sequence {path.name} is neither .seq.nrrd nor .seq.mrb")
+    raise SourceError(f"{where}: segmentation sequence {path.name} is neither .seq.nrrd nor .seq.mrb")
 
 
 def _same_index(a: str, b: str) -> bool:
@@ -454,7 +454,7 @@ def import_source(store: AnnotationStore, source: PathLike, subject: Optional[st
     subject: pseudonymous subject id (default: derived from the source name). spacing_mm: (x, y) pixel size in mm
     for sources without geometry (folders, videos, images). author: who the recorded model masks are attributed to
     as importer and classes their label values (recordings only; see :func:`import_recording`).
-    Raises FileNotFoundError / ImportError_ naming the file and what was wrong.
+    Raises FileNotFoundError / SourceError naming the file and what was wrong.
     """
     path = Path(source)
     kind = source_kind(path)
@@ -509,7 +509,7 @@ def import_recording(store: AnnotationStore, folder: PathLike, subject: Optional
     where = str(files.segmentation_sequence)
     values, masks, found = _recorded_masks(files.segmentation_sequence, classes, where)
     if len(masks) and masks.shape[1:] != frames[0].image.shape:
-        raise ImportError_(f"{where}: masks are {masks.shape[2]}x{masks.shape[1]} but frames are "
+        raise SourceError(f"{where}: masks are {masks.shape[2]}x{masks.shape[1]} but frames are "
                            f"{frames[0].image.shape[1]}x{frames[0].image.shape[0]} (width x height)")
     model_name = files.model_name or "recorded"
     who = author or default_author()
@@ -520,7 +520,7 @@ def import_recording(store: AnnotationStore, folder: PathLike, subject: Optional
         mask = masks[j]
         missing = {int(v) for v in np.unique(mask) if v} - set(found)
         if missing:
-            raise ImportError_(f"{where}: item {j} has label values {sorted(missing)} that the file does not name "
+            raise SourceError(f"{where}: item {j} has label values {sorted(missing)} that the file does not name "
                                f"(known: {found}); give the classes, e.g. --labels 1=nerve,2=blood_vessel")
         if store.current(frame_id) is not None:
             report.masks_skipped += 1

@@ -398,6 +398,21 @@ class AnnotationStore:
     def __repr__(self) -> str:
         return f"AnnotationStore({str(self.path)!r})"
 
+    def backup(self, target: Union[str, os.PathLike]) -> Path:
+        """Copy the whole store to ``target`` (a new file) with SQLite's online backup: a consistent snapshot even
+        while other processes save (copying the file alone could miss saves still in its -wal file).
+        Raises FileExistsError rather than overwrite."""
+        target = Path(target)
+        if target.exists():
+            raise FileExistsError(f"backup target {target} exists; choose a new file")
+        destination = sqlite3.connect(str(target))
+        try:
+            with self._lock:
+                self._conn.backup(destination)
+        finally:
+            destination.close()
+        return target
+
     def integrity_check(self) -> str:
         """SQLite's own integrity check: ``"ok"`` or a description of the damage."""
         with self._lock:
