@@ -213,6 +213,8 @@ def export_onnx(name_or_module: Union[str, "torch.nn.Module"], path: os.PathLike
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Constant folding")
+            # instance norm always normalises with the input's own statistics, so "train=True" is its eval form
+            warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL")
             torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
                               input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
                               dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
