@@ -139,3 +139,13 @@ def test_model_card_is_frozen():
     with pytest.raises(Exception):
         card.name = "other"  # type: ignore[misc]
     assert isinstance(card, ModelCard)
+
+
+def test_a_card_that_is_not_an_object_or_not_json_is_named(tmp_path):
+    path = tmp_path / "smistad-unet.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        load_card(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"smistad-unet\.json: not valid JSON"):
+        load_card(path)

@@ -70,13 +70,13 @@ class ModelCard:
     def from_dict(cls, data: Mapping[str, Any], path: Optional[Path] = None) -> "ModelCard":
         """Validate ``data`` (a parsed card) and build the card; ValueError names ``path`` and the bad field."""
         where = str(path) if path is not None else "<model card>"
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: a model card must be a JSON object, got {type(data).__name__}")
         raw = copy.deepcopy(dict(data))
 
         def fail(field_name: str, problem: str) -> ValueError:
             return ValueError(f"{where}: field {field_name!r}: {problem}")
 
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{where}: a model card must be a JSON object, got {type(data).__name__}")
         for name in REQUIRED_FIELDS:
             if name not in raw:
                 raise fail(name, "missing (required fields: " + ", ".join(REQUIRED_FIELDS) + ")")
