@@ -339,15 +339,16 @@ class VolumeNodeInput:
             raise ValueError(f"expected a scalar volume node, got {node!r}")
         self.node = node
         self.name = node.GetName()
-        self._last_seen: Optional[Tuple[int, int, int]] = None
+        self._last_seen: Optional[Tuple[int, int]] = None
         self._next_id = 1
         self.frames_read = 0
 
-    def _stamp(self) -> Optional[Tuple[int, int, int]]:
+    def _stamp(self) -> Optional[Tuple[int, int]]:
+        # New pixels modify the image data; a new image data object (or new geometry) modifies the node.
         image_data = self.node.GetImageData()
         if image_data is None:
             return None
-        return (self.node.GetMTime(), image_data.GetMTime(), id(image_data))
+        return (self.node.GetMTime(), image_data.GetMTime())
 
     def removed(self) -> bool:
         """True when the node is no longer in a scene (deleted, or the scene was closed)."""

@@ -81,10 +81,11 @@ class Missing:
         return canonical(self.requirement.name) == "torch"
 
     def describe(self) -> str:
-        what = "PyTorch (torch)" if self.is_torch else self.requirement.name
-        wanted = self.requirement.specifier
+        """``PyTorch (torch>=2.1,<3) is not installed`` / ``onnxruntime 1.15.0 is installed but NerveSeg needs >=1.17``."""
+        name, wanted = self.requirement.name, self.requirement.specifier
         if self.installed is None:
-            return f"{what}{wanted} is not installed"
+            return f"PyTorch ({name}{wanted}) is not installed" if self.is_torch else f"{name}{wanted} is not installed"
+        what = f"PyTorch ({name})" if self.is_torch else name
         return f"{what} {self.installed} is installed but NerveSeg needs {wanted}"
 
 

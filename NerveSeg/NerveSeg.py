@@ -1,0 +1,365 @@
+"""NerveSeg: live segmentation of nerve-block ultrasound in 3D Slicer. Research use only, not for clinical decisions.
+
+Thin by design: every button's behaviour lives in the NerveSegLogic package (LiveController, ReviewController,
+slicer_setup), which is tested outside Slicer. This file only binds the panel to it. Note the package and this
+module's Logic class share the name NerveSegLogic: the package is only imported with ``from NerveSegLogic.x ...``.
+"""
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+# Installed, NerveSegLogic sits next to this file; in a source checkout, one folder up.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _folder in (_HERE, os.path.dirname(_HERE)):
+    if os.path.isdir(os.path.join(_folder, "NerveSegLogic")) and _folder not in sys.path:
+        sys.path.insert(0, _folder)
+
+from NerveSegLogic import slicer_setup  # noqa: E402 (needs the path above; imports no torch, no qt)
+from NerveSegLogic.controller import LiveController, ReviewController  # noqa: E402
+
+#: Review keys: they work in the slice views (where the annotator paints) and in this panel.
+REVIEW_KEYS = {"accept": ("Return", "Enter"), "reject": ("Alt+R",), "skip": ("Alt+S",), "next": ("Alt+Right",),
+               "previous": ("Alt+Left",)}
+
+
+#
+# NerveSeg
+#
+class NerveSeg(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("NerveSeg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Ultrasound")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["NerveSeg contributors"]
+        self.parent.helpText = _(
+            "Live segmentation of nerves and blood vessels in ultrasound for regional anaesthesia: OpenIGTLink "
+            "images from PLUS (or a volume node) in, a model from the NerveSeg zoo, Slicer segments out, with "
+            "recording and an annotation review panel. <b>Research use only, not for clinical decisions.</b>")
+        self.parent.acknowledgementText = _(
+            "Models after Smistad et al. (IUS 2021), Kim et al. (SA-UNet), Wu et al. (AAAI 2021) and Ding et al. "
+            "(BPMSegNet). Sample frames: usgra-seg, CC-BY 4.0 (see Resources/Sample/ATTRIBUTION.md).")
+
+
+#
+# NerveSegParameterNode
+#
+@parameterNodeWrapper
+class NerveSegParameterNode:
+    useVolumeNode: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, WithinRange(1, 65535)] = 18944
+    deviceName: str = "Image_Reference"
+    inputVolume: vtkMRMLScalarVolumeNode
+    modelName: str = ""
+    backend: Annotated[str, Choice(["torch", "onnx"])] = "torch"
+    compute: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    mode: Annotated[str, Choice(["in-process", "remote"])] = "in-process"
+    remoteHost: str = "127.0.0.1"
+    remotePort: Annotated[int, WithinRange(1, 65535)] = 18945
+    record: bool = True
+    opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    fill: bool = True
+    outline: bool = True
+    showNames: bool = True
+    storePath: Path
+    author: str = ""
+    reviewOrder: Annotated[str, Choice(["uncertainty", "index"])] = "uncertainty"
+
+
+#
+# NerveSegWidget
+#
+class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._timer = None
+        self._shortcuts = []
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        from NerveSegLogic.resources import resources_dir
+
+        uiWidget = slicer.util.loadUI(str(resources_dir() / "UI" / "NerveSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = NerveSegLogic()
+        controller = self.logic.controller
+
+        self.ui.modelComboBox.addItems(controller.model_names())
+        self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.installButton.clicked.connect(self.onInstall)
+        self.ui.startButton.clicked.connect(self.onStart)
+        self.ui.stopButton.clicked.connect(self.onStop)
+        self.ui.openStoreButton.clicked.connect(self.onOpenStore)
+        for action in REVIEW_KEYS:
+            getattr(self.ui, f"{action}Button").clicked.connect(lambda checked=False, a=action: self.onReview(a))
+            for parent in self._shortcutParents():
+                for key in REVIEW_KEYS[action]:
+                    shortcut = qt.QShortcut(qt.QKeySequence(key), parent)
+                    shortcut.setContext(qt.Qt.WidgetWithChildrenShortcut)
+                    shortcut.activated.connect(lambda a=action: self.onReview(a))
+                    shortcut.setEnabled(False)
+                    self._shortcuts.append(shortcut)
+
+        controller.status_changed.connect(lambda status: setattr(self.ui.statusLabel, "text", status.text()))
+        controller.running_changed.connect(self.onRunningChanged)
+        self.logic.review.changed.connect(self.onReviewChanged)
+        # Results reach MRML only here, on the main thread; 5 ms keeps up with any scanner frame rate.
+        self._timer = qt.QTimer()
+        self._timer.setInterval(5)
+        self._timer.timeout.connect(controller.tick)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.refreshDependencies()
+        self.onRunningChanged(False)
+
+    def _shortcutParents(self):
+        layoutManager = slicer.app.layoutManager()  # None when Slicer runs without a main window (tests)
+        return [self.parent] + ([layoutManager.viewport()] if layoutManager is not None else [])
+
+    def cleanup(self) -> None:
+        """Module reload or Slicer exit: nothing keeps running."""
+        self.removeObservers()
+        if self._timer is not None:
+            self._timer.stop()
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+        if self.logic is not None:
+            self.logic.cleanup()
+        self.setParameterNode(None)
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)  # the run goes on: a clinician may open other modules while scanning
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.logic.controller.on_scene_close()
+        self.logic.review.close()
+        self.ui.segmentsTableView.setSegmentationNode(None)
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.modelName and self.ui.modelComboBox.count:
+            self._parameterNode.modelName = self.ui.modelComboBox.currentText
+        self.ui.modelComboBox.currentText = self._parameterNode.modelName
+        self.onModelChanged()
+
+    def setParameterNode(self, inputParameterNode: Optional[NerveSegParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParametersChanged)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParametersChanged)
+            self.onParametersChanged()
+
+    def onParametersChanged(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        for name in ("hostLineEdit", "portSpinBox", "deviceNameLineEdit"):
+            getattr(self.ui, name).enabled = not p.useVolumeNode
+        self.ui.inputVolumeSelector.enabled = p.useVolumeNode
+        self.ui.remoteHostLineEdit.enabled = self.ui.remotePortSpinBox.enabled = p.mode == "remote"
+        self.logic.applyDisplay(p)
+
+    def refreshDependencies(self) -> None:
+        missing = slicer_setup.check()
+        self.ui.dependenciesLabel.text = slicer_setup.missing_summary(missing)
+        self.ui.installButton.visible = bool(missing)
+
+    def ensureDependencies(self, remote: bool) -> bool:
+        missing = slicer_setup.check(include_torch=not remote)
+        if missing:
+            slicer_setup.install(slicer, missing, ask=True)
+            self.refreshDependencies()
+            missing = slicer_setup.check(include_torch=not remote)
+        return not missing
+
+    def onInstall(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Installing the Python packages failed."), waitCursor=True):
+            slicer_setup.install(slicer, ask=True)
+        self.refreshDependencies()
+
+    def onModelChanged(self, index=None) -> None:
+        name = self.ui.modelComboBox.currentText
+        if not name or self._parameterNode is None:
+            return
+        self._parameterNode.modelName = name
+        with slicer.util.tryWithErrorDisplay(_("Cannot read the card of model {name}.").format(name=name)):
+            p = self._parameterNode
+            self.ui.modelCardTextBrowser.setPlainText(self.logic.controller.select_model(name, p.backend, p.compute))
+
+    def onStart(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("NerveSeg could not start."), waitCursor=True):
+            if not self.ensureDependencies(remote=self._parameterNode.mode == "remote"):
+                return
+            self.logic.start(self._parameterNode)
+
+    def onStop(self) -> None:
+        self.logic.controller.stop()
+
+    def onRunningChanged(self, running: bool) -> None:
+        if running:
+            self._timer.start()
+        else:
+            self._timer.stop()
+        self.ui.startButton.enabled = not running
+        self.ui.stopButton.enabled = running
+        for name in ("inputCollapsibleButton", "modelComboBox", "backendComboBox", "computeComboBox",
+                     "modeComboBox"):
+            getattr(self.ui, name).enabled = not running
+        if running:
+            self.ui.segmentsTableView.setSegmentationNode(self.logic.controller.segmentation_node)
+            self._showInViews(self.logic.controller.volume_node)
+
+    def onOpenStore(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Cannot open the annotation store."), waitCursor=True):
+            p = self._parameterNode
+            self.logic.review.open(str(p.storePath), p.author, p.reviewOrder)
+            for shortcut in self._shortcuts:
+                shortcut.setEnabled(True)
+
+    def onReview(self, action: str) -> None:
+        if not self.logic.review.is_open:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not save this frame; your edit is still in the segmentation."),
+                                             waitCursor=True):
+            getattr(self.logic.review, action)()
+
+    def onReviewChanged(self, review) -> None:
+        self.ui.reviewPositionLabel.text = review.position_text()
+        self._fillTable(self.ui.queueTableWidget, review.queue_rows())
+        self._fillTable(self.ui.historyTableWidget, review.history_rows())
+        self._showInViews(review.volume_node)
+
+    @staticmethod
+    def _showInViews(volumeNode) -> None:
+        if volumeNode is not None and slicer.app.layoutManager() is not None:
+            slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+
+    @staticmethod
+    def _fillTable(table, rows) -> None:
+        """rows: a header tuple, then value tuples (strings)."""
+        header, *values = rows or [()]
+        table.clear()
+        table.setColumnCount(len(header))
+        table.setHorizontalHeaderLabels(list(header))
+        table.setRowCount(len(values))
+        for r, row in enumerate(values):
+            for c, value in enumerate(row):
+                table.setItem(r, c, qt.QTableWidgetItem(str(value)))
+
+
+#
+# NerveSegLogic (this module's Logic class; the package of the same name holds the real logic)
+#
+class NerveSegLogic(ScriptedLoadableModuleLogic):
+    def __init__(self, segmenterFactory=None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        options = {"segmenter_factory": segmenterFactory} if segmenterFactory else {}
+        self.controller = LiveController(slicer.mrmlScene, **options)
+        self.review = ReviewController(slicer.mrmlScene)
+        self._display = None  # the display values last passed on, so only changes reach the scene
+
+    def getParameterNode(self) -> NerveSegParameterNode:
+        return NerveSegParameterNode(super().getParameterNode())
+
+    def start(self, p: NerveSegParameterNode) -> None:
+        """Choose input, model and mode from the parameters and start (errors say what to fix)."""
+        c = self.controller
+        if p.useVolumeNode:
+            c.use_volume_node(p.inputVolume)
+        else:
+            c.connect(p.host, p.port, p.deviceName)
+        c.select_model(p.modelName, p.backend, p.compute)
+        if p.mode == "remote":
+            c.connect_remote(p.remoteHost, p.remotePort)
+        c.set_recording(p.record)
+        c.start(p.mode)
+        self._display = None
+        self.applyDisplay(p)
+
+    def applyDisplay(self, p: NerveSegParameterNode) -> None:
+        """Pass changed display settings on (unchanged ones are left alone, so per-class opacity set in the
+        segments table survives edits of other parameters)."""
+        c, old = self.controller, self._display or (None,) * 5
+        new = (p.record, p.fill, p.outline, p.showNames, p.opacity)
+        if new[0] != old[0]:
+            c.set_recording(p.record)
+        if new[1:3] != old[1:3]:
+            c.set_fill_outline(p.fill, p.outline)
+        if new[3] != old[3]:
+            c.set_names_visible(p.showNames)
+        if new[4] != old[4] and c.class_keys():
+            c.set_opacity(p.opacity)
+        self._display = new
+
+    def cleanup(self) -> None:
+        self.controller.cleanup()
+        self.review.close()
+
+
+#
+# NerveSegTest
+#
+class NerveSegTest(ScriptedLoadableModuleTest):
+    """Replays the bundled sample over OpenIGTLink, segments it through the panel's logic, checks the segments and
+    the recording. Run with: Slicer --testing --python-code "slicer.util.selectModule('NerveSeg'); ..." (README)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_NerveSeg_replay_segmented_and_recorded()
+
+    def test_NerveSeg_replay_segmented_and_recorded(self):
+        from NerveSegLogic.controller import run_sample_replay, segmenter_with_random_fallback
+        from NerveSegLogic.models import registry
+
+        self.delayDisplay("Checking Python packages")
+        missing = slicer_setup.check()
+        if missing:
+            self.assertTrue(slicer_setup.install(slicer, missing, ask=False, testing=True), "packages not installed")
+        logic = NerveSegLogic(segmenterFactory=segmenter_with_random_fallback)
+        name = registry.default_name()
+        self.delayDisplay(f"Replaying the sample through {name}")
+        report = run_sample_replay(logic.controller, frames=12, model=name)
+        expected = [c.key for c in registry.card(name).classes]
+        self.assertEqual(sorted(report.segment_ids), sorted(expected))
+        self.assertGreater(report.applied, 0)
+        self.assertEqual(report.errors, 0, report.status)
+        self.assertEqual(report.applied + report.dropped, report.frames_received, "every frame accounted for")
+        self.assertEqual(report.recorded, report.applied, "one recorded item per applied frame")
+        logic.cleanup()
+        self.delayDisplay(f"Test passed: {report.status}")

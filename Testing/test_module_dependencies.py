@@ -1,0 +1,142 @@
+"""What the module installs into Slicer on demand (Resources/requirements-slicer.txt, NerveSegLogic.slicer_setup):
+never slicer-core, vtk or torch from pip; the same packages as pyproject.toml; torch through the PyTorch extension
+first; the user asked; a refusal leaves nothing half-done. Slicer is replaced by a stand-in that records calls."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from NerveSegLogic import slicer_setup
+from NerveSegLogic.slicer_setup import Missing, Requirement, canonical, check, install, parse_requirement
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIREMENTS = REPO / "Resources" / "requirements-slicer.txt"
+
+
+def pyproject_dependencies():
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        tomllib = pytest.importorskip("tomli")
+    data = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    return [parse_requirement(text) for text in data["project"]["dependencies"]]
+
+
+def test_requirements_never_pip_install_slicer_core_vtk_or_torch():
+    names = {canonical(r.name) for r in slicer_setup.read_requirements(REQUIREMENTS)}
+    assert not names & {"slicer-core", "slicer", "vtk", "torch", "torchvision"}
+    assert not re.search(r"^\s*(slicer-core|vtk|torch)\b", REQUIREMENTS.read_text(), re.M | re.I)
+
+
+def test_requirements_mirror_pyproject_dependencies_except_torch():
+    wanted = {canonical(r.name): r.specifier for r in pyproject_dependencies() if canonical(r.name) != "torch"}
+    have = {canonical(r.name): r.specifier for r in slicer_setup.read_requirements(REQUIREMENTS)}
+    assert have == wanted, ("Resources/requirements-slicer.txt must list pyproject.toml's dependencies (torch "
+                            f"excepted) with the same versions; only in pyproject: {sorted(set(wanted) - set(have))}, "
+                            f"only in requirements: {sorted(set(have) - set(wanted))}, versions differ: "
+                            f"{sorted(k for k in have.keys() & wanted.keys() if have[k] != wanted[k])}")
+    torch = [r for r in pyproject_dependencies() if canonical(r.name) == "torch"]
+    assert torch and torch[0].specifier == parse_requirement(slicer_setup.TORCH_REQUIREMENT).specifier
+
+
+@pytest.mark.parametrize("line, message", [("vtk>=9", "must not be pip-installed"),
+                                           ("slicer-core", "must not be pip-installed"),
+                                           ("monai[all]>=1.3", "not a plain requirement"),
+                                           ("numpy>=1.24 ; python_version<'3.9'", "not a plain requirement"),
+                                           ("git+https://example.org/x.git", "not a plain requirement")])
+def test_bad_requirement_lines_are_refused_naming_file_and_line(tmp_path, line, message):
+    path = tmp_path / "requirements.txt"
+    path.write_text(f"# comment\nnumpy>=1.24\n{line}\n")
+    with pytest.raises(ValueError, match=message) as error:
+        slicer_setup.read_requirements(path)
+    assert f"{path}, line 3" in str(error.value)
+
+
+def test_check_reports_missing_and_too_old_packages_torch_first():
+    requirements = [Requirement("onnxruntime", ">=1.17"), Requirement("numpy", ">=1.24")]
+    installed = {"onnxruntime": "1.15.0", "numpy": "2.1.0"}
+    missing = check(requirements, version_of=installed.get)
+    assert [(m.requirement.name, m.installed) for m in missing] == [("torch", None), ("onnxruntime", "1.15.0")]
+    text = slicer_setup.missing_summary(missing)
+    assert "PyTorch (torch>=2.1,<3) is not installed" in text
+    assert "onnxruntime 1.15.0 is installed but NerveSeg needs >=1.17" in text
+    assert "PyTorch extension" in text
+    assert check(requirements, include_torch=False, version_of={"onnxruntime": "1.18", "numpy": "2.0"}.get) == []
+    assert slicer_setup.missing_summary([]) == "All Python packages NerveSeg needs are installed."
+
+
+def test_opencv_from_slicers_opencv_extension_counts_as_installed(monkeypatch):
+    import importlib.metadata
+
+    def version(name):
+        if name == "opencv-python":
+            return "4.10.0"
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert slicer_setup.installed_version("opencv-python-headless") == "4.10.0"
+    assert slicer_setup.installed_version("onnx") is None
+
+
+class FakePyTorchLogic:
+    def __init__(self, returns=object()):
+        self.calls = []
+        self.returns = returns
+
+    def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+        self.calls.append((askConfirmation, torchVersionRequirement))
+        return self.returns
+
+
+def fake_slicer(with_pydeps=True, confirm=True):
+    calls = []
+    util = SimpleNamespace(pip_install=lambda texts: calls.append(("pip_install", list(texts))),
+                           confirmOkCancelDisplay=lambda *args: calls.append(("confirm",)) or confirm)
+
+    def pip_ensure(requirements, prompt_install=True, requester=None, skip_in_testing=True, **kwargs):
+        calls.append(("pip_ensure", [str(r) for r in requirements], prompt_install, requester, skip_in_testing))
+
+    slicer = SimpleNamespace(util=util, calls=calls)
+    if with_pydeps:
+        slicer.pydeps = SimpleNamespace(pip_ensure=pip_ensure)
+    return slicer
+
+
+MISSING = [Missing(Requirement("torch", ">=2.1,<3")), Missing(Requirement("onnxruntime", ">=1.17"))]
+
+
+def test_install_takes_torch_from_the_pytorch_extension_then_the_rest_with_pip_ensure(monkeypatch):
+    monkeypatch.setattr(slicer_setup, "check", lambda *a, **k: [])  # after installing, nothing is missing
+    torch_logic = FakePyTorchLogic()
+    slicer = fake_slicer()
+    assert install(slicer, MISSING, ask=True, torch_installer=lambda: torch_logic)
+    assert torch_logic.calls == [(True, ">=2.1,<3")]
+    assert slicer.calls == [("pip_ensure", ["onnxruntime>=1.17"], True, "NerveSeg", True)]
+
+
+def test_install_falls_back_to_pip_install_after_asking_on_older_slicer(monkeypatch):
+    monkeypatch.setattr(slicer_setup, "check", lambda *a, **k: [])
+    slicer = fake_slicer(with_pydeps=False)
+    assert install(slicer, MISSING[1:], ask=True, torch_installer=lambda: pytest.fail("torch is not missing"))
+    assert slicer.calls == [("confirm",), ("pip_install", ["onnxruntime>=1.17"])]
+
+
+def test_declining_torch_installs_nothing_else():
+    slicer = fake_slicer()
+    assert install(slicer, MISSING, ask=True, torch_installer=lambda: FakePyTorchLogic(returns=None)) is False
+    assert slicer.calls == []
+
+
+def test_declining_pip_on_older_slicer_installs_nothing():
+    slicer = fake_slicer(with_pydeps=False, confirm=False)
+    assert install(slicer, MISSING[1:], ask=True) is False
+    assert slicer.calls == [("confirm",)]
+
+
+def test_missing_pytorch_extension_is_explained():
+    with pytest.raises(RuntimeError, match="Extensions Manager"):
+        install(fake_slicer(), MISSING[:1], ask=True)  # PyTorchUtils cannot be imported outside Slicer
