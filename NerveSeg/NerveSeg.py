@@ -145,6 +145,8 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
         for shortcut in self._shortcuts:
             shortcut.setEnabled(False)
+            shortcut.deleteLater()  # some live on the view area, which outlives this widget on reload
+        self._shortcuts = []
         if self.logic is not None:
             self.logic.cleanup()
         self.setParameterNode(None)
@@ -197,14 +199,6 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.dependenciesLabel.text = slicer_setup.missing_summary(missing)
         self.ui.installButton.visible = bool(missing)
 
-    def ensureDependencies(self, remote: bool) -> bool:
-        missing = slicer_setup.check(include_torch=not remote)
-        if missing:
-            slicer_setup.install(slicer, missing, ask=True)
-            self.refreshDependencies()
-            missing = slicer_setup.check(include_torch=not remote)
-        return not missing
-
     def onInstall(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Installing the Python packages failed."), waitCursor=True):
             slicer_setup.install(slicer, ask=True)
@@ -221,9 +215,10 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStart(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("NerveSeg could not start."), waitCursor=True):
-            if not self.ensureDependencies(remote=self._parameterNode.mode == "remote"):
-                return
-            self.logic.start(self._parameterNode)
+            ready = slicer_setup.ensure(slicer, include_torch=self._parameterNode.mode == "in-process")
+            self.refreshDependencies()
+            if ready:
+                self.logic.start(self._parameterNode)
 
     def onStop(self) -> None:
         self.logic.controller.stop()
@@ -289,7 +284,6 @@ class NerveSegLogic(ScriptedLoadableModuleLogic):
         options = {"segmenter_factory": segmenterFactory} if segmenterFactory else {}
         self.controller = LiveController(slicer.mrmlScene, **options)
         self.review = ReviewController(slicer.mrmlScene)
-        self._display = None  # the display values last passed on, so only changes reach the scene
 
     def getParameterNode(self) -> NerveSegParameterNode:
         return NerveSegParameterNode(super().getParameterNode())
@@ -304,25 +298,17 @@ class NerveSegLogic(ScriptedLoadableModuleLogic):
         c.select_model(p.modelName, p.backend, p.compute)
         if p.mode == "remote":
             c.connect_remote(p.remoteHost, p.remotePort)
-        c.set_recording(p.record)
-        c.start(p.mode)
-        self._display = None
         self.applyDisplay(p)
+        c.start(p.mode)
 
     def applyDisplay(self, p: NerveSegParameterNode) -> None:
-        """Pass changed display settings on (unchanged ones are left alone, so per-class opacity set in the
-        segments table survives edits of other parameters)."""
-        c, old = self.controller, self._display or (None,) * 5
-        new = (p.record, p.fill, p.outline, p.showNames, p.opacity)
-        if new[0] != old[0]:
-            c.set_recording(p.record)
-        if new[1:3] != old[1:3]:
-            c.set_fill_outline(p.fill, p.outline)
-        if new[3] != old[3]:
-            c.set_names_visible(p.showNames)
-        if new[4] != old[4] and c.class_keys():
-            c.set_opacity(p.opacity)
-        self._display = new
+        """Pass the display settings on; the controller ignores unchanged values, so per-class opacities set in
+        the segments table survive edits of other parameters."""
+        c = self.controller
+        c.set_recording(p.record)
+        c.set_fill_outline(p.fill, p.outline)
+        c.set_names_visible(p.showNames)
+        c.set_opacity(p.opacity)
 
     def cleanup(self) -> None:
         self.controller.cleanup()
@@ -334,7 +320,8 @@ class NerveSegLogic(ScriptedLoadableModuleLogic):
 #
 class NerveSegTest(ScriptedLoadableModuleTest):
     """Replays the bundled sample over OpenIGTLink, segments it through the panel's logic, checks the segments and
-    the recording. Run with: Slicer --testing --python-code "slicer.util.selectModule('NerveSeg'); ..." (README)."""
+    the recording (one item per applied frame). Runs inside Slicer only: "Reload and Test" in developer mode, or
+    ctest in an extension build (see the README)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()

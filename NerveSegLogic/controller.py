@@ -910,8 +910,9 @@ class LiveController:
         for key, visible in d.visible.items():
             if key in keys:
                 scene.set_class_visible(key, visible)
-        for key, opacity in d.opacity.items():
-            if key in keys:
+        for key in keys:
+            opacity = d.opacity.get(key, d.all_opacity)
+            if opacity is not None:
                 scene.set_class_opacity(key, opacity)
         scene.set_fill_outline(d.fill, d.outline)
         scene.set_names_visible(d.names)

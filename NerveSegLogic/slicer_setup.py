@@ -236,10 +236,20 @@ def install(slicer, missing: Optional[Sequence[Missing]] = None, ask: bool = Tru
                      include_torch=bool(torch_missing))
 
 
+def ensure(slicer, include_torch: bool = True, ask: bool = True) -> bool:
+    """Check, and install what is missing (asking first); True when everything needed is then present.
+
+    include_torch: False for remote mode, which runs no model on this computer."""
+    missing = check(include_torch=include_torch)
+    if missing and not install(slicer, missing, ask=ask):
+        return False
+    return not check(include_torch=include_torch)
+
+
 def names(requirements: Iterable[Requirement]) -> List[str]:
     """Canonical distribution names of ``requirements``."""
     return [canonical(r.name) for r in requirements]
 
 
-__all__ = ["Requirement", "Missing", "read_requirements", "check", "missing_summary", "install", "installed_version",
+__all__ = ["Requirement", "Missing", "read_requirements", "check", "missing_summary", "install", "ensure", "installed_version",
            "requirements_path", "parse_requirement", "TORCH_REQUIREMENT", "FORBIDDEN", "canonical", "names"]

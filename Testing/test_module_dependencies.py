@@ -140,3 +140,14 @@ def test_declining_pip_on_older_slicer_installs_nothing():
 def test_missing_pytorch_extension_is_explained():
     with pytest.raises(RuntimeError, match="Extensions Manager"):
         install(fake_slicer(), MISSING[:1], ask=True)  # PyTorchUtils cannot be imported outside Slicer
+
+
+def test_ensure_installs_only_when_something_is_missing(monkeypatch):
+    results = iter([[MISSING[1]], [], []])  # missing before installing, nothing after (install checks too)
+    monkeypatch.setattr(slicer_setup, "check", lambda *a, **k: next(results))
+    slicer = fake_slicer()
+    assert slicer_setup.ensure(slicer, include_torch=False)
+    assert slicer.calls == [("pip_ensure", ["onnxruntime>=1.17"], True, "NerveSeg", True)]
+    monkeypatch.setattr(slicer_setup, "check", lambda *a, **k: [])
+    quiet = fake_slicer()
+    assert slicer_setup.ensure(quiet) and quiet.calls == []
