@@ -174,11 +174,11 @@ def test_server_dying_mid_stream_is_followed_by_reconnection_and_the_gap_is_coun
         second.start()
         try:
             assert receiver.wait_for(lambda s: s.frames >= before + 5 and s.gaps >= 1, WAIT)
+            stats = receiver.stats()  # before the second server goes too
         finally:
             second.stop()
     finally:
         first.stop()
-    stats = receiver.stats()
     assert stats.gaps == 1 and stats.gap_seconds > 0
     assert stats.reconnects == 1 and stats.connects == 2
     ids = [f.frame_id for f in frames]
@@ -193,9 +193,9 @@ def test_message_truncated_by_the_server_closing_is_dropped_and_counted_and_late
     try:
         receiver = make(server.port)
         assert receiver.wait_for(lambda s: s.frames >= 3, WAIT)
+        stats = receiver.stats()  # before the server goes, which the receiver would count
     finally:
         server.stop()
-    stats = receiver.stats()
     assert values(frames) == [1, 3, 4]
     assert stats.truncated == 1 and stats.reconnects == 1
     assert "after" in stats.last_error and "bytes" in stats.last_error
@@ -209,9 +209,9 @@ def test_message_truncated_inside_the_stream_fails_its_crc_and_the_connection_is
     try:
         receiver = make(server.port)
         assert receiver.wait_for(lambda s: s.frames >= 2, WAIT)
+        stats = receiver.stats()  # before the server goes, which the receiver would count
     finally:
         server.stop()
-    stats = receiver.stats()
     assert values(frames) == [1, 9]
     assert stats.crc_errors == 1  # the short body swallowed the start of the next message
     assert stats.out_of_step == 1  # what followed was not a header: the connection was reopened
@@ -238,9 +238,9 @@ def test_corrupt_crc_is_dropped_and_counted_and_the_connection_is_kept(collect):
     try:
         receiver = make(server.port)
         assert receiver.wait_for(lambda s: s.frames >= 2, WAIT)
+        stats = receiver.stats()  # before the server goes, which the receiver would count
     finally:
         server.stop()
-    stats = receiver.stats()
     assert values(frames) == [1, 3]
     assert stats.crc_errors == 1 and stats.connects == 1 and stats.disconnects == 0
 
@@ -269,10 +269,10 @@ def test_absurd_body_size_is_refused_before_any_allocation_and_the_connection_is
         receiver = make(server.port)
         assert receiver.wait_for(lambda s: s.frames >= 2, WAIT)
         _, peak = tracemalloc.get_traced_memory()
+        stats = receiver.stats()  # before the server goes, which the receiver would count
     finally:
         tracemalloc.stop()
         server.stop()
-    stats = receiver.stats()
     assert values(frames) == [1, 3]
     assert stats.oversize == 1 and stats.reconnects == 1
     assert peak < 32 * 1024 * 1024, f"peak traced allocation {peak} bytes: the body was allocated"
@@ -303,9 +303,9 @@ def test_images_of_unexpected_type_or_shape_are_refused_with_the_reason_and_coun
     try:
         receiver = make(server.port)
         assert receiver.wait_for_frames(1, WAIT)
+        stats = receiver.stats()  # before the server goes, which the receiver would count
     finally:
         server.stop()
-    stats = receiver.stats()
     assert values(frames) == [7]
     assert stats.refused == {"scalar_type": 1, "volume": 1, "components": 1}
     assert stats.connects == 1
@@ -342,9 +342,9 @@ def test_transform_string_status_and_unknown_types_interleaved_are_ignored_and_f
     try:
         receiver = make(server.port, device_name="Image_Reference")
         assert receiver.wait_for(lambda s: s.messages >= len(script), WAIT)
+        stats = receiver.stats()  # before the server goes, which the receiver would count
     finally:
         server.stop()
-    stats = receiver.stats()
     assert values(frames) == [1, 2, 3]
     assert all(f.device_name == "Image_Reference" for f in frames)
     assert stats.ignored == {"TRANSFORM": 2, "STRING": 1, "STATUS": 1, "NERVESEG_XYZ": 1}

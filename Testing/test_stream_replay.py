@@ -223,7 +223,8 @@ class SlowSource:
 def test_pacing_follows_an_absolute_schedule_so_read_time_does_not_add_up():
     frames, server, _ = replay_and_receive(SlowSource(), 12, fps=50)
     sent = np.array([f.igtl_timestamp for f in frames])
-    # Frame n leaves at start + n / 50 s, so the 12th is 11 periods (220 ms) after the first. Sleeping one period
-    # after each 10 ms read would put it 11 x 30 ms = 330 ms after.
-    assert sent[-1] - sent[0] == pytest.approx(11 / 50, abs=0.05)
+    # Frame n leaves at start + n / 50 s: 20 ms apart although each read takes 10 ms. Sleeping one period after
+    # each read would space them 30 ms apart. The median ignores a frame delayed by a busy machine.
+    assert np.median(np.diff(sent)) == pytest.approx(0.020, abs=0.004)
+    assert sent[-1] - sent[0] >= 11 / 50 - 0.002  # never ahead of the schedule
     assert [int(f.image[0, 0]) for f in frames] == list(range(12))

@@ -101,6 +101,34 @@ def test_a_client_that_never_reads_does_not_block_the_caller_and_loses_old_messa
     assert elapsed < 5.0, f"sending to a stuck client blocked the caller for {elapsed:.1f} s"
 
 
+def test_a_backlog_keeps_the_newest_messages_in_order_for_a_client_that_reads_late():
+    sender = ImageSender(port=0, backlog=3)
+    sender.start()
+    late = socket.socket()
+    late.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    late.connect(("127.0.0.1", sender.port))
+    try:
+        assert sender.wait_for_clients(1, WAIT)
+        big = np.zeros((3000, 3000), np.uint8)  # 9 MB: the first message fills the socket buffers and blocks
+        for index in range(8):
+            sender.send_labelmap(big, GEOMETRY, float(index))
+        late.settimeout(WAIT)
+        received = []
+        while len(received) < 8 and not (received and received[-1] == 7.0):
+            header = parse_header(_read_exactly(late, HEADER_SIZE), max_body_bytes=16 * 1024 * 1024)
+            _read_exactly(late, header.body_size)
+            received.append(header.timestamp)
+        stats = sender.stats()
+    finally:
+        late.close()
+        sender.stop()
+    # The writer was busy with the first message (or about to take it) while the others came: the backlog kept the
+    # newest three, in order, and dropped the ones between.
+    assert received[-3:] == [5.0, 6.0, 7.0]
+    assert len(received) in (3, 4) and received == sorted(received)
+    assert stats.messages_dropped == 8 - len(received)
+
+
 def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout():
     sender = ImageSender(port=0, client_send_timeout_s=0.3)
     sender.start()

@@ -81,10 +81,13 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"nerveseg replay: {exc}", file=sys.stderr)
         return 1
-    print(f"replaying {server.source.description} at {server.fps:g} fps as {server.device_name!r} on "
-          f"{server.host}:{server.port} (Ctrl-C to stop)", flush=True)
+    except KeyboardInterrupt:
+        server.stop()
+        raise
     interrupted = False
-    try:
+    try:  # from here on, Ctrl-C (KeyboardInterrupt) at any point stops the server cleanly
+        print(f"replaying {server.source.description} at {server.fps:g} fps as {server.device_name!r} on "
+              f"{server.host}:{server.port} (Ctrl-C to stop)", flush=True)
         last_sent, last_time = 0, time.perf_counter()
         while not server.wait_done(timeout=1.0):
             now = time.perf_counter()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
-import select
+import selectors
 import socket
 import threading
 import time
@@ -125,7 +125,7 @@ class ImageReceiver:
         self._lifecycle = threading.Lock()  # serialises start/stop
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        self._wake_r: Optional[socket.socket] = None  # written by stop() to wake the thread from select()
+        self._wake_r: Optional[socket.socket] = None  # written by stop() to wake the thread's selector
         self._wake_w: Optional[socket.socket] = None
         self._warned_at: Dict[str, float] = {}
 
@@ -302,11 +302,14 @@ class ImageReceiver:
             sock.setblocking(False)
             err = sock.connect_ex(address)
             if err in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-                readable, writable, _ = select.select([self._wake_r], [sock], [], self.connect_timeout_s)
-                if self._wake_r in readable:
+                with selectors.DefaultSelector() as selector:
+                    selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+                    selector.register(sock, selectors.EVENT_WRITE, "socket")
+                    ready = {key.data for key, _ in selector.select(self.connect_timeout_s)}
+                if "wake" in ready:
                     sock.close()
                     return None, "stopped"
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if writable else errno.ETIMEDOUT
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if ready else errno.ETIMEDOUT
             if err == 0:
                 sock.setblocking(True)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -317,8 +320,11 @@ class ImageReceiver:
                                                            else " (timed out)" if err == errno.ETIMEDOUT else "")
         return None, reason
 
-    def _fill(self, sock: socket.socket, view: memoryview, idle_ok: bool) -> Optional[int]:
-        """Read exactly len(view) bytes. Returns the count, or None when stop() was called.
+    def _fill(self, selector: selectors.BaseSelector, sock: socket.socket, view: memoryview,
+              idle_ok: bool) -> Optional[int]:
+        """Read exactly len(view) bytes from ``sock`` (registered in ``selector`` with the wake socket).
+
+        Returns the count, or None when stop() was called.
 
         Raises _StreamEnded on EOF, a socket error, or no progress for stall_timeout_s once bytes are awaited
         mid-message (``idle_ok``: the wait for the first byte of a header has no time limit).
@@ -327,11 +333,10 @@ class ImageReceiver:
         total = len(view)
         while got < total:
             waiting_idle = idle_ok and got == 0
-            readable, _, _ = select.select([sock, self._wake_r], [], [],
-                                           None if waiting_idle else self.stall_timeout_s)
-            if self._wake_r in readable or self._stop.is_set():
+            ready = {key.data for key, _ in selector.select(None if waiting_idle else self.stall_timeout_s)}
+            if "wake" in ready or self._stop.is_set():
                 return None
-            if not readable:
+            if not ready:
                 raise _StreamEnded("truncated", f"stalled: {got} of {total} bytes arrived, then nothing for "
                                                 f"{self.stall_timeout_s:.1f} s")
             try:
@@ -350,6 +355,12 @@ class ImageReceiver:
 
         When the connection ends, returns (why, the counter to increment or "") for _run to record in one update.
         """
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ, "socket")
+            selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+            return self._read_with(selector, sock)
+
+    def _read_with(self, selector: selectors.BaseSelector, sock: socket.socket) -> Optional[Tuple[str, str]]:
         header_bytes = bytearray(HEADER_SIZE)
         header_view = memoryview(header_bytes)
         scratch = memoryview(bytearray(_SCRATCH_BYTES))
@@ -357,7 +368,7 @@ class ImageReceiver:
         try:
             while True:
                 in_body = False
-                if self._fill(sock, header_view, idle_ok=True) is None:
+                if self._fill(selector, sock, header_view, idle_ok=True) is None:
                     return None
                 try:
                     header = parse_header(header_bytes, self.max_body_bytes)
@@ -373,7 +384,7 @@ class ImageReceiver:
                     remaining = header.body_size
                     while remaining:
                         step = min(remaining, _SCRATCH_BYTES)
-                        if self._fill(sock, scratch[:step], idle_ok=False) is None:
+                        if self._fill(selector, sock, scratch[:step], idle_ok=False) is None:
                             return None
                         remaining -= step
                     with self._cond:
@@ -387,7 +398,7 @@ class ImageReceiver:
                         self._cond.notify_all()
                     continue
                 body = bytearray(header.body_size)
-                if header.body_size and self._fill(sock, memoryview(body), idle_ok=False) is None:
+                if header.body_size and self._fill(selector, sock, memoryview(body), idle_ok=False) is None:
                     return None
                 received_perf = time.perf_counter()
                 received_wall = time.time()

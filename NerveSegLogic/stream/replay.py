@@ -1,7 +1,7 @@
 """ReplayServer: the stand-in for PLUS. Serves recorded frames as OpenIGTLink IMAGE messages at a steady rate.
 
-Every connected client gets every frame (through :class:`~NerveSegLogic.stream.sender.ImageSender`, so a slow
-client loses frames instead of slowing the others), with PLUS's device name ``Image_Reference``, the pixel spacing
+Every connected client gets every frame (through :class:`~NerveSegLogic.stream.sender.ImageSender`, with half a
+second of backlog per client; a client slower than that loses its oldest frames instead of slowing the others), with PLUS's device name ``Image_Reference``, the pixel spacing
 and geometry in the IGTL matrix, and the send time as the IGTL timestamp.
 
 Pacing follows an absolute schedule: frame n goes out at ``start + n / fps``, so rounding in one wait never adds up
@@ -15,6 +15,7 @@ by ``_cond``.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_FPS = 25.0
 PLUS_IMAGE_DEVICE = "Image_Reference"
 _BEHIND_LIMIT_S = 1.0
+_BACKLOG_S = 0.5
 
 
 class ReplayServer:
@@ -67,7 +69,10 @@ class ReplayServer:
         self.loop = loop
         self.max_frames = max_frames
         self.wait_for_client = wait_for_client
-        self.sender = ImageSender(port=port, host=host, device_name=device_name)
+        # Half a second of backlog per client: a busy machine delays a client's writer now and then, and a
+        # recording should not lose frames to that (a client slower than the rate still loses the oldest).
+        self.sender = ImageSender(port=port, host=host, device_name=device_name,
+                                  backlog=max(2, int(math.ceil(self.fps * _BACKLOG_S))))
         #: Set when the last frame went out (not with loop and no max_frames) and was flushed to the clients, or when
         #: reading the source failed (see ``error``).
         self.done = threading.Event()

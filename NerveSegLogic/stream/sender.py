@@ -3,9 +3,10 @@
 ``nerveseg serve`` sends each segmentation as a uint8 labelmap (device ``NerveSegLabel``, the frame's geometry and
 IGTL timestamp); the replay server sends ultrasound frames through the same class.
 
-The caller is never blocked by a client: each client has its own one-message newest-wins slot and writer thread.
-A client that reads slower than messages come loses the older ones (counted as dropped); a client that accepts no
-bytes for ``client_send_timeout_s``, or that closes its end, is dropped without disturbing the others. One
+The caller is never blocked by a client: each client has its own backlog and writer thread. The backlog holds at
+most ``backlog`` messages (1 by default: newest wins, what a live segmentation wants); when a client reads slower
+than messages come, its oldest unsent messages are dropped (and counted). A client that accepts no bytes for
+``client_send_timeout_s``, or that closes its end, is dropped without disturbing the others. One
 listener thread accepts clients and reads (and discards) whatever they send, which also notices when they go.
 
 Threads: the owner calls start/stop/send_*; the listener thread owns the listening socket and the client list
@@ -14,18 +15,18 @@ Threads: the owner calls start/stop/send_*; the listener thread owns the listeni
 
 from __future__ import annotations
 
+import collections
 import logging
 import selectors
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Deque, List, Optional
 
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
-from NerveSegLogic.slot import NewestSlot
 from NerveSegLogic.stream.codec import encode_image
 
 logger = logging.getLogger(__name__)
@@ -41,17 +42,50 @@ class SenderStats:
     clients_accepted: int = 0
     clients_dropped: int = 0  # left or were dropped (closed, error, send timeout)
     messages_offered: int = 0  # send_* calls
-    messages_queued: int = 0  # per client: messages put in a client's slot
+    messages_queued: int = 0  # per client: messages put in a client's backlog
     messages_written: int = 0  # per client: messages fully written to a socket
-    messages_dropped: int = 0  # per client: replaced in the slot before being written (client too slow)
+    messages_dropped: int = 0  # per client: pushed out of a full backlog before being written (client too slow)
     bytes_written: int = 0
 
 
+class _Backlog:
+    """At most ``limit`` messages waiting for one client; putting into a full backlog drops the oldest."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._items: Deque[bytes] = collections.deque()
+        self._cond = threading.Condition()  # guards _items and _closed
+        self._closed = False
+
+    def put(self, message: bytes) -> int:
+        """Queue ``message``; returns how many older messages it pushed out (0 or 1)."""
+        with self._cond:
+            dropped = 0
+            if len(self._items) >= self._limit:
+                self._items.popleft()
+                dropped = 1
+            self._items.append(message)
+            self._cond.notify()
+            return dropped
+
+    def take(self) -> Optional[bytes]:
+        """The oldest waiting message, blocking until there is one; None once closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._items or self._closed)
+            return None if self._closed else self._items.popleft()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self._cond.notify_all()
+
+
 class _Client:
-    def __init__(self, sock: socket.socket, address: str):
+    def __init__(self, sock: socket.socket, address: str, backlog: int):
         self.sock = sock
         self.address = address
-        self.slot: NewestSlot[bytes] = NewestSlot()
+        self.backlog = _Backlog(backlog)
         self.thread: Optional[threading.Thread] = None
         self.queued = 0  # guarded by the sender's _cond
         self.finished = 0  # written + dropped + abandoned; guarded by the sender's _cond
@@ -66,10 +100,15 @@ class ImageSender:
     host: interface to listen on; ``0.0.0.0`` to serve other machines (the default serves this machine only).
     device_name: default device name of the messages sent.
     client_send_timeout_s: a client that accepts no bytes for this long is dropped (s).
+    backlog: messages kept per client while it is busy; 1 = newest wins (no latency builds up), more rides out
+        short hiccups of a client (the replay server keeps about half a second so a busy machine loses no frame).
     """
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1", device_name: str = LABEL_DEVICE_NAME,
-                 client_send_timeout_s: float = 5.0):
+                 client_send_timeout_s: float = 5.0, backlog: int = 1):
+        if backlog < 1:
+            raise ValueError(f"backlog must be at least 1 message, got {backlog}")
+        self.backlog = int(backlog)
         self.host = host
         self.requested_port = int(port)
         self.port: Optional[int] = None
@@ -153,7 +192,7 @@ class ImageSender:
     def send_message(self, message: bytes) -> int:
         """Queue an already encoded message for every client; returns how many clients it was queued for.
 
-        Never blocks on a client: a client whose previous message is still unsent loses that one (counted).
+        Never blocks on a client: a client whose backlog is full loses its oldest unsent message (counted).
         """
         with self._cond:
             self._stats.messages_offered += 1
@@ -162,7 +201,7 @@ class ImageSender:
                 client.queued += 1
                 self._stats.messages_queued += 1
         for client in clients:
-            if client.slot.put(message) is not None:
+            if client.backlog.put(message):
                 with self._cond:
                     client.finished += 1
                     self._stats.messages_dropped += 1
@@ -243,7 +282,7 @@ class ImageSender:
         sock.setblocking(True)
         sock.settimeout(self.client_send_timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = _Client(sock, f"{peer[0]}:{peer[1]}")
+        client = _Client(sock, f"{peer[0]}:{peer[1]}", self.backlog)
         client.thread = threading.Thread(target=self._write, args=(client,), name=f"ImageSender-{client.address}",
                                          daemon=True)
         with self._cond:
@@ -270,8 +309,8 @@ class ImageSender:
 
     def _write(self, client: _Client) -> None:
         while True:
-            message = client.slot.take()
-            if message is None:  # slot closed: the client is being removed
+            message = client.backlog.take()
+            if message is None:  # backlog closed: the client is being removed
                 return
             try:
                 client.sock.sendall(message)
@@ -308,7 +347,7 @@ class ImageSender:
             client.finished = client.queued
             self._stats.clients_dropped += 1
             self._cond.notify_all()
-        client.slot.close()
+        client.backlog.close()
         try:
             client.sock.shutdown(socket.SHUT_RDWR)  # unblocks a writer stuck in sendall
         except OSError:
