@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -21,6 +22,19 @@ from NerveSegLogic.controller import LiveController, segmenter_with_random_fallb
 from NerveSegLogic.frame import SegmentationResult
 from NerveSegLogic.models import registry
 from NerveSegLogic.stream.replay import ReplayServer
+
+
+def open_sockets() -> int:
+    """Sockets this process holds (Linux /proc), or -1 where /proc is not available."""
+    if not os.path.isdir("/proc/self/fd"):
+        return -1
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
 
 
 def tick_until(controller, predicate, timeout=60.0):
@@ -90,6 +104,7 @@ def test_remote_labelmaps_are_shown_on_the_frames_they_were_computed_from():
     from NerveSegLogic.live_serve import ServeOptions, SegmentationServer
 
     threads_before = {t.ident for t in threading.enumerate()}
+    sockets_before = open_sockets()
     replay = ReplayServer(None, fps=15.0, loop=True, wait_for_client=True)
     replay.start()
     server = SegmentationServer(ServeOptions(input_host="127.0.0.1", input_port=replay.port, port=0,
@@ -134,6 +149,7 @@ def test_remote_labelmaps_are_shown_on_the_frames_they_were_computed_from():
         server.close()
         replay.stop()
     assert {t.ident for t in threading.enumerate()} == threads_before
+    assert open_sockets() == sockets_before
     controller.scene.clear()
 
 
