@@ -152,3 +152,12 @@ def test_mismatched_image_and_mask_are_refused(scene):
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(ValueError, match="reference volume"):
         read_mask(segmentation, empty, CLASSES)
+
+
+def test_read_mask_refuses_transformed_nodes(scene):
+    image, mask = frame_and_mask()
+    volume, segmentation = load_frame(image, mask, GEOMETRY, CLASSES, mrml_scene=scene)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "probe to world")
+    segmentation.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(ValueError, match="under a transform"):
+        read_mask(segmentation, volume, CLASSES)

@@ -6,13 +6,16 @@ segmentation with Slicer's Segment Editor, and calls :func:`read_mask` before sa
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import TYPE_CHECKING, Sequence, Tuple
 
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
 from NerveSegLogic.scene import mrml
 from NerveSegLogic.scene.nodes import ClassSegments, labelmap_of_segments, update_volume
+
+if TYPE_CHECKING:  # pragma: no cover
+    from NerveSegLogic.classes import SegmentClass
 
 #: Name prefix of the nodes used for annotation (reused from frame to frame).
 ANNOTATION_NAME = "NerveSeg annotation"
@@ -31,7 +34,7 @@ def annotation_scene():
 
 
 def load_frame(image: np.ndarray, mask: np.ndarray, geometry: ImageGeometry,
-               classes: Sequence["SegmentClass"], mrml_scene=None,  # noqa: F821
+               classes: Sequence["SegmentClass"], mrml_scene=None,
                name: str = ANNOTATION_NAME) -> Tuple[object, object]:
     """Show a frame and its mask for editing; returns ``(volume_node, segmentation_node)``.
 
@@ -67,7 +70,7 @@ def load_frame(image: np.ndarray, mask: np.ndarray, geometry: ImageGeometry,
     return volume, segmentation
 
 
-def read_mask(segmentation_node, reference_volume_node, classes: Sequence["SegmentClass"]) -> np.ndarray:  # noqa: F821
+def read_mask(segmentation_node, reference_volume_node, classes: Sequence["SegmentClass"]) -> np.ndarray:
     """The ``(H, W)`` uint8 labelmap a person painted, on the reference volume's pixel grid.
 
     Each class's segment (found by id = class key, else by name) is resampled (nearest neighbour) onto the

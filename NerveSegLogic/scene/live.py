@@ -21,17 +21,17 @@ any method here.
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 from NerveSegLogic.frame import SegmentationResult
 from NerveSegLogic.scene import display, mrml
 from NerveSegLogic.scene.nodes import ClassSegments, update_volume
 from NerveSegLogic.scene.saving import save_scene
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # pragma: no cover
+    from NerveSegLogic.classes import SegmentClass
 
 #: Index of the recorded sequences (as Slicer's own recorder names it).
 INDEX_NAME, INDEX_UNIT = "time", "s"
@@ -50,7 +50,7 @@ class LiveScene:
     record: whether applied results are recorded into sequences from the start (see start/stop_recording).
     """
 
-    def __init__(self, classes: Sequence["SegmentClass"], mrml_scene=None, name: str = "NerveSeg",  # noqa: F821
+    def __init__(self, classes: Sequence["SegmentClass"], mrml_scene=None, name: str = "NerveSeg",
                  record: bool = True):
         if not name or any(ch in name for ch in '/\\:*?"<>|'):
             raise ValueError(f"LiveScene name must be a non-empty file-name-safe string, got {name!r}")

@@ -55,7 +55,12 @@ def _register_converter_rules(slicer) -> None:
     for a 3D view after loading, so the standard rules are registered the way Slicer does at start-up.
     """
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    registered = {rule.GetClassName() for rule in (factory.GetConverterRules() or ())}
+    try:
+        registered = {rule.GetClassName() for rule in (factory.GetConverterRules() or ())}
+    except (AttributeError, TypeError):  # a build that does not wrap the rule list
+        if hasattr(slicer, "app"):
+            return  # inside Slicer the Segmentations module registered them at start-up
+        registered = set()
     for name in ("vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule",
                  "vtkClosedSurfaceToFractionalLabelmapConversionRule",
                  "vtkFractionalLabelmapToClosedSurfaceConversionRule"):

@@ -12,12 +12,15 @@ and the saved ``.seg.nrrd`` has one layer whose label values are exactly the mod
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
 from NerveSegLogic.scene import mrml
+
+if TYPE_CHECKING:  # pragma: no cover
+    from NerveSegLogic.classes import SegmentClass
 
 #: Image types a volume node receives unchanged (the receiver's contract: uint8, uint16 or float32).
 VOLUME_DTYPES = (np.uint8, np.uint16, np.float32)
@@ -73,7 +76,7 @@ class ClassSegments:
     voxels of all segments at once.
     """
 
-    def __init__(self, segmentation_node, classes: Sequence["SegmentClass"]):  # noqa: F821
+    def __init__(self, segmentation_node, classes: Sequence["SegmentClass"]):
         if not classes:
             raise ValueError("a segmentation needs at least one class")
         labels = [c.label for c in classes]
@@ -157,7 +160,7 @@ class ClassSegments:
 
 
 def labelmap_of_segments(segmentation_node, reference_volume_node,
-                         classes: Sequence["SegmentClass"]) -> np.ndarray:  # noqa: F821
+                         classes: Sequence["SegmentClass"]) -> np.ndarray:
     """``(H, W)`` uint8 labelmap in the reference volume's geometry from a segmentation's class segments.
 
     Each class's segment is found by id (the class key) or, failing that, by name; a class without a segment
@@ -171,6 +174,10 @@ def labelmap_of_segments(segmentation_node, reference_volume_node,
     reference_image = reference_volume_node.GetImageData() if reference_volume_node is not None else None
     if reference_image is None:
         raise ValueError("read_mask needs a reference volume node with image data (the frame that was annotated)")
+    for node in (segmentation_node, reference_volume_node):
+        if node.GetParentTransformNode() is not None:
+            # The masks are read on the untransformed grids; a transform would silently shift them.
+            raise ValueError(f"node {node.GetName()!r} is under a transform; read_mask needs untransformed nodes")
     width, height, depth = mrml.image_dimensions(reference_image)
     if depth != 1:
         raise ValueError(f"reference volume {reference_volume_node.GetName()!r} must be a single slice, "

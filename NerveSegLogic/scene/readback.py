@@ -12,12 +12,15 @@ import xml.etree.ElementTree as ElementTree
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote
 
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from NerveSegLogic.classes import SegmentClass
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -262,7 +265,7 @@ class SegmentationFile:
                 return self.layers[segment.layer] == segment.label_value
         raise KeyError(f"{self.path}: no segment {segment_id!r}; ids: {', '.join(s.id for s in self.segments)}")
 
-    def labelmap(self, classes: Sequence["SegmentClass"]) -> np.ndarray:  # noqa: F821
+    def labelmap(self, classes: Sequence["SegmentClass"]) -> np.ndarray:
         """``(H, W)`` uint8 labelmap in the classes' label values; a segment is matched by id (class key), else by
         name; the class listed first wins where segments overlap (as in ``read_mask``)."""
         out = np.zeros(self.layers.shape[1:], dtype=np.uint8)

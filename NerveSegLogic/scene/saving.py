@@ -37,6 +37,8 @@ def _has_data(node) -> bool:
 def save_scene(scene, folder: Union[str, Path], name: str) -> Path:
     """Write ``scene`` into ``folder`` as ``<name>.mrml`` plus one data file per storable node; returns the .mrml.
 
+    Meant for the scenes NerveSeg makes (LiveScene's, the annotation scene); inside Slicer, saving the
+    application's whole scene is Slicer's own Save (it also handles nodes NerveSeg knows nothing about).
     Nodes without data (an empty sequence, a volume with no image yet) are left out of the .mrml for this save.
     The nodes themselves are not changed except that each gets a storage node pointing at its file.
     Raises OSError naming the node and file when a storage node fails to write, or when the .mrml cannot be written.
