@@ -1012,8 +1012,8 @@ class ReplayReport:
 def run_sample_replay(controller: "LiveController", frames: int = 12, fps: float = 15.0, source=None,
                       model: Optional[str] = None, timeout_s: float = 120.0,
                       pause: Callable[[float], None] = time.sleep) -> ReplayReport:
-    """Replay ``frames`` frames of ``source`` (default: the bundled sample) from a ReplayServer on 127.0.0.1
-    (ephemeral port) into ``controller`` in-process, ticking as the panel's timer does until every frame sent was
+    """Replay ``frames`` frames of ``source`` (default: the bundled sample, looped as needed) from a ReplayServer on
+    127.0.0.1 (ephemeral port) into ``controller`` in-process, ticking as the panel's timer does until every frame sent was
     received and then applied, dropped as stale or failed; stops the controller and the server, and reports.
 
     The shared body of the Slicer module test and of the pytest suite. ``model`` (default: the one selected, else
@@ -1024,7 +1024,7 @@ def run_sample_replay(controller: "LiveController", frames: int = 12, fps: float
 
     if model is not None or controller.model_name is None:
         controller.select_model(model or registry.default_name(), controller.backend, controller.compute_device)
-    replay = ReplayServer(source, fps=fps, max_frames=frames, wait_for_client=True)
+    replay = ReplayServer(source, fps=fps, loop=True, max_frames=frames, wait_for_client=True)
     replay.start()
     try:
         controller.connect("127.0.0.1", replay.port, DEFAULT_DEVICE_NAME)
