@@ -14,9 +14,8 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 MODULE = REPO / "NerveSeg" / "NerveSeg.py"
