@@ -125,11 +125,16 @@ def test_a_class_without_a_segment_stays_background_and_a_segment_with_another_i
 
 
 def test_without_a_scene_the_nodes_live_in_one_kept_standalone_scene():
+    from NerveSegLogic.scene.annotation import annotation_scene
+
     image, mask = frame_and_mask()
-    volume, segmentation = load_frame(image, mask, GEOMETRY, CLASSES)
-    volume2, _ = load_frame(image, mask, GEOMETRY, CLASSES)
-    assert volume.GetScene() is not None and volume2 is volume
-    assert np.array_equal(read_mask(segmentation, volume, CLASSES), mask)
+    try:
+        volume, segmentation = load_frame(image, mask, GEOMETRY, CLASSES)
+        volume2, _ = load_frame(image, mask, GEOMETRY, CLASSES)
+        assert volume.GetScene() is annotation_scene() and volume2 is volume
+        assert np.array_equal(read_mask(segmentation, volume, CLASSES), mask)
+    finally:
+        annotation_scene().Clear(True)
 
 
 def test_an_annotation_saved_as_seg_nrrd_reads_back_as_the_same_labelmap(scene, tmp_path):

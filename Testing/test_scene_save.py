@@ -210,3 +210,24 @@ def test_read_saved_scene_names_the_file_it_cannot_read(tmp_path):
         read_saved_scene(bad)
     with pytest.raises(FileNotFoundError):
         read_saved_scene(tmp_path / "missing.mrml")
+
+
+def test_a_failed_save_names_the_node_and_leaves_the_earlier_save_as_it_was(tmp_path):
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+
+    from NerveSegLogic.scene.nodes import update_volume
+
+    scene = mrml.new_scene()
+    try:
+        good = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "good")
+        update_volume(good, np.full((10, 12), 3, np.uint8), ImageGeometry())
+        save_scene(scene, tmp_path, "Session")
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        update_volume(good, np.full((10, 12), 4, np.uint8), ImageGeometry())
+        broken = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "broken")
+        broken.SetAndObserveImageData(vtkImageData())  # no voxels: its storage node cannot write it
+        with pytest.raises(OSError, match="'broken'"):
+            save_scene(scene, tmp_path, "Session")
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no staging folder left either
+    finally:
+        scene.Clear(True)

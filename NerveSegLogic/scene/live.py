@@ -249,8 +249,8 @@ class LiveScene:
     def save(self, folder: Union[str, Path]) -> Path:
         """Write the scene into ``folder`` as ``<name>.mrml`` with its data files next to it; returns the .mrml path.
 
-        Files: the volume ``.nrrd``, the segmentation ``.seg.nrrd``, one ``.seq.nrrd`` per recorded sequence,
-        referenced by relative paths. The live nodes keep their content and can go on receiving frames.
+        Files: the volume ``.nrrd``, the segmentation ``.seg.nrrd``, the image sequence ``.seq.nrrd`` and the
+        segmentation sequence ``.seq.mrb`` (see ``saving``), referenced by relative paths. The live nodes keep their content and can go on receiving frames.
         Raises OSError naming the file that could not be written.
         """
         return save_scene(self.scene, folder, self.name)

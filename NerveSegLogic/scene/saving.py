@@ -1,8 +1,11 @@
 """Saving an MRML scene as a folder 3D Slicer opens: ``<name>.mrml`` with its data files next to it.
 
 Each storable node with data is written by its own MRML storage node (what Slicer's "Save" does): scalar volumes
-as ``.nrrd``, segmentations as ``.seg.nrrd``, volume and segmentation sequences as ``.seq.nrrd``. The ``.mrml``
-refers to them by paths relative to itself, so the folder can be moved or zipped as a whole.
+as ``.nrrd``, segmentations as ``.seg.nrrd``, volume sequences as ``.seq.nrrd`` (one 4D NRRD; a ``.seq.mrb`` bundle
+when the frames differ in size or geometry, which one NRRD header cannot hold), and segmentation sequences as
+``.seq.mrb`` (a zipped scene with one ``.seg.nrrd`` per item: MRML has no ``.seq.nrrd`` writer for segmentation
+sequences, and Slicer saves them the same way). The ``.mrml`` refers to them by paths relative to itself, so the
+folder can be moved or zipped as a whole.
 
 Everything is first written into a temporary folder beside the target and moved into place only when every file
 was written, so a failed save leaves an earlier save in the folder as it was.
