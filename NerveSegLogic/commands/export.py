@@ -133,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"nerveseg export: {error}", file=sys.stderr)
         return 1
     for picture in result.check_pictures:
-        print(f"sector check picture (look at it before sharing): {picture}")
+        print(f"sector check picture (look at it before sharing the export; it shows the ORIGINAL frames, keep it "
+              f"private): {picture}")
     print(f"{result.seconds:.1f} s, {sum(result.counts.values()) / max(result.seconds, 1e-9):.1f} frames/s; "
           f"manifest: {result.manifest}")
     print(result.summary())

@@ -46,9 +46,11 @@ LAYOUTS = {
     "labelme": "Labelme: `<split>/CASE.png` + `<split>/CASE.json` (one polygon per connected region; `mask` shapes "
                "where a polygon cannot be exact); `classes.json` numbers the classes.",
     "masks": "Image/mask pairs: `<split>/images/CASE.png` + `<split>/masks/CASE.png` (palette PNG, one class index "
-             "per pixel); `classes.json` numbers the classes.",
+             "per pixel); `classes.json` numbers the classes. Read masks with Pillow (`np.array(Image.open(path))` "
+             "gives the indices); OpenCV's imread turns palettes into colours.",
     "masks-tif": "Image/mask pairs as TIFF (Kaggle layout): `<split>/CASE.tif` + `<split>/CASE_mask.tif` (palette "
-                 "TIFF, one class index per pixel, not 0/255); `classes.json` numbers the classes.",
+                 "TIFF, one class index per pixel, not 0/255); `classes.json` numbers the classes. Read masks with "
+                 "Pillow or tifffile; OpenCV's imread turns palettes into colours.",
     "slicer": "3D Slicer: `<split>/CASE.nrrd` (the frame as a one-slice volume) + `<split>/CASE.seg.nrrd` (one "
               "segment per class with terminology); `classes.json` numbers the classes.",
 }
@@ -346,7 +348,11 @@ def _write_frames(frames, splits, subject_keys, classes, luts, options, tmp, sal
         if image.dtype not in (np.uint8, np.uint16):
             raise ExportError(f"frame {frame.frame_id}: image dtype {image.dtype}; expected uint8 or uint16")
         signature = tuple(sorted((int(l), k) for l, k in frame.classes.items()))
-        unknown = set(np.unique(raw_mask).tolist()) - {0} - {l for l, _ in signature}
+        if raw_mask.dtype != np.uint8:
+            raise ExportError(f"frame {frame.frame_id} version {frame.version_id}: mask dtype {raw_mask.dtype}; "
+                              "expected uint8 class labels")
+        present = np.flatnonzero(np.bincount(raw_mask.ravel(), minlength=256))  # faster than np.unique
+        unknown = set(present.tolist()) - {0} - {l for l, _ in signature}
         if unknown:
             raise ExportError(f"frame {frame.frame_id} version {frame.version_id}: mask values {sorted(unknown)} "
                               f"are not in the version's classes {dict(signature)}")
