@@ -168,6 +168,29 @@ def test_plain_3d_nrrd_is_read_as_frames_along_its_last_axis(tmp_path):
     np.testing.assert_allclose(items[0].geometry.direction_matrix()[:, 0], (-1.0, 0.0, 0.0))
 
 
+def test_sequence_with_the_list_axis_first_and_oblique_lps_axes_is_read(tmp_path):
+    import nrrd
+
+    frames_tji = np.stack([np.arange(6 * 4, dtype=np.uint8).reshape(6, 4) + 30 * t for t in range(5)])
+    data = np.transpose(frames_tji, (0, 2, 1))[..., np.newaxis]  # file axes: list, i, j, k (size 1)
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    directions = np.array([[np.nan] * 3, [0.2 * c, 0.2 * s, 0.0], [-0.3 * s, 0.3 * c, 0.0], [0.0, 0.0, 2.0]])
+    path = tmp_path / "oblique.seq.nrrd"
+    nrrd.write(str(path), data, {"kinds": ["list", "domain", "domain", "domain"], "space": "left-posterior-superior",
+                                 "space directions": directions, "space origin": np.array([5.0, 6.0, 7.0]),
+                                 "units": ["ms", "", "", ""], "axis 0 index values": "0 50 100 150 200"},
+               index_order="F")
+    source = SequenceFileSource(path)
+    items = list(source)
+    assert len(items) == 5 and source.fps == pytest.approx(20.0)  # 50 ms apart
+    np.testing.assert_array_equal(items[3].image, frames_tji[3])
+    geometry = items[0].geometry
+    assert geometry.spacing == pytest.approx((0.2, 0.3, 2.0))
+    np.testing.assert_allclose(geometry.origin, (-5.0, -6.0, 7.0))
+    np.testing.assert_allclose(geometry.direction_matrix()[:, 0], (-c, -s, 0.0), atol=1e-12)
+    np.testing.assert_allclose(geometry.direction_matrix()[:, 1], (s, -c, 0.0), atol=1e-12)
+
+
 def test_sources_that_cannot_be_read_fail_with_the_path_in_the_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         open_source(tmp_path / "missing")

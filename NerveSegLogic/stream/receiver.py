@@ -236,6 +236,17 @@ class ImageReceiver:
             logger.debug(message, *args)
 
     def _run(self) -> None:
+        try:
+            self._serve_connections()
+        except Exception as exc:  # a bug here must be seen, not leave a silently dead receiver
+            logger.exception("OpenIGTLink receiver for %s stopped on an unexpected error", self.address)
+            with self._cond:
+                self._stats.last_error = f"receiver stopped: {exc!r}"
+                self._cond.notify_all()
+        finally:
+            self.connected.clear()
+
+    def _serve_connections(self) -> None:
         delays = backoff_delays(self.reconnect_min_s, self.reconnect_max_s)
         failures = 0
         first_failure = 0.0

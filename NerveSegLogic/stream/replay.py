@@ -1,8 +1,9 @@
 """ReplayServer: the stand-in for PLUS. Serves recorded frames as OpenIGTLink IMAGE messages at a steady rate.
 
-Every connected client gets every frame (through :class:`~NerveSegLogic.stream.sender.ImageSender`, with half a
-second of backlog per client; a client slower than that loses its oldest frames instead of slowing the others), with PLUS's device name ``Image_Reference``, the pixel spacing
-and geometry in the IGTL matrix, and the send time as the IGTL timestamp.
+Every connected client gets every frame, with PLUS's device name ``Image_Reference``, the pixel spacing and geometry
+in the IGTL matrix, and the send time as the IGTL timestamp. Frames go out through
+:class:`~NerveSegLogic.stream.sender.ImageSender` with half a second of backlog per client: a client slower than
+that loses its oldest frames instead of slowing the others.
 
 Pacing follows an absolute schedule: frame n goes out at ``start + n / fps``, so rounding in one wait never adds up
 to drift. A server that falls more than a second behind (a stalled disk, a suspended laptop) restarts its schedule

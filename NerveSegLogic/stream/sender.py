@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import selectors
 import socket
 import threading
@@ -138,12 +139,14 @@ class ImageSender:
             if self._thread is not None:
                 return
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rebind at once after a restart
+            if os.name != "nt":  # rebind at once after a restart (on Windows the option would allow port theft)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 listener.bind((self.host, self.requested_port))
             except OSError as exc:
                 listener.close()
-                raise OSError(exc.errno, f"cannot listen on {self.host}:{self.requested_port}: {exc.strerror}") from None
+                raise OSError(exc.errno,
+                              f"cannot listen on {self.host}:{self.requested_port}: {exc.strerror}") from None
             listener.listen(16)
             listener.setblocking(False)
             self._listener = listener
@@ -225,7 +228,8 @@ class ImageSender:
         """
         labelmap = np.asarray(labelmap)
         if labelmap.ndim != 2 or labelmap.dtype != np.uint8:
-            raise ValueError(f"labelmap must be a 2D uint8 array (H, W), got {labelmap.dtype} of shape {labelmap.shape}")
+            raise ValueError(f"labelmap must be a 2D uint8 array (H, W), got {labelmap.dtype} "
+                             f"of shape {labelmap.shape}")
         return self.send_image(labelmap, geometry, igtl_timestamp, device_name)
 
     # ---------------------------------------------------------------------------------------------- observing
@@ -271,6 +275,8 @@ class ImageSender:
                         self._accept(selector)
                     else:
                         self._drain(selector, key.data)
+        except Exception:  # a bug here must be seen: clients would silently stop being accepted
+            logger.exception("OpenIGTLink sender on port %d stopped accepting clients", self.port)
         finally:
             selector.close()
 
@@ -278,6 +284,10 @@ class ImageSender:
         try:
             sock, peer = self._listener.accept()
         except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # e.g. out of file descriptors: refuse this client, keep serving the others
+            logger.error("OpenIGTLink sender on port %d cannot accept a client: %s", self.port, exc)
+            time.sleep(0.1)  # the pending client keeps the listener readable: do not spin
             return
         sock.setblocking(True)
         sock.settimeout(self.client_send_timeout_s)
