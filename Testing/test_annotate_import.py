@@ -179,3 +179,37 @@ def test_recording_brings_frames_and_its_masks_as_model_versions(tmp_path, store
     assert [v.id for v in store.history(already.id)] == [mine.id]  # its history is untouched
     with pytest.raises(SourceError, match="do not name|does not name"):
         import_source(store, folder.rename(tmp_path / "again"), author="importer")  # labels 1, 2 unnamed
+
+
+def test_a_scene_recorded_by_livescene_imports_with_its_masks(tmp_path, store):
+    """The real thing: a recording written by NerveSeg's own LiveScene (Slicer's MRML library) and saved."""
+    from NerveSegLogic.classes import classes_from_mapping
+    from NerveSegLogic.frame import Frame, ImageGeometry, SegmentationResult
+    from NerveSegLogic.scene import LiveScene
+
+    classes = classes_from_mapping({1: "nerve", 2: "blood_vessel"})
+    geometry = ImageGeometry(spacing=(0.2, 0.3, 1.0), origin=(5.0, -7.0, 0.0))
+    images, labelmaps = [], []
+    with LiveScene(classes, record=True) as scene:
+        for i in range(3):
+            image = _pattern(70 + i)
+            labelmap = np.zeros((30, 40), np.uint8)
+            labelmap[5:12, 5:12] = 1
+            labelmap[18:24, 20 + i:30 + i] = 2
+            frame = Frame(image=image, geometry=geometry, frame_id=i)
+            frame.stamp("received", when=100.0 + 0.04 * i)  # 25 fps
+            scene.apply(SegmentationResult(frame=frame, labelmap=labelmap, model_name="smistad-unet",
+                                           classes=classes))
+            images.append(image)
+            labelmaps.append(labelmap)
+        folder = scene.save(tmp_path / "S12_live").parent
+    report = import_source(store, folder, author="importer")
+    assert report.added == 3 and report.masks_added == 3 and report.subject == "S12_live"
+    for i, frame_id in enumerate(report.frame_ids):
+        assert np.array_equal(store.image(frame_id), images[i])
+        record = store.frame(frame_id)
+        assert record.geometry.spacing == pytest.approx((0.2, 0.3, 1.0))
+        assert record.geometry.origin == pytest.approx((5.0, -7.0, 0.0))
+        version = store.current(frame_id)
+        assert version.origin == "model" and version.classes == {1: "nerve", 2: "blood_vessel"}
+        assert np.array_equal(version.mask, labelmaps[i])
