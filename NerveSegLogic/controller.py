@@ -157,9 +157,11 @@ def _default_receiver(host: str, port: int, device_name: Optional[str], on_frame
 
 
 def _default_segmenter(name: str, backend: str, device: str) -> FrameSegmenter:
-    from .inference.segmenter import Segmenter  # imports the backend (torch or onnxruntime) only when used
+    from .inference.backends import resolve_device  # imports torch: only when a model is loaded
+    from .inference.segmenter import Segmenter
 
-    return Segmenter.from_name(name, backend=backend, device=device)
+    # "auto" becomes cuda or cpu here: the weights are moved to this device before the backend sees it.
+    return Segmenter.from_name(name, backend=backend, device=resolve_device(device))
 
 
 def _default_scene(classes, mrml_scene=None, name: str = "NerveSeg", record: bool = True) -> LiveSceneLike:
@@ -983,10 +985,12 @@ def segmenter_with_random_fallback(name: str, backend: str = "torch", device: st
     """The registered model with its shipped weights; when its card ships none, the same architecture with RANDOM
     weights (logged as such). For self-tests only (the Slicer module test, pytest): random weights exercise the whole
     path (shapes, classes, threads, MRML, recording) but segment nothing meaningful."""
+    from .inference.backends import resolve_device
     from .inference.segmenter import Segmenter
     from .models import registry
 
     card = registry.card(name)
+    device = resolve_device(device)
     if card.has_weights:
         return Segmenter.from_name(name, backend=backend, device=device)
     log.warning("model %s ships no weights: using RANDOM weights (self-test only, the masks mean nothing)", name)

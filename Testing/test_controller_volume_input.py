@@ -72,7 +72,7 @@ def test_each_update_of_the_input_volume_is_segmented_once_with_its_geometry():
 
     controller = LiveController(scene, segmenter_factory=segmenter_with_random_fallback)
     controller.use_volume_node(source)
-    controller.select_model(registry.default_name())
+    controller.select_model(registry.default_name(), "torch", "auto")  # the panel's default compute choice
     applied = []
     controller.result_applied.connect(applied.append)
     controller.start()
