@@ -138,7 +138,9 @@ class SegmentationResult:
     """What the engine hands to the main thread for one frame.
 
     labelmap: ``(H, W)`` uint8 in the frame's own size; 0 is background, other values are ``SegmentClass.label``.
-    probabilities: ``(C, H, W)`` float32 class probabilities (C includes background) when the model gives them.
+    probabilities: ``(C, h, w)`` float32 class probabilities (C includes background) in the MODEL's input size,
+        as the model saw the frame (padding included), when the model gives them; ``placement`` says where the
+        frame lies in them (``inference.preprocess.restore(probabilities, placement)`` brings them to the frame).
     instances: per-object results of an instance model, else None.
     """
 
@@ -148,6 +150,7 @@ class SegmentationResult:
     classes: Tuple["SegmentClass", ...] = ()  # noqa: F821 (defined in classes.py; kept loose to avoid a cycle)
     probabilities: Optional[np.ndarray] = None
     instances: Optional[list] = None
+    placement: Optional[object] = None  # inference.preprocess.Placement of the frame in the model input
 
     def __post_init__(self):
         if self.labelmap.shape != self.frame.image.shape:

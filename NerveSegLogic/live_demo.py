@@ -70,6 +70,7 @@ def run_demo(options: DemoOptions) -> dict:
     segmenter.warm_up()
 
     scene = LiveScene(segmenter.classes, record=True)
+    scene.set_model_identity(segmenter.card.name, segmenter.card_sha256)
     kept = _Kept()
     replay.start()
     receiver = ImageReceiver("127.0.0.1", replay.port, device_name="Image_Reference")

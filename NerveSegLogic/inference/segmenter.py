@@ -114,7 +114,7 @@ class Segmenter:
             labelmap, probabilities, instances = self._instances(output[0], placement)
         frame.stamp("postprocessed")
         return SegmentationResult(frame=frame, labelmap=labelmap, model_name=self.card.name, classes=self.classes,
-                                  probabilities=probabilities, instances=instances)
+                                  probabilities=probabilities, instances=instances, placement=placement)
 
     def _semantic(self, probabilities: np.ndarray, placement: pp.Placement):
         # argmax in the model's own resolution, then nearest-neighbour back: the same answer as argmax of
