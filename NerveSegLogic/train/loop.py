@@ -412,22 +412,30 @@ class Trainer:
         return float(loss.item())
 
     def validate(self) -> Optional[Dict[str, Any]]:
-        """Mean Dice per class over the validation frames, through the live path (None without validation)."""
+        """Mean Dice and detection F1 per class over the validation frames, segmented through the live path
+        (None without validation). HD95 and AUC are left to ``nerveseg evaluate``: they cost more than an epoch of
+        a small model."""
         if self.val_store is None:
             return None
         from ..inference.segmenter import Segmenter
-        from .evaluate import evaluate
+        from . import metrics
 
         segmenter = Segmenter.from_module(self.card, self.model, device=self.device)
+        dice: Dict[str, List[float]] = {c.key: [] for c in self.card.classes}
+        f1: Dict[str, List[float]] = {c.key: [] for c in self.card.classes}
         try:
-            summary = evaluate(segmenter, self.val_store, auc=False, keep_labelmaps=False).summary
+            for frame in self.val_store.frames:
+                labelmap = segmenter.segment(frame.image).labelmap
+                for c in self.card.classes:
+                    pred, truth = labelmap == c.label, frame.mask == c.label
+                    dice[c.key].append(metrics.dice(pred, truth))
+                    f1[c.key].append(metrics.match_regions(pred, truth).f1)
         finally:
             self.model.train()
-        keys = [c.key for c in self.card.classes]
-        return {"dice": {k: summary["per_class"][k]["dice"] for k in keys},
-                "detection_f1": {k: summary["detection"][k]["f1"] for k in keys},
-                "hd95_px": {k: summary["per_class"][k]["hd95_px"] for k in keys},
-                "mean_dice": summary["mean_foreground_dice"]}
+        mean_dice = {k: metrics.nan_stats(v)["mean"] for k, v in dice.items()}
+        finite = [v for v in mean_dice.values() if not math.isnan(v)]
+        return {"dice": mean_dice, "detection_f1": {k: metrics.nan_stats(v)["mean"] for k, v in f1.items()},
+                "mean_dice": float(np.mean(finite)) if finite else math.nan}
 
     def _save_best(self, val: Optional[Mapping[str, Any]], epoch: int) -> None:
         """Write the current weights as ``<out>/<model>.safetensors`` (atomically) and remember them as the best."""
@@ -572,6 +580,7 @@ class Trainer:
         from ..models.card import ModelCard
 
         data = self.card.to_json()
+        data["build"] = dict(data["build"], **copy.deepcopy(self.options.build_overrides))
         data["weights"] = {"file": f"{self.card.name}.safetensors", "sha256": self.best["sha256"], "dtype": "float32"}
         training = dict(data.get("training", {}))
         dataset = self.dataset

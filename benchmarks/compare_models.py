@@ -1,0 +1,487 @@
+#!/usr/bin/env python3
+"""Compare every registered architecture on a labelled data set: cross-validation by contiguous blocks, then final
+models trained on every frame. One command regenerates the table; it can run for hours and be restarted.
+
+    python benchmarks/compare_models.py --data path/to/usgra-seg --out runs/comparison
+
+For each model and each of ``--folds`` contiguous blocks of the frames (sorted by name; never random frames):
+train on the other blocks with the model card's recipe (``nerveseg train``'s loop), then evaluate the held-out
+block through the live path (``nerveseg evaluate``'s code). Then, unless ``--no-final``, train each model on every
+frame and write its weights and card (with the cross-validated figures and the measured CPU speed) into
+``<out>/final/<model>/``, ready to be copied into Resources/Models.
+
+Everything is resumable per (model, fold): a finished fold's metrics are kept, an unfinished one resumes from its
+checkpoint (training time limits are summed over restarts). After every fold the report is rewritten with what is
+done so far: ``--report`` (default benchmarks/comparison.md) with .json and .png beside it.
+
+On a CPU the papers' recipes take days (100 epochs at 256x256, BPMSegNet at 640x640); --epochs, --input-size and
+--minutes (training time per model and fold) bound the run, globally or per model with --model-options, and the
+report and cards say what was used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # runnable as a script from a checkout
+    sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("compare_models")
+
+#: A model is called real-time here when the whole live path takes at most this long per frame on the CPU.
+REAL_TIME_MS = 50.0
+#: float16 weights ship when the mean Dice of every class moves by less than this (issue 4).
+FLOAT16_DICE_TOLERANCE = 0.005
+
+
+# ---------------------------------------------------------------------------------------------------- options
+def parse_model_options(items: List[str]) -> Dict[str, Dict]:
+    """``["bpmsegnet:epochs=10,input=320x320,minutes=120,batch=2"]`` -> {"bpmsegnet": {...}}."""
+    out: Dict[str, Dict] = {}
+    for item in items or []:
+        if ":" not in item:
+            raise SystemExit(f"--model-options {item!r}: expected MODEL:key=value,... (keys epochs, input, minutes, "
+                             f"batch, lr)")
+        name, settings = item.split(":", 1)
+        parsed: Dict = {}
+        for pair in settings.split(","):
+            key, _, value = pair.partition("=")
+            key = key.strip()
+            if key == "input":
+                h, _, w = value.lower().partition("x")
+                parsed["input_size"] = (int(h), int(w or h))
+            elif key in ("epochs", "batch"):
+                parsed["batch_size" if key == "batch" else key] = int(value)
+            elif key in ("minutes", "lr"):
+                parsed[key] = float(value)
+            else:
+                raise SystemExit(f"--model-options {item!r}: unknown key {key!r} (epochs, input, minutes, batch, lr)")
+        out[name.strip()] = parsed
+    return out
+
+
+def settings_for(model: str, args) -> Dict:
+    settings = {"epochs": args.epochs, "input_size": tuple(args.input_size) if args.input_size else None,
+                "minutes": args.minutes, "batch_size": None, "lr": None}
+    settings.update(args.model_options.get(model, {}))
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------------- steps
+def train_run(model: str, data: Path, out: Path, settings: Dict, folds: int, fold: Optional[int], args):
+    from NerveSegLogic.train.loop import TrainOptions, train
+
+    return train(TrainOptions(
+        model=model, data=data, out=out, epochs=settings["epochs"], device=args.device,
+        input_size=settings["input_size"], folds=folds, fold=fold, seed=args.seed, limit_minutes=settings["minutes"],
+        batch_size=settings["batch_size"], lr=settings["lr"], threads=args.threads, progress=args.progress,
+        checkpoint_minutes=args.checkpoint_minutes))
+
+
+def evaluate_run(model: str, data: Path, run_dir: Path, names: Optional[List[str]], args) -> Dict:
+    """Evaluate the run's weights on the frames ``names`` (None: all); returns the metrics summary."""
+    from NerveSegLogic.datasets.readers import open_dataset
+    from NerveSegLogic.inference.segmenter import Segmenter
+    from NerveSegLogic.models import registry
+    from NerveSegLogic.train.data import FrameStore, label_translation
+    from NerveSegLogic.train.evaluate import evaluate, write_report
+    from NerveSegLogic.train.runs import card_for_weights
+
+    weights = run_dir / f"{model}.safetensors"
+    card, weights_path, sha256 = card_for_weights(model, weights)
+    dataset = open_dataset(data)
+    translation = label_translation(card.classes, dataset.classes, f"model {model}", f"the data set {data.name}")
+    all_names = dataset.names()
+    wanted = set(names) if names is not None else set(all_names)
+    frames = FrameStore(dataset, translation, [i for i, n in enumerate(all_names) if n in wanted])
+    module = registry.load_from_card(card, device=resolve(args.device), weights_path=weights_path, sha256=sha256)
+    evaluation = evaluate(Segmenter.from_module(card, module, device=resolve(args.device), threads=args.threads),
+                          frames, progress=args.progress)
+    write_report(evaluation, frames, run_dir / "eval", card.classes,
+                 {"data": f"{data.name} (validation block)", "weights": weights.name, "device": resolve(args.device),
+                  "command": "benchmarks/compare_models.py"}, pictures=2)
+    return evaluation.summary
+
+
+def resolve(device: str) -> str:
+    from NerveSegLogic.train.loop import resolve_device
+
+    return resolve_device(device)
+
+
+def cpu_speed(model: str, run_dir: Path, data: Path, threads: int, repeats: int) -> Dict:
+    """Median and 95th percentile ms per frame of the whole live path (torch, CPU) on a real frame."""
+    import torch
+
+    from NerveSegLogic.datasets.readers import open_dataset
+    from NerveSegLogic.inference.segmenter import Segmenter, time_segment
+    from NerveSegLogic.models import registry
+    from NerveSegLogic.train.runs import card_for_weights
+
+    card, weights_path, sha256 = card_for_weights(model, run_dir / f"{model}.safetensors")
+    module = registry.load_from_card(card, device="cpu", weights_path=weights_path, sha256=sha256)
+    previous = torch.get_num_threads()
+    try:
+        segmenter = Segmenter.from_module(card, module, device="cpu", threads=threads)
+        frame = open_dataset(data)[0].image
+        median, p95 = time_segment(segmenter, frame, repeats=repeats)
+    finally:
+        torch.set_num_threads(previous)
+    return {"cpu_ms_per_frame": round(median, 1), "cpu_ms_p95": round(p95, 1), "cpu_threads": threads,
+            "frame_size": list(frame.shape), "what": "whole live path (preprocess, torch model, postprocess)",
+            "machine": machine(), "date": today()}
+
+
+def float16_check(model: str, run_dir: Path, data: Path, args) -> Dict:
+    """Evaluate float32 and float16 copies of the final weights on every frame; ship float16 when no class's mean
+    Dice moves by FLOAT16_DICE_TOLERANCE or more. Returns what was measured and decided."""
+    from NerveSegLogic.models import registry
+    from NerveSegLogic.train.runs import card_for_weights
+
+    weights = run_dir / f"{model}.safetensors"
+    card, _, sha256 = card_for_weights(model, weights)
+    fp32 = evaluate_run(model, data, run_dir, None, args)
+    module = registry.load_from_card(card, weights_path=weights, sha256=sha256)
+    half_dir = run_dir / "float16"
+    half_dir.mkdir(exist_ok=True)
+    half_sha = registry.save_weights(module, half_dir / f"{model}.safetensors", dtype="float16")
+    half_card = card.to_json()
+    half_card["weights"] = {"file": f"{model}.safetensors", "sha256": half_sha, "dtype": "float16"}
+    from NerveSegLogic.train.evaluate import write_json
+
+    write_json(half_dir / "card.json", half_card)
+    fp16 = evaluate_run(model, data, half_dir, None, args)
+    keys = list(fp32["classes"])
+    change = {k: abs(fp16["per_class"][k]["dice"] - fp32["per_class"][k]["dice"]) for k in keys}
+    return {"dice_change": change, "float16": all(v < FLOAT16_DICE_TOLERANCE for v in change.values()),
+            "float16_sha256": half_sha, "evaluated_on": f"all {fp32['n_images']} frames (training frames: this "
+                                                       "measures the precision loss, not accuracy)"}
+
+
+# ---------------------------------------------------------------------------------------------------- results
+def machine() -> str:
+    return f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
+           f"{platform.system()} {platform.release()})"
+
+
+def today() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _read(path: Path) -> Optional[Dict]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def stats(values: List[float]) -> Dict:
+    finite = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not finite:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(np.mean(finite)), "std": float(np.std(finite)), "n": len(finite)}
+
+
+def collect(models: List[str], out: Path, folds: int) -> Dict[str, Dict]:
+    """Everything finished so far, read from the run folders (the script keeps no other state)."""
+    from NerveSegLogic.models import registry
+
+    table: Dict[str, Dict] = {}
+    for model in models:
+        card = registry.card(model)
+        entry: Dict = {"parameters": registry.parameter_count(card), "task": card.task, "folds": [],
+                       "recipe_epochs": card.training["recipe"]["epochs"],
+                       "recipe_input": [card.input.height, card.input.width]}
+        for fold in range(folds):
+            run_dir = out / "cv" / model / f"fold{fold}"
+            metrics = _read(run_dir / "eval" / "metrics.json")
+            run_card = _read(run_dir / "card.json")
+            if metrics is None or run_card is None:
+                continue
+            run = run_card["training"]["run"]
+            entry["folds"].append({
+                "fold": fold, "n_images": metrics["n_images"],
+                "nerve_dice": metrics["per_class"]["nerve"]["dice"],
+                "vessel_dice": metrics["per_class"].get("blood_vessel", {}).get("dice"),
+                "nerve_f1": metrics["detection"]["nerve"]["f1"],
+                "vessel_f1": metrics["detection"].get("blood_vessel", {}).get("f1"),
+                "nerve_hd95_px": metrics["per_class"]["nerve"]["hd95_px"],
+                "vessel_hd95_px": metrics["per_class"].get("blood_vessel", {}).get("hd95_px"),
+                "coco": metrics.get("coco"),
+                "epochs": run["epochs"], "epochs_planned": run["epochs_planned"], "input_size": run["input_size"],
+                "wall_time_s": run["wall_time_s"], "stop_reason": run["stop_reason"]})
+        for key in ("nerve_dice", "vessel_dice", "nerve_f1", "vessel_f1", "nerve_hd95_px", "vessel_hd95_px"):
+            entry[key] = stats([f[key] for f in entry["folds"]])
+        final_dir = out / "final" / model
+        entry["final"] = _read(final_dir / "card.json") is not None
+        entry["speed"] = _read(final_dir / "speed.json") or _read(out / "cv" / model / "fold0" / "speed.json")
+        entry["float16"] = _read(final_dir / "float16.json")
+        table[model] = entry
+    return table
+
+
+def _pm(s: Dict, digits: int = 3) -> str:
+    if not s or s.get("mean") is None:
+        return "-"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def recommend_default(table: Dict[str, Dict], folds: int) -> Optional[str]:
+    """The best cross-validated nerve Dice among models whose live path runs within REAL_TIME_MS on the CPU."""
+    fast = [(entry["nerve_dice"]["mean"], model) for model, entry in table.items()
+            if len(entry["folds"]) == folds and entry["nerve_dice"]["mean"] is not None and entry.get("speed")
+            and entry["speed"]["cpu_ms_per_frame"] <= REAL_TIME_MS]
+    return max(fast)[1] if fast else None
+
+
+def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, started: str) -> None:
+    report = Path(args.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    data_name = Path(args.data).name
+    lines = [
+        "# Model comparison: cross-validated on real nerve-block ultrasound", "",
+        f"- data: {data_name}, {n_frames} frames with nerve and blood-vessel masks (usgra-seg by Timm Kandaouroff, "
+        "CC BY 4.0, https://github.com/tmkand/usgra-seg)",
+        f"- cross-validation: {args.folds} contiguous blocks of the frames sorted by name (neighbouring frames come "
+        "from the same scan, so frames are never split at random); each block is evaluated by the model trained on "
+        "the others. Figures are the mean ± standard deviation over the folds of each fold's mean over its frames.",
+        "- evaluation: the live path's own code (card preprocessing, model, argmax, back to the frame's size, "
+        "regions under a 7-pixel-radius circle dropped); Dice per frame (frames where a class is absent on both "
+        "sides are skipped); detection F1 by Smistad's rule (a true region is found when a predicted region "
+        "overlaps it with Dice > 0.25; regions under a 7-px-radius circle ignored); HD95 in pixels of the frame.",
+        f"- CPU ms/frame: median of the whole live path on one frame, torch on {args.threads or os.cpu_count()} "
+        f"thread(s); real time here means <= {REAL_TIME_MS:g} ms.",
+        f"- machine: {machine()}; started {started}; updated {today()}",
+        f"- command: `{command}`", "",
+        "Epochs: done per fold / planned (the paper recipe's). Input: used (the card's is "
+        + ", ".join(sorted({"x".join(map(str, e["recipe_input"])) for e in table.values()})) + ").", "",
+        "| model | parameters | input | epochs | folds | nerve Dice | vessel Dice | nerve detection F1 "
+        "| nerve HD95 px | vessel HD95 px | CPU ms/frame | train min/fold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for model, entry in table.items():
+        folds = entry["folds"]
+        epochs = (f"{min(f['epochs'] for f in folds)}-{max(f['epochs'] for f in folds)} / "
+                  f"{folds[0]['epochs_planned']} ({entry['recipe_epochs']})") if folds else "-"
+        size = "x".join(str(v) for v in folds[0]["input_size"]) if folds else "-"
+        speed = entry.get("speed")
+        minutes = f"{np.mean([f['wall_time_s'] for f in folds]) / 60:.0f}" if folds else "-"
+        lines.append(f"| {model} | {entry['parameters'] / 1e6:.2f} M | {size} | {epochs} | {len(folds)}/{args.folds} "
+                     f"| {_pm(entry['nerve_dice'])} | {_pm(entry['vessel_dice'])} | {_pm(entry['nerve_f1'])} | "
+                     f"{_pm(entry['nerve_hd95_px'], 1)} | {_pm(entry['vessel_hd95_px'], 1)} | "
+                     f"{speed['cpu_ms_per_frame'] if speed else '-'} | {minutes} |")
+    instance = {m: e for m, e in table.items() if e["task"] == "instance" and e["folds"]}
+    if instance:
+        lines += ["", "COCO AP of the instance models (pycocotools, mean over folds):", "",
+                  "| model | box AP50 | box AP60 | box AP70 | box AP | mask AP50 | mask AP60 | mask AP70 | mask AP |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for model, entry in instance.items():
+            cells = []
+            for kind in ("bbox", "segm"):
+                for key in ("AP50", "AP60", "AP70", "AP"):
+                    cells.append(_pm(stats([(f["coco"] or {}).get(kind, {}).get(key) for f in entry["folds"]])))
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    choice = recommend_default(table, args.folds)
+    lines += ["", "Targets of issue 4 (cross-validated): nerve Dice >= 0.75, vessel Dice >= 0.85, nerve detection "
+                  "F1 >= 0.90.", ""]
+    if choice:
+        lines.append(f"Best cross-validated nerve Dice among the models that run in real time on this CPU: "
+                     f"**{choice}** (the live path's default candidate).")
+    notes = sorted({f"{m}: {f['stop_reason']}" for m, e in table.items() for f in e["folds"]
+                    if f["stop_reason"] != "finished"})
+    if notes:
+        lines += ["", "Runs stopped early: " + "; ".join(notes) + "."]
+    float16 = {m: e["float16"] for m, e in table.items() if e.get("float16")}
+    if float16:
+        lines += ["", "float16 weights (final models; Dice change measured on all frames):", ""]
+        for model, check in float16.items():
+            changes = ", ".join(f"{k} {v:.4f}" for k, v in check["dice_change"].items())
+            lines.append(f"- {model}: Dice change {changes} -> ship {'float16' if check['float16'] else 'float32'}")
+    lines += ["", "![Dice per model](comparison.png)", "",
+              "Training augmentations (a frame of the data set, see augmentations.png):",
+              "![augmentations](augmentations.png)", ""]
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from NerveSegLogic.train.evaluate import write_json
+
+    write_json(report.with_suffix(".json"), {"command": command, "machine": machine(), "updated": today(),
+                                             "data": data_name, "n_frames": n_frames, "folds": args.folds,
+                                             "recommended_default": choice, "models": table})
+    plot(table, report.with_suffix(".png"))
+
+
+def plot(table: Dict[str, Dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m, e in table.items() if e["folds"]]
+    if not models:
+        return
+    figure, axis = plt.subplots(figsize=(max(6, 1.3 * len(models)), 4), dpi=100)
+    x = np.arange(len(models))
+    for offset, key, label in ((-0.27, "nerve_dice", "nerve Dice"), (0.0, "vessel_dice", "vessel Dice"),
+                               (0.27, "nerve_f1", "nerve detection F1")):
+        means = [table[m][key]["mean"] or 0.0 for m in models]
+        stds = [table[m][key]["std"] or 0.0 for m in models]
+        axis.bar(x + offset, means, 0.27, yerr=stds, capsize=3, label=label)
+    for target, style in ((0.75, ":"), (0.85, "--"), (0.90, "-.")):
+        axis.axhline(target, color="grey", linestyle=style, linewidth=0.8)
+    axis.set_xticks(x, models, rotation=20)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("cross-validated mean (± std over folds)")
+    axis.legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def augmentation_picture(data: Path, path: Path) -> None:
+    import cv2
+
+    from NerveSegLogic.datasets.readers import open_dataset
+    from NerveSegLogic.train.augment import AUGMENTATIONS, augmentation_grid
+    from NerveSegLogic.train.data import to_uint8
+
+    sample = open_dataset(data)[0]
+    grid = augmentation_grid(to_uint8(sample.image), sample.mask, names=list(AUGMENTATIONS), seed=0, tile=160)
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="labelled data set (e.g. the usgra-seg folder)")
+    parser.add_argument("--out", default="runs/comparison", help="run folders (default: %(default)s)")
+    parser.add_argument("--models", default=None, help="comma-separated names (default: every registered model)")
+    parser.add_argument("--folds", type=int, default=3, help="contiguous blocks, at least 3 (default: 3)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs for every model (default: each recipe's)")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="input size for every model (default: each card's)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="training time limit per model and fold, summed over restarts (default: none)")
+    parser.add_argument("--model-options", action="append", default=[], metavar="MODEL:key=v,...",
+                        help="per-model epochs, input (HxW), minutes, batch, lr; e.g. bpmsegnet:input=320x320,epochs=12")
+    parser.add_argument("--no-final", action="store_true", help="skip training the final models on every frame")
+    parser.add_argument("--no-float16", action="store_true", help="skip the float16 check of the final models")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--speed-threads", type=int, default=None,
+                        help="threads for the CPU ms/frame measurement (default: --threads or all cores)")
+    parser.add_argument("--speed-repeats", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    parser.add_argument("--report", default=str(REPO / "benchmarks" / "comparison.md"),
+                        help="Markdown report; .json and .png are written beside it (default: %(default)s)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    args = parser.parse_args(argv)
+    args.model_options = parse_model_options(args.model_options)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if args.folds < 3:
+        raise SystemExit("--folds must be at least 3 (issue 4)")
+
+    from NerveSegLogic.datasets.readers import open_dataset
+    from NerveSegLogic.models import registry
+    from NerveSegLogic.train.data import split_indices
+    from NerveSegLogic.train.evaluate import write_json
+
+    data, out = Path(args.data), Path(args.out)
+    models = args.models.split(",") if args.models else registry.names()
+    unknown = [m for m in models if m not in registry.names()]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; registered: {', '.join(registry.names())}")
+    dataset = open_dataset(data)
+    names = sorted(dataset.names())
+    # The command as recorded in reports, without this machine's paths.
+    command = "python benchmarks/compare_models.py " + " ".join(
+        shlex.quote({str(args.data): "DATA", str(args.out): "OUT", args.report: "REPORT"}.get(a, a))
+        for a in (argv if argv is not None else sys.argv[1:]))
+    started = today()
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    augmentation_picture(data, Path(args.report).with_name("augmentations.png"))
+    speed_threads = args.speed_threads or args.threads or os.cpu_count()
+
+    def refresh():
+        write_report(collect(models, out, args.folds), args, command, len(names), started)
+
+    for model in models:
+        settings = settings_for(model, args)
+        for fold in range(args.folds):
+            run_dir = out / "cv" / model / f"fold{fold}"
+            if (run_dir / "eval" / "metrics.json").is_file():
+                continue
+            log.info("== %s, fold %d of %d", model, fold + 1, args.folds)
+            start = time.perf_counter()
+            result = train_run(model, data, run_dir, settings, args.folds, fold, args)
+            _, validation = split_indices(names, args.folds, fold)
+            evaluate_run(model, data, run_dir, [names[i] for i in validation], args)
+            if fold == 0:
+                write_json(run_dir / "speed.json", cpu_speed(model, run_dir, data, speed_threads,
+                                                              args.speed_repeats))
+            log.info("%s fold %d: %s after %d epochs (%.0f min)", model, fold, result.stop_reason,
+                     result.epochs_done, (time.perf_counter() - start) / 60)
+            refresh()
+    if not args.no_final:
+        table = collect(models, out, args.folds)
+        for model in models:
+            final_dir = out / "final" / model
+            if (final_dir / "done.json").is_file():
+                continue
+            settings = settings_for(model, args)
+            log.info("== %s on every frame", model)
+            train_run(model, data, final_dir, settings, 1, None, args)
+            if not (final_dir / "speed.json").is_file():
+                write_json(final_dir / "speed.json", cpu_speed(model, final_dir, data, speed_threads,
+                                                                args.speed_repeats))
+            if not args.no_float16 and not (final_dir / "float16.json").is_file():
+                write_json(final_dir / "float16.json", float16_check(model, final_dir, data, args))
+            annotate_final_card(final_dir, model, table.get(model, {}), args, len(names))
+            write_json(final_dir / "done.json", {"finished": today()})  # later runs leave this model alone
+            refresh()
+    refresh()
+    print(f"report: {args.report}")
+    return 0
+
+
+def annotate_final_card(final_dir: Path, model: str, entry: Dict, args, n_frames: int) -> None:
+    """Add the cross-validated figures, the speed and (when it passed) float16 weights to the final card."""
+    from NerveSegLogic.models.card import ModelCard
+    from NerveSegLogic.train.evaluate import write_json
+
+    card = json.loads((final_dir / "card.json").read_text(encoding="utf-8"))
+    if entry.get("folds"):
+        card["metrics"] = dict(card.get("metrics") or {}, cross_validation={
+            "data": f"{Path(args.data).name}, {n_frames} frames", "folds": args.folds,
+            "split": "contiguous blocks of frames sorted by name",
+            "input_size": entry["folds"][0]["input_size"], "epochs": entry["folds"][0]["epochs"],
+            **{key: entry[key] for key in ("nerve_dice", "vessel_dice", "nerve_f1", "vessel_f1", "nerve_hd95_px",
+                                           "vessel_hd95_px")}})
+    speed = json.loads((final_dir / "speed.json").read_text()) if (final_dir / "speed.json").is_file() else None
+    if speed:
+        card["speed"] = dict(card.get("speed") or {}, **speed)
+    check = json.loads((final_dir / "float16.json").read_text()) if (final_dir / "float16.json").is_file() else None
+    if check and check["float16"] is True:
+        half = final_dir / "float16" / f"{model}.safetensors"
+        os.replace(half, final_dir / f"{model}.safetensors")
+        card["weights"] = {"file": f"{model}.safetensors", "sha256": check["float16_sha256"], "dtype": "float16"}
+        check["float16"] = "shipped"
+        write_json(final_dir / "float16.json", check)
+    elif check and check["float16"] == "shipped":
+        card["weights"] = {"file": f"{model}.safetensors", "sha256": check["float16_sha256"], "dtype": "float16"}
+    ModelCard.from_dict(card)
+    write_json(final_dir / "card.json", card)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
