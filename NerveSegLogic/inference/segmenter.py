@@ -68,9 +68,11 @@ class Segmenter:
         (default: a folder in the system temp dir, keyed by the weights' sha256).
         """
         from ..models import registry
+        from .backends import resolve_device
 
         card = registry.card(name)
-        module = registry.load(name, device="cpu" if backend == "onnx" else device, weights_path=weights_path)
+        device = "cpu" if backend == "onnx" else resolve_device(device)
+        module = registry.load(name, device=device, weights_path=weights_path)
         if backend == "torch":
             return cls.from_module(card, module, device=device, threads=threads, **kwargs)
         if backend != "onnx":
