@@ -95,6 +95,8 @@ def test_evaluation_goes_back_to_the_frame_size_and_drops_small_regions(tmp_path
     assert evaluation.summary["detection"]["nerve"]["pooled"] == {
         "tp": 1, "fp": 0, "fn": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
     assert math.isnan(evaluation.summary["per_class"]["blood_vessel"]["dice"])  # absent on both sides
+    # AUC from the model-size probabilities brought back to the frame: only the resampled edge is uncertain
+    assert evaluation.summary["per_class"]["nerve"]["auc"] > 0.99
 
 
 def test_mismatched_classes_are_refused_with_the_mapping_the_model_expects():

@@ -57,13 +57,18 @@ def _spacing_rc(spacing) -> Optional[tuple]:
 
 
 def _class_probabilities(result, classes) -> Optional[Dict[str, np.ndarray]]:
-    """Per-class pixel scores in frame size for AUC: the semantic model's probabilities, or for instance models the
-    highest score of an instance of that class covering the pixel."""
+    """Per-class pixel scores in frame size for AUC: a semantic model's probabilities brought back to the frame
+    (with the result's placement), or for an instance model the highest score of an instance of that class
+    covering the pixel."""
+    from ..inference import preprocess as pp
+
     height, width = result.labelmap.shape
     if result.probabilities is not None:
         probabilities = result.probabilities
         if probabilities.shape[1:] != (height, width):
-            return None  # the caller restores them (it knows the placement)
+            if getattr(result, "placement", None) is None:
+                return None
+            probabilities = pp.restore(probabilities, result.placement)
         return {c.key: probabilities[c.label] for c in classes}
     if result.instances is not None:
         maps = {c.key: np.zeros((height, width), dtype=np.float32) for c in classes}
@@ -86,8 +91,6 @@ def evaluate(segmenter, frames: FrameStore, progress: bool = False, auc: bool = 
     ``spread`` (std and n of each mean), ``coco`` (instance models: bbox/segm AP50, AP60, AP70, AP), ``ms_per_frame``
     (median wall time of one segment call) and ``per_image``.
     """
-    from ..inference import preprocess as pp
-
     card = segmenter.card
     classes = tuple(card.classes)
     labels = {c.key: c.label for c in classes}
@@ -104,13 +107,7 @@ def evaluate(segmenter, frames: FrameStore, progress: bool = False, auc: bool = 
         start = time.perf_counter()
         result = segmenter.segment(frame.image)
         timings.append((time.perf_counter() - start) * 1000.0)
-        probabilities = None
-        if auc:
-            probabilities = _class_probabilities(result, classes)
-            if probabilities is None and result.probabilities is not None:
-                _, placement = pp.place(frame.image, card.input)
-                restored = pp.restore(result.probabilities, placement)
-                probabilities = {c.key: restored[c.label] for c in classes}
+        probabilities = _class_probabilities(result, classes) if auc else None
         scores = metrics.frame_metrics(result.labelmap, frame.mask, labels, probabilities,
                                        _spacing_rc(frame.spacing))
         dices = [scores["per_class"][c.key]["dice"] for c in classes]
