@@ -252,7 +252,7 @@ def plot_learning_curve(history: Sequence[Mapping[str, Any]], path: Path, title:
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
-    figure, loss_axis = plt.subplots(figsize=(7, 4), dpi=100)
+    figure, loss_axis = plt.subplots(figsize=(8, 4.5), dpi=100)
     loss_axis.plot(epochs, [h["train_loss"] for h in history], color="tab:blue", marker=".", label="train loss")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("train loss", color="tab:blue")
@@ -266,10 +266,11 @@ def plot_learning_curve(history: Sequence[Mapping[str, Any]], path: Path, title:
                        marker="o", label="val Dice mean")
         dice_axis.set_ylabel("validation Dice")
         dice_axis.set_ylim(0, 1)
-        dice_axis.legend(loc="lower right", fontsize=8)
-    loss_axis.legend(loc="upper right", fontsize=8)
+    handles = [h for axis in figure.axes for h in axis.get_legend_handles_labels()[0]]
+    labels = [label for axis in figure.axes for label in axis.get_legend_handles_labels()[1]]
     loss_axis.set_title(title, fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     temporary = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temporary)
     plt.close(figure)
