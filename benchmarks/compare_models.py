@@ -93,34 +93,13 @@ def train_run(model: str, data: Path, out: Path, settings: Dict, folds: int, fol
 
 
 def evaluate_run(model: str, data: Path, run_dir: Path, names: Optional[List[str]], args) -> Dict:
-    """Evaluate the run's weights on the frames ``names`` (None: all); returns the metrics summary."""
-    from NerveSegLogic.datasets.readers import open_dataset
-    from NerveSegLogic.inference.segmenter import Segmenter
-    from NerveSegLogic.models import registry
-    from NerveSegLogic.train.data import FrameStore, label_translation
-    from NerveSegLogic.train.evaluate import evaluate, write_report
-    from NerveSegLogic.train.runs import card_for_weights
+    """Evaluate the run's weights on the frames ``names`` (None: all) into ``run_dir/eval``; returns the summary."""
+    from NerveSegLogic.train.runs import evaluate_data_set
 
-    weights = run_dir / f"{model}.safetensors"
-    card, weights_path, sha256 = card_for_weights(model, weights)
-    dataset = open_dataset(data)
-    translation = label_translation(card.classes, dataset.classes, f"model {model}", f"the data set {data.name}")
-    all_names = dataset.names()
-    wanted = set(names) if names is not None else set(all_names)
-    frames = FrameStore(dataset, translation, [i for i, n in enumerate(all_names) if n in wanted])
-    module = registry.load_from_card(card, device=resolve(args.device), weights_path=weights_path, sha256=sha256)
-    evaluation = evaluate(Segmenter.from_module(card, module, device=resolve(args.device), threads=args.threads),
-                          frames, progress=args.progress)
-    write_report(evaluation, frames, run_dir / "eval", card.classes,
-                 {"data": f"{data.name} (validation block)", "weights": weights.name, "device": resolve(args.device),
-                  "command": "benchmarks/compare_models.py"}, pictures=2)
-    return evaluation.summary
-
-
-def resolve(device: str) -> str:
-    from NerveSegLogic.train.loop import resolve_device
-
-    return resolve_device(device)
+    summary, _ = evaluate_data_set(model, data, run_dir / "eval", weights=run_dir / f"{model}.safetensors",
+                                   device=args.device, pictures=2, progress=args.progress, threads=args.threads,
+                                   names=names, command="benchmarks/compare_models.py (validation block)")
+    return summary
 
 
 def cpu_speed(model: str, run_dir: Path, data: Path, threads: int, repeats: int) -> Dict:

@@ -62,8 +62,10 @@ def run(args) -> int:
                                            limit_images=args.limit_images, pictures=args.pictures,
                                            progress=not args.no_progress,
                                            command="nerveseg " + " ".join(sys.argv[1:]))
-    except (ClassMismatchError, DatasetError, WeightsError, KeyError) as error:
-        print(f"nerveseg evaluate: {error}", file=sys.stderr)
+    except (ClassMismatchError, DatasetError, WeightsError, KeyError, ValueError) as error:
+        # KeyError's str() quotes its message; show the message itself
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"nerveseg evaluate: {message}", file=sys.stderr)
         return 2
     for key in summary["classes"]:
         m, d = summary["per_class"][key], summary["detection"][key]

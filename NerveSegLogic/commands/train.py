@@ -78,6 +78,7 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
+    from ..datasets.dataset import DatasetError
     from ..train.data import ClassMismatchError
     from ..train.loop import CheckpointError, TrainOptions, train
 
@@ -93,8 +94,10 @@ def run(args) -> int:
         mapping=args.mapping, limit_images=args.limit_images, threads=args.threads, progress=not args.no_progress)
     try:
         result = train(options)
-    except (ClassMismatchError, CheckpointError, KeyError) as error:
-        print(f"nerveseg train: {error}", file=sys.stderr)
+    except (ClassMismatchError, CheckpointError, DatasetError, KeyError, ValueError) as error:
+        # KeyError's str() quotes its message; show the message itself
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"nerveseg train: {message}", file=sys.stderr)
         return 2
     last = result.history[-1] if result.history else {}
     val = (last.get("val") or {}).get("dice") or {}

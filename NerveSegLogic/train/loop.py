@@ -140,13 +140,13 @@ def make_optimizer(model, recipe: Mapping[str, Any]):
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one raises RuntimeError."""
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one raises ValueError."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device (this torch build: "
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device (this torch build: "
                            f"{torch.__version__})")
     return device
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,11 @@ def card_for_weights(model: str, weights: Optional[Path], cards_dir: Optional[Pa
 def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path] = None, device: str = "cpu",
                       data_format: str = "auto", mapping: Optional[Mapping] = None,
                       limit_images: Optional[int] = None, pictures: int = 3, progress: bool = True,
-                      command: str = "", cards_dir: Optional[Path] = None,
-                      threads: Optional[int] = None) -> Tuple[Dict, Dict[str, Path]]:
+                      command: str = "", cards_dir: Optional[Path] = None, threads: Optional[int] = None,
+                      names: Optional[Sequence[str]] = None) -> Tuple[Dict, Dict[str, Path]]:
     """Evaluate ``model`` on the data set at ``data``; write metrics.json, report.md and overlays into ``out``.
+
+    Frames are taken in name order: all of them, the first ``limit_images``, or those named in ``names``.
 
     Returns (metrics summary, written paths). Raises ClassMismatchError when the data's classes differ from the
     model's (naming the mapping it expects), DatasetError for bad data, WeightsError for missing/corrupt weights.
@@ -56,8 +58,11 @@ def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path]
     card, weights_path, sha256 = card_for_weights(model, weights, cards_dir)
     dataset = open_dataset(data, format=data_format, mapping=mapping)
     translation = label_translation(card.classes, dataset.classes, f"model {card.name}", f"the data set {data}")
-    names = dataset.names()
-    order = sorted(range(len(names)), key=lambda i: names[i])
+    all_names = dataset.names()
+    order = sorted(range(len(all_names)), key=lambda i: all_names[i])
+    if names is not None:
+        wanted = set(names)
+        order = [i for i in order if all_names[i] in wanted]
     if limit_images is not None:
         order = order[:int(limit_images)]
     frames = FrameStore(dataset, translation, order)
