@@ -3,9 +3,12 @@
 Semantic models output logits (B, K, H, W), channel c = label c, channel 0 background; targets are (B, H, W) int64
 label maps. Every loss takes ``(logits, target, model)`` and returns a scalar tensor:
 
-- ``dice`` (Smistad, Kim): MONAI ``DiceLoss`` on the softmax, foreground classes only, Dice computed over the whole
-  batch (``batch=True``) so a class absent from one frame does not make that frame's term 0/0.
-- ``dice_ce``: MONAI ``DiceCELoss`` with the same Dice settings plus cross-entropy over all classes.
+- ``dice`` (Smistad, Kim): MONAI ``DiceLoss`` on the softmax over every class, background included, Dice computed
+  over the whole batch (``batch=True``) so a class absent from one frame does not make that frame's term 0/0.
+  Background stays in: without it a freshly initialised network that paints one class everywhere sits in a flat
+  spot of the loss (seen on usgra-seg: the Smistad U-Net predicted vessel on every pixel for 20+ epochs).
+- ``dice_ce``: MONAI ``DiceCELoss``: Dice over the foreground classes (the cross-entropy, over all classes, already
+  covers the background, as in nnU-Net) plus cross-entropy.
 - ``bce_dice_l2`` (Wu et al., RAGCM): binary cross-entropy of each foreground class's softmax probability against
   its one-hot target, plus the Dice loss above, plus ``l2`` (default 1e-3) times the sum of squared weights of the
   convolution and linear layers (the paper's L2 term; biases and normalisation parameters are left out).
@@ -28,7 +31,7 @@ SemanticLoss = Callable[[torch.Tensor, torch.Tensor, torch.nn.Module], torch.Ten
 def _dice_loss():
     from monai.losses import DiceLoss
 
-    return DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    return DiceLoss(include_background=True, to_onehot_y=True, softmax=True, batch=True)
 
 
 def l2_penalty(model: torch.nn.Module) -> torch.Tensor:
