@@ -568,6 +568,12 @@ class Trainer:
         if self.recipe["optimizer"]["lr"] != paper_recipe["optimizer"]["lr"]:
             notes.append(f"learning rate {self.recipe['optimizer']['lr']} instead of the recipe's "
                          f"{paper_recipe['optimizer']['lr']}.")
+        if self.recipe.get("sampling") == "balanced" and all(td.has_foreground(f) for f in self.store.frames):
+            notes.append("Balanced (1:1 positive/negative) sampling had no negative frames to draw (every training "
+                         "frame shows a structure), so it was uniform.")
+        if self.recipe.get("tta"):
+            notes.append("The recipe's test-time augmentation is not applied: validation, evaluation and the live "
+                         "path segment each frame once.")
         if self.val_store is None:
             notes.append("Trained on every frame (no validation); the weights are the last epoch's.")
         else:
