@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from NerveSegLogic.datasets.readers import DatasetError, LabelledDataset, Sample, detect_format, open_dataset
+from NerveSegLogic.datasets.readers import DatasetError, Sample, detect_format, open_dataset
 from NerveSegLogic.resources import sample_dir
 
 H, W = 24, 32

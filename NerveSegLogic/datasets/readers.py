@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Mapping, Optional, Tuple, Union
 
 from .dataset import DatasetError, LabelledDataset, Sample, SampleRef
 from .splits import block_splits, contiguous_folds
