@@ -13,7 +13,7 @@ import sys
 from typing import List, Optional
 
 # Order as shown in --help.
-COMMANDS = ["demo", "serve", "replay", "predict", "models", "annotate"]
+COMMANDS = ["demo", "serve", "replay", "predict", "models", "train", "evaluate", "annotate", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:
