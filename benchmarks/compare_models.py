@@ -122,7 +122,8 @@ def cpu_speed(model: str, run_dir: Path, data: Path, threads: int, repeats: int)
         torch.set_num_threads(previous)
     return {"cpu_ms_per_frame": round(median, 1), "cpu_ms_p95": round(p95, 1), "cpu_threads": threads,
             "frame_size": list(frame.shape), "what": "whole live path (preprocess, torch model, postprocess)",
-            "machine": machine(), "date": today()}
+            # other processes on the machine slow the measurement: the load says how busy it was
+            "load_average_1min": round(os.getloadavg()[0], 2), "machine": machine(), "date": today()}
 
 
 def float16_check(model: str, run_dir: Path, data: Path, args) -> Dict:
@@ -216,6 +217,13 @@ def _pm(s: Dict, digits: int = 3) -> str:
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
 
+def _speed(speed: Optional[Dict]) -> str:
+    if not speed:
+        return "-"
+    load = speed.get("load_average_1min")
+    return f"{speed['cpu_ms_per_frame']}" + (f" ({load:.1f})" if load is not None else "")
+
+
 def recommend_default(table: Dict[str, Dict], folds: int) -> Optional[str]:
     """The best cross-validated nerve Dice among models whose live path runs within REAL_TIME_MS on the CPU."""
     fast = [(entry["nerve_dice"]["mean"], model) for model, entry in table.items()
@@ -240,7 +248,8 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
         "sides are skipped); detection F1 by Smistad's rule (a true region is found when a predicted region "
         "overlaps it with Dice > 0.25; regions under a 7-px-radius circle ignored); HD95 in pixels of the frame.",
         f"- CPU ms/frame: median of the whole live path on one frame, torch on {args.threads or os.cpu_count()} "
-        f"thread(s); real time here means <= {REAL_TIME_MS:g} ms.",
+        f"thread(s), with the machine's 1-minute load average at the time in brackets (a load above the core count "
+        f"means other processes competed for the CPU); real time here means <= {REAL_TIME_MS:g} ms.",
         f"- machine: {machine()}; started {started}; updated {today()}",
         f"- command: `{command}`", "",
         "Epochs: done per fold / planned (the paper recipe's). Input: used (the card's is "
@@ -258,7 +267,7 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
         lines.append(f"| {model} | {entry['parameters'] / 1e6:.2f} M | {size} | {epochs} | {len(folds)}/{args.folds} "
                      f"| {_pm(entry['nerve_dice'])} | {_pm(entry['vessel_dice'])} | {_pm(entry['nerve_f1'])} | "
                      f"{_pm(entry['nerve_hd95_px'], 1)} | {_pm(entry['vessel_hd95_px'], 1)} | "
-                     f"{speed['cpu_ms_per_frame'] if speed else '-'} | {minutes} |")
+                     f"{_speed(speed)} | {minutes} |")
     instance = {m: e for m, e in table.items() if e["task"] == "instance" and e["folds"]}
     if instance:
         lines += ["", "COCO AP of the instance models (pycocotools, mean over folds):", "",
