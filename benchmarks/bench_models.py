@@ -105,7 +105,8 @@ def write_report(rows: List[Dict], path: Path, args, started: str, load_before: 
         f"- software: Python {platform.python_version()}, torch {torch.__version__}, "
         f"onnxruntime {onnxruntime.__version__}",
         f"- settings: {args.threads} CPU threads (torch.set_num_threads / ORT intra-op), batch 1, "
-        f"{args.warmup} warm-up runs, {args.runs} timed runs, random weights",
+        f"{args.warmup} warm-up runs, {args.runs} timed runs, random weights, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}",
         f"- load average (1, 5, 15 min) before / after: {load_before} / {load_after} "
         "(other jobs share this machine; a load above the thread count inflates every figure)",
         f"- command: `{' '.join(['.venv/bin/python', 'benchmarks/bench_models.py'] + sys.argv[1:])}`",
@@ -139,12 +140,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-onnx", action="store_true", help="time torch only")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "models.md", help="report file")
     parser.add_argument("--write-cards", action="store_true", help="store the measured CPU ms in each card's speed")
+    parser.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE", "inherit"), default="PASSIVE",
+                        help="OMP_WAIT_POLICY for torch's OpenMP threads (default PASSIVE: with the default "
+                             "spin-waiting, 2 torch threads on a busy 2-core machine ran up to 10x slower); "
+                             "'inherit' keeps the environment's")
     args = parser.parse_args(argv)
 
+    if args.omp_wait_policy != "inherit":  # must be set before torch (and its OpenMP runtime) loads
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
     import torch
 
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     names = args.models or registry.names()
     started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     load_before = load_average()
@@ -169,7 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             speed = {"cpu_ms_per_frame": round(backends[best], 1), "cpu_backend": best,
                      "torch_cpu_ms": round(backends["torch"], 1),
                      "onnxruntime_cpu_ms": round(backends["onnxruntime"], 1) if "onnxruntime" in backends else None,
-                     "cpu_threads": args.threads, "batch": 1, "input": [card.input.height, card.input.width],
+                     "cpu_threads": args.threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "batch": 1, "input": [card.input.height, card.input.width],
                      "cpu": cpu_name(), "load_average_before": load_before, "measured_utc": started,
                      "command": "benchmarks/bench_models.py"}
             if "detections" in row:
