@@ -356,6 +356,9 @@ class Trainer:
         self.model.load_state_dict(model_state, strict=True)
         self.optimizer.load_state_dict(_unflatten_optimizer(tensors, record["optimizer"]))
         torch.set_rng_state(tensors["rng.torch"])
+        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
         self.epoch, self.position = int(record["epoch"]), int(record["position"])
         self.global_step = int(record["global_step"])
         self.history = list(record["history"])
