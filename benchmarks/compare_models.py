@@ -405,7 +405,9 @@ def main(argv=None) -> int:
     speed_threads = args.speed_threads or args.threads or os.cpu_count()
 
     def refresh():
-        write_report(collect(models, out, args.folds), args, command, len(names), started)
+        # The table keeps every model already run into this --out, not only the ones this command names.
+        reported = [m for m in registry.names() if m in models or (out / "cv" / m).is_dir()]
+        write_report(collect(reported, out, args.folds), args, command, len(names), started)
 
     for model in models:
         settings = settings_for(model, args)
