@@ -1,6 +1,5 @@
 """`nerveseg train` and `nerveseg evaluate` run end to end on the bundled sample frames."""
 
-import argparse
 import json
 import subprocess
 import sys
@@ -9,18 +8,12 @@ import pytest
 
 pytest.importorskip("torch")
 
-from NerveSegLogic.commands import evaluate as evaluate_command  # noqa: E402
-from NerveSegLogic.commands import train as train_command  # noqa: E402
+from NerveSegLogic import cli  # noqa: E402
 
 
 def nerveseg(*argv) -> int:
-    """Run the two commands' own register/run functions, as NerveSegLogic.cli does for every command."""
-    parser = argparse.ArgumentParser(prog="nerveseg")
-    subparsers = parser.add_subparsers(dest="command")
-    train_command.register(subparsers)
-    evaluate_command.register(subparsers)
-    args = parser.parse_args([str(a) for a in argv])
-    return args.func(args)
+    """The `nerveseg` entry point, in this process."""
+    return cli.main([str(a) for a in argv])
 
 
 def test_registering_the_commands_and_importing_the_train_package_imports_no_torch():
