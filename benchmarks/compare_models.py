@@ -250,7 +250,9 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
         "- evaluation: the live path's own code (card preprocessing, model, argmax, back to the frame's size, "
         "regions under a 7-pixel-radius circle dropped); Dice per frame (frames where a class is absent on both "
         "sides are skipped); detection F1 by Smistad's rule (a true region is found when a predicted region "
-        "overlaps it with Dice > 0.25; regions under a 7-px-radius circle ignored); HD95 in pixels of the frame.",
+        "overlaps it with Dice > 0.25; regions under a 7-px-radius circle ignored); HD95 in pixels of the frame "
+        "(a frame where the class is missed or invented counts as the frame's diagonal, about 740 px for usgra-seg, "
+        "so misses weigh heavily in the mean).",
         f"- CPU ms/frame: median of the whole live path on one frame, torch on {args.threads or os.cpu_count()} "
         f"thread(s), with the machine's 1-minute load average at the time in brackets (a load above the core count "
         f"means other processes competed for the CPU); real time here means <= {REAL_TIME_MS:g} ms.",
