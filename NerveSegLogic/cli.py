@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple:
+    """The exceptions that mean bad input rather than a bug: each carries a message naming what was wrong."""
+    from .models.weights import WeightsError  # a RuntimeError; data set errors are ValueErrors
+
+    return (ValueError, KeyError, OSError, WeightsError)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -38,11 +45,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    user_errors = _user_errors()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except user_errors as error:
+        # Bad input (an unknown model, a missing or corrupt weights file, a device this machine lacks, a malformed
+        # data set): one clear line instead of a traceback; -v shows where it came from.
+        if args.verbose:
+            logging.exception("%s failed", args.command)
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

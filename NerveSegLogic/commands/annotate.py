@@ -242,7 +242,7 @@ def _prelabel(store, args) -> int:
     try:
         segmenter = Segmenter.from_name(args.model, backend=args.backend, device=args.device,
                                         weights_path=args.weights)
-    except RuntimeError as error:  # WeightsError (missing/corrupt weights) or a device torch cannot use
+    except (RuntimeError, ValueError) as error:  # WeightsError (missing/corrupt weights) or a device torch cannot use
         print(f"error: {error}", file=sys.stderr)
         return 1
     comment = None

@@ -42,7 +42,8 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here (torch {torch.__version__}); "
+                         "use --device cpu")
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]")
     return device

@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..inference import preprocess as pp
+from ..inference.backends import resolve_device  # one rule for auto, cpu and cuda in training and the live path
 from . import data as td
 from .augment import Augmenter
 from .evaluate import json_ready, write_json
@@ -137,18 +138,6 @@ def make_optimizer(model, recipe: Mapping[str, Any]):
         return torch.optim.SGD(params, lr=lr, momentum=float(settings.get("momentum") or 0.0),
                                weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {settings['name']!r}; expected adam or sgd")
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one raises ValueError."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device (this torch build: "
-                           f"{torch.__version__})")
-    return device
 
 
 def run_card(card, spec: pp.InputSpec):
