@@ -57,7 +57,7 @@ def run_demo(options: DemoOptions) -> dict:
     from .stream.receiver import ImageReceiver
     from .stream.replay import ReplayServer
 
-    out = Path(options.out)
+    out = Path(options.out).resolve()  # the scene saver returns absolute paths; summary paths are relative to out
     out.mkdir(parents=True, exist_ok=True)
     model_name = options.model or registry.default_name()
     say = (lambda *a: None) if options.quiet else print
@@ -184,7 +184,7 @@ def _summary(options, model_name, segmenter, replay, pipeline, scene, scene_path
         "latency_ms": latency,
         "latency_note": "total = received to applied; receive = sender timestamp to received (same clock); "
                         "wait = in the newest-frame slot; apply = to the main thread, MRML update and recording",
-        "scene": str(Path(scene_path).relative_to(Path(options.out))) if scene_path else None,
+        "scene": str(Path(scene_path).resolve().relative_to(Path(options.out).resolve())) if scene_path else None,
         "recorded_items": int(getattr(scene, "applied_count", counters["frames_applied"])),
         "overlays": pictures,
         "wall_s": round(wall_s, 2),
