@@ -67,9 +67,26 @@ def test_wrong_checksum_is_refused_before_parsing(tmp_path):
         registry.load_from_card(card_with_weights(tmp_path, "w.safetensors", wrong))
 
 
-def test_a_card_without_weights_says_so():
+def test_a_card_without_weights_says_so(tmp_path):
+    data = registry.card("smistad-unet").to_json()
+    data["weights"] = None
     with pytest.raises(WeightsError, match="ships no weights"):
-        registry.load("smistad-unet")
+        registry.load_from_card(ModelCard.from_dict(data, tmp_path / "smistad-unet.json"))
+
+
+def test_the_cards_checksum_guards_only_the_cards_own_file(tmp_path):
+    """--weights FILE (a run's output) is not the card's file: checked against a given sha256, else loaded as
+    safetensors without the card's checksum; the card's own file must match the card."""
+    sha = registry.save_weights(tiny_unet(), tmp_path / "w.safetensors")
+    other = tmp_path / "run" / "w.safetensors"
+    registry.save_weights(tiny_unet(), other)
+    card = card_with_weights(tmp_path, "w.safetensors", sha)
+    registry.load_from_card(card, weights_path=other)  # another file: the card's checksum does not apply
+    with pytest.raises(WeightsError, match="sha256"):
+        registry.load_from_card(card, weights_path=other, sha256=sha)  # a checksum given for it must match
+    (tmp_path / "w.safetensors").write_bytes(other.read_bytes())
+    with pytest.raises(WeightsError, match="sha256"):
+        registry.load_from_card(card, weights_path=tmp_path / "w.safetensors")  # the card's file, changed
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path):

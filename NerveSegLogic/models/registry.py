@@ -140,10 +140,16 @@ def load_from_card(model_card: ModelCard, device: str = "cpu", weights_path: Opt
     if path is None:
         raise WeightsError(f"model {model_card.name!r} ships no weights (its card {model_card.path} has "
                            f"\"weights\": null); train it first or pass weights_path")
-    expected = sha256 or (model_card.weights or {}).get("sha256")
+    card_file = model_card.weights_path
+    # The card's checksum describes the card's own file; another file (--weights FILE: a run's output, a
+    # fine-tuned copy) is checked against ``sha256`` when the caller has one. Either way it is only ever read as
+    # safetensors, never unpickled.
+    is_card_file = card_file is not None and path.resolve() == Path(card_file).resolve()
+    expected = sha256 or ((model_card.weights or {}).get("sha256") if is_card_file else None)
     if expected is None:
-        # Only an explicit file the caller vouches for (e.g. a checkpoint it just wrote) gets here.
-        log.warning("loading %s without a sha256 check: the card of %s lists no checksum", path, model_card.name)
+        log.warning("loading %s without a sha256 check: %s", path,
+                    "the card lists no checksum" if is_card_file else f"not the file the card of {model_card.name} "
+                    "describes, and no checksum was given for it")
     tensors = read_weights(path, expected)
     model = build_from_card(model_card)
     apply_weights(model, tensors, path)
