@@ -64,14 +64,18 @@ def render_overlay(image: np.ndarray, labelmap: np.ndarray, classes: Iterable[Se
 def _put_text(canvas: np.ndarray, text: str, origin, font_scale: float, color, centred: bool = False) -> None:
     font = cv2.FONT_HERSHEY_SIMPLEX
     thickness = max(1, int(round(font_scale * 2)))
-    (w, h), _ = cv2.getTextSize(text, font, font_scale, thickness)
+    (w, h), baseline = cv2.getTextSize(text, font, font_scale, thickness)
     x, y = origin
     if centred:
         x, y = x - w // 2, y + h // 2
     x = int(np.clip(x, 0, max(0, canvas.shape[1] - w)))
     y = int(np.clip(y, h, canvas.shape[0] - 1))
-    # A dark halo keeps the label readable on bright tissue.
-    cv2.putText(canvas, text, (x, y), font, font_scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+    # A darkened box keeps the label readable on bright tissue. (A thicker black copy of the text as a halo does
+    # not work with OpenCV 5, whose fonts change weight, not outline, with the thickness.)
+    pad = max(1, thickness)
+    top, bottom = max(0, y - h - pad), min(canvas.shape[0], y + baseline + pad)
+    left, right = max(0, x - pad), min(canvas.shape[1], x + w + pad)
+    canvas[top:bottom, left:right] = (canvas[top:bottom, left:right] * 0.35).astype(canvas.dtype)
     cv2.putText(canvas, text, (x, y), font, font_scale, tuple(int(c) for c in color), thickness, cv2.LINE_AA)
 
 
