@@ -65,9 +65,11 @@ def test_prelabel_saves_the_models_mask_with_its_name_card_sha256_and_entropy(tm
             assert version.model_name == "smistad-unet" and version.model_sha256 == card_sha
             assert version.classes == {1: "nerve", 2: "blood_vessel"}
             assert np.array_equal(version.mask, result.labelmap)
-            # Entropy of the model's probabilities over the frame's area of the 256x256 input (the frame fills the
-            # width, 60 -> 256, so 40 rows -> 171 rows; the rows below are padding and not counted).
-            p = result.probabilities[:, :171, :].astype(np.float64)
+            # Entropy of the model's probabilities over the frame's area of the model input (the frame fills the
+            # width, so 40 of 60 px become 2/3 of the input's rows; the rows below are padding and not counted).
+            rows = round(40 * segmenter.card.input.width / 60)
+            assert result.placement.valid_h == rows
+            p = result.probabilities[:, :rows, :].astype(np.float64)
             expected = float(np.mean(-np.sum(p * np.log(np.clip(p, 1e-12, 1)), axis=0)))
             assert version.uncertainty == pytest.approx(expected, rel=1e-6)
         labels = {int(v) for i in ids for v in np.unique(store.current(i).mask)}

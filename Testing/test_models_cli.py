@@ -53,7 +53,7 @@ def test_info_of_an_unknown_model_lists_the_valid_names(capsys):
     assert code == 2 and "smistad-unet" in err
 
 
-def test_export_onnx_writes_a_graph(tmp_path, capsys):
+def test_export_onnx_writes_a_graph(tmp_path, capsys, resources_without_weights):
     out_file = tmp_path / "smistad.onnx"
     code, _, err = run(["models", "export-onnx", "smistad-unet", "--out", str(out_file)], capsys)
     assert code == 1 and "ships no weights" in err and not out_file.exists()

@@ -58,7 +58,7 @@ def test_export_restores_training_mode(tmp_path):
     assert model.training
 
 
-def test_export_by_name_without_weights_is_refused_unless_asked(tmp_path):
+def test_export_by_name_without_weights_is_refused_unless_asked(tmp_path, resources_without_weights):
     from NerveSegLogic.models.weights import WeightsError
 
     with pytest.raises(WeightsError, match="ships no weights"):

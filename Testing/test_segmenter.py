@@ -27,7 +27,7 @@ def test_segment_returns_a_labelmap_in_the_frames_size_with_stage_stamps(random_
     result = segmenter.segment(image, frame)
     assert result.labelmap.shape == (420, 580) and result.labelmap.dtype == np.uint8
     assert set(np.unique(result.labelmap)) <= {0, 1, 2}
-    assert result.probabilities.shape == (3, 256, 256)
+    assert result.probabilities.shape == (3, card.input.height, card.input.width)  # model-input size
     assert np.allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-5)
     assert result.frame is frame and result.frame_id == 7
     assert {"preprocessed", "inferred", "postprocessed"} <= set(frame.timestamps)
@@ -37,7 +37,7 @@ def test_segment_returns_a_labelmap_in_the_frames_size_with_stage_stamps(random_
 def test_semantic_labelmap_is_the_argmax_of_the_probabilities_where_regions_are_large(random_smistad):
     card, module = random_smistad
     segmenter = Segmenter.from_module(card, module, min_component_area=0)
-    image = (np.random.default_rng(1).random((256, 256)) * 255).astype(np.uint8)
+    image = (np.random.default_rng(1).random((card.input.height, card.input.width)) * 255).astype(np.uint8)
     result = segmenter.segment(image)
     assert np.array_equal(result.labelmap, result.probabilities.argmax(axis=0))
 
