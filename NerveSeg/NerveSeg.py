@@ -65,7 +65,7 @@ class NerveSegParameterNode:
     deviceName: str = "Image_Reference"
     inputVolume: vtkMRMLScalarVolumeNode
     modelName: str = ""
-    backend: Annotated[str, Choice(["torch", "onnx"])] = "torch"
+    backend: Annotated[str, Choice(["auto", "torch", "onnx"])] = "auto"
     compute: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     mode: Annotated[str, Choice(["in-process", "remote"])] = "in-process"
     remoteHost: str = "127.0.0.1"

@@ -46,7 +46,7 @@ DEFAULT_DEVICE_NAME = "Image_Reference"  # PLUS names its B-mode image "Image" i
 DEFAULT_REMOTE_PORT = 18945  # ``nerveseg serve``'s default
 LABEL_DEVICE_NAME = "NerveSegLabel"  # device name of the labelmaps a ``nerveseg serve`` sends
 MODES = ("in-process", "remote")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")  # auto: ONNX Runtime on a CPU for semantic models, else torch
 #: The widget refreshes the status at most this often (s): twice a second is readable and costs nothing.
 STATUS_INTERVAL_S = 0.5
 #: Remote mode keeps this many recent image frames to pair labelmaps with (about 4 s at 30 fps).
@@ -564,7 +564,7 @@ class LiveController:
         self._remote: Optional[Tuple[str, int]] = None
         self._model_name: Optional[str] = None
         self._card = None
-        self.backend = "torch"
+        self.backend = "auto"
         self.compute_device = "cpu"
         self._segmenter = None
         self._segmenter_key: Optional[Tuple[str, str, str]] = None
@@ -632,7 +632,7 @@ class LiveController:
         """The registered models, for the selector."""
         return list(self._model_names())
 
-    def select_model(self, name: str, backend: str = "torch", compute_device: str = "cpu") -> str:
+    def select_model(self, name: str, backend: str = "auto", compute_device: str = "cpu") -> str:
         """Choose the model (and how it runs in-process); returns its card summary for the panel.
 
         Reads only the card (no torch). The model itself is loaded at :meth:`start`; while running, switches to it

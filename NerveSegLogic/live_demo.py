@@ -29,7 +29,7 @@ class DemoOptions:
     frames: int = 48
     fps: float = 25.0
     model: Optional[str] = None
-    backend: str = "torch"
+    backend: str = "auto"  # ONNX Runtime on the CPU for semantic models, else torch
     device: str = "cpu"
     source: Optional[str] = None
     video: bool = True
@@ -62,7 +62,7 @@ def run_demo(options: DemoOptions) -> dict:
     model_name = options.model or registry.default_name()
     say = (lambda *a: None) if options.quiet else print
 
-    say(f"loading model {model_name} ({options.backend}) ...")
+    say(f"loading model {model_name} ...")
     segmenter = Segmenter.from_name(model_name, backend=options.backend, device=options.device)
     source = Path(options.source) if options.source else sample_dir()
     replay = ReplayServer(source, host="127.0.0.1", port=options.port, fps=options.fps, loop=True,

@@ -22,7 +22,7 @@ class ServeOptions:
     host: str = "0.0.0.0"
     model: Optional[str] = None
     device_name: Optional[str] = None  # IGTL device-name filter; None = any IMAGE
-    backend: str = "torch"
+    backend: str = "auto"  # ONNX Runtime on the CPU for semantic models, else torch
     compute: str = "auto"
     max_results: int = 0  # 0 = until stopped
 

@@ -39,6 +39,7 @@ def test_demo_exits_cleanly_and_writes_the_summary_contract(demo_run):
     assert summary["frames_sent"] == 20
     assert 0 < summary["frames_segmented"] <= summary["frames_received"] <= 20
     assert summary["model"] == registry.default_name()
+    assert summary["backend"].startswith("onnxruntime")  # --backend auto on a CPU
     for stage in ("total",) + STAGES:
         figures = summary["latency_ms"][stage]
         assert figures["p50"] <= figures["p95"] <= figures["p99"], stage

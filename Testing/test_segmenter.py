@@ -56,3 +56,12 @@ def test_torch_and_onnx_runtime_give_the_same_segmentation(random_smistad, tmp_p
 def test_unknown_model_name_lists_the_valid_ones():
     with pytest.raises(KeyError, match="smistad-unet"):
         Segmenter.from_name("no-such-model")
+
+
+def test_auto_backend_is_onnx_runtime_for_semantic_models_on_the_cpu_only():
+    from NerveSegLogic.inference.segmenter import choose_backend
+
+    assert choose_backend("semantic", "cpu") == "onnx"
+    assert choose_backend("instance", "cpu") == "torch"  # instance models are not exported to ONNX
+    assert choose_backend("semantic", "cuda") == "torch"
+    assert choose_backend("semantic", "cuda:1") == "torch"

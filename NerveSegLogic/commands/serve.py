@@ -15,7 +15,7 @@ Research use only, not for clinical decisions."""
 
 EPILOG = """\
 defaults: --port 18945, --model the registry's default, --device any IMAGE (whatever its device name),
-          --backend torch, --compute auto (CUDA when present, else CPU).
+          --backend auto (ONNX Runtime on a CPU, torch on a GPU), --compute auto (CUDA when present, else CPU).
 example:
   nerveseg serve --input 127.0.0.1:18944 --port 18945
   nerveseg serve --input plus-host:18944 --port 18945 --model smistad-unet --device Image_Reference"""
@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=None, help="registered model name (default: the registry's default)")
     parser.add_argument("--device", default=None, metavar="NAME",
                         help="only segment IMAGE messages of this IGTL device name (default: any)")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="(default: %(default)s)")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                        help="auto: ONNX Runtime for a semantic model on the CPU, else torch (default: %(default)s)")
     parser.add_argument("--compute", default="auto", help="torch device: auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=0, help="stop after this many results (default: run forever)")
     parser.set_defaults(func=run)
