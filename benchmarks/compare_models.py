@@ -258,8 +258,9 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
         f"means other processes competed for the CPU); real time here means <= {REAL_TIME_MS:g} ms.",
         f"- machine: {machine()}; started {started}; updated {today()}",
         f"- command: `{command}`", "",
-        "Epochs: done per fold / planned (the paper recipe's). Input: used (the card's is "
-        + ", ".join(sorted({"x".join(map(str, e["recipe_input"])) for e in table.values()})) + ").", "",
+        "Epochs: done per fold / planned (in brackets: the epochs in the model card's recipe now; a shipped card "
+        "states what its weights were trained with, and its notes what the paper's recipe asks). Input: the size "
+        "trained and evaluated at. Runs stopped at a time limit did fewer epochs than planned (listed below).", "",
         "| model | parameters | input | epochs | folds | nerve Dice | vessel Dice | nerve detection F1 "
         "| nerve HD95 px | vessel HD95 px | CPU ms/frame | train min/fold |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -291,6 +292,9 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
     if choice:
         lines.append(f"Best cross-validated nerve Dice among the models that run in real time on this CPU: "
                      f"**{choice}** (the live path's default candidate).")
+    lines += ["", "The CPU ms column is the whole path in torch. On a CPU the live path runs semantic models in ONNX "
+                  "Runtime (`--backend auto`), which is 2.5-7x faster here: the model alone takes 8-39 ms for "
+                  "every semantic model but unet++ (56 ms); see benchmarks/models.md and benchmarks/live_path.md."]
     notes = sorted({f"{m}: {f['stop_reason']}" for m, e in table.items() for f in e["folds"]
                     if f["stop_reason"] != "finished"})
     if notes:
