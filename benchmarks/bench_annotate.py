@@ -9,7 +9,7 @@ What it measures, on this machine, in a store in a temporary folder (local disk)
    ``current`` and ``history`` of a 20-version frame.
 3. ``review_queue`` over every imported frame with a model version each.
 4. Each correction operation on a real mask.
-5. With ``--prelabel``: ``prelabel`` with smistad-unet (random weights when the card ships none: the speed, not the
+5. With ``--prelabel``: ``prelabel`` with the default model (random weights when the card ships none: the speed, not the
    masks, is what is measured) on 2 torch threads, ms per frame including the store write.
 
 Run:  .venv/bin/python benchmarks/bench_annotate.py [--images DIR] [--saves 200] [--prelabel]
@@ -163,14 +163,17 @@ def _prelabel(images_dir: Path, path: Path) -> list:
     from NerveSegLogic.models import registry
 
     torch.set_num_threads(2)
-    card = registry.card("smistad-unet")
+    name = registry.default_name()  # what an annotator pre-labels with unless they pick another model
+    card = registry.card(name)
     if card.has_weights:
-        segmenter = Segmenter.from_name("smistad-unet", threads=2)
+        segmenter = Segmenter.from_name(name, backend="auto", threads=2)
         weights = "trained weights"
     else:
         torch.manual_seed(0)
         segmenter = Segmenter.from_module(card, registry.build_from_card(card).eval(), threads=2)
         weights = "random weights (card ships none)"
+    from NerveSegLogic.inference.backends import describe
+
     with AnnotationStore(path) as store:
         report = import_source(store, images_dir, subject="bench")
         segmenter.warm_up()
@@ -178,7 +181,7 @@ def _prelabel(images_dir: Path, path: Path) -> list:
         result = prelabel(store, segmenter, "bench", progress=False)
         seconds = time.perf_counter() - start
     n = len(result.version_ids)
-    return [f"| prelabel smistad-unet ({weights}), torch CPU 2 threads, {n} frames | "
+    return [f"| prelabel {name} ({weights}), {describe(segmenter.backend)} 2 threads, {n} frames | "
             f"{seconds / max(n, 1) * 1000:.0f} ms per frame | includes the store write |"]
 
 
@@ -187,7 +190,7 @@ def main() -> int:
     parser.add_argument("--images", type=Path, default=sample_dir() / "images",
                         help="image folder to import (masks/ beside it are used as masks); default: the sample")
     parser.add_argument("--saves", type=int, default=200)
-    parser.add_argument("--prelabel", action="store_true", help="also time pre-labelling with smistad-unet")
+    parser.add_argument("--prelabel", action="store_true", help="also time pre-labelling with the default model")
     parser.add_argument("--report", type=Path, default=None, help="write the table as Markdown here")
     args = parser.parse_args()
     lines = run(args.images, args.saves, args.prelabel)
@@ -207,8 +210,9 @@ def main() -> int:
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine}",
         f"- command: `.venv/bin/python {command.strip()}`",
-        f"- images: `{shown}`; store in a temporary folder on the local disk; the machine's 2 cores were shared "
-        "with other work while this ran, so take the medians, not the tails, as the figures", "",
+        f"- images: `{shown}`; store in a temporary folder on the local disk; 1-minute load average at the end "
+        f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (above the core count, other work competed: then take "
+        "the medians, not the tails, as the figures)", "",
         "| what | figure | detail |", "|---|---|---|", *lines, ""])
     print(text)
     if args.report:
