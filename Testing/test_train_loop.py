@@ -135,6 +135,11 @@ def test_validation_is_a_contiguous_block_and_outputs_are_a_valid_card_curve_and
     assert card.training["recipe"]["epochs"] == 2
     assert any("CPU" in note for note in card.training["notes"])
     assert any("fewer than the recipe's" in note for note in card.training["notes"])
+    # Started from a shipped card, whose notes describe the run that made its weights: those are replaced.
+    base_notes = registry.card("unet").training["notes"]
+    notes = card.training["notes"]
+    assert sum(note.startswith("Trained on CPU") for note in notes) == 1
+    assert not [note for note in base_notes if note.startswith("Trained for ") and note in notes]
     assert len(result.history) == 2 and all(h["val"]["dice"].keys() == {"nerve", "blood_vessel"}
                                             for h in result.history)
     png = cv2.imread(str(tmp_path / "run" / "learning_curve.png"))

@@ -44,6 +44,11 @@ from . import data as td
 from .augment import Augmenter
 from .evaluate import json_ready, write_json
 
+#: How the notes a training run writes into its card begin (see Trainer.notes); a later run drops them from the
+#: card it starts from and writes its own.
+RUN_NOTE_PREFIXES = ("Trained on CPU", "Trained for ", "Input ", "batch_size ", "augmentations ", "learning rate ",
+                     "Balanced (1:1", "The recipe's test-time", "Trained on every frame", "Weights of the epoch")
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_JSON = "checkpoint.json"
@@ -541,6 +546,7 @@ class Trainer:
         return weights, self.write_card(stop_reason)
 
     def notes(self, stop_reason: str) -> List[str]:
+        """What this run did differently from the card's recipe; every note starts with one of RUN_NOTE_PREFIXES."""
         paper_recipe = self.base_card.training["recipe"]
         notes = []
         if self.device == "cpu":
@@ -589,7 +595,10 @@ class Trainer:
                             + f" ({getattr(dataset, 'format', 'data set')}; classes "
                             + ", ".join(f"{c.label}={c.key}" for c in self.card.classes) + ")")
         training["recipe"] = copy.deepcopy(self.recipe)
-        training["notes"] = list(training.get("notes", [])) + self.notes(stop_reason)
+        # The base card may be a shipped one, whose notes already describe the run that made its weights: keep the
+        # notes about the model and its paper, replace those about a run with this run's.
+        kept = [note for note in training.get("notes", []) if not note.startswith(RUN_NOTE_PREFIXES)]
+        training["notes"] = kept + self.notes(stop_reason)
         training["run"] = json_ready({
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": self.device if self.device != "cpu" else f"cpu ({os.cpu_count()} cores)",
