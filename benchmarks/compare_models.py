@@ -293,8 +293,8 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
         lines.append(f"Best cross-validated nerve Dice among the models that run in real time on this CPU: "
                      f"**{choice}** (the live path's default candidate).")
     lines += ["", "The CPU ms column is the whole path in torch. On a CPU the live path runs semantic models in ONNX "
-                  "Runtime (`--backend auto`), which is 2.5-7x faster here: the model alone takes 8-39 ms for "
-                  "every semantic model but unet++ (56 ms); see benchmarks/models.md and benchmarks/live_path.md."]
+                  "Runtime (`--backend auto`), which is 2-12x faster than torch here for the model alone; see "
+                  "benchmarks/models.md and benchmarks/live_path.md."]
     notes = sorted({f"{m}: {f['stop_reason']}" for m, e in table.items() for f in e["folds"]
                     if f["stop_reason"] != "finished"})
     if notes:
