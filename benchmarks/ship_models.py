@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--dest", type=Path, default=ROOT / "Resources" / "Models")
     args = parser.parse_args()
 
-    from NerveSegLogic.models.card import ModelCard
+    from NerveSegLogic.models.card import ModelCard, write_card  # validated, written atomically
     from NerveSegLogic.models.weights import sha256_file
 
     plans = []
@@ -46,6 +46,8 @@ def main() -> int:
             raise SystemExit(f"{weights}: sha256 differs from {card_path}'s weights.sha256")
         if not card.get("metrics", {}).get("cross_validation"):
             raise SystemExit(f"{card_path}: no cross-validated figures (metrics.cross_validation); run the CV first")
+        card["default"] = False
+        ModelCard.from_dict(card, args.dest / f"{model}.json")  # all valid before any file in Resources changes
         plans.append((model, card, weights))
 
     shipped = {p.name: p.stat().st_size for p in args.dest.glob("*.safetensors")}
@@ -57,8 +59,7 @@ def main() -> int:
 
     for model, card, weights in plans:
         shutil.copyfile(weights, args.dest / weights.name)
-        card["default"] = False
-        write_card(args.dest / f"{model}.json", card)
+        write_card(card, args.dest / f"{model}.json")
         print(f"{model}: {weights.name} ({weights.stat().st_size / 1e6:.1f} MB, {card['weights']['dtype']}) "
               f"and card -> {args.dest}")
     if args.default:
@@ -67,16 +68,10 @@ def main() -> int:
             wanted = card["name"] == args.default
             if bool(card.get("default")) != wanted:
                 card["default"] = wanted
-                write_card(path, card)
+                write_card(card, path)
         print(f"default model: {args.default}")
-    for path in sorted(args.dest.glob("*.json")):  # every card still parses
-        ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")), path)
     print(f"weights in {args.dest}: {total_mb:.1f} MB of {BUDGET_MB:g} MB")
     return 0
-
-
-def write_card(path: Path, card: dict) -> None:
-    path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

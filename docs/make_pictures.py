@@ -29,8 +29,8 @@ def main() -> int:
     args = parser.parse_args()
 
     import cv2
-    import nrrd
 
+    from NerveSegLogic.annotate.importers import read_sequence
     from NerveSegLogic.classes import canonical_key, segment_class
     from NerveSegLogic.overlay import contact_sheet, render_overlay
     from NerveSegLogic.scene.readback import read_saved_scene, read_segmentation_sequence_items
@@ -44,8 +44,7 @@ def main() -> int:
         raise SystemExit(f"{mrml}: expected an image sequence (.seq.nrrd) and a segmentation sequence (.seq.mrb) "
                          f"among its files, found: {', '.join(f.name for f in files)}")
 
-    frames, _ = nrrd.read(str(image_seq), index_order="C")  # (items, [slice,] rows, columns)
-    frames = frames.reshape(frames.shape[0], frames.shape[-2], frames.shape[-1])
+    frames = read_sequence(image_seq).frames  # (items, rows, columns), as the annotation importer reads it
     items = read_segmentation_sequence_items(seg_seq)
     if len(items) != len(frames):
         raise SystemExit(f"{mrml}: {len(frames)} recorded images but {len(items)} recorded segmentations")
