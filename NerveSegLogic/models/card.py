@@ -277,6 +277,7 @@ def write_card(card_dict: Mapping[str, Any], path: os.PathLike) -> ModelCard:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes the file private; a card is read like any data file
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -52,12 +52,6 @@ def strip_prefixes(state: Mapping[str, "torch.Tensor"]) -> Dict[str, "torch.Tens
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_weights(model_or_state, path: os.PathLike, dtype: str = "float32",
                  architecture: Optional[str] = None) -> str:
     """Write a model's parameters and buffers as safetensors; return the file's sha256 (hex).
@@ -91,7 +85,7 @@ def save_weights(model_or_state, path: os.PathLike, dtype: str = "float32",
     try:
         save_file(tensors, temporary, metadata={"format": "pt", "architecture": str(architecture), "dtype": dtype,
                                                "writer": "NerveSeg"})
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes the file private; weights are shared like any file
+        os.chmod(temporary, 0o644)  # mkstemp makes the file private; weights are read like any data file
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
