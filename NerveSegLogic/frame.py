@@ -150,6 +150,9 @@ class SegmentationResult:
     classes: Tuple["SegmentClass", ...] = ()  # noqa: F821 (defined in classes.py; kept loose to avoid a cycle)
     probabilities: Optional[np.ndarray] = None
     instances: Optional[list] = None
+    #: ``[(label, x, y, area), ...]``: each class's connected regions (centroid in pixels), where the labelmap was
+    #: made (``regions.find_regions``); None when not computed (the scene then finds them itself).
+    regions: Optional[list] = None
     placement: Optional[object] = None  # inference.preprocess.Placement of the frame in the model input
 
     def __post_init__(self):

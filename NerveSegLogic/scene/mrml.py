@@ -69,12 +69,49 @@ def _register_converter_rules(slicer) -> None:
             factory.RegisterConverterRule(rule_class())
 
 
-def new_scene():
-    """A new, empty standalone vtkMRMLScene with the node classes NerveSeg uses registered."""
+#: The Sequences logic attached to each standalone scene, kept alive as long as its scene (scene -> logic).
+_sequences_logics: "weakref.WeakKeyDictionary" = None  # type: ignore[assignment]
+
+
+def new_scene(sequences_logic: bool = True):
+    """A new, empty standalone vtkMRMLScene with the node classes NerveSeg uses registered.
+
+    Like a scene in Slicer, it carries Slicer's Sequences logic (``vtkSlicerSequencesLogic``, always loaded there),
+    which writes a sequence browser's selected item back into its proxy nodes whenever a sequence changes. Code
+    that records live must work with that logic present, so every standalone scene has it unless
+    ``sequences_logic`` is False (or this MRML build lacks it).
+    """
     slicer = slicer_module()
     scene = slicer.vtkMRMLScene()
+    if sequences_logic:
+        attach_sequences_logic(scene)
     ensure_node_classes(scene)
     return scene
+
+
+def attach_sequences_logic(scene):
+    """Attach a ``vtkSlicerSequencesLogic`` to ``scene`` as Slicer does at start-up (once); returns it, or None when
+    this MRML build has no Sequences logic. The logic lives as long as the scene object."""
+    global _sequences_logics
+    import weakref
+
+    slicer = slicer_module()
+    logic_class = getattr(slicer, "vtkSlicerSequencesLogic", None)
+    if logic_class is None:
+        return None
+    if _sequences_logics is None:
+        _sequences_logics = weakref.WeakKeyDictionary()
+    logic = _sequences_logics.get(scene)
+    if logic is None:
+        logic = logic_class()
+        logic.SetMRMLScene(scene)
+        _sequences_logics[scene] = logic
+    return logic
+
+
+def sequences_logic_of(scene):
+    """The Sequences logic :func:`attach_sequences_logic` attached to ``scene``, or None."""
+    return None if _sequences_logics is None else _sequences_logics.get(scene)
 
 
 def ensure_node_classes(scene) -> None:

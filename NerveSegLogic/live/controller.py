@@ -1,0 +1,651 @@
+"""LiveController: what every button of the NerveSeg live panel does, written without Qt so it is tested outside
+Slicer.
+
+The Slicer widget only binds: it calls ``connect`` / ``use_volume_node`` / ``connect_remote`` to choose the input,
+``select_model`` to choose the model (and shows the card summary it returns), ``start`` / ``stop``, the display and
+recording setters, and calls :meth:`LiveController.tick` from a ``qt.QTimer`` on the main thread. ``tick`` is the
+only method that writes MRML (through a :class:`~NerveSegLogic.scene.live.LiveScene`); nothing else does.
+
+Three ways to segment (:data:`~NerveSegLogic.live.choices.MODES`):
+
+- ``child-process`` (the panel's default): a worker process (:mod:`NerveSegLogic.worker`) receives the frames from
+  PLUS (or is sent the frames of a volume node), runs the model and sends back each frame with its labelmap. Inside
+  Slicer, Python threads run only while the main thread executes Python (PythonQt keeps the GIL while the Qt event
+  loop waits), so receiving and inference must not be Python threads of Slicer's process.
+- ``in-process``: receiver and inference threads here (:class:`~NerveSegLogic.live.runs.InProcessRun`); for
+  headless use, where it is faster.
+- ``remote``: a ``nerveseg serve`` elsewhere segments the same PLUS stream; a worker process receives the images
+  and the labelmaps and pairs them by IGTL timestamp, so a mask is never shown on the wrong frame. No torch here.
+
+Collaborators come in through the constructor (``typing.Protocol`` types, real defaults).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+
+import numpy as np
+
+from ..frame import Frame, SegmentationResult
+from ..signals import Signal
+from ..slot import NewestSlot
+from .choices import (BACKENDS, DEFAULT_DEVICE_NAME, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_REMOTE_PORT, INTENDED_USE,
+                      MODES, STATUS_INTERVAL_S, InputChoice, _check_host_port)
+from .runs import InProcessRun, RemoteRun, VolumeNodeInput
+from .status import DisplaySettings, LiveStatus
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------ collaborators
+class FrameReceiver(Protocol):
+    """An OpenIGTLink client that fills ``frames`` (ImageReceiver)."""
+
+    frames: NewestSlot
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class FrameSegmenter(Protocol):
+    """One model on one backend (Segmenter)."""
+
+    card: Any
+    classes: Tuple[Any, ...]
+
+    def segment(self, image: np.ndarray, frame: Optional[Frame] = None) -> SegmentationResult: ...
+
+    def warm_up(self, height: int = ..., width: int = ...) -> None: ...
+
+
+class LiveSceneLike(Protocol):
+    """The MRML sink (LiveScene)."""
+
+    classes: Tuple[Any, ...]
+    recording: bool
+    recorded_count: int
+
+    @property
+    def volume_node(self) -> Any: ...
+
+    @property
+    def segmentation_node(self) -> Any: ...
+
+    def apply(self, result: SegmentationResult) -> None: ...
+
+    def start_recording(self) -> None: ...
+
+    def stop_recording(self) -> None: ...
+
+    def set_class_visible(self, key: str, visible: bool) -> None: ...
+
+    def set_class_opacity(self, key: str, opacity: float) -> None: ...
+
+    def set_fill_outline(self, fill: bool, outline: bool) -> None: ...
+
+    def set_names_visible(self, visible: bool) -> None: ...
+
+
+ReceiverFactory = Callable[..., FrameReceiver]  # (host, port, device_name, on_frame=None) -> receiver
+SegmenterFactory = Callable[[str, str, str], FrameSegmenter]  # (model name, backend, compute device) -> segmenter
+SceneFactory = Callable[..., LiveSceneLike]  # (classes, mrml_scene=..., name=..., record=...) -> scene
+CardReader = Callable[[str], Any]  # model name -> ModelCard
+
+
+def _default_receiver(host: str, port: int, device_name: Optional[str], on_frame=None) -> FrameReceiver:
+    from ..stream.receiver import ImageReceiver
+
+    return ImageReceiver(host, port, device_name=device_name, on_frame=on_frame)
+
+
+def _default_segmenter(name: str, backend: str, device: str) -> FrameSegmenter:
+    from ..inference.backends import resolve_device  # imports torch: only when a model is loaded
+    from ..inference.segmenter import Segmenter
+
+    # "auto" becomes cuda or cpu here: the weights are moved to this device before the backend sees it.
+    return Segmenter.from_name(name, backend=backend, device=resolve_device(device))
+
+
+def _default_scene(classes, mrml_scene=None, name: str = "NerveSeg", record: bool = True,
+                   limit=None) -> LiveSceneLike:
+    from ..scene.live import LiveScene
+
+    return LiveScene(classes, mrml_scene=mrml_scene, name=name, record=record, limit=limit)
+
+
+def _default_card(name: str):
+    from ..models import registry
+
+    return registry.card(name)
+
+
+def _default_model_names() -> List[str]:
+    from ..models import registry
+
+    return registry.names()
+
+
+# -------------------------------------------------------------------------------------------------- controller
+class LiveController:
+    """Everything the live panel does. Call every method from one thread (Slicer's main thread).
+
+    mrml_scene: the scene results go into (``slicer.mrmlScene`` inside Slicer; None: a standalone scene, for
+        headless use and tests).
+    receiver_factory(host, port, device_name, on_frame=None): an OpenIGTLink image client (ImageReceiver).
+    segmenter_factory(name, backend, compute_device): a Segmenter for a registered model (Segmenter.from_name).
+    scene_factory(classes, mrml_scene=..., name=..., record=...): the MRML sink (LiveScene).
+    card_reader(name): a model card (registry.card); model_names(): the registered names.
+    clock: seconds, monotonic (injectable so the status rate limit is testable without sleeping).
+    status_interval_s: at most one ``status_changed`` per this many seconds while ticking.
+
+    Signals: ``result_applied(SegmentationResult)`` after each applied result; ``status_changed(LiveStatus)`` at
+    most every ``status_interval_s`` while ticking, and on start and stop; ``running_changed(bool)``.
+    """
+
+    def __init__(self, mrml_scene=None, *, receiver_factory: ReceiverFactory = _default_receiver,
+                 segmenter_factory: SegmenterFactory = _default_segmenter, scene_factory: SceneFactory = _default_scene,
+                 card_reader: CardReader = _default_card, model_names: Callable[[], List[str]] = _default_model_names,
+                 clock: Callable[[], float] = time.monotonic, status_interval_s: float = STATUS_INTERVAL_S,
+                 worker_factory: Optional[Callable[..., Any]] = None, remote_via_worker: bool = False,
+                 recording_limit=None):
+        self.mrml_scene = mrml_scene
+        self._receiver_factory = receiver_factory
+        self._segmenter_factory = segmenter_factory
+        self._scene_factory = scene_factory
+        self._card_reader = card_reader
+        self._model_names = model_names
+        self._clock = clock
+        self.status_interval_s = float(status_interval_s)
+
+        self.result_applied = Signal("result_applied")
+        self.status_changed = Signal("status_changed")
+        self.running_changed = Signal("running_changed")
+
+        self._input: Optional[InputChoice] = None
+        self._volume_node = None
+        self._remote: Optional[Tuple[str, int]] = None
+        self._model_name: Optional[str] = None
+        self._card = None
+        self.backend = "auto"
+        self.compute_device = "cpu"
+        self._segmenter = None
+        self._segmenter_key: Optional[Tuple[str, str, str]] = None
+        self._scene: Optional[LiveSceneLike] = None
+        self._scenes_made = 0
+        self._run = None
+        self._mode = "in-process"
+        self._recording = True
+        self.display = DisplaySettings()
+        self._last_status_at: Optional[float] = None
+        self._tick_errors = 0
+        self._message = ""
+        self._final_counters: dict = {}  # the last run's counters, shown after stop
+        # worker_factory(args) -> WorkerProcess: the worker process of child-process mode (and of remote mode
+        # when remote_via_worker, as in Slicer, where a receiver thread here would wait for the GIL).
+        self._worker_factory = worker_factory
+        self.remote_via_worker = bool(remote_via_worker)
+        self.threads = 0  # inference threads in the worker (0: the backend's default)
+        self._recording_limit = recording_limit
+        self.first_frame = Signal("first_frame")  # (volume node) when a new scene shows its first frame
+        self._first_frame_pending = False
+
+    # ------------------------------------------------------------------------------------------------ input
+    def connect(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                device_name: Optional[str] = DEFAULT_DEVICE_NAME) -> str:
+        """Take frames from an OpenIGTLink server (PLUS, ``nerveseg replay``): IMAGE messages of ``device_name``
+        (None or '' = any IMAGE). The connection opens at :meth:`start` and is kept, reconnecting, until
+        :meth:`stop`; while running, switches to the new input at once. Returns the input's description;
+        ValueError for an empty host or a port outside 1..65535."""
+        host, port = _check_host_port(host, port, "input server")
+        choice = InputChoice("igtl", host=host, port=port, device_name=(device_name or None))
+        self._switch_input(choice, None)
+        return choice.describe()
+
+    def use_volume_node(self, node) -> str:
+        """Take frames from a volume node that something else updates (SlicerOpenIGTLink's image node).
+
+        The node is read on the main thread in :meth:`tick` whenever it changed. ValueError for None, for a node of
+        another scene, or for this controller's own output volume (it would segment its own display)."""
+        if node is None:
+            raise ValueError("choose a volume node as the input")
+        if self._scene is not None and node is self._scene.volume_node:
+            raise ValueError(f"{node.GetName()!r} is NerveSeg's own output volume; choose the scanner's image node "
+                             f"(e.g. Image_Reference from OpenIGTLinkIF)")
+        if self.mrml_scene is not None and node.GetScene() is not self.mrml_scene:
+            raise ValueError(f"volume node {node.GetName()!r} is not in this controller's scene")
+        choice = InputChoice("volume", node_name=node.GetName())
+        self._switch_input(choice, node)
+        return choice.describe()
+
+    def connect_remote(self, host: str, port: int = DEFAULT_REMOTE_PORT) -> str:
+        """Use a ``nerveseg serve`` at host:port for ``start(mode="remote")``: it segments the same input server's
+        images and sends back ``NerveSegLabel`` labelmaps. Returns its description; ValueError for a bad address."""
+        remote = _check_host_port(host, port, "segmentation server")
+        changed = remote != self._remote
+        self._remote = remote
+        if changed and self.running and self._mode == "remote":
+            self._restart()
+        return f"{remote[0]}:{remote[1]}"
+
+    def _switch_input(self, choice: InputChoice, node) -> None:
+        changed = choice != self._input or node is not self._volume_node
+        self._input, self._volume_node = choice, node
+        if changed and self.running:
+            self._restart()
+
+    @property
+    def input(self) -> Optional[InputChoice]:
+        return self._input
+
+    # ------------------------------------------------------------------------------------------------ model
+    def model_names(self) -> List[str]:
+        """The registered models, for the selector."""
+        return list(self._model_names())
+
+    def select_model(self, name: str, backend: str = "auto", compute_device: str = "cpu") -> str:
+        """Choose the model (and how it runs in-process); returns its card summary for the panel.
+
+        Reads only the card (no torch). The model itself is loaded at :meth:`start`; while running, switches to it
+        at once. KeyError listing the valid names for an unknown model; ValueError for an unknown backend.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        card = self._card_reader(name)
+        changed = (name, backend, compute_device) != (self._model_name, self.backend, self.compute_device)
+        self._model_name, self._card = name, card
+        self.backend, self.compute_device = backend, compute_device
+        if changed and self.running:
+            self._restart()
+        return card_summary(card)
+
+    @property
+    def model_name(self) -> Optional[str]:
+        return self._model_name
+
+    @property
+    def card(self):
+        return self._card
+
+    # ------------------------------------------------------------------------------------------------ run
+    @property
+    def running(self) -> bool:
+        return self._run is not None
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    def start(self, mode: str = "in-process") -> None:
+        """Start segmenting the chosen input with the chosen model, in-process or through the remote server.
+
+        Does nothing when already running in this mode (another mode restarts). In-process, the model is loaded
+        (its backend imported) and warmed up first, which can take a few seconds. Raises ValueError when no input,
+        no model or (remote) no server was chosen; the errors of loading the model (ImportError when torch is
+        missing, the registry's WeightsError for a model without weights) pass through unchanged, with nothing
+        left running.
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        if self.running:
+            if mode == self._mode:
+                return
+            self.stop()
+        if self._input is None:
+            raise ValueError("choose an input first: an OpenIGTLink server (host, port) or a volume node")
+        if self._model_name is None:
+            raise ValueError("choose a model first")
+        if self._input.kind == "volume" and self._volume_node.GetScene() is None:
+            raise ValueError(f"the input volume {self._input.node_name!r} is no longer in the scene")
+
+        self._message = ""
+        self._tick_errors = 0
+        if mode == "child-process":
+            scene = self._ensure_scene(self._card.classes)
+            run = self._worker_run(scene, role="segment")
+        elif mode == "in-process":
+            segmenter = self._ensure_segmenter()
+            scene = self._ensure_scene(segmenter.classes)
+            receiver = volume_input = None
+            if self._input.kind == "igtl":
+                receiver = self._receiver_factory(self._input.host, self._input.port, self._input.device_name)
+            else:
+                volume_input = VolumeNodeInput(self._volume_node)
+            run = InProcessRun(receiver, volume_input, segmenter, sinks=[scene.apply])
+        else:
+            if self._remote is None:
+                raise ValueError("choose the segmentation server (host, port of 'nerveseg serve') for remote mode")
+            if self._input.kind != "igtl":
+                raise ValueError("remote mode pairs each labelmap with its frame by the IGTL timestamp, so it needs "
+                                 "the images over OpenIGTLink: choose the input server (host, port), not a volume")
+            scene = self._ensure_scene(self._card.classes)
+            if self.remote_via_worker:
+                run = self._worker_run(scene, role="remote")
+            else:
+                run = RemoteRun(self._receiver_factory, self._input, self._remote, self._card.classes,
+                                self._model_name, sinks=[scene.apply])
+        try:
+            run.start()
+        except BaseException:
+            run.stop()
+            raise
+        self._run, self._mode = run, mode
+        log.info("NerveSeg started: %s, %s, input %s", mode, self._model_name, self._input.describe())
+        self.running_changed.emit(True)
+        self._emit_status()
+
+    def _worker_run(self, scene, role: str):
+        """A WorkerRun: the worker process receives (from PLUS, or the volume node's frames sent from here) and
+        segments (role ``segment``) or pairs a serve's labelmaps with the frames (role ``remote``)."""
+        from ..worker.parent import WorkerProcess, WorkerRun
+
+        args = ["--role", role, "--model", self._model_name]
+        volume_input = None
+        if role == "segment":
+            args += ["--backend", self.backend, "--compute", self.compute_device, "--threads", str(int(self.threads))]
+        if self._input.kind == "igtl":
+            args += ["--input", f"{self._input.host}:{self._input.port}",
+                     "--device-name", self._input.device_name or ""]
+        else:
+            args += ["--input", "parent"]
+            volume_input = VolumeNodeInput(self._volume_node)
+        if role == "remote":
+            args += ["--remote", f"{self._remote[0]}:{self._remote[1]}"]
+        factory = self._worker_factory or (lambda worker_args: WorkerProcess(worker_args))
+        return WorkerRun(args, self._card.classes, sinks=[scene.apply], volume_input=volume_input,
+                         model_name=self._model_name, process_factory=factory)
+
+    def worker_log(self, lines: int = 40) -> str:
+        """The last lines of the worker process's log (empty when no worker runs)."""
+        run = self._run
+        return run.log_tail(lines) if run is not None and hasattr(run, "log_tail") else ""
+
+    def stop(self) -> None:
+        """Stop receiving and segmenting; joins every thread and closes every socket. What was shown and recorded
+        stays in the scene. Safe to call at any time, any number of times."""
+        run, self._run = self._run, None
+        if run is None:
+            return
+        try:
+            run.stop()
+        finally:
+            self._final_counters = run.counters()
+            log.info("NerveSeg stopped")
+            self.running_changed.emit(False)
+            self._emit_status()
+
+    def _restart(self) -> None:
+        mode = self._mode
+        self.stop()
+        self.start(mode)
+
+    def _ensure_segmenter(self):
+        key = (self._model_name, self.backend, self.compute_device)
+        if self._segmenter is None or self._segmenter_key != key:
+            self._segmenter = None  # never keep a half-replaced model
+            segmenter = self._segmenter_factory(*key)
+            segmenter.warm_up()
+            self._segmenter, self._segmenter_key = segmenter, key
+        return self._segmenter
+
+    def _ensure_scene(self, classes) -> LiveSceneLike:
+        """The LiveScene for these classes: the current one, or a new one when the classes differ (the old one's
+        nodes, and what they recorded, stay in the scene)."""
+        classes = tuple(classes)
+        if self._scene is not None and tuple(self._scene.classes) == classes:
+            return self._scene
+        self._scenes_made += 1
+        name = "NerveSeg" if self._scenes_made == 1 else f"NerveSeg {self._scenes_made}"
+        options = {} if self._recording_limit is None else {"limit": self._recording_limit}
+        self._scene = self._scene_factory(classes, mrml_scene=self.mrml_scene, name=name, record=self._recording,
+                                          **options)
+        self._first_frame_pending = True
+        self._apply_display()
+        return self._scene
+
+    # ------------------------------------------------------------------------------------------------ tick
+    def tick(self) -> Optional[SegmentationResult]:
+        """Main thread, from the panel's timer: apply the newest result (if any) to the scene; returns it or None.
+
+        Never raises: a failure is counted, logged once and shown in the status, and the loop goes on (a timer
+        firing every few ms must not flood the log). A volume input that left the scene stops the run.
+        """
+        result = None
+        run = self._run
+        if run is not None:
+            try:
+                if isinstance(run, InProcessRun) and run.volume_input is not None and run.volume_input.removed():
+                    self.stop()
+                    self._message = f"input volume '{run.volume_input.name}' was removed; stopped"
+                    self._emit_status()
+                    return None
+                result = run.poll()
+                if getattr(run, "failed", False):
+                    message = run.message
+                    self.stop()
+                    self._message = message
+                    self._emit_status()
+                    return None
+            except Exception as error:
+                self._tick_errors += 1
+                if str(error) != self._message:
+                    log.exception("NerveSeg: applying a result failed")
+                self._message = str(error)
+        if result is not None:
+            if self._first_frame_pending and self._scene is not None:
+                self._first_frame_pending = False
+                self.first_frame.emit(self._scene.volume_node)  # the panel fits the views to it
+            self.result_applied.emit(result)
+        if self.status_due():
+            self._emit_status()
+        return result
+
+    def all_accounted(self) -> bool:
+        """True when nothing is in flight: every frame received so far was applied, dropped as stale or failed
+        (in-process), or no labelmap waits to be paired (remote). True when not running."""
+        return self._run is None or self._run.all_accounted()
+
+    def status_due(self) -> bool:
+        """Whether ``status_interval_s`` has passed since the last ``status_changed`` (the panel's rate limit)."""
+        return self._last_status_at is None or self._clock() - self._last_status_at >= self.status_interval_s
+
+    def _emit_status(self) -> None:
+        self._last_status_at = self._clock()
+        self.status_changed.emit(self.status())
+
+    def status(self) -> LiveStatus:
+        """The current status (cheap: counters and the newest latency; reads no MRML)."""
+        run = self._run
+        scene = self._scene
+        common = dict(mode=self._mode, source=self._input.describe() if self._input else "no input chosen",
+                      model=self._model_name or "", recording=bool(scene is not None and scene.recording),
+                      recorded=int(scene.recorded_count) if scene is not None else 0,
+                      recording_detail=scene.recording_text() if hasattr(scene, "recording_text") else "",
+                      remote=f"{self._remote[0]}:{self._remote[1]}" if self._remote else "")
+        if run is None:
+            c = self._final_counters
+            return LiveStatus(running=False, frames_received=c.get("received", 0), frames_applied=c.get("applied", 0),
+                              frames_dropped=c.get("dropped", 0), errors=c.get("errors", 0) + self._tick_errors,
+                              message=self._message or self._limit_message(), **common)
+        counters = run.counters()
+        connected, lost = run.watch.state()
+        remote_watch = getattr(run, "remote_watch", None)
+        remote_connected, remote_lost = remote_watch.state() if remote_watch is not None else (None, False)
+        percentiles = run.stats.percentiles().get("total", {})
+        return LiveStatus(running=True, connected=connected, input_lost=lost, remote_connected=remote_connected,
+                          remote_lost=remote_lost, fps=run.stats.recent_fps(), latency_ms=run.stats.last_total_ms(),
+                          latency_p50_ms=percentiles.get("p50"), frames_received=counters["received"],
+                          frames_applied=counters["applied"], frames_dropped=counters["dropped"],
+                          errors=counters["errors"] + self._tick_errors,
+                          message=self._message or self._limit_message() or counters.get("last_error") or "",
+                          **common)
+
+    def _limit_message(self) -> str:
+        return getattr(self._scene, "limit_message", "") or "" if self._scene is not None else ""
+
+    def set_recording_limit(self, limit) -> None:
+        """Bound the recording (a ``scene.live.RecordingLimit``: minutes and/or MiB, stop or drop the oldest);
+        applies to the current scene and to scenes created later."""
+        self._recording_limit = limit
+        if self._scene is not None and hasattr(self._scene, "set_limit"):
+            self._scene.set_limit(limit)
+
+    # ------------------------------------------------------------------------------------------------ scene
+    @property
+    def scene(self) -> Optional[LiveSceneLike]:
+        """The LiveScene results go to (None before the first start)."""
+        return self._scene
+
+    @property
+    def volume_node(self):
+        return self._scene.volume_node if self._scene is not None else None
+
+    @property
+    def segmentation_node(self):
+        return self._scene.segmentation_node if self._scene is not None else None
+
+    @property
+    def recording(self) -> bool:
+        return self._scene.recording if self._scene is not None else self._recording
+
+    def set_recording(self, on: bool) -> None:
+        """Record (or stop recording) every applied result into the scene's sequences; the setting also applies
+        to a scene created later."""
+        self._recording = bool(on)
+        if self._scene is not None and self._scene.recording != bool(on):
+            if on:
+                self._scene.start_recording()
+            else:
+                self._scene.stop_recording()
+
+    # ------------------------------------------------------------------------------------------------ display
+    def class_keys(self) -> List[str]:
+        """Keys of the shown scene's classes, else of the selected model's."""
+        classes = self._scene.classes if self._scene is not None else (self._card.classes if self._card else ())
+        return [c.key for c in classes]
+
+    def set_class_visible(self, key: str, visible: bool) -> None:
+        """Show or hide one class (KeyError naming the classes for an unknown key)."""
+        self._check_key(key)
+        self.display.visible[key] = bool(visible)
+        if self._scene is not None:
+            self._scene.set_class_visible(key, bool(visible))
+
+    def set_class_opacity(self, key: str, opacity: float) -> None:
+        """Opacity 0..1 of one class (ValueError outside 0..1)."""
+        self._check_key(key)
+        opacity = _check_opacity(opacity)
+        self.display.opacity[key] = opacity
+        if self._scene is not None:
+            self._scene.set_class_opacity(key, opacity)
+
+    def set_opacity(self, opacity: float) -> None:
+        """The same opacity 0..1 for every class. Setting the value it already has does nothing, so opacities set
+        per class elsewhere (Slicer's segments table) survive the panel passing its settings on again."""
+        opacity = _check_opacity(opacity)
+        if opacity == self.display.all_opacity:
+            return
+        self.display.all_opacity = opacity
+        for key in self.class_keys():
+            self.set_class_opacity(key, opacity)
+
+    def set_fill_outline(self, fill: bool, outline: bool) -> None:
+        """Draw segments filled, outlined, both, or neither (hidden) in the slice views."""
+        if (bool(fill), bool(outline)) == (self.display.fill, self.display.outline) and self._display_applied:
+            return
+        self.display.fill, self.display.outline = bool(fill), bool(outline)
+        if self._scene is not None:
+            self._scene.set_fill_outline(bool(fill), bool(outline))
+
+    def set_names_visible(self, visible: bool) -> None:
+        """Show the class names (a colour legend) in the views."""
+        if bool(visible) == self.display.names and self._display_applied:
+            return
+        self.display.names = bool(visible)
+        if self._scene is not None:
+            self._scene.set_names_visible(bool(visible))
+
+    @property
+    def _display_applied(self) -> bool:
+        return self._scene is not None  # a new scene gets every setting in _apply_display
+
+    def _check_key(self, key: str) -> None:
+        keys = self.class_keys()
+        if key not in keys:
+            raise KeyError(f"no class {key!r}; classes: {', '.join(keys) or '(choose a model first)'}")
+
+    def _apply_display(self) -> None:
+        scene, d = self._scene, self.display
+        keys = {c.key for c in scene.classes}
+        for key, visible in d.visible.items():
+            if key in keys:
+                scene.set_class_visible(key, visible)
+        for key in keys:
+            opacity = d.opacity.get(key, d.all_opacity)
+            if opacity is not None:
+                scene.set_class_opacity(key, opacity)
+        scene.set_fill_outline(d.fill, d.outline)
+        scene.set_names_visible(d.names)
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+    def on_scene_close(self) -> None:
+        """The MRML scene is being closed: stop, and forget nodes that are about to disappear."""
+        self.stop()
+        self._scene = None
+        self._scenes_made = 0
+        if self._input is not None and self._input.kind == "volume":
+            self._input, self._volume_node = None, None
+        self._message = ""
+
+    def cleanup(self) -> None:
+        """Module reload or Slicer exit: stop everything and drop every observer. The scene's nodes stay."""
+        self.stop()
+        for signal in (self.result_applied, self.status_changed, self.running_changed):
+            signal.disconnect()
+        self._segmenter = None
+        self._segmenter_key = None
+
+
+def _check_opacity(opacity: float) -> float:
+    value = float(opacity)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"opacity must be between 0 and 1, got {opacity}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------- card text
+def card_summary(card) -> str:
+    """What the panel shows about a model: classes, input size, measured speed, training data, weights, and that it
+    is for research only (the card's ``intended_use``)."""
+    classes = ", ".join(f"{c.name} ({c.label})" for c in card.classes)
+    lines = [f"{card.name}: {card.summary}",
+             f"Classes: {classes}",
+             f"Input: {card.input.height}x{card.input.width} px, {card.input.channels} channel(s)",
+             f"Speed: {_speed_text(card.speed)}"]
+    data = (card.training or {}).get("data")
+    if data:
+        lines.append(f"Trained on: {data}")
+    has_weights = getattr(card, "has_weights", None)
+    if has_weights is False:
+        lines.append("Weights: none shipped yet; this model cannot segment until it is trained.")
+    lines.append(getattr(card, "intended_use", None) or INTENDED_USE)
+    return "\n".join(lines)
+
+
+def _speed_text(speed: Dict[str, Any]) -> str:
+    if not speed:
+        return "not measured yet"
+    parts = []
+    for key, value in sorted(speed.items()):
+        label = key.replace("_", " ")
+        if isinstance(value, (int, float)):
+            parts.append(f"{label} {value:g}")
+        elif isinstance(value, dict):
+            shown = value.get("p50", value.get("median", value.get("mean")))
+            where = value.get("machine") or value.get("device") or ""
+            if isinstance(shown, (int, float)):
+                parts.append(f"{label} {shown:g}" + (f" ({where})" if where else ""))
+    return "; ".join(parts) or "not measured yet"
+

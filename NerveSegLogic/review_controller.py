@@ -1,0 +1,215 @@
+"""ReviewController: what the annotation review panel's buttons do, written without Qt (tested outside Slicer).
+
+A :class:`~NerveSegLogic.annotate.session.ReviewSession` shown in MRML for Slicer's Segment Editor, every edit
+saved to the store before moving on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .frame import ImageGeometry
+from .signals import Signal
+
+
+def _default_review_classes() -> Dict[int, str]:
+    """Classes offered for frames that have no mask yet: the default model's ({label: key})."""
+    from .models import registry
+
+    card = registry.card(registry.default_name())
+    return {c.label: c.key for c in card.classes}
+
+
+def _default_session_factory(store_path: str, author: str, order: str):
+    from .annotate.session import ReviewSession
+    from .annotate.store import AnnotationStore
+
+    store = AnnotationStore(store_path)
+    try:
+        return ReviewSession(store, author, order=order, classes=_default_review_classes())
+    except BaseException:
+        store.close()
+        raise
+
+
+def _default_load_frame(image, mask, geometry, classes, mrml_scene=None):
+    from .scene.annotation import load_frame
+
+    return load_frame(image, mask, geometry, classes, mrml_scene=mrml_scene)
+
+
+def _default_read_mask(segmentation_node, volume_node, classes):
+    from .scene.annotation import read_mask
+
+    return read_mask(segmentation_node, volume_node, classes)
+
+
+class ReviewConflict(RuntimeError):
+    """Someone else saved the frame while it was being edited. The panel shows this message; the edit was kept."""
+
+
+class ReviewController:
+    """What the annotation panel's buttons do: review a store's frames one by one in Slicer's Segment Editor.
+
+    ``open(store, author)`` starts a :class:`~NerveSegLogic.annotate.session.ReviewSession`; the current frame's
+    image and mask go into a volume node and a segmentation node (``scene.annotation.load_frame``, the same nodes
+    from frame to frame, so Segment Editor keeps its selection) where the annotator corrects them. ``accept``,
+    ``reject``, ``skip``, ``next`` and ``previous`` first read back what was painted (``read_mask``) and hand it to
+    the session, which saves it to the store when it changed, and only then move on: moving never loses an edit.
+
+    When someone else saved the frame meanwhile, the store refuses (ConflictError): the frame is re-read with their
+    version as the new base, the annotator's edit is put back into the segmentation node, and
+    :class:`ReviewConflict` says who saved and what to do. Pressing Accept again saves the edit over theirs.
+
+    Signal ``changed(ReviewController)`` after every move (the widget refreshes position, queue and history).
+    """
+
+    def __init__(self, mrml_scene=None, *, session_factory=_default_session_factory,
+                 load_frame=_default_load_frame, read_mask=_default_read_mask):
+        self.mrml_scene = mrml_scene
+        self._session_factory = session_factory
+        self._load_frame = load_frame
+        self._read_mask = read_mask
+        self.session = None
+        self.volume_node = None
+        self.segmentation_node = None
+        self._shown = None  # the CurrentFrame the nodes show
+        self._shown_classes: Tuple[Any, ...] = ()
+        self._scores: Dict[int, Optional[float]] = {}
+        self.changed = Signal("review_changed")
+
+    @property
+    def is_open(self) -> bool:
+        return self.session is not None
+
+    def open(self, store_path: str, author: str, order: str = "uncertainty") -> None:
+        """Open the store at ``store_path`` for ``author`` (frames in ``order``: uncertainty or index) and show the
+        first frame. ValueError for no store or an empty author (every save records who made it); the store's
+        own errors (not a NerveSeg store, unreadable) pass through."""
+        path = str(store_path or "").strip()
+        if not path or path == ".":
+            raise ValueError("choose an annotation store file (.db)")
+        if not str(author or "").strip():
+            raise ValueError("enter your name as the author: every saved mask records who made it")
+        self.close()
+        self.session = self._session_factory(path, str(author).strip(), order)
+        self._scores = self._queue_scores(order)
+        self.show()
+
+    def _require(self):
+        if self.session is None:
+            raise RuntimeError("open an annotation store first")
+        return self.session
+
+    def _queue_scores(self, order: str) -> Dict[int, Optional[float]]:
+        try:
+            from .annotate.queue import review_queue
+
+            return {e.frame_id: e.score for e in review_queue(self.session.store, order=order)}
+        except Exception:  # a stand-in session in tests, or an old store: the queue shows no scores
+            return {}
+
+    def current(self):
+        """The session's current frame (a CurrentFrame), or None once past the last one."""
+        return self._require().current()
+
+    def show(self, mask: Optional[np.ndarray] = None) -> Tuple[Any, Any]:
+        """Put the current frame (and its stored mask, or ``mask``) into the annotation nodes; returns them."""
+        from .classes import classes_from_mapping
+
+        item = self._require().current()
+        self._shown = item
+        if item is not None:
+            self._shown_classes = classes_from_mapping(item.classes)
+            self.volume_node, self.segmentation_node = self._load_frame(
+                item.image, item.mask if mask is None else mask, item.geometry or ImageGeometry(),
+                self._shown_classes, mrml_scene=self.mrml_scene)
+        self.changed.emit(self)
+        return self.volume_node, self.segmentation_node
+
+    def edited_mask(self) -> Optional[np.ndarray]:
+        """The labelmap as it is now in the segmentation node (what the annotator painted), or None."""
+        if self._shown is None or self.segmentation_node is None:
+            return None
+        return self._read_mask(self.segmentation_node, self.volume_node, self._shown_classes)
+
+    def _move(self, action: str) -> None:
+        from .annotate.store import ConflictError
+
+        session = self._require()
+        mask = self.edited_mask()
+        try:
+            getattr(session, action)(mask=mask)
+        except ConflictError as conflict:
+            session.reload()  # the other person's version becomes the base
+            self.show(mask=mask)  # and the annotator's edit goes back on screen, unsaved but not lost
+            raise ReviewConflict(f"{conflict} Their version is now the base and your edit is shown again: press "
+                                 f"Accept to save it over theirs, or Next/Skip to keep theirs.") from conflict
+        self.show()
+
+    def accept(self) -> None:
+        """Save the frame's mask as it is now (as "corrected" when it was edited) with status accepted; next frame."""
+        self._move("accept")
+
+    def reject(self) -> None:
+        """Mark the frame rejected (keeping any edit as its mask); next frame."""
+        self._move("reject")
+
+    def skip(self) -> None:
+        """Next frame without a decision; an edit made here is saved first (as a draft)."""
+        self._move("skip")
+
+    def next(self) -> None:
+        """Next frame; an edit is saved first (as a draft)."""
+        self._move("next")
+
+    def previous(self) -> None:
+        """Previous frame; an edit is saved first (as a draft)."""
+        self._move("previous")
+
+    # -------------------------------------------------------------------------------------------- panel text
+    def position_text(self) -> str:
+        if self.session is None:
+            return "No store open"
+        item = self._shown
+        if item is None:
+            return f"Review finished: {len(self.session)} frames. Previous goes back."
+        record = item.record
+        return (f"Frame {item.position + 1} of {item.total}: id {record.id} ({record.source} #{record.index}), "
+                f"{item.status}")
+
+    def queue_rows(self) -> List[Tuple[str, ...]]:
+        """Header, then one row per frame of the session in review order: position, id, status, queue score."""
+        if self.session is None:
+            return [("#", "Frame", "Status", "Score")]
+        latest: Dict[int, str] = {}
+        for summary in self.session.store.summaries():
+            latest[summary.frame_id] = summary.status  # summaries come oldest first: the last one is current
+        position = self._shown.position if self._shown is not None else None
+        rows = [("#", "Frame", "Status", "Score")]
+        for index, frame_id in enumerate(self.session.frame_ids):
+            score = self._scores.get(frame_id)
+            mark = ">" if index == position else ""
+            rows.append((f"{mark}{index + 1}", str(frame_id), latest.get(frame_id, "unlabelled"),
+                         "" if score is None else f"{score:.3f}"))
+        return rows
+
+    def history_rows(self) -> List[Tuple[str, ...]]:
+        """Header, then the shown frame's versions, oldest first: who saved what, when, with which status."""
+        rows = [("Version", "When (UTC)", "Who", "Change")]
+        if self._shown is not None:
+            for entry in self._shown.history:
+                rows.append((f"v{entry.version_id}", entry.created[:19].replace("T", " "), entry.author,
+                             entry.change))
+        return rows
+
+    def close(self) -> None:
+        """Close the session and its store (the annotation nodes stay in the scene)."""
+        session, self.session = self.session, None
+        self._shown = None
+        if session is not None:
+            session.store.close()
+
+
