@@ -19,8 +19,15 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 def _open(path: Path):
     from PIL import Image, UnidentifiedImageError
 
+    from ..image_bounds import ImageTooLarge, check_image_size
+
     try:
         image = Image.open(path)
+        try:  # the header gives the size: refuse a huge or absurdly shaped image before decoding its pixels
+            check_image_size(image.height, image.width, str(path))
+        except ImageTooLarge as error:
+            image.close()
+            raise DatasetError(str(error)) from None
         image.load()
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None

@@ -25,6 +25,8 @@ from typing import Mapping, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..image_bounds import check_image_size
+
 RESIZE_MODES = ("fit_width_pad_crop_bottom", "resize", "letterbox")
 NORMALIZE_MODES = ("unit", "zscore")
 
@@ -116,10 +118,16 @@ def normalize(image: np.ndarray, mode: str = "unit") -> np.ndarray:
 
 
 def place(image: np.ndarray, spec: InputSpec, interpolation: int = cv2.INTER_LINEAR) -> Tuple[np.ndarray, Placement]:
-    """Scale ``image`` (H, W) or (H, W, C) into a zero canvas of the input size; return it and its placement."""
+    """Scale ``image`` (H, W) or (H, W, C) into a zero canvas of the input size; return it and its placement.
+
+    Raises ValueError for an empty image and ImageTooLarge (a ValueError) for one outside the bounds of
+    :mod:`NerveSegLogic.image_bounds`, before anything is allocated (scaling a 1-pixel-wide frame to the input width
+    would multiply its height by the input width).
+    """
     src_h, src_w = image.shape[:2]
     if src_h == 0 or src_w == 0:
         raise ValueError(f"cannot preprocess an empty image of shape {image.shape}")
+    check_image_size(src_h, src_w, f"frame of shape {image.shape}")
     if spec.resize == "resize":
         scaled_h, scaled_w = spec.height, spec.width
     elif spec.resize == "fit_width_pad_crop_bottom":

@@ -23,6 +23,9 @@ Decisions kept here so the receiver, the sender and the replay server agree:
   range has no agreed mapping to the models' 0..1 input, and rescaling silently would change what the model sees.
 - Components: 1 (grey) or 3 (RGB, turned grey by the receiver); anything else is refused.
 - Only 2D frames: an image with more than one slice is refused, as is a partial subvolume.
+- Bounded size: an image longer than ``image_bounds.MAX_SIDE_PX`` on a side, with more than ``MAX_PIXELS`` pixels or
+  further from square than ``MAX_ASPECT`` is refused on decoding (reason ``size`` or ``aspect``), before its pixels
+  are touched: a 65 KB message of 1 x 65,535 pixels would otherwise cost gigabytes in preprocessing.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
+from NerveSegLogic.image_bounds import ImageTooLarge, check_image_size
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +122,7 @@ class ImageRefused(ValueError):
     """A well-formed IMAGE message whose content NerveSeg does not take as a frame.
 
     ``reason`` is a short key for counters (``scalar_type``, ``components``, ``volume``, ``subvolume``,
-    ``size``, ``geometry``, ``header``); the message says what was received and what was expected.
+    ``size``, ``aspect``, ``geometry``, ``header``); the message says what was received and what was expected.
     """
 
     def __init__(self, reason: str, message: str):
@@ -407,6 +411,10 @@ def decode_image(header: Header, body) -> ImageMessage:
         raise ImageRefused("components", f"{source}: 0 components")
     if min(i, j, k) < 1:
         raise ImageRefused("size", f"{source}: empty image of size (i, j, k) = {(i, j, k)}")
+    try:
+        check_image_size(j, i, source)
+    except ImageTooLarge as exc:
+        raise ImageRefused(exc.reason, str(exc)) from None
     if tuple(offset) != (0, 0, 0) or tuple(sub_size) != (i, j, k):
         raise ImageRefused("subvolume", f"{source}: a subvolume (offset {tuple(offset)}, size {tuple(sub_size)}) of "
                                         f"an image of size {(i, j, k)}; only whole images are taken")
