@@ -348,7 +348,14 @@ def find_recording_files(folder: PathLike) -> RecordingFiles:
         file_name = storage.attrib.get("fileName") if storage is not None else None
         if not file_name:
             continue
-        path = Path(file_name) if Path(file_name).is_absolute() else folder / file_name
+        from ..datasets.dataset import DatasetError
+        from ..datasets.safe_paths import resolve_inside
+
+        try:  # a scene file is input too: its file names are followed only inside the recording folder
+            path = resolve_inside(folder, folder, file_name, f"{mrmls[0]}: sequence {element.attrib.get('name')!r} storage "
+                                             "field 'fileName'")
+        except DatasetError as exc:
+            raise SourceError(str(exc)) from None
         if not path.is_file():
             raise SourceError(f"{mrmls[0]}: sequence {element.attrib.get('name')!r} refers to {file_name}, "
                                "which is not in the folder")

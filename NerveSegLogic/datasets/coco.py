@@ -26,6 +26,7 @@ from .dataset import DatasetError, LabelledDataset, SampleRef
 from .files import read_image, write_image
 from .labels import name_mapping, read_class_file
 from .layout import SPLIT_NAMES, frame_extras, manifest_frames
+from .safe_paths import is_inside, resolve_inside
 
 _COCO_KEYS = ("images", "annotations", "categories")
 
@@ -77,10 +78,21 @@ def looks_like_coco(path: Path) -> Optional[str]:
     return None
 
 
-def _find_image(json_path: Path, file_name: str) -> Optional[Path]:
+def _find_image(json_path: Path, file_name: str, where: str = "") -> Optional[Path]:
+    """The image of a ``file_name`` entry: beside the JSON, in ``../images``, ``images/`` or ``..``. DatasetError when
+    the entry is absolute or climbs out with ``..`` (it is never followed outside the data set)."""
     base = json_path.parent
+    # The data set folder: the JSON's own, or the one above an annotations/ folder; nothing outside it is searched.
+    root = base.parent if base.name == "annotations" else base
+    where = where or f"{json_path}: field 'file_name'"
+    resolve_inside(root, root, file_name, where)  # refuses absolute entries and those leading out of the data set
     for folder in (base, base.parent / "images", base / "images", base.parent):
-        candidate = folder / file_name
+        if not is_inside(root, folder):
+            continue
+        try:
+            candidate = resolve_inside(root, folder, file_name, where)
+        except DatasetError:  # '..' that leaves the data set from this folder: not a place to look
+            continue
         if candidate.is_file():
             return candidate
     return None
@@ -168,7 +180,8 @@ def read_coco(root: Path, mapping: Optional[Mapping] = None, split: Optional[str
                 if key not in entry:
                     raise DatasetError(f"{path}: images entry {entry} has no field {key!r}")
             image_ids.add(entry["id"])
-            image_path = _find_image(path, entry["file_name"])
+            image_path = _find_image(path, entry["file_name"],
+                                     f"{path}: images entry id {entry['id']} field 'file_name'")
             if image_path is None:
                 raise DatasetError(f"{path}: missing partner file: images entry id {entry['id']} field 'file_name' "
                                    f"{entry['file_name']!r} not found beside the JSON, in ../images or images/")

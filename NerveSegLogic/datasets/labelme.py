@@ -28,6 +28,7 @@ from .dataset import DatasetError, LabelledDataset, SampleRef
 from .files import read_image, write_image
 from .labels import name_mapping, read_class_file
 from .layout import frame_extras, manifest_frames, split_parts
+from .safe_paths import resolve_inside
 
 AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
 LABELME_VERSION = "5.5.0"
@@ -154,7 +155,8 @@ def read_labelme(root: Path, mapping: Optional[Mapping] = None, split: Optional[
                     found_in[str(shape["label"])] = f"{path} field 'shapes'"
             image_path = None
             if content.get("imagePath"):
-                candidate = (path.parent / str(content["imagePath"]).replace("\\", "/"))
+                candidate = resolve_inside(folder_root, path.parent, content["imagePath"],
+                                           f"{path}: field 'imagePath'")
                 if candidate.is_file():
                     image_path = candidate
             if image_path is None and not content.get("imageData"):
