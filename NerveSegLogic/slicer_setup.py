@@ -8,7 +8,15 @@ panel calls :func:`check` (reads package metadata only: nothing is imported, tor
   picks the build that matches the GPU driver (CPU-only when there is no NVIDIA GPU); a plain ``pip install
   torch`` would pull the wrong build.
 - everything else from ``Resources/requirements-slicer.txt`` with Slicer's own installer, newest API first:
-  ``slicer.pydeps.pip_ensure`` (asks, installs, offers a restart), else ``slicer.util.pip_install``.
+  ``slicer.packaging.pip_ensure`` (recent Slicer; ``slicer.pydeps.pip_ensure`` in the versions that named it so),
+  which asks, installs and offers a restart; else ``slicer.util.pip_install`` (every Slicer) after asking.
+- packages that require torch (:data:`TORCH_DEPENDENT`: MONAI) only once torch is there, so pip never pulls torch
+  itself (a bare ``torch`` requirement from the package index is the CUDA build on Linux).
+
+Every installation holds the packages Slicer already has at their installed versions (:data:`HELD`: numpy, and
+torch once the PyTorch extension installed it) through a pip constraints file: a requirement that would upgrade
+Slicer's numpy 1.26 inside a running session fails to resolve instead of damaging Slicer.
+Testing/test_slicer_requirements_resolve.py resolves the file for Slicer's Python 3.9 with numpy 1.26 held.
 
 Nothing here imports ``qt``; the ``slicer`` module is passed in, so the logic is tested outside Slicer.
 """
@@ -28,6 +36,10 @@ log = logging.getLogger(__name__)
 REQUIREMENTS_FILE = "requirements-slicer.txt"
 #: torch is not in the requirements file: the PyTorch extension installs it (see the module docstring).
 TORCH_REQUIREMENT = "torch>=2.1,<3"
+#: Packages that require torch: installed only after torch, with torch held (never pulled by pip).
+TORCH_DEPENDENT = ("monai>=1.3",)
+#: Distributions Slicer (or the PyTorch extension) installed that an installation must never change.
+HELD = ("numpy", "torch")
 #: Never installed into Slicer: slicer-core and vtk would shadow Slicer's own ``slicer`` and ``vtk`` modules, and
 #: torch must come through the PyTorch extension.
 FORBIDDEN = ("slicer-core", "slicer", "vtk", "torch", "torchvision")
@@ -156,10 +168,13 @@ def installed_version(name: str) -> Optional[str]:
 
 def check(requirements: Optional[Sequence[Requirement]] = None, include_torch: bool = True,
           version_of: Callable[[str], Optional[str]] = installed_version) -> List[Missing]:
-    """What is missing: torch first (when ``include_torch``), then the requirements file's packages in order."""
+    """What is missing: torch first (when ``include_torch``), then the requirements file's packages in order, then
+    (with torch) the packages that require torch."""
     wanted = list(requirements) if requirements is not None else read_requirements()
     if include_torch:
         wanted.insert(0, parse_requirement(TORCH_REQUIREMENT, "TORCH_REQUIREMENT"))
+        if requirements is None:
+            wanted += [parse_requirement(t, "TORCH_DEPENDENT") for t in TORCH_DEPENDENT]
     missing = []
     for requirement in wanted:
         version = version_of(requirement.name)
@@ -190,22 +205,88 @@ def _pytorch_extension_logic():
     return module.PyTorchUtilsLogic()
 
 
+def held_constraints(version_of: Optional[Callable[[str], Optional[str]]] = None) -> List[str]:
+    """``name==version`` for each :data:`HELD` distribution that is installed (pip constraints)."""
+    out = []
+    for name in HELD:
+        version = (version_of or installed_version)(name)
+        if version:
+            out.append(f"{name}=={version}")
+    return out
+
+
+def _write_constraints(lines: Sequence[str]) -> str:
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix="nerveseg-constraints-", suffix=".txt")
+    with open(handle, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _pip_ensure(slicer):
+    """Slicer's ``pip_ensure`` where this Slicer has one (``slicer.packaging``, or ``slicer.pydeps``), else None."""
+    for module_name in ("packaging", "pydeps"):
+        module = getattr(slicer, module_name, None)
+        if module is None:
+            try:
+                module = importlib.import_module(f"{slicer.__name__}.{module_name}")
+            except (ImportError, AttributeError):
+                continue
+        ensure_function = getattr(module, "pip_ensure", None)
+        if callable(ensure_function):
+            return ensure_function
+    return None
+
+
+def _pip(slicer, texts: Sequence[str], ask: bool, testing: bool) -> bool:
+    """Install ``texts`` with Slicer's installer, holding :data:`HELD`; False when the user declined."""
+    constraints = _write_constraints(held_constraints())
+    try:
+        pip_ensure = _pip_ensure(slicer)
+        if pip_ensure is not None:
+            from packaging.requirements import Requirement as PackagingRequirement
+
+            try:
+                pip_ensure([PackagingRequirement(t) for t in texts], constraints=constraints, prompt_install=ask,
+                           requester="NerveSeg", skip_in_testing=not testing)
+            except RuntimeError as error:  # pip_ensure raises RuntimeError when the user declines
+                log.info("package installation declined: %s", error)
+                return False
+            return True
+        if ask and not slicer.util.confirmOkCancelDisplay(
+                "NerveSeg needs these Python packages:\n\n" + "\n".join(texts) + "\n\nInstall them now?",
+                "NerveSeg - Install Python Packages"):
+            return False
+        slicer.util.pip_install(list(texts) + ["-c", constraints])
+        return True
+    finally:
+        try:
+            Path(constraints).unlink()
+        except OSError:
+            pass
+
+
 def install(slicer, missing: Optional[Sequence[Missing]] = None, ask: bool = True, testing: bool = False,
             torch_installer: Optional[Callable[[], object]] = None) -> bool:
     """Install what is missing inside Slicer; returns True when everything needed is then present.
 
-    slicer: Slicer's ``slicer`` module (its ``pydeps`` or ``util`` installers are used).
+    slicer: Slicer's ``slicer`` module (its ``packaging``/``pydeps`` or ``util`` installers are used).
     missing: from :func:`check` (default: check now). ask: confirm with the user first (both installers ask).
     testing: install even in Slicer's testing mode (the module test needs the packages; pip_ensure skips them
         in testing mode by default).
     torch_installer: returns the PyTorch extension's logic (default: ``PyTorchUtils.PyTorchUtilsLogic()``).
 
-    Returns False when the user declined. Raises RuntimeError when the PyTorch extension is absent, and the
-    installers' own errors (``subprocess.CalledProcessError``) when an installation fails.
+    Order: torch (PyTorch extension), then the plain packages, then those that require torch, each pip step with
+    numpy (and torch) held at the installed versions. Returns False when the user declined. Raises RuntimeError
+    when the PyTorch extension is absent, and the installers' own errors (``subprocess.CalledProcessError``, e.g.
+    when a package would need another numpy) when an installation fails.
     """
     missing = list(check() if missing is None else missing)
     torch_missing = [m for m in missing if m.is_torch]
-    others = [m for m in missing if not m.is_torch]
+    dependent_names = {canonical(parse_requirement(t).name) for t in TORCH_DEPENDENT}
+    dependent = [m for m in missing if canonical(m.requirement.name) in dependent_names]
+    others = [m for m in missing if not m.is_torch and m not in dependent]
     if torch_missing:
         logic = (torch_installer or _pytorch_extension_logic)()
         specifier = torch_missing[0].requirement.specifier
@@ -213,26 +294,12 @@ def install(slicer, missing: Optional[Sequence[Missing]] = None, ask: bool = Tru
         if torch is None:
             log.info("PyTorch installation declined")
             return False
-    if others:
-        texts = [m.requirement.text for m in others]
-        pydeps = getattr(slicer, "pydeps", None)
-        if pydeps is not None and hasattr(pydeps, "pip_ensure"):
-            from packaging.requirements import Requirement as PackagingRequirement
-
-            try:
-                pydeps.pip_ensure([PackagingRequirement(t) for t in texts], prompt_install=ask, requester="NerveSeg",
-                                  skip_in_testing=not testing)
-            except RuntimeError as error:  # pip_ensure raises RuntimeError when the user declines
-                log.info("package installation declined: %s", error)
-                return False
-        else:
-            if ask and not slicer.util.confirmOkCancelDisplay(
-                    "NerveSeg needs these Python packages:\n\n" + "\n".join(texts) + "\n\nInstall them now?",
-                    "NerveSeg - Install Python Packages"):
-                return False
-            slicer.util.pip_install(texts)
+        importlib.invalidate_caches()
+    for group in (others, dependent):
+        if group and not _pip(slicer, [m.requirement.text for m in group], ask, testing):
+            return False
     importlib.invalidate_caches()
-    return not check(version_of=installed_version, requirements=[m.requirement for m in others],
+    return not check(version_of=installed_version, requirements=[m.requirement for m in others + dependent],
                      include_torch=bool(torch_missing))
 
 
@@ -251,5 +318,6 @@ def names(requirements: Iterable[Requirement]) -> List[str]:
     return [canonical(r.name) for r in requirements]
 
 
-__all__ = ["Requirement", "Missing", "read_requirements", "check", "missing_summary", "install", "ensure", "installed_version",
-           "requirements_path", "parse_requirement", "TORCH_REQUIREMENT", "FORBIDDEN", "canonical", "names"]
+__all__ = ["Requirement", "Missing", "read_requirements", "check", "missing_summary", "install", "ensure",
+           "installed_version", "requirements_path", "parse_requirement", "held_constraints", "TORCH_REQUIREMENT",
+           "TORCH_DEPENDENT", "HELD", "FORBIDDEN", "canonical", "names"]

@@ -32,15 +32,42 @@ def test_requirements_never_pip_install_slicer_core_vtk_or_torch():
     assert not re.search(r"^\s*(slicer-core|vtk|torch)\b", REQUIREMENTS.read_text(), re.M | re.I)
 
 
-def test_requirements_mirror_pyproject_dependencies_except_torch():
-    wanted = {canonical(r.name): r.specifier for r in pyproject_dependencies() if canonical(r.name) != "torch"}
-    have = {canonical(r.name): r.specifier for r in slicer_setup.read_requirements(REQUIREMENTS)}
-    assert have == wanted, ("Resources/requirements-slicer.txt must list pyproject.toml's dependencies (torch "
-                            f"excepted) with the same versions; only in pyproject: {sorted(set(wanted) - set(have))}, "
-                            f"only in requirements: {sorted(set(have) - set(wanted))}, versions differ: "
-                            f"{sorted(k for k in have.keys() & wanted.keys() if have[k] != wanted[k])}")
+#: pyproject.toml dependencies that Slicer does not get from requirements-slicer.txt, and why.
+NOT_FOR_SLICER = {"torch": "PyTorch extension", "monai": "slicer_setup.TORCH_DEPENDENT, after torch",
+                  "pyigtl": "benchmarks only", "crcmod": "benchmarks only (no wheels; anycrc is used)"}
+
+
+def test_requirements_cover_pyproject_dependencies_except_torch_and_what_slicer_must_not_pip_install():
+    wanted = {canonical(r.name) for r in pyproject_dependencies()} - set(NOT_FOR_SLICER)
+    have = {canonical(r.name) for r in slicer_setup.read_requirements(REQUIREMENTS)}
+    assert have == wanted, (f"only in pyproject: {sorted(wanted - have)}, only in requirements: {sorted(have - wanted)}")
     torch = [r for r in pyproject_dependencies() if canonical(r.name) == "torch"]
     assert torch and torch[0].specifier == parse_requirement(slicer_setup.TORCH_REQUIREMENT).specifier
+    assert [canonical(parse_requirement(t).name) for t in slicer_setup.TORCH_DEPENDENT] == ["monai"]
+
+
+def test_check_with_torch_lists_the_torch_dependent_packages_after_the_rest(monkeypatch):
+    missing = check(version_of=lambda name: None)
+    names = [canonical(m.requirement.name) for m in missing]
+    assert names[0] == "torch" and names[-1] == "monai"
+    assert "monai" not in [canonical(m.requirement.name) for m in check(include_torch=False, version_of=lambda n: None)]
+
+
+def test_install_holds_numpy_and_torch_at_their_installed_versions(monkeypatch):
+    monkeypatch.setattr(slicer_setup, "check", lambda *a, **k: [])
+    versions = {"numpy": "1.26.4", "torch": "2.4.1"}
+    monkeypatch.setattr(slicer_setup, "installed_version", lambda name: versions.get(name))
+    seen = []
+
+    def pip_ensure(requirements, constraints=None, **kwargs):
+        seen.append(([str(r) for r in requirements], Path(constraints).read_text().split()))
+
+    slicer = SimpleNamespace(packaging=SimpleNamespace(pip_ensure=pip_ensure), util=None)
+    missing = [Missing(Requirement("onnxruntime", ">=1.17")), Missing(Requirement("monai", ">=1.3"))]
+    assert install(slicer, missing, ask=False)
+    # plain packages first, then those that require torch, each with numpy and torch held
+    assert seen == [(["onnxruntime>=1.17"], ["numpy==1.26.4", "torch==2.4.1"]),
+                    (["monai>=1.3"], ["numpy==1.26.4", "torch==2.4.1"])]
 
 
 @pytest.mark.parametrize("line, message", [("vtk>=9", "must not be pip-installed"),
@@ -122,7 +149,9 @@ def test_install_falls_back_to_pip_install_after_asking_on_older_slicer(monkeypa
     monkeypatch.setattr(slicer_setup, "check", lambda *a, **k: [])
     slicer = fake_slicer(with_pydeps=False)
     assert install(slicer, MISSING[1:], ask=True, torch_installer=lambda: pytest.fail("torch is not missing"))
-    assert slicer.calls == [("confirm",), ("pip_install", ["onnxruntime>=1.17"])]
+    (call, texts), = slicer.calls[1:]
+    assert slicer.calls[0] == ("confirm",) and call == "pip_install"
+    assert texts[0] == "onnxruntime>=1.17" and texts[1] == "-c"  # numpy held through a constraints file
 
 
 def test_declining_torch_installs_nothing_else():

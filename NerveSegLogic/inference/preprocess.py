@@ -22,10 +22,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Tuple
 
-import cv2
 import numpy as np
 
 from ..image_bounds import check_image_size
+
+#: OpenCV's interpolation codes (fixed values in every OpenCV), named here so that importing this module (the model
+#: cards do) needs no OpenCV: a bare Slicer has none until the panel installs it.
+INTER_NEAREST, INTER_LINEAR = 0, 1
+
+
+def _cv2():
+    import cv2  # imported when pixels are processed, not when the module is imported
+
+    return cv2
 
 RESIZE_MODES = ("fit_width_pad_crop_bottom", "resize", "letterbox")
 NORMALIZE_MODES = ("unit", "zscore")
@@ -117,7 +126,7 @@ def normalize(image: np.ndarray, mode: str = "unit") -> np.ndarray:
     return out
 
 
-def place(image: np.ndarray, spec: InputSpec, interpolation: int = cv2.INTER_LINEAR) -> Tuple[np.ndarray, Placement]:
+def place(image: np.ndarray, spec: InputSpec, interpolation: int = INTER_LINEAR) -> Tuple[np.ndarray, Placement]:
     """Scale ``image`` (H, W) or (H, W, C) into a zero canvas of the input size; return it and its placement.
 
     Raises ValueError for an empty image and ImageTooLarge (a ValueError) for one outside the bounds of
@@ -136,6 +145,7 @@ def place(image: np.ndarray, spec: InputSpec, interpolation: int = cv2.INTER_LIN
     else:  # letterbox
         factor = min(spec.height / src_h, spec.width / src_w)
         scaled_h, scaled_w = max(1, int(round(src_h * factor))), max(1, int(round(src_w * factor)))
+    cv2 = _cv2()
     scaled = image if (scaled_h, scaled_w) == (src_h, src_w) else cv2.resize(
         image, (scaled_w, scaled_h), interpolation=interpolation)
     valid_h, valid_w = min(scaled_h, spec.height), min(scaled_w, spec.width)
@@ -159,11 +169,11 @@ def preprocess(image: np.ndarray, spec: InputSpec) -> Tuple[np.ndarray, Placemen
 
 def place_mask(mask: np.ndarray, spec: InputSpec) -> np.ndarray:
     """A label mask (H, W) placed like its image (nearest neighbour), for training targets."""
-    canvas, _ = place(mask, spec, interpolation=cv2.INTER_NEAREST)
+    canvas, _ = place(mask, spec, interpolation=INTER_NEAREST)
     return canvas
 
 
-def restore(maps: np.ndarray, placement: Placement, interpolation: int = cv2.INTER_LINEAR,
+def restore(maps: np.ndarray, placement: Placement, interpolation: int = INTER_LINEAR,
             background_channel: bool = True) -> np.ndarray:
     """Undo :func:`place` for per-class maps ``(C, h, w)`` in input size: ``(C, src_h, src_w)`` float32.
 
@@ -180,7 +190,7 @@ def restore(maps: np.ndarray, placement: Placement, interpolation: int = cv2.INT
     scaled[:, :placement.valid_h, :placement.valid_w] = maps[:, :placement.valid_h, :placement.valid_w]
     # OpenCV resizes up to 512 channels at once when they are last.
     hwc = np.ascontiguousarray(scaled.transpose(1, 2, 0))
-    out = cv2.resize(hwc, (placement.src_w, placement.src_h), interpolation=interpolation)
+    out = _cv2().resize(hwc, (placement.src_w, placement.src_h), interpolation=interpolation)
     if out.ndim == 2:
         out = out[:, :, np.newaxis]
     return np.ascontiguousarray(out.transpose(2, 0, 1))
@@ -190,12 +200,13 @@ def restore_mask(mask: np.ndarray, placement: Placement) -> np.ndarray:
     """Undo :func:`place` for an (h, w) mask (nearest neighbour); cropped rows become 0."""
     scaled = np.zeros((placement.scaled_h, placement.scaled_w), dtype=mask.dtype)
     scaled[:placement.valid_h, :placement.valid_w] = mask[:placement.valid_h, :placement.valid_w]
-    return cv2.resize(scaled, (placement.src_w, placement.src_h), interpolation=cv2.INTER_NEAREST)
+    return _cv2().resize(scaled, (placement.src_w, placement.src_h), interpolation=INTER_NEAREST)
 
 
 def remove_small_components(labelmap: np.ndarray, min_area: int = MIN_COMPONENT_AREA_PX,
                             labels: Sequence[int] = ()) -> np.ndarray:
     """Labelmap with every connected region (8-connected, per label) smaller than ``min_area`` pixels set to 0."""
+    cv2 = _cv2()
     out = labelmap.copy()
     present = labels or [int(v) for v in np.unique(labelmap) if v != 0]
     for value in present:

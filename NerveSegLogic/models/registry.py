@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -221,7 +222,9 @@ def export_onnx(name_or_module: Union[str, "torch.nn.Module"], path: os.PathLike
             warnings.filterwarnings("ignore", message="Constant folding")
             # instance norm always normalises with the input's own statistics, so "train=True" is its eval form
             warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL")
-            torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
+            # torch < 2.5 has no ``dynamo`` argument (its exporter is the TorchScript one anyway).
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            torch.onnx.export(wrapper, (example,), str(path), **legacy, opset_version=opset,
                               input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
                               dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
                               do_constant_folding=True)
