@@ -19,7 +19,9 @@ class ServeOptions:
     input_host: str
     input_port: int
     port: int = 18945
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # this machine only unless told otherwise: OpenIGTLink has no authentication
+    allowed_clients: Optional[str] = None  # comma-separated client addresses or networks; None: any
+    input_idle_timeout_s: Optional[float] = 10.0  # silence on the input past this is reported and reconnected
     model: Optional[str] = None
     device_name: Optional[str] = None  # IGTL device-name filter; None = any IMAGE
     backend: str = "auto"  # ONNX Runtime on the CPU for semantic models, else torch
@@ -40,8 +42,9 @@ class SegmentationServer:
         self.options = options
         name = options.model or registry.default_name()
         self.segmenter = segmenter or Segmenter.from_name(name, backend=options.backend, device=options.compute)
-        self.sender = ImageSender(port=options.port, host=options.host)
-        self.receiver = ImageReceiver(options.input_host, options.input_port, device_name=options.device_name)
+        self.sender = ImageSender(port=options.port, host=options.host, allowed_clients=options.allowed_clients)
+        self.receiver = ImageReceiver(options.input_host, options.input_port, device_name=options.device_name,
+                                      idle_timeout_s=options.input_idle_timeout_s)
         self.pipeline = LivePipeline(self.receiver, self.segmenter, sinks=[self._send])
         self._stop = threading.Event()
         self.results_sent = 0

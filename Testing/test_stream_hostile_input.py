@@ -104,3 +104,104 @@ def test_receiver_refuses_and_counts_slivers_and_takes_the_next_frame():
     assert stats.refused == {"size": 1, "aspect": 1} and stats.connects == 1
     assert "aspect" in stats.last_refusal
     assert frame is not None and int(frame.image[0, 0]) == 9
+
+
+def test_a_server_that_accepts_and_sends_nothing_is_reported_and_reconnected_after_the_idle_timeout():
+    listener, held = serve_once([])  # accepts, then silence; the second connection is never accepted
+    receiver = ImageReceiver(port=listener.getsockname()[1], idle_timeout_s=0.3, reconnect_min_s=0.05,
+                             reconnect_max_s=0.1)
+    try:
+        receiver.start()
+        assert receiver.wait_for(lambda s: s.idle_timeouts >= 1 and s.connect_attempts >= 2, WAIT)
+        stats = receiver.stats()
+    finally:
+        receiver.stop()
+        for c in held:
+            c.close()
+        listener.close()
+    assert stats.disconnects >= 1 and "no message for 0.3 s" in stats.last_error
+    assert stats.truncated == 0
+
+
+def test_the_receiver_sets_tcp_keepalive_on_its_connection():
+    listener, held = serve_once([])
+    receiver = ImageReceiver(port=listener.getsockname()[1], keepalive_idle_s=4)
+    sockets = []
+    original = receiver._keepalive
+
+    def spy(sock):
+        original(sock)
+        sockets.append((sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+                        if hasattr(socket, "TCP_KEEPIDLE") else 4))
+
+    receiver._keepalive = spy
+    try:
+        receiver.start()
+        assert receiver.connected.wait(WAIT)
+    finally:
+        receiver.stop()
+        for c in held:
+            c.close()
+        listener.close()
+    assert sockets and sockets[0][0] != 0 and sockets[0][1] == 4
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, 0.0, float("inf")])
+def test_receiver_timeouts_must_be_positive_finite_seconds(bad):
+    with pytest.raises(ValueError, match="idle_timeout_s"):
+        ImageReceiver(idle_timeout_s=bad)
+
+
+def test_sender_allow_list_refuses_other_addresses_and_counts_them():
+    from NerveSegLogic.stream.sender import ImageSender
+
+    sender = ImageSender(allowed_clients="10.11.12.13,192.168.0.0/16")
+    sender.start()
+    try:
+        with socket.create_connection(("127.0.0.1", sender.port), timeout=WAIT) as client:
+            client.settimeout(WAIT)
+            assert client.recv(1) == b""  # closed at once
+        assert sender.wait_for(lambda s: s.clients_refused == 1, WAIT)
+        assert sender.stats().clients_accepted == 0
+    finally:
+        sender.stop()
+    allowed = ImageSender(allowed_clients=["127.0.0.0/8"])
+    allowed.start()
+    try:
+        with socket.create_connection(("127.0.0.1", allowed.port), timeout=WAIT):
+            assert allowed.wait_for_clients(1, WAIT)
+    finally:
+        allowed.stop()
+
+
+def test_a_bad_allow_list_entry_is_named():
+    from NerveSegLogic.stream.sender import parse_allow_list
+
+    with pytest.raises(ValueError, match="'10.0.0.300'"):
+        parse_allow_list("10.0.0.1,10.0.0.300")
+
+
+def test_serve_and_replay_listen_on_this_machine_only_unless_told_otherwise():
+    from NerveSegLogic.cli import build_parser
+
+    parser = build_parser()
+    serve = parser.parse_args(["serve", "--input", "127.0.0.1:18944"])
+    replay = parser.parse_args(["replay"])
+    assert serve.host == "127.0.0.1" and replay.host == "127.0.0.1"
+    assert serve.input_timeout == 10.0 and serve.allow is None
+    opened = parser.parse_args(["serve", "--input", "h:1", "--host", "0.0.0.0", "--allow", "10.0.0.5",
+                                "--input-timeout", "2.5"])
+    assert (opened.host, opened.allow, opened.input_timeout) == ("0.0.0.0", "10.0.0.5", 2.5)
+    from NerveSegLogic.live_serve import ServeOptions
+
+    assert ServeOptions(input_host="h", input_port=1).host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("bad", ["nan", "-3", "inf", "soon"])
+def test_serve_input_timeout_must_be_a_positive_number(bad, capsys):
+    from NerveSegLogic.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--input", "h:1", "--input-timeout", bad])
+    assert "positive number of seconds" in capsys.readouterr().err

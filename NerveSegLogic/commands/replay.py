@@ -46,6 +46,9 @@ def register(subparsers) -> None:
                         help=f"TCP port to listen on, 0 for any free one (default {DEFAULT_PORT})")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--allow", default=None, metavar="ADDRESSES",
+                        help="only these client addresses or networks may connect, comma-separated "
+                             "(e.g. 10.0.0.5,192.168.1.0/24; default: any that can reach --host)")
     parser.add_argument("--fps", type=float, default=None,
                         help="frames per second (default: the source's own rate, else 25)")
     parser.add_argument("--loop", action="store_true", help="start again at the end (until Ctrl-C or --frames)")
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         server = ReplayServer(args.source, fps=args.fps, host=args.host, port=args.port,
                               device_name=args.device_name, spacing_mm=args.spacing, loop=args.loop,
                               max_frames=args.frames, wait_for_client=args.wait_client,
-                              color="rgb" if args.rgb else "grey")
+                              color="rgb" if args.rgb else "grey", allowed_clients=args.allow)
     except (OSError, ValueError) as exc:
         print(f"nerveseg replay: {exc}", file=sys.stderr)
         return 1

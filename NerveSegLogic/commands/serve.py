@@ -14,11 +14,13 @@ Reconnects to the input with backoff when it goes away; Ctrl-C stops cleanly.
 Research use only, not for clinical decisions."""
 
 EPILOG = """\
-defaults: --port 18945, --model the registry's default, --device any IMAGE (whatever its device name),
+defaults: --port 18945 on --host 127.0.0.1 (this machine only; 0.0.0.0 serves the network, best with --allow),
+          --input-timeout 10 s, --model the registry's default, --device any IMAGE (whatever its device name),
           --backend auto (ONNX Runtime on a CPU, torch on a GPU), --compute auto (CUDA when present, else CPU).
 example:
   nerveseg serve --input 127.0.0.1:18944 --port 18945
-  nerveseg serve --input plus-host:18944 --port 18945 --model smistad-unet --device Image_Reference"""
+  nerveseg serve --input plus-host:18944 --port 18945 --model smistad-unet --device Image_Reference
+  nerveseg serve --input 127.0.0.1:18944 --host 0.0.0.0 --allow 192.168.1.20,192.168.1.21"""
 
 
 def parse_host_port(text: str):
@@ -28,6 +30,19 @@ def parse_host_port(text: str):
     return host, int(port)
 
 
+def timeout_seconds(text: str) -> float:
+    """A positive, finite number of seconds (0 or 'off': never time out, returned as 0.0)."""
+    if text.strip().lower() in ("0", "off", "none"):
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds (or 0 for never), got {text!r}")
+    return value
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("serve", help="receive IGTL images, send segmentations back out as IGTL images",
                                    description=DESCRIPTION, epilog=EPILOG,
@@ -35,7 +50,14 @@ def register(subparsers) -> None:
     parser.add_argument("--input", required=True, type=parse_host_port, metavar="HOST:PORT",
                         help="the IGTL server to receive images from (PLUS: port 18944)")
     parser.add_argument("--port", type=int, default=18945, help="port that clients connect to (default: %(default)s)")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")
+    parser.add_argument("--allow", default=None, metavar="ADDRESSES",
+                        help="only these client addresses or networks may connect, comma-separated "
+                             "(e.g. 10.0.0.5,192.168.1.0/24; default: any that can reach --host)")
+    parser.add_argument("--input-timeout", type=timeout_seconds, default=10.0, metavar="SECONDS",
+                        help="no message from --input for this long is reported and the input reconnected "
+                             "(default: %(default)s; 0: wait for ever)")
     parser.add_argument("--model", default=None, help="registered model name (default: the registry's default)")
     parser.add_argument("--device", default=None, metavar="NAME",
                         help="only segment IMAGE messages of this IGTL device name (default: any)")
@@ -50,7 +72,11 @@ def run(args) -> int:
     from ..live_serve import ServeOptions, run_serve
 
     host, port = args.input
+    from ..stream.sender import parse_allow_list
+
+    parse_allow_list(args.allow)  # a bad entry fails here with its name, before any model is loaded
     options = ServeOptions(input_host=host, input_port=port, port=args.port, host=args.host, model=args.model,
+                           allowed_clients=args.allow, input_idle_timeout_s=args.input_timeout or None,
                            device_name=args.device, backend=args.backend, compute=args.compute,
                            max_results=args.frames)
     run_serve(options)

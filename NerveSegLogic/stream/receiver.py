@@ -15,7 +15,10 @@ It connects to PLUS, to ``nerveseg replay`` or to any OpenIGTLink server, on a b
 
 What happens to bad input: a CRC mismatch or a refused image (type, components, volume, size) drops that message and
 keeps the connection; a header that is not OpenIGTLink, an oversize body, a message cut short by the server closing or
-stalling for ``stall_timeout_s`` drop the connection, which is then reopened.
+stalling for ``stall_timeout_s`` drop the connection, which is then reopened. So does silence: no message at all for
+``idle_timeout_s`` (a server that accepts and then sends nothing, or a half-open TCP connection whose peer vanished)
+is reported, counted in ``idle_timeouts`` and followed by a reconnection, never a "connected, 0 fps" that lasts
+forever. TCP keepalive probes (after ``keepalive_idle_s``) also let the kernel notice a vanished peer.
 
 Threads: ``start``/``stop`` are called from the owner's thread; everything else runs on the receiver thread. The
 counters are written by the receiver thread under ``_cond``; ``stats()`` copies them under the same lock.
@@ -59,6 +62,7 @@ class ReceiverStats:
     frames_dropped: int = 0  # frames replaced in the slot before anyone took them
     crc_errors: int = 0  # IMAGE messages whose body CRC did not match (dropped, connection kept)
     truncated: int = 0  # messages cut short by the server closing or stalling (connection reopened)
+    idle_timeouts: int = 0  # connections with no message for idle_timeout_s (reported and reopened)
     oversize: int = 0  # headers announcing more than max_body_bytes (refused before allocating; reopened)
     out_of_step: int = 0  # headers that were not OpenIGTLink (stream out of step; reopened)
     wrong_device: int = 0  # IMAGE messages from another device than the filter (skipped)
@@ -88,6 +92,9 @@ class ImageReceiver:
     reconnect_min_s, reconnect_max_s: backoff between connection attempts, doubling from min up to max (s).
     connect_timeout_s: how long one connection attempt may take (s).
     stall_timeout_s: a message whose remaining bytes do not arrive for this long is dropped as truncated (s).
+    idle_timeout_s: a connection on which no message starts for this long is reported and reopened (s); None waits
+        for ever. PLUS sends every frame (also of a frozen image), so 10 s of silence means something is wrong.
+    keepalive_idle_s: TCP keepalive: first probe after this much silence, then every third of it, 3 probes (s).
     log_every_s: while no server answers, repeat the "still no server" message this often (s).
     frames: the slot to fill (a new NewestSlot when None); ``receiver.frames`` is it.
     on_frame: optional callable run on the receiver thread for every frame (keep it quick; errors are logged).
@@ -96,12 +103,17 @@ class ImageReceiver:
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, device_name: Optional[str] = None, *,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, check_crc: bool = True,
                  reconnect_min_s: float = 0.1, reconnect_max_s: float = 2.0, connect_timeout_s: float = 2.0,
-                 stall_timeout_s: float = 5.0, log_every_s: float = 10.0,
+                 stall_timeout_s: float = 5.0, idle_timeout_s: Optional[float] = 10.0,
+                 keepalive_idle_s: float = 5.0, log_every_s: float = 10.0,
                  frames: Optional[NewestSlot] = None, on_frame: Optional[Callable[[Frame], None]] = None):
         if not 0 < reconnect_min_s <= reconnect_max_s:
             raise ValueError(f"need 0 < reconnect_min_s <= reconnect_max_s, got {reconnect_min_s}, {reconnect_max_s}")
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+        for name, value in (("stall_timeout_s", stall_timeout_s), ("idle_timeout_s", idle_timeout_s),
+                            ("keepalive_idle_s", keepalive_idle_s), ("connect_timeout_s", connect_timeout_s)):
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         self.host = host
         self.port = int(port)
         self.device_name = device_name
@@ -111,6 +123,8 @@ class ImageReceiver:
         self.reconnect_max_s = reconnect_max_s
         self.connect_timeout_s = connect_timeout_s
         self.stall_timeout_s = stall_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.keepalive_idle_s = keepalive_idle_s
         self.log_every_s = log_every_s
         self.frames: NewestSlot[Frame] = frames if frames is not None else NewestSlot()
         self.on_frame = on_frame
@@ -324,12 +338,24 @@ class ImageReceiver:
             if err == 0:
                 sock.setblocking(True)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                self._keepalive(sock)
                 return sock, ""
             sock.close()
             reason = errno.errorcode.get(err, str(err)) + (" (connection refused)" if err == errno.ECONNREFUSED
                                                            else " (timed out)" if err == errno.ETIMEDOUT else "")
         return None, reason
+
+    def _keepalive(self, sock: socket.socket) -> None:
+        """TCP keepalive with short timings where the platform lets us set them (Linux, macOS, Windows 10+)."""
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle = max(1, int(round(self.keepalive_idle_s)))
+        for option, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPALIVE", idle),  # TCP_KEEPALIVE: macOS's name
+                              ("TCP_KEEPINTVL", max(1, idle // 3)), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, option):
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+                except OSError:  # not settable here: the system's defaults stay
+                    pass
 
     def _fill(self, selector: selectors.BaseSelector, sock: socket.socket, view: memoryview,
               idle_ok: bool) -> Optional[int]:
@@ -337,16 +363,20 @@ class ImageReceiver:
 
         Returns the count, or None when stop() was called.
 
-        Raises _StreamEnded on EOF, a socket error, or no progress for stall_timeout_s once bytes are awaited
-        mid-message (``idle_ok``: the wait for the first byte of a header has no time limit).
+        Raises _StreamEnded on EOF, a socket error, no progress for stall_timeout_s once bytes are awaited
+        mid-message, or (``idle_ok``: waiting for the first byte of a header) nothing for idle_timeout_s.
         """
         got = 0
         total = len(view)
         while got < total:
             waiting_idle = idle_ok and got == 0
-            ready = {key.data for key, _ in selector.select(None if waiting_idle else self.stall_timeout_s)}
+            ready = {key.data for key, _ in selector.select(self.idle_timeout_s if waiting_idle
+                                                            else self.stall_timeout_s)}
             if "wake" in ready or self._stop.is_set():
                 return None
+            if not ready and waiting_idle:
+                raise _StreamEnded("idle", f"no message for {self.idle_timeout_s:g} s (a silent server or a "
+                                           "half-open connection)")
             if not ready:
                 raise _StreamEnded("truncated", f"stalled: {got} of {total} bytes arrived, then nothing for "
                                                 f"{self.stall_timeout_s:.1f} s")
@@ -416,6 +446,8 @@ class ImageReceiver:
                 self._update(messages=1, bytes=HEADER_SIZE + header.body_size)
                 self._take_image(header, body, received_perf, received_wall)
         except _StreamEnded as ended:
+            if ended.kind == "idle":
+                return str(ended), "idle_timeouts"
             return str(ended), "truncated" if ended.kind == "truncated" or in_body else ""
 
     def _take_image(self, header, body: bytearray, received_perf: float, received_wall: float) -> None:

@@ -48,12 +48,13 @@ class ReplayServer:
         with loop).
     wait_for_client: start the clock only once the first client has connected, so a client sees every frame.
     color: ``grey`` or ``rgb`` (colour frames sent as 3 components, as PLUS sends Clarius' RGB).
+    allowed_clients: IP addresses or networks that may connect (None: any); see ImageSender.
     """
 
     def __init__(self, source: Union[FrameSource, str, Path, None] = None, *, fps: Optional[float] = None,
                  host: str = "127.0.0.1", port: int = 0, device_name: str = PLUS_IMAGE_DEVICE, spacing_mm=None,
                  loop: bool = False, max_frames: Optional[int] = None, wait_for_client: bool = False,
-                 color: str = "grey"):
+                 color: str = "grey", allowed_clients=None):
         if source is None:
             source = sample_source(spacing_mm=spacing_mm, color=color)
         elif isinstance(source, (str, Path)):
@@ -73,7 +74,7 @@ class ReplayServer:
         # Half a second of backlog per client: a busy machine delays a client's writer now and then, and a
         # recording should not lose frames to that (a client slower than the rate still loses the oldest).
         self.sender = ImageSender(port=port, host=host, device_name=device_name,
-                                  backlog=max(2, int(math.ceil(self.fps * _BACKLOG_S))))
+                                  backlog=max(2, int(math.ceil(self.fps * _BACKLOG_S))), allowed_clients=allowed_clients)
         #: Set when the last frame went out (not with loop and no max_frames) and was flushed to the clients, or when
         #: reading the source failed (see ``error``).
         self.done = threading.Event()

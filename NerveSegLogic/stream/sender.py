@@ -16,6 +16,7 @@ Threads: the owner calls start/stop/send_*; the listener thread owns the listeni
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import os
 import selectors
@@ -23,7 +24,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Deque, List, Optional
+from typing import Callable, Deque, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -47,6 +48,44 @@ class SenderStats:
     messages_written: int = 0  # per client: messages fully written to a socket
     messages_dropped: int = 0  # per client: pushed out of a full backlog before being written (client too slow)
     bytes_written: int = 0
+    clients_refused: int = 0  # connections closed at once: their address is not on the allow-list
+
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+def parse_allow_list(entries: Union[str, Sequence[str], None]) -> Optional[List[Network]]:
+    """Client addresses allowed to connect: IP addresses or networks (``10.0.0.5``, ``192.168.1.0/24``), as a list
+    or one comma-separated string. None or empty: everyone who can reach the port. Raises ValueError naming the bad
+    entry."""
+    if entries is None:
+        return None
+    if isinstance(entries, str):
+        entries = [e for e in entries.split(",")]
+    networks = []
+    for entry in entries:
+        text = str(entry).strip()
+        if not text:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ValueError(f"allowed client {text!r} is not an IP address or network (e.g. 10.0.0.5 or "
+                             "192.168.1.0/24)") from None
+    return networks or None
+
+
+def is_allowed(address: str, networks: Optional[Sequence[Network]]) -> bool:
+    """Whether a peer ``address`` (an IP string) is in ``networks`` (None allows every address)."""
+    if networks is None:
+        return True
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if getattr(ip, "ipv4_mapped", None) is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks if network.version == ip.version)
 
 
 class _Backlog:
@@ -103,12 +142,18 @@ class ImageSender:
     client_send_timeout_s: a client that accepts no bytes for this long is dropped (s).
     backlog: messages kept per client while it is busy; 1 = newest wins (no latency builds up), more rides out
         short hiccups of a client (the replay server keeps about half a second so a busy machine loses no frame).
+    allowed_clients: IP addresses or networks allowed to connect (see :func:`parse_allow_list`); a connection from
+        any other address is closed at once and counted in ``clients_refused``. None: no restriction (OpenIGTLink
+        has no authentication, so serve other machines only on a trusted network or with this list).
     """
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1", device_name: str = LABEL_DEVICE_NAME,
-                 client_send_timeout_s: float = 5.0, backlog: int = 1):
+                 client_send_timeout_s: float = 5.0, backlog: int = 1,
+                 allowed_clients: Union[str, Sequence[str], None] = None):
         if backlog < 1:
             raise ValueError(f"backlog must be at least 1 message, got {backlog}")
+        self.allowed_clients = parse_allow_list(allowed_clients)
+        self._refusals_logged_at = -1e9
         self.backlog = int(backlog)
         self.host = host
         self.requested_port = int(port)
@@ -288,6 +333,17 @@ class ImageSender:
         except OSError as exc:  # e.g. out of file descriptors: refuse this client, keep serving the others
             logger.error("OpenIGTLink sender on port %d cannot accept a client: %s", self.port, exc)
             time.sleep(0.1)  # the pending client keeps the listener readable: do not spin
+            return
+        if not is_allowed(peer[0], self.allowed_clients):
+            sock.close()
+            with self._cond:
+                self._stats.clients_refused += 1
+                self._cond.notify_all()
+            now = time.monotonic()
+            if now - self._refusals_logged_at >= 5.0:  # a scanner of ports must not flood the log
+                self._refusals_logged_at = now
+                logger.warning("OpenIGTLink sender on port %d refused a client from %s: not on the allow-list",
+                               self.port, peer[0])
             return
         sock.setblocking(True)
         sock.settimeout(self.client_send_timeout_s)
