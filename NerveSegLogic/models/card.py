@@ -22,8 +22,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from NerveSegLogic.classes import SegmentClass, segment_class
 from NerveSegLogic.inference.preprocess import InputSpec
 
-TASKS = ("semantic", "instance")
-OUTPUT_FOR_TASK = {"semantic": "probabilities", "instance": "instances"}
+TASKS = ("semantic", "instance", "promptable")
+#: a promptable model (box / click -> one mask, for annotators) outputs mask logits for the prompted structure
+OUTPUT_FOR_TASK = {"semantic": "probabilities", "instance": "instances", "promptable": "mask_logits"}
 WEIGHT_DTYPES = ("float32", "float16")
 LOSSES = ("dice", "dice_ce", "bce_dice_l2", "maskrcnn")
 OPTIMIZERS = ("adam", "sgd")
@@ -141,7 +142,8 @@ class ModelCard:
         training = raw["training"]
         if not isinstance(training, dict):
             raise fail("training", "expected an object with data, recipe, notes")
-        _check_recipe(training.get("recipe"), fail)
+        if not (task == "promptable" and training.get("recipe") is None):  # released weights, not trained here
+            _check_recipe(training.get("recipe"), fail)
 
         metrics = raw.get("metrics", {})
         speed = raw.get("speed", {})

@@ -43,6 +43,7 @@ ARCHITECTURES: Dict[str, Tuple[str, str]] = {
     "monai_unet": ("baselines", "build_monai_unet"),
     "monai_attention_unet": ("baselines", "build_monai_attention_unet"),
     "monai_unetplusplus": ("baselines", "build_monai_unetplusplus"),
+    "litemedsam": ("litemedsam", "build_litemedsam"),
 }
 
 ONNX_INPUT = "image"
@@ -61,9 +62,28 @@ def _card_files(directory: Optional[os.PathLike]) -> Dict[str, Path]:
     return {path.stem: path for path in sorted(folder.glob("*.json"))}
 
 
-def names(directory: Optional[os.PathLike] = None) -> List[str]:
-    """Registered model names (card file stems), sorted."""
-    return sorted(_card_files(directory))
+#: Tasks of the models that segment a live frame on their own. A ``promptable`` model (LiteMedSAM: box or clicks
+#: -> one mask) serves annotators and is listed only when asked for (``names(tasks=None)`` or ``("promptable",)``).
+LIVE_TASKS = ("semantic", "instance")
+
+
+def _card_task(path: Path) -> Optional[str]:
+    """The ``task`` a card file declares, read without validating it (None when unreadable: card() says why)."""
+    try:
+        task = json.loads(path.read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return task if isinstance(task, str) else None
+
+
+def names(directory: Optional[os.PathLike] = None, tasks: Optional[Tuple[str, ...]] = LIVE_TASKS) -> List[str]:
+    """Registered model names (card file stems), sorted: those whose card's task is in ``tasks`` (default: the
+    live-segmentation tasks; None: every card). A card whose task cannot be read is listed, so that loading it
+    reports what is wrong."""
+    files = _card_files(directory)
+    if tasks is None:
+        return sorted(files)
+    return sorted(name for name, path in files.items() if _card_task(path) in (*tasks, None))
 
 
 def card(name: str, directory: Optional[os.PathLike] = None) -> ModelCard:
@@ -85,9 +105,9 @@ def card(name: str, directory: Optional[os.PathLike] = None) -> ModelCard:
 _card_by_name = card  # export_onnx has a parameter named ``card``
 
 
-def cards(directory: Optional[os.PathLike] = None) -> List[ModelCard]:
-    """Every card, sorted by name."""
-    return [card(name, directory) for name in names(directory)]
+def cards(directory: Optional[os.PathLike] = None, tasks: Optional[Tuple[str, ...]] = LIVE_TASKS) -> List[ModelCard]:
+    """The cards of :func:`names` (same ``tasks`` filter), sorted by name."""
+    return [card(name, directory) for name in names(directory, tasks)]
 
 
 def default_name(directory: Optional[os.PathLike] = None) -> str:
