@@ -32,9 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple:
     """The exceptions that mean bad input rather than a bug: each carries a message naming what was wrong."""
+    import sqlite3
+
+    from .annotate.store import StoreError
     from .models.weights import WeightsError  # a RuntimeError; data set errors are ValueErrors
 
-    return (ValueError, KeyError, OSError, WeightsError)
+    # sqlite3.Error: an annotation store on a full or read-only disk, locked or damaged.
+    return (ValueError, KeyError, OSError, WeightsError, StoreError, sqlite3.Error)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -14,9 +14,38 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
+import math
+
 import cv2
 import numpy as np
 from .store import AnnotationStore, Version
+
+#: Coordinates beyond this many pixels from the origin are refused (OpenCV rounds them into int32, where NaN and
+#: huge values become INT_MIN and paint garbage).
+MAX_COORDINATE_PX = 1_000_000
+
+
+class NothingChanged(Exception):
+    """The correction leaves the mask and its classes as they were: nothing is saved and the status stays."""
+
+
+def _number(value, what: str) -> float:
+    """``value`` as a finite float within MAX_COORDINATE_PX of 0; ValueError naming ``what`` otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or abs(number) > MAX_COORDINATE_PX:
+        raise ValueError(f"{what} must be a finite number of pixels (|value| <= {MAX_COORDINATE_PX}), got {value!r}")
+    return number
+
+
+def _point(point, what: str) -> Tuple[float, float]:
+    try:
+        x, y = point
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be an (x, y) pair, got {point!r}") from None
+    return _number(x, f"{what} x"), _number(y, f"{what} y")
 
 
 def _check(mask: np.ndarray) -> np.ndarray:
@@ -52,11 +81,16 @@ def disc(shape: Tuple[int, int], center: Tuple[float, float], radius: float) -> 
     Written with numpy rather than cv2.circle so the brush is exactly this Euclidean disc (cv2's rasteriser
     rounds the rim differently), which is also what a person checks a brush stroke against.
     """
+    radius = _number(radius, "brush radius")
     if radius < 0:
         raise ValueError(f"brush radius must be >= 0 px, got {radius}")
-    cx, cy = float(center[0]), float(center[1])
+    cx, cy = _point(center, "brush center")
     yy, xx = np.ogrid[:shape[0], :shape[1]]
-    return (xx - cx) ** 2 + (yy - cy) ** 2 <= float(radius) ** 2
+    region = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius ** 2
+    if not region.any():
+        raise ValueError(f"brush at (x, y) = ({cx:g}, {cy:g}) with radius {radius:g} px touches no pixel of the "
+                         f"{shape[1]} x {shape[0]} frame (x 0..{shape[1] - 1}, y 0..{shape[0] - 1})")
+    return region
 
 
 def paint(mask: np.ndarray, center: Tuple[float, float], radius: float, label: int) -> np.ndarray:
@@ -81,7 +115,7 @@ def fill_polygon(mask: np.ndarray, points: Iterable[Tuple[float, float]], label:
     """Fill the polygon through ``points`` [(x, y), ...] (pixel coordinates, at least 3) with ``label``; the
     outline's pixels are included (OpenCV's fillPoly rule). Overwrites."""
     out = _check(mask).copy()
-    pts = np.asarray(list(points), dtype=np.float64)
+    pts = np.asarray([_point(p, f"polygon point {i + 1}") for i, p in enumerate(points)], dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3:
         raise ValueError(f"a polygon needs at least 3 (x, y) points, got {pts.tolist()}")
     cv2.fillPoly(out, [np.round(pts).astype(np.int32).reshape(-1, 1, 2)], color=int(_check_label(label)))
@@ -195,7 +229,8 @@ def apply_correction(store: AnnotationStore, frame_id: int, op: str, author: str
     an empty one). ``classes`` adds or renames label -> class key entries (needed when painting a new label).
 
     Raises KeyError for an unknown op, ConflictError if ``parent_id`` is no longer current (nothing saved),
-    ValueError for bad parameters or a label no class names.
+    ValueError for bad parameters (not finite, a brush that touches no pixel) or a label no class names,
+    NothingChanged when the result equals the parent (nothing saved, the status stays what it was).
     """
     if op not in OPERATIONS:
         raise KeyError(f"unknown correction {op!r}; operations: {', '.join(OPERATIONS)}")
@@ -211,6 +246,9 @@ def apply_correction(store: AnnotationStore, frame_id: int, op: str, author: str
         base, base_classes, origin = parent.mask, dict(parent.classes), "corrected"
     merged = {**base_classes, **{int(k): v for k, v in (classes or {}).items()}}
     result = OPERATIONS[op](base, **params)
+    if np.array_equal(result, base) and merged == base_classes:
+        raise NothingChanged(f"{op} changes no pixel of frame {frame_id}'s "
+                             f"{'current mask' if parent_id is not None else 'empty mask'}; nothing saved")
     note = f"{op} {_describe(params)}".strip()
     return store.save_mask(frame_id, result, merged, author, origin, parent_id, status="draft",
                            comment=comment or note)

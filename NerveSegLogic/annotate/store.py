@@ -28,6 +28,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -51,6 +52,8 @@ UNLABELLED = "unlabelled"
 APPLICATION_ID = 0x4E534547  # "NSEG"
 APPLICATION_NAME = "nerveseg-annotation-store"
 SCHEMA_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 _BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's write lock before giving up
 
@@ -291,11 +294,29 @@ def _append_only_triggers() -> str:
 
 # ----------------------------------------------------------------------------------------------------------------
 
+def _writable(path: Path) -> bool:
+    """Whether this process may write ``path`` (False on read-only media, also for root)."""
+    return os.access(path, os.W_OK)
+
+
+def _looks_like_sqlite(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
 class AnnotationStore:
     """An append-only annotation store in one SQLite file (created if missing). Use as a context manager or call
     :meth:`close`. Thread-safe (one lock per instance); open one instance per process.
 
     Raises NotAStoreError when ``path`` exists but is not a NerveSeg store (or has a newer schema).
+
+    A store that this process cannot write (read-only media, a read-only file) is opened read-only: ``read_only`` is
+    True, reading works, and every write raises StoreError saying so. On a read-only folder SQLite cannot create
+    the WAL's shared-memory file, so the store is then opened as immutable (what a closed store copied onto a DVD
+    or a read-only share is).
     """
 
     def __init__(self, path: Union[str, os.PathLike]):
@@ -305,8 +326,23 @@ class AnnotationStore:
             raise NotAStoreError(f"{self.path} is a folder; an annotation store is one file (e.g. project.nsdb)")
         if self.path.parent and not self.path.parent.exists():
             raise FileNotFoundError(f"folder of the annotation store {self.path} does not exist")
-        self._conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_S, isolation_level=None,
-                                     check_same_thread=False)
+        self.read_only = False
+        self._read_only_reason = ""
+        if self.path.exists():
+            file_ok, folder_ok = _writable(self.path), _writable(self.path.parent)
+            if not (file_ok and folder_ok):
+                self.read_only = True
+                self._read_only_reason = ("the file is read-only" if not file_ok else
+                                          "its folder is read-only")
+        elif not _writable(self.path.parent):
+            raise StoreError(f"cannot create annotation store {self.path}: its folder is read-only")
+        if self.read_only:
+            query = "mode=ro" + ("" if _writable(self.path.parent) else "&immutable=1")
+            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?{query}", uri=True,
+                                         timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        else:
+            self._conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_S, isolation_level=None,
+                                         check_same_thread=False)
         try:
             self._open()
         except BaseException:
@@ -321,12 +357,22 @@ class AnnotationStore:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as exc:
+            if _looks_like_sqlite(self.path):  # an SQLite file SQLite could not open: say why, not "not a store"
+                raise StoreError(f"annotation store {self.path} could not be opened: {exc}") from None
             raise NotAStoreError(f"{self.path} is not a NerveSeg annotation store (not an SQLite file: {exc})") \
                 from None
         if tables and app_id != APPLICATION_ID:
             raise NotAStoreError(f"{self.path} is an SQLite file but not a NerveSeg annotation store "
                                  f"(application_id {app_id:#x}, expected {APPLICATION_ID:#x}; tables: "
                                  f"{', '.join(sorted(tables))})")
+        if self.read_only:
+            if not tables:
+                raise NotAStoreError(f"{self.path} is empty and read-only ({self._read_only_reason}): not a NerveSeg "
+                                     "annotation store")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._check_schema()
+            logger.info("annotation store %s opened read-only: %s", self.path, self._read_only_reason)
+            return
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"{self.path}: could not switch to WAL journal mode (got {mode!r}); "
@@ -364,6 +410,9 @@ class AnnotationStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction holding SQLite's write lock from its first statement (BEGIN IMMEDIATE)."""
+        if self.read_only:
+            raise StoreError(f"annotation store {self.path} is opened read-only ({self._read_only_reason}); nothing "
+                             "can be saved to it (copy it to a writable folder to edit)")
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:

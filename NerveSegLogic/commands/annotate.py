@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -183,6 +184,8 @@ def register(subparsers) -> None:
 # ------------------------------------------------------------------------------------------------ running
 
 def run(args) -> int:
+    import sqlite3
+
     from NerveSegLogic.annotate.store import AnnotationStore, ConflictError, StoreError
 
     action = getattr(args, "annotate_action", None)
@@ -198,8 +201,11 @@ def run(args) -> int:
     except KeyError as error:
         print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
         return 2
-    except (StoreError, ValueError, FileNotFoundError, TypeError) as error:
+    except (StoreError, ValueError, OSError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as error:  # a full or read-only disk, a locked or damaged file: one line, not a traceback
+        print(f"error: annotation store {args.store}: {error}", file=sys.stderr)
         return 1
 
 
@@ -395,7 +401,7 @@ def _agreement(store, args) -> int:
 
 
 def _correct(store, args) -> int:
-    from NerveSegLogic.annotate.corrections import apply_correction
+    from NerveSegLogic.annotate.corrections import NothingChanged, apply_correction
 
     params = {k: getattr(args, k) for k in ("center", "radius", "label", "from_label", "to_label")
               if hasattr(args, k)}
@@ -405,8 +411,12 @@ def _correct(store, args) -> int:
         params["center"] = tuple(params["center"])
     classes = _parse_labels(args.new_class)
     current = store.current(args.frame)
-    version = apply_correction(store, args.frame, args.op, _author(args), current.id if current else None,
-                               classes=classes, **params)
+    try:
+        version = apply_correction(store, args.frame, args.op, _author(args), current.id if current else None,
+                                   classes=classes, **params)
+    except NothingChanged as unchanged:  # saving would only turn an accepted frame back into a draft
+        print(f"frame {args.frame}: {unchanged}")
+        return 0
     changed = int((version.mask != (current.mask if current else 0)).sum())
     print(f"frame {args.frame}: version {version.id} ({args.op}, {changed} pixels changed)")
     return 0
@@ -417,6 +427,8 @@ def _point(text: str):
         x, y = (float(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--points: expected X,Y pairs like 10,20, got {text!r}") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError(f"--points: {text!r} is not a pair of finite numbers of pixels")
     return (x, y)
 
 
