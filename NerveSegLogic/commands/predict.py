@@ -31,11 +31,16 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Segment every input image. A bad image (unreadable, too large) is reported by name and skipped; a file that
+    cannot be written stops the run (the disk is the problem, not the image). Exit 1 when anything failed, with a
+    summary of what was written."""
+    import sys
     from pathlib import Path
 
     import cv2
     from tqdm import tqdm
 
+    from ..image_files import ImageFileError, read_image_file, write_image_file
     from ..inference.segmenter import Segmenter
     from ..models import registry
     from ..overlay import render_overlay
@@ -55,15 +60,31 @@ def run(args) -> int:
     out = Path(args.out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
+    done, failed, stopped = 0, [], None
     for path in tqdm(files, desc=f"predict ({segmenter.card.name})", unit="image"):
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise SystemExit(f"nerveseg predict: cannot read image {path}")
-        if image.ndim == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-        result = segmenter.segment(image)
-        cv2.imwrite(str(out / "masks" / f"{path.stem}.png"), result.labelmap)
-        overlay = render_overlay(image, result.labelmap, segmenter.classes, caption=path.name)
-        cv2.imwrite(str(out / "overlays" / f"{path.stem}.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-    print(f"wrote {len(files)} masks and overlays to {out}")
-    return 0
+        try:
+            image = read_image_file(path)
+            if image.ndim == 3:
+                image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+            result = segmenter.segment(image)
+        except (ImageFileError, ValueError, cv2.error) as error:  # this image is bad: say so, go on with the rest
+            failed.append(path)
+            tqdm.write(f"nerveseg predict: skipped {path}: {error}", file=sys.stderr)
+            continue
+        try:
+            write_image_file(out / "masks" / f"{path.stem}.png", result.labelmap)
+            overlay = render_overlay(image, result.labelmap, segmenter.classes, caption=path.name)
+            write_image_file(out / "overlays" / f"{path.stem}.png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        except OSError as error:
+            stopped = error
+            break
+        done += 1
+    summary = f"wrote {done} of {len(files)} masks and overlays to {out}"
+    if failed:
+        summary += f"; {len(failed)} image(s) skipped: " + ", ".join(p.name for p in failed[:10]) + (
+            ", ..." if len(failed) > 10 else "")
+    if stopped is not None:
+        print(f"nerveseg predict: error: {stopped}; stopped, {len(files) - done - len(failed)} image(s) not done",
+              file=sys.stderr)
+    print(summary, file=sys.stderr if (failed or stopped) else sys.stdout)
+    return 1 if (failed or stopped is not None) else 0
