@@ -44,6 +44,7 @@ ARCHITECTURES: Dict[str, Tuple[str, str]] = {
     "monai_attention_unet": ("baselines", "build_monai_attention_unet"),
     "monai_unetplusplus": ("baselines", "build_monai_unetplusplus"),
     "litemedsam": ("litemedsam", "build_litemedsam"),
+    "efficientnet_unet": ("efficientnet_unet", "build_efficientnet_unet"),
 }
 
 ONNX_INPUT = "image"

@@ -15,6 +15,8 @@ from outside). Names are those of the model cards' ``training.recipe.augmentatio
 - ``elastic`` (Smistad): a smooth random displacement field (up to 3 % of the frame size, smoothness 10 % of it).
 - ``shear`` (Kim): horizontal shear of up to +-15 degrees about the frame centre.
 - ``flip``: left-right mirror (Smistad tested it; not in the cards' default lists).
+- ``affine``: a small similarity transform: rotation up to +-10 degrees, scale 0.9-1.1, shift up to 5 % of the
+  frame, about the frame centre (the effnet-unet recipe).
 
 :class:`Augmenter` applies a recipe's list, each one with probability ``p`` (default 0.5) in the listed order.
 """
@@ -135,6 +137,20 @@ def elastic(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     return warped, warped_mask
 
 
+def affine(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, max_degrees: float = MAX_ROTATION_DEG,
+           max_scale: float = 0.1, max_shift: float = 0.05) -> Pair:
+    """Rotation uniform in +-``max_degrees``, scale uniform in 1 +- ``max_scale`` and a shift uniform in
+    +-``max_shift`` of the width and height, about the frame centre."""
+    _check(image, mask)
+    height, width = image.shape
+    angle = rng.uniform(-max_degrees, max_degrees)
+    scale = rng.uniform(1.0 - max_scale, 1.0 + max_scale)
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), angle, scale)
+    matrix[0, 2] += rng.uniform(-max_shift, max_shift) * width
+    matrix[1, 2] += rng.uniform(-max_shift, max_shift) * height
+    return _warp_affine(image, mask, matrix)
+
+
 def flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
     """Left-right mirror of image and mask (``rng`` unused; :class:`Augmenter` decides whether to apply it)."""
     _check(image, mask)
@@ -150,6 +166,7 @@ AUGMENTATIONS: Dict[str, Augmentation] = {
     "elastic": elastic,
     "shear": shear,
     "flip": flip,
+    "affine": affine,
 }
 
 

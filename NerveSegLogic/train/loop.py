@@ -47,7 +47,8 @@ from .evaluate import json_ready, write_json
 #: How the notes a training run writes into its card begin (see Trainer.notes); a later run drops them from the
 #: card it starts from and writes its own.
 RUN_NOTE_PREFIXES = ("Trained on CPU", "Trained for ", "Input ", "batch_size ", "augmentations ", "learning rate ",
-                     "Balanced (1:1", "The recipe's test-time", "Trained on every frame", "Weights of the epoch")
+                     "Balanced (1:1", "The recipe's test-time", "Trained on every frame", "Weights of the epoch",
+                     "Negative frames: ", "Pretrained encoder (")
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def resolve_recipe(card, options: TrainOptions) -> Dict[str, Any]:
 
 def learning_rate(recipe: Mapping[str, Any], epoch: int) -> float:
     """Learning rate for ``epoch`` (0-based): constant; poly ``lr (1 - epoch / epochs) ** power``; step ``lr *
-    gamma ** (epoch // step_epochs)``."""
+    gamma ** (epoch // step_epochs)``; cosine ``lr (min_factor + (1 - min_factor) (1 + cos(pi epoch / epochs)) / 2)``
+    (``min_factor`` default 0.01)."""
     base = float(recipe["optimizer"]["lr"])
     schedule = recipe.get("schedule") or {"name": "constant"}
     name = schedule.get("name", "constant")
@@ -127,7 +129,11 @@ def learning_rate(recipe: Mapping[str, Any], epoch: int) -> float:
         return base * (1.0 - epoch / max(1, int(recipe["epochs"]))) ** float(schedule.get("power", 0.9))
     if name == "step":
         return base * float(schedule.get("gamma", 0.1)) ** (epoch // max(1, int(schedule.get("step_epochs", 10))))
-    raise ValueError(f"unknown learning-rate schedule {name!r}; expected constant, poly or step")
+    if name == "cosine":
+        floor = float(schedule.get("min_factor", 0.01))
+        phase = min(1.0, epoch / max(1, int(recipe["epochs"])))
+        return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * phase)))
+    raise ValueError(f"unknown learning-rate schedule {name!r}; expected constant, poly, step or cosine")
 
 
 def make_optimizer(model, recipe: Mapping[str, Any]):
@@ -139,10 +145,12 @@ def make_optimizer(model, recipe: Mapping[str, Any]):
     params = [p for p in model.parameters() if p.requires_grad]
     if settings["name"] == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if settings["name"] == "adamw":  # decoupled weight decay (Loshchilov & Hutter)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if settings["name"] == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=float(settings.get("momentum") or 0.0),
                                weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {settings['name']!r}; expected adam or sgd")
+    raise ValueError(f"unknown optimizer {settings['name']!r}; expected adam, adamw or sgd")
 
 
 def run_card(card, spec: pp.InputSpec):
@@ -309,6 +317,14 @@ class Trainer:
         if not train_idx:
             raise ValueError(f"no training frames left in {options.data} (folds={options.folds})")
         self.store = td.FrameStore(dataset, translation, [order[i] for i in train_idx])
+        self.negatives = 0
+        if self.recipe.get("negatives"):
+            # frames without a nerve, cut from training frames only (never from the validation block)
+            from .negatives import negative_frames
+
+            extra = negative_frames(self.store.frames, seed=options.seed, **self.recipe["negatives"])
+            self.store.frames.extend(extra)
+            self.negatives = len(extra)
         self.val_store = td.FrameStore(dataset, translation, [order[i] for i in val_idx]) if val_idx else None
         self.augmenter = Augmenter.from_recipe(self.recipe)
 
@@ -316,7 +332,16 @@ class Trainer:
         if self.device == "cpu":
             torch.set_num_threads(int(options.threads or os.cpu_count() or 1))
         torch.manual_seed(options.seed)
-        self.model = registry.build_from_card(self.card, **options.build_overrides).to(self.device)
+        self.model = registry.build_from_card(self.card, **options.build_overrides)
+        self.pretrained = None
+        if self.recipe.get("pretrained"):
+            # ImageNet weights from an installed package, at training time only (a checkpoint, if any, replaces them)
+            if not hasattr(self.model, "load_pretrained"):
+                raise ValueError(f"{self.card.name}: the recipe asks for pretrained weights "
+                                 f"({self.recipe['pretrained']!r}) but the model has no load_pretrained()")
+            missing, unexpected = self.model.load_pretrained()
+            self.pretrained = {"source": self.recipe["pretrained"], "missing": missing, "unexpected": unexpected}
+        self.model = self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, self.recipe)
         if not self.instance:
             from .losses import semantic_loss
@@ -569,6 +594,13 @@ class Trainer:
         if self.recipe.get("sampling") == "balanced" and all(td.has_foreground(f) for f in self.store.frames):
             notes.append("Balanced (1:1 positive/negative) sampling had no negative frames to draw (every training "
                          "frame shows a structure), so it was uniform.")
+        if self.negatives:
+            notes.append(f"Negative frames: {self.negatives} windows of training frames with no labelled structure "
+                         f"(label 0 everywhere) added to the {len(self.train_names)} training frames.")
+        if self.pretrained:
+            notes.append(f"Pretrained encoder ({self.pretrained['source']}): missing keys "
+                         f"{self.pretrained['missing'] or 'none'}, unexpected keys "
+                         f"{self.pretrained['unexpected'] or 'none'}.")
         if self.recipe.get("tta"):
             notes.append("The recipe's test-time augmentation is not applied: validation, evaluation and the live "
                          "path segment each frame once.")
