@@ -120,3 +120,18 @@ def test_a_damaged_sqlite_file_is_named_as_such_not_as_a_foreign_file(tmp_path, 
     assert main(["annotate", "status", "--store", str(db)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and str(db) in err
+
+
+def test_import_goes_on_past_a_corrupt_image_names_it_and_exits_1(tmp_path, capsys):
+    folder = tmp_path / "S02"
+    folder.mkdir()
+    for name, value in (("f1.png", 10), ("f3.png", 30)):
+        assert cv2.imwrite(str(folder / name), np.full((20, 30), value, np.uint8))
+    (folder / "f2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)  # cut short
+    db = tmp_path / "p.nsdb"
+    assert nerveseg("import", str(folder), "--store", str(db)) == 1
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "f2.png" in captured.err
+    assert "2 frames read, 2 new" in captured.err and "1 file(s) could not be read" in captured.err
+    with AnnotationStore(db) as store:
+        assert [r.metadata["file"] for r in store.frames()] == ["f1.png", "f3.png"]

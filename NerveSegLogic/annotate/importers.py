@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
+from NerveSegLogic.image_bounds import ImageTooLarge, check_image_size
 from NerveSegLogic.inference.preprocess import to_grey
 
 from .store import AnnotationStore, ConflictError, pixel_sha256
@@ -60,12 +61,18 @@ class ImportReport:
     duplicates: int = 0
     masks_added: int = 0
     masks_skipped: int = 0
+    #: Files of a folder that could not be read, as (file name, why); the import went on with the others.
+    unreadable: List[Tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         text = (f"{self.source}: {len(self.frame_ids)} frames read, {self.added} new, {self.duplicates} already "
                 f"in the store (same pixels), subject {self.subject!r}")
         if self.masks_added or self.masks_skipped:
             text += f"; {self.masks_added} recorded masks added, {self.masks_skipped} skipped (frame had a mask)"
+        if self.unreadable:
+            text += (f"; {len(self.unreadable)} file(s) could not be read and were skipped: "
+                     + ", ".join(name for name, _ in self.unreadable[:10]) + (", ..." if len(self.unreadable) > 10
+                                                                             else ""))
         return text
 
 
@@ -132,9 +139,12 @@ def _fit_dtype(image: np.ndarray, where: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ readers
 
-def read_folder(folder: PathLike) -> Iterator[SourceFrame]:
+def read_folder(folder: PathLike, unreadable: Optional[List[Tuple[str, str]]] = None) -> Iterator[SourceFrame]:
     """Frames of every image file in ``folder`` (not its subfolders), in natural name order; multi-page TIFFs give
-    one frame per page. metadata: ``{"file": name}`` (and ``"page"`` for TIFF pages)."""
+    one frame per page. metadata: ``{"file": name}`` (and ``"page"`` for TIFF pages).
+
+    unreadable: when given, a file that cannot be read is appended as (name, why) and skipped, and the others are
+    still read; when None, the first such file raises SourceError."""
     folder = Path(folder)
     files = sorted((p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)),
                    key=_natural_key)
@@ -142,7 +152,15 @@ def read_folder(folder: PathLike) -> Iterator[SourceFrame]:
         raise SourceError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     index = 0
     for path in files:
-        for page, image in _read_image_file(path):
+        try:
+            pages = list(_read_image_file(path))
+        except SourceError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append((path.name, str(exc)))
+            log.warning("skipped %s", exc)
+            continue
+        for page, image in pages:
             meta = {"file": path.name}
             if page is not None:
                 meta["page"] = page
@@ -156,11 +174,18 @@ def _read_image_file(path: Path) -> Iterator[Tuple[Optional[int], np.ndarray]]:
         if not ok or not pages:
             raise SourceError(f"{path}: OpenCV could not read this TIFF")
         for page, image in enumerate(pages):
+            try:
+                check_image_size(image.shape[0], image.shape[1], f"{path} page {page}")
+            except ImageTooLarge as exc:
+                raise SourceError(str(exc)) from None
             yield (page if len(pages) > 1 else None), _grey(image, f"{path} page {page}")
         return
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise SourceError(f"{path}: OpenCV could not read this image (corrupt or unsupported)")
+    from NerveSegLogic.image_files import ImageFileError, read_image_file
+
+    try:  # refuses an oversize image from its header, before decoding
+        image = read_image_file(path)
+    except ImageFileError as exc:
+        raise SourceError(str(exc)) from None
     yield None, _grey(image, str(path))
 
 
@@ -472,8 +497,9 @@ def import_source(store: AnnotationStore, source: PathLike, subject: Optional[st
         geometry = ImageGeometry(spacing=(sx, sy, 1.0))
     if kind == "recording":
         return import_recording(store, path, subject=subject, author=author, classes=classes, progress=progress)
+    unreadable: List[Tuple[str, str]] = []
     if kind == "folder":
-        frames = read_folder(path)
+        frames = read_folder(path, unreadable)
     elif kind == "video":
         frames = read_video(path)
     elif kind == "image":
@@ -484,7 +510,9 @@ def import_source(store: AnnotationStore, source: PathLike, subject: Optional[st
         frames = read_sequence_frames(path)
     if geometry is not None and kind != "sequence":
         frames = (_with_geometry(f, geometry) for f in frames)
-    return import_frames(store, frames, str(path), subject, progress=progress)
+    report = import_frames(store, frames, str(path), subject, progress=progress)
+    report.unreadable = unreadable
+    return report
 
 
 def _with_geometry(frame: SourceFrame, geometry: ImageGeometry) -> SourceFrame:

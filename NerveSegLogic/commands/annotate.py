@@ -232,10 +232,12 @@ def _import(store, args) -> int:
 
     report = import_source(store, args.source, subject=args.subject, spacing_mm=args.spacing,
                            author=_author(args), classes=_parse_labels(args.labels), progress=True)
-    print(report.summary())
+    for name, why in report.unreadable:  # the import went on past them: say which, and fail the command
+        print(f"error: skipped {name}: {why}", file=sys.stderr)
+    print(report.summary(), file=sys.stderr if report.unreadable else sys.stdout)
     if report.frame_ids:
         print(f"frame ids {min(report.frame_ids)}..{max(report.frame_ids)}")
-    return 0
+    return 1 if report.unreadable else 0
 
 
 def _prelabel(store, args) -> int:
