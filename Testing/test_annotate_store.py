@@ -34,7 +34,7 @@ def _mask(shape=(24, 32), box=(2, 2, 6, 6), label=1):
 
 def test_constants_match_the_api():
     assert STATUSES == ("draft", "accepted", "rejected", "needs-review")
-    assert ORIGINS == ("model", "manual", "corrected")
+    assert ORIGINS == ("model", "manual", "corrected", "prompt")
 
 
 def test_frame_round_trip_keeps_pixels_geometry_and_metadata(store):

@@ -44,7 +44,7 @@ import numpy as np
 from NerveSegLogic.frame import ImageGeometry
 
 STATUSES = ("draft", "accepted", "rejected", "needs-review")
-ORIGINS = ("model", "manual", "corrected")
+ORIGINS = ("model", "manual", "corrected", "prompt")
 #: Pseudo-status for :meth:`AnnotationStore.frames`: frames with no version yet.
 UNLABELLED = "unlabelled"
 
@@ -266,7 +266,7 @@ CREATE TABLE versions (
     classes TEXT NOT NULL,
     author TEXT NOT NULL,
     created TEXT NOT NULL,
-    origin TEXT NOT NULL CHECK (origin IN ('model', 'manual', 'corrected')),
+    origin TEXT NOT NULL CHECK (origin IN ('model', 'manual', 'corrected', 'prompt')),
     model_name TEXT,
     model_sha256 TEXT,
     status TEXT NOT NULL CHECK (status IN ('draft', 'accepted', 'rejected', 'needs-review')),
@@ -276,6 +276,30 @@ CREATE TABLE versions (
 CREATE INDEX versions_frame ON versions(frame_id, id);
 -- One line of history per frame: no two versions share a parent (the first version's parent is NULL -> 0).
 CREATE UNIQUE INDEX versions_one_child ON versions(frame_id, IFNULL(parent_id, 0));
+"""
+
+# Issue 15, added to every store when it is opened for writing (IF NOT EXISTS: old stores gain them, nothing else
+# changes). embeddings is a cache (float16, keyed by the model's weights sha256): rows are never updated, and may be
+# deleted to reclaim space; version_prompts is history like versions.
+_PROMPT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    frame_id INTEGER NOT NULL REFERENCES frames(id),
+    model_sha256 TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    data BLOB NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (frame_id, model_sha256)
+);
+CREATE TABLE IF NOT EXISTS version_prompts (
+    version_id INTEGER PRIMARY KEY REFERENCES versions(id),
+    prompts TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS embeddings_no_update BEFORE UPDATE ON embeddings
+BEGIN SELECT RAISE(ABORT, 'the embedding cache is never updated: a new model has a new key'); END;
+CREATE TRIGGER IF NOT EXISTS version_prompts_no_update BEFORE UPDATE ON version_prompts
+BEGIN SELECT RAISE(ABORT, 'the annotation store is append-only: UPDATE on version_prompts is refused'); END;
+CREATE TRIGGER IF NOT EXISTS version_prompts_no_delete BEFORE DELETE ON version_prompts
+BEGIN SELECT RAISE(ABORT, 'the annotation store is append-only: DELETE on version_prompts is refused'); END;
 """
 
 _APPEND_ONLY_TABLES = ("frames", "masks", "versions", "schema_version", "meta")
@@ -382,6 +406,7 @@ class AnnotationStore:
         if not tables:
             self._create_schema()
         self._check_schema()
+        self._add_prompt_tables()
 
     def _create_schema(self) -> None:
         with self._write() as conn:
@@ -603,15 +628,79 @@ class AnnotationStore:
             raise KeyError(f"no mask {mask_sha256} in annotation store {self.path}")
         return _unpng(row[0], f"mask {mask_sha256[:12]}")
 
+    # -- prompt model support (issue 15): embedding cache and the prompts of "prompt" versions ----------------------
+
+    def _add_prompt_tables(self) -> None:
+        """Create the embedding cache and the prompt table if missing, and let the versions table take origin
+        'prompt' in a store made before it existed. Additive: old readers ignore the new tables."""
+        with self._write() as conn:
+            for statement in _PROMPT_SCHEMA.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'versions'").fetchone()[0]
+            if "'prompt'" not in sql:
+                # Widening a CHECK constraint (every stored row already satisfies the new one) is the schema edit
+                # SQLite documents for writable_schema (ALTER TABLE, "other kinds of table schema changes").
+                widened = sql.replace("'corrected')", "'corrected', 'prompt')")
+                if widened == sql:
+                    raise StoreError(f"{self.path}: cannot add origin 'prompt': unexpected versions table {sql!r}")
+                schema_cookie = conn.execute("PRAGMA schema_version").fetchone()[0]
+                conn.execute("PRAGMA writable_schema = ON")
+                try:
+                    conn.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'versions'",
+                                 (widened,))
+                    conn.execute(f"PRAGMA schema_version = {int(schema_cookie) + 1}")
+                finally:
+                    conn.execute("PRAGMA writable_schema = OFF")
+
+    def embedding(self, frame_id: int, model_sha256: str) -> Optional[np.ndarray]:
+        """The cached image embedding (float16) of a frame for the model whose weights have ``model_sha256``, or
+        None when there is none (or the store predates the cache and is read-only)."""
+        with self._lock:
+            try:
+                row = self._conn.execute("SELECT shape, data FROM embeddings WHERE frame_id = ? AND model_sha256 = ?",
+                                         (int(frame_id), str(model_sha256))).fetchone()
+            except sqlite3.OperationalError:  # no such table: a read-only store made before the cache existed
+                return None
+        if row is None:
+            return None
+        return np.frombuffer(row[1], dtype=np.float16).reshape(json.loads(row[0])).copy()
+
+    def save_embedding(self, frame_id: int, model_sha256: str, embedding: np.ndarray) -> bool:
+        """Cache ``embedding`` (stored as float16) for the frame and model; False (nothing written) when one is
+        already cached, so two processes embedding the same frame keep the first. KeyError for an unknown frame."""
+        if not isinstance(model_sha256, str) or not model_sha256:
+            raise ValueError(f"model_sha256 must name the model's weights, got {model_sha256!r}")
+        array = np.ascontiguousarray(embedding, dtype=np.float16)
+        if not np.isfinite(array).all():
+            raise ValueError(f"embedding of frame {frame_id} has values that are not finite in float16")
+        with self._write() as conn:
+            self._require_frame(conn, frame_id)
+            cur = conn.execute("INSERT OR IGNORE INTO embeddings (frame_id, model_sha256, shape, data, created) "
+                               "VALUES (?, ?, ?, ?, ?)", (int(frame_id), model_sha256, json.dumps(list(array.shape)),
+                                                          array.tobytes(), utc_now()))
+        return cur.rowcount == 1
+
+    def prompts(self, version_id: int) -> Optional[dict]:
+        """The prompts a "prompt" version was made from (as saved with it), or None for other versions."""
+        with self._lock:
+            try:
+                row = self._conn.execute("SELECT prompts FROM version_prompts WHERE version_id = ?",
+                                         (int(version_id),)).fetchone()
+            except sqlite3.OperationalError:
+                return None
+        return None if row is None else json.loads(row[0])
+
     def save_mask(self, frame_id: int, mask: np.ndarray, classes: Mapping[int, str], author: str, origin: str,
                   parent_id: Optional[int], status: str = "draft", comment: Optional[str] = None,
                   model_name: Optional[str] = None, model_sha256: Optional[str] = None,
-                  uncertainty: Optional[float] = None) -> Version:
+                  uncertainty: Optional[float] = None, prompts: Optional[Mapping] = None) -> Version:
         """Save a new version of the frame's mask and return it.
 
         mask: (H, W) labelmap of the frame's size with values 0 (background) or a label of ``classes``
         ({label value: class key}). parent_id: the version this edit started from, which must still be the frame's
-        current version (None for the first save). origin "model" needs ``model_name``.
+        current version (None for the first save). origin "model" needs ``model_name``; origin "prompt" needs
+        ``prompts`` (what the prompt model was given: JSON-ready), kept with the version (see :meth:`prompts`).
         Raises ConflictError (nothing written) if another save came first; KeyError for an unknown frame;
         ValueError for a bad mask, classes, origin or status.
         """
@@ -621,6 +710,9 @@ class AnnotationStore:
             raise ValueError(f"author must be a non-empty name, got {author!r}")
         if origin == "model" and not model_name:
             raise ValueError("a version with origin 'model' must name its model (model_name)")
+        if (origin == "prompt") != (prompts is not None):
+            raise ValueError("prompts are saved with, and only with, a version of origin 'prompt'")
+        prompts_text = None if prompts is None else json.dumps(prompts, sort_keys=True)
         if uncertainty is not None:
             uncertainty = float(uncertainty)
             if not np.isfinite(uncertainty):
@@ -639,6 +731,9 @@ class AnnotationStore:
                          (mask_sha, int(mask.shape[1]), int(mask.shape[0]), png))
             version_id, created = self._insert_version(conn, frame_id, parent_id, mask_sha, classes_text, author,
                                                        origin, model_name, model_sha256, status, comment, uncertainty)
+            if prompts_text is not None:
+                conn.execute("INSERT INTO version_prompts (version_id, prompts) VALUES (?, ?)",
+                             (version_id, prompts_text))
         return Version(id=version_id, frame_id=int(frame_id), mask=mask, classes=_classes_from_json(classes_text),
                        author=author, created=created, origin=origin, model_name=model_name,
                        model_sha256=model_sha256, parent_id=parent_id, status=status, comment=comment,
