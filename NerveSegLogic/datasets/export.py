@@ -8,15 +8,20 @@ What happens, in order (:func:`export_cohort`):
 3. Splits by subject (frames without a subject are grouped by their recording), seeded, stratified by
    ``metadata["region"]``; a check that no subject is in two splits.
 4. Writing into a hidden temporary folder beside the target; de-identification on the way (pseudonyms, metadata
-   allow-list, sector blanking/cropping); ``README.md`` and ``manifest.json`` last; then one rename into place.
-   Any error or interruption removes the temporary folder: a half-written data set never appears. An existing
-   target is replaced only with ``force``.
+   allow-list, sector blanking/cropping); ``README.md`` and ``manifest.json`` last; every file and folder fsynced;
+   then one rename into place (:mod:`.atomic_dir`). Any error or interruption removes the temporary folder: a
+   half-written data set never appears, and what a killed run left (recognised by name and its marker file) is
+   removed by the next export to the same target. An existing target is replaced only with ``force``, and never
+   goes missing meanwhile: swapped atomically where the system can, else renamed aside only once the new one is
+   complete and put back if the replacement fails.
+5. One sector-check picture beside the export (with a sector mode), replacing the previous run's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +34,8 @@ import numpy as np
 from NerveSegLogic.classes import SegmentClass, canonical_key, segment_class
 from NerveSegLogic.frame import ImageGeometry
 
+from .atomic_dir import (clean_leftovers, fsync_tree, glob_escape, marker_of, move_into_place, staging_path,
+                         write_marker)
 from .deidentify import (METADATA_ALLOW_LIST, SECTOR_MODES, SectorNotFound, allowed_metadata, apply_sector,
                          find_sector, load_or_create_salt, pseudonym, sector_thumbnail, write_sector_sheets)
 from .manifest import dataset_card, source_dataset, write_manifest
@@ -286,8 +293,10 @@ def export_cohort(frames: Sequence[ExportFrame], out: Path, options: ExportOptio
     splits = split_by_subject(subject_keys, options.fractions, options.seed, strata)
     check_subjects_disjoint(subject_keys, splits)
 
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out)
+    tmp = staging_path(out)
+    write_marker(tmp, out, "partial")
     tmp.mkdir()
     try:
         entries, thumbnails, class_counts, sources = _write_frames(frames, splits, subject_keys, classes, luts,
@@ -316,13 +325,15 @@ def export_cohort(frames: Sequence[ExportFrame], out: Path, options: ExportOptio
                   "splits": counts, "selection": selection, "deidentified": bool(options.deidentify),
                   "deidentification": deid}
         write_manifest(tmp, header, entries)
+        fsync_tree(tmp)
         _move_into_place(tmp, out, options.force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        marker_of(tmp).unlink(missing_ok=True)
         raise
     pictures = []
     if thumbnails:
-        pictures = write_sector_sheets(thumbnails, check_picture_path(out))
+        pictures = [_write_check_picture(thumbnails, check_picture_path(out))]
     return ExportResult(root=out, counts=counts, classes=classes, manifest=out / "manifest.json",
                         check_pictures=pictures, seconds=time.perf_counter() - started)
 
@@ -412,18 +423,23 @@ def _json_safe(metadata: Mapping) -> Dict:
 
 
 def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` (only with ``force``) is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        if not force:
-            raise ExportError(f"{out} appeared during the export; not replacing it without --force")
-        old = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
+    """Put the complete ``tmp`` at ``out``; an existing ``out`` is replaced only with ``force`` (no gap)."""
+    if out.exists() and not force:
+        raise ExportError(f"{out} appeared during the export; not replacing it without --force")
+    move_into_place(tmp, out, replace=force)
+
+
+def _write_check_picture(thumbnails, path: Path) -> Path:
+    """ONE picture of every found sector at ``path`` (written aside and renamed, so it is never half a picture);
+    extra pages that older versions wrote beside it (``NAME.sector-check-2.png``...) are removed."""
+    staged = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.png")
     try:
-        tmp.rename(out)
-    except BaseException:
-        if old is not None:
-            old.rename(out)  # put the previous data set back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        write_sector_sheets(thumbnails, staged, columns=max(6, int(np.ceil(np.sqrt(len(thumbnails))))),
+                            per_sheet=max(1, len(thumbnails)))
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+    for old_page in path.parent.glob(glob_escape(path.name[:-len(".png")]) + "-*.png"):
+        if old_page.name[len(path.name) - len(".png") + 1:-len(".png")].isdigit():
+            old_page.unlink(missing_ok=True)
+    return path
