@@ -31,6 +31,7 @@ class DemoOptions:
     model: Optional[str] = None
     backend: str = "auto"  # ONNX Runtime on the CPU for semantic models, else torch
     device: str = "cpu"
+    threads: Optional[int] = None  # intra-op threads of ONNX Runtime and torch; None: the backend's default
     source: Optional[str] = None
     video: bool = True
     port: int = 0  # 0: an ephemeral port, so two demos never collide
@@ -49,7 +50,7 @@ class _Kept:
 
 def run_demo(options: DemoOptions) -> dict:
     """Run the demo; returns the summary (also written to ``<out>/summary.json``)."""
-    from .inference.segmenter import Segmenter
+    from .inference.backends import load_segmenter
     from .models import registry
     from .pipeline import LivePipeline
     from .resources import sample_dir
@@ -63,7 +64,7 @@ def run_demo(options: DemoOptions) -> dict:
     say = (lambda *a: None) if options.quiet else print
 
     say(f"loading model {model_name} ...")
-    segmenter = Segmenter.from_name(model_name, backend=options.backend, device=options.device)
+    segmenter = load_segmenter(model_name, backend=options.backend, device=options.device, threads=options.threads)
     source = Path(options.source) if options.source else sample_dir()
     replay = ReplayServer(source, host="127.0.0.1", port=options.port, fps=options.fps, loop=True,
                           max_frames=options.frames, wait_for_client=True)

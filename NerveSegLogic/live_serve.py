@@ -26,6 +26,7 @@ class ServeOptions:
     device_name: Optional[str] = None  # IGTL device-name filter; None = any IMAGE
     backend: str = "auto"  # ONNX Runtime on the CPU for semantic models, else torch
     compute: str = "auto"
+    threads: Optional[int] = None  # intra-op threads of ONNX Runtime and torch; None: the backend's default
     max_results: int = 0  # 0 = until stopped
 
 
@@ -33,7 +34,7 @@ class SegmentationServer:
     """Owns the pipeline and the sender; ``serve_forever`` drives it, ``stop`` (any thread) ends it."""
 
     def __init__(self, options: ServeOptions, segmenter=None):
-        from .inference.segmenter import Segmenter
+        from .inference.backends import load_segmenter
         from .models import registry
         from .pipeline import LivePipeline
         from .stream.receiver import ImageReceiver
@@ -41,7 +42,8 @@ class SegmentationServer:
 
         self.options = options
         name = options.model or registry.default_name()
-        self.segmenter = segmenter or Segmenter.from_name(name, backend=options.backend, device=options.compute)
+        self.segmenter = segmenter or load_segmenter(name, backend=options.backend, device=options.compute,
+                                                     threads=options.threads)
         self.sender = ImageSender(port=options.port, host=options.host, allowed_clients=options.allowed_clients)
         self.receiver = ImageReceiver(options.input_host, options.input_port, device_name=options.device_name,
                                       idle_timeout_s=options.input_idle_timeout_s)

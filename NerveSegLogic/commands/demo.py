@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..inference.backends import BACKEND_CHOICES, DEFAULT_THREADS, thread_count
+
 DESCRIPTION = """\
 Run the live path end to end on this machine:
   1. a replay server (the stand-in for PLUS) streams the bundled sample frames over OpenIGTLink on 127.0.0.1
@@ -31,9 +33,12 @@ def register(subparsers) -> None:
     parser.add_argument("--frames", type=int, default=48, help="frames to stream (default: %(default)s)")
     parser.add_argument("--fps", type=float, default=25.0, help="replay rate, frames/s (default: %(default)s)")
     parser.add_argument("--model", default=None, help="registered model name (default: the registry's default)")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
-                        help="inference backend; auto: ONNX Runtime for a semantic model on the CPU (faster there), "
-                             "else torch (default: %(default)s)")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="inference backend; auto: ONNX Runtime for a semantic model on the CPU (faster there; "
+                             "its INT8 graph where the model card records a Dice change under 0.01), else torch "
+                             "(default: %(default)s)")
+    parser.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS,
+                        help="intra-op threads of ONNX Runtime and torch; 0: one per core (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or auto (default: %(default)s)")
     parser.add_argument("--source", default=None,
                         help="replay this image folder, video or .seq.nrrd instead of the bundled sample")
@@ -47,7 +52,7 @@ def run(args) -> int:
     if args.frames <= 0 or args.fps <= 0:
         raise SystemExit("nerveseg demo: --frames and --fps must be positive")
     options = DemoOptions(out=args.out, frames=args.frames, fps=args.fps, model=args.model, backend=args.backend,
-                          device=args.device, source=args.source, video=not args.no_video)
+                          threads=args.threads, device=args.device, source=args.source, video=not args.no_video)
     summary = run_demo(options)
     return 0 if summary["frames_segmented"] > 0 else 1
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..inference.backends import BACKEND_CHOICES, DEFAULT_THREADS, thread_count
+
 DESCRIPTION = """\
 Headless form of the live path, for a GPU (or CPU) box serving Slicer laptops:
 receives OpenIGTLink IMAGE messages from PLUS (or any IGTL server) at --input, segments the newest frame with the
@@ -61,8 +63,11 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=None, help="registered model name (default: the registry's default)")
     parser.add_argument("--device", default=None, metavar="NAME",
                         help="only segment IMAGE messages of this IGTL device name (default: any)")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
-                        help="auto: ONNX Runtime for a semantic model on the CPU, else torch (default: %(default)s)")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="auto: ONNX Runtime for a semantic model on the CPU (INT8 where the card allows), "
+                             "else torch (default: %(default)s)")
+    parser.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS,
+                        help="intra-op threads of ONNX Runtime and torch; 0: one per core (default: %(default)s)")
     parser.add_argument("--compute", default="auto", help="torch device: auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=0, help="stop after this many results (default: run forever)")
     parser.set_defaults(func=run)
@@ -77,7 +82,7 @@ def run(args) -> int:
     parse_allow_list(args.allow)  # a bad entry fails here with its name, before any model is loaded
     options = ServeOptions(input_host=host, input_port=port, port=args.port, host=args.host, model=args.model,
                            allowed_clients=args.allow, input_idle_timeout_s=args.input_timeout or None,
-                           device_name=args.device, backend=args.backend, compute=args.compute,
+                           device_name=args.device, backend=args.backend, compute=args.compute, threads=args.threads,
                            max_results=args.frames)
     run_serve(options)
     return 0

@@ -1,4 +1,5 @@
-"""Inference backends: the same model run by torch (CPU, or CUDA where present) or by ONNX Runtime.
+"""Inference backends: the same model run by torch (CPU, or CUDA where present) or by ONNX Runtime, in float32
+or (``onnx-int8``) as a statically quantized INT8 graph.
 
 A backend takes a float32 batch ``(B, C, H, W)`` in the model's input size and returns, for a semantic model,
 class probabilities ``(B, K, H, W)`` float32 (softmax over K, background included); for an instance model a list
@@ -18,7 +19,16 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
+#: What the commands accept for --backend: ``auto`` then the backends.
+BACKEND_CHOICES = ("auto",) + BACKENDS
+#: ``auto`` runs a model's INT8 graph only when its card records a measured Dice change (int8 against float32, every
+#: class) below this.
+INT8_MAX_DICE_CHANGE = 0.01
+#: --threads default of serve and demo (0: one per CPU core, ONNX Runtime's and torch's own choice).
+DEFAULT_THREADS = 0
+#: How the INT8 graph is made; part of its cache file name, so a changed recipe never reuses an old graph.
+INT8_RECIPE = "qdq-perchannel-minmax-v1"
 
 
 @contextlib.contextmanager
@@ -98,9 +108,185 @@ class OnnxBackend:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
+class OnnxInt8Backend(OnnxBackend):
+    """An INT8 graph made by :func:`quantize_int8` (float32 in, float32 probabilities out), on ONNX Runtime."""
+
+    name = "onnx-int8"
+
+
+def thread_count(text: str) -> int:
+    """argparse type for --threads: an integer >= 0 (0: the backend's default, one per core)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads >= 0 (0: one per core), got {text!r}")
+    return value
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """Use ``threads`` torch intra-op threads (when torch is already loaded); None or 0 keeps the default."""
+    import sys
+
+    if threads and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(threads))
+
+
 def describe(backend: Any) -> str:
     if isinstance(backend, TorchBackend):
         return f"torch ({backend.device})"
+    if isinstance(backend, OnnxInt8Backend):
+        return "onnxruntime int8 (cpu)"
     if isinstance(backend, OnnxBackend):
         return "onnxruntime (cpu)"
     return type(backend).__name__
+
+
+# --------------------------------------------------------------------------------------------------------- INT8
+def calibration_frames() -> List[np.ndarray]:
+    """The frames every INT8 graph is calibrated on: the bundled sample (24 usgra-seg training frames), so that
+    the graph made on a user's machine is the one whose Dice change the card records."""
+    from ..datasets.readers import open_dataset
+    from ..resources import sample_dir
+
+    dataset = open_dataset(sample_dir())
+    return [dataset[i].image for i in range(len(dataset))]
+
+
+def quantize_int8(fp32_path: Union[str, Path], int8_path: Union[str, Path], card,
+                  frames: Optional[List[np.ndarray]] = None) -> Path:
+    """Statically quantize the float32 graph at ``fp32_path`` to INT8 and write it to ``int8_path`` (atomically).
+
+    ONNX Runtime's quantization tools: the graph is pre-processed (shape inference, Conv+BatchNorm fused), then
+    quantized in QDQ format, weights int8 per output channel, activations uint8 with ranges calibrated (min/max)
+    on ``frames`` (default :func:`calibration_frames`) preprocessed as the card's input says. Input and output
+    stay float32, so the backend is a drop-in for the float32 one. Raises ValueError for an instance model or
+    no frames, FileNotFoundError when ``fp32_path`` is missing.
+    """
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from . import preprocess as pp
+
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    if card.task != "semantic":
+        raise ValueError(f"model {card.name!r} is an {card.task} model; INT8 graphs are made for semantic models only")
+    if not fp32_path.is_file():
+        raise FileNotFoundError(f"float32 ONNX graph to quantize not found: {fp32_path}")
+    frames = calibration_frames() if frames is None else list(frames)
+    if not frames:
+        raise ValueError(f"{card.name}: INT8 calibration needs at least one frame, got none")
+    batches = [pp.preprocess(frame, card.input)[0][np.newaxis] for frame in frames]
+
+    class _Frames(CalibrationDataReader):
+        def __init__(self):
+            self._items = iter(batches)
+
+        def get_next(self):
+            item = next(self._items, None)
+            return None if item is None else {"image": item}
+
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nerveseg-int8-", dir=int8_path.parent) as work:
+        prepared = Path(work) / "prepared.onnx"
+        quantized = Path(work) / "int8.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        with _quiet_root_logger():
+            quantize_static(str(prepared), str(quantized), _Frames(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        graph = onnx.load(str(quantized))
+        for key, value in (("nerveseg.precision", "int8"), ("nerveseg.int8_recipe", INT8_RECIPE),
+                           ("nerveseg.calibration_frames", str(len(batches)))):
+            prop = graph.metadata_props.add()
+            prop.key, prop.value = key, value
+        onnx.save(graph, str(quantized))
+        os.replace(quantized, int8_path)  # same folder: a half-written graph never sits at int8_path
+    return int8_path
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    # The quantizer warns on the root logger for every BatchNorm it leaves in float and asks for the
+    # pre-processing that quantize_int8 has already done: nothing a user can act on.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def int8_path_for(fp32_path: Union[str, Path]) -> Path:
+    """Where the INT8 graph of the float32 graph ``fp32_path`` is cached: next to it, same weights key."""
+    fp32_path = Path(fp32_path)
+    return fp32_path.with_name(f"{fp32_path.stem}.int8-{INT8_RECIPE}.onnx")
+
+
+def int8_measured_change(card) -> Optional[float]:
+    """The largest per-class Dice change of the card's INT8 graph as measured (``card.raw['int8']``), or None."""
+    record = (getattr(card, "raw", None) or {}).get("int8")
+    if not isinstance(record, dict):
+        return None
+    value = record.get("max_dice_change")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def int8_allowed(card) -> bool:
+    """True when the card records a measured INT8 Dice change below :data:`INT8_MAX_DICE_CHANGE` and the float32
+    masks it was measured on were not all empty (a model that segments nothing gives no evidence either way)."""
+    change = int8_measured_change(card)
+    if change is None or change >= INT8_MAX_DICE_CHANGE:
+        return False
+    agreement = card.raw["int8"].get("mask_agreement_dice", {})
+    return any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in agreement.values())
+
+
+def resolve_backend(card, backend: str, device: str) -> str:
+    """``auto`` -> what runs: the segmenter's rule (ONNX Runtime for a semantic model on a CPU, else torch), then
+    INT8 instead of float32 ONNX where the card allows it (:func:`int8_allowed`). Others are checked and returned."""
+    from .segmenter import choose_backend
+
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKEND_CHOICES)}")
+    if backend != "auto":
+        return backend
+    chosen = choose_backend(card.task, resolve_device(device))
+    return "onnx-int8" if chosen == "onnx" and int8_allowed(card) else chosen
+
+
+def load_segmenter(name: str, backend: str = "auto", device: str = "cpu", threads: Optional[int] = None,
+                   onnx_cache: Optional[Path] = None, weights_path=None, **kwargs):
+    """A :class:`~.segmenter.Segmenter` for the registered model ``name`` on ``backend`` (``auto``, torch, onnx or
+    onnx-int8; see :func:`resolve_backend`), with ``threads`` intra-op threads for ONNX Runtime and torch.
+
+    ``onnx-int8`` exports the float32 graph as the onnx backend does (cached by the weights' sha256), then
+    quantizes it once into :func:`int8_path_for` next to it. Raises ValueError for an unknown backend or an
+    instance model on ONNX, and whatever Segmenter.from_name raises for an unknown model or bad weights.
+    """
+    from ..models import registry
+    from .segmenter import Segmenter
+
+    card = registry.card(name)
+    chosen = resolve_backend(card, backend, device)
+    set_threads(threads)
+    if chosen != "onnx-int8":
+        return Segmenter.from_name(name, backend=chosen, device=device, threads=threads, onnx_cache=onnx_cache,
+                                   weights_path=weights_path, **kwargs)
+    if card.task != "semantic":
+        raise ValueError(f"model {name!r} is an {card.task} model; the onnx-int8 backend runs semantic models only")
+    fp32 = Segmenter.from_name(name, backend="onnx", device="cpu", threads=1, onnx_cache=onnx_cache,
+                               weights_path=weights_path, **kwargs)
+    int8_path = int8_path_for(fp32.backend.path)
+    if not int8_path.is_file():
+        log.info("%s: quantizing %s to INT8 (once; cached as %s)", name, fp32.backend.path.name, int8_path.name)
+        quantize_int8(fp32.backend.path, int8_path, fp32.card)
+    return Segmenter(fp32.card, OnnxInt8Backend(int8_path, threads=threads), **kwargs)

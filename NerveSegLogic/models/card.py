@@ -150,6 +150,7 @@ class ModelCard:
         for key, value in (("metrics", metrics), ("speed", speed)):
             if not isinstance(value, dict):
                 raise fail(key, "expected an object")
+        _check_int8(raw.get("int8"), task, fail)
         default = raw.get("default", False)
         if not isinstance(default, bool):
             raise fail("default", f"expected true or false, got {default!r}")
@@ -224,6 +225,25 @@ def _parse_classes(value: Any, fail) -> Tuple[SegmentClass, ...]:
     if len(set(keys)) != len(keys):
         raise fail("classes", f"a class appears twice: {keys}")
     return tuple(classes)
+
+
+def _check_int8(record: Any, task: str, fail) -> None:
+    """The optional ``int8`` block: what was measured of the model's INT8 ONNX graph (benchmarks/bench_int8.py).
+    ``max_dice_change`` (the largest per-class |Dice int8 - Dice float32|) decides whether ``auto`` runs it."""
+    if record is None:
+        return
+    if task != "semantic":
+        raise fail("int8", f"only semantic models have an INT8 graph; remove it from this {task} model's card")
+    if not isinstance(record, dict):
+        raise fail("int8", "expected an object with max_dice_change, dice_change, ms_per_frame, ...")
+    change = record.get("max_dice_change")
+    if isinstance(change, bool) or not isinstance(change, (int, float)) or not change >= 0:
+        raise fail("int8.max_dice_change", f"expected a number >= 0, got {change!r}")
+    for key in ("dice_change", "ms_per_frame"):
+        value = record.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in value.values()):
+            raise fail(f"int8.{key}", f"expected an object of numbers, got {value!r}")
 
 
 def _check_recipe(recipe: Any, fail) -> None:
