@@ -76,7 +76,7 @@ def test_display_settings_made_before_and_during_a_run_reach_the_display_node():
         assert display.segment_visible(segmentation, "nerve") is False
         assert display.segment_visible(segmentation, "blood_vessel") is True
         assert display.fill_outline(segmentation) == (False, True)
-        assert display.names_visible(segmentation) is True
+        assert controller.scene.region_names.visible is True
         assert display.segment_opacity(segmentation, "nerve") == pytest.approx(0.3)
 
         controller.set_class_opacity("blood_vessel", 0.8)  # as Slicer's segments table would
@@ -87,7 +87,7 @@ def test_display_settings_made_before_and_during_a_run_reach_the_display_node():
         controller.set_fill_outline(True, False)
         controller.set_names_visible(False)
         assert display.fill_outline(segmentation) == (True, False)
-        assert display.names_visible(segmentation) is False
+        assert controller.scene.region_names.visible is False
     finally:
         controller.stop()
     controller.scene.clear()

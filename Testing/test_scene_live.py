@@ -212,12 +212,11 @@ def test_display_helpers_set_visibility_opacity_fill_outline_and_names(live):
     assert node.GetSegmentOpacity2DOutline("blood_vessel") == pytest.approx(0.25)
     live.set_fill_outline(fill=False, outline=True)
     assert not node.GetVisibility2DFill() and node.GetVisibility2DOutline()
-    live.set_names_visible(True)
-    legends = [live.segmentation_node.GetNthDisplayNode(i) for i in range(live.segmentation_node.GetNumberOfDisplayNodes())]
-    legend = next(n for n in legends if n.IsA("vtkMRMLColorLegendDisplayNode"))
-    assert legend.GetVisibility() and legend.GetPrimaryDisplayNode() is node
     live.set_names_visible(False)
-    assert not legend.GetVisibility()
+    assert not live.region_names.visible
+    assert not any(n.GetDisplayNode().GetVisibility() for n in live.region_names.nodes.values())
+    live.set_names_visible(True)
+    assert all(n.GetDisplayNode().GetVisibility() for n in live.region_names.nodes.values())
     with pytest.raises(KeyError, match="nerve"):
         live.set_class_visible("bone", True)
     with pytest.raises(ValueError):
@@ -253,3 +252,22 @@ def test_the_model_is_named_on_the_segmentation_and_its_recording(live):
     live.apply(other)
     assert live.segmentation_node.GetAttribute("NerveSeg.model") == "sa-unet"
     assert live.segmentation_node.GetAttribute("NerveSeg.modelSha256") is None  # not known for the new model
+
+
+def test_class_names_stand_at_each_region_centroid_and_follow_every_frame(live):
+    """What the clinician reads on the view: 'Nerve' at the nerve, 'Blood vessel' at the vessel, in RAS mm."""
+    for k in (0, 3):
+        result = synthetic_result(k)
+        live.apply(result)
+        ras = GEOMETRY.ijk_to_ras()
+        for label, (ci, cj) in ((1, (150 + 5 * k, 200)), (2, (420, 120))):
+            (name, position), = live.region_names.positions(label)
+            assert name == {1: "Nerve", 2: "Blood vessel"}[label]
+            expected = ras @ np.array([ci, cj, 0.0, 1.0])
+            np.testing.assert_allclose(position, expected[:3], atol=0.05)  # the circle's centroid, 0.05 mm
+        node = live.region_names.nodes[1]
+        assert node.GetLocked() and node.GetDisplayNode().GetColor() == pytest.approx(CLASSES[0].color)
+    empty = synthetic_result(4)
+    empty.labelmap[:] = 0
+    live.apply(empty)
+    assert live.region_names.positions(1) == [] and live.region_names.positions(2) == []

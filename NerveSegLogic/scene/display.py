@@ -1,12 +1,16 @@
 """How a segmentation node is drawn: per-segment visibility and opacity, fill or outline, class names.
 
+Class names are drawn at each region (:class:`RegionNames`): one locked markups point per region at its centroid,
+labelled with the class name in the class's colour. A segmentation display node has no colour node, so Slicer's
+colour legend cannot name segments there (it stays hidden and logs an error); markups labels show in every view.
+
 Functions of a segmentation node (not of LiveScene) so that the Slicer module's live panel and the annotation
 panel bind the same code. All of it is MRML display-node state; Slicer's views follow it, and a saved scene keeps it.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 from NerveSegLogic.scene import mrml
 
@@ -69,39 +73,103 @@ def fill_outline(segmentation_node):
     return bool(node.GetVisibility2DFill()), bool(node.GetVisibility2DOutline())
 
 
-def set_names_visible(segmentation_node, visible: bool) -> Optional[object]:
-    """Show or hide the segment names as a colour legend in the views; returns the legend display node.
+class RegionNames:
+    """Names at the regions: per class one markups fiducial node ``<prefix> <class name>`` in the class's colour,
+    locked, with one control point per region (labelled with the class name) at the region's centroid.
 
-    MRML's segmentation display node has no per-segment text label; the colour legend (vtkMRMLColorLegendDisplayNode,
-    which for a segmentation lists each visible segment's name in its colour) is the MRML way to show names.
-    The legend node is created on first use and reused. Returns None when this MRML has no colour legend.
+    ``update(regions, geometry)`` moves, adds and removes points in place (no node is created per frame); a
+    region is ``(label, x, y, area)`` in pixels (see ``NerveSegLogic.regions``). Main thread only.
     """
-    slicer = mrml.slicer_module()
-    if not hasattr(slicer, "vtkMRMLColorLegendDisplayNode"):
-        return None
-    legend = _legend_node(segmentation_node)
-    if legend is None:
-        if not visible:
-            return None
-        scene = segmentation_node.GetScene()
-        mrml.ensure_node_classes(scene)
-        display_node = _display_node(segmentation_node)
-        legend = scene.AddNewNodeByClass("vtkMRMLColorLegendDisplayNode",
-                                         f"{segmentation_node.GetName()} names")
-        legend.SetAndObservePrimaryDisplayNode(display_node)
-        segmentation_node.AddAndObserveDisplayNodeID(legend.GetID())
-    legend.SetVisibility(bool(visible))
-    return legend
 
+    #: Point glyph size relative to the view (small: the text matters, not the dot).
+    GLYPH_SCALE = 1.0
+    TEXT_SCALE = 3.5
 
-def names_visible(segmentation_node) -> bool:
-    legend = _legend_node(segmentation_node)
-    return bool(legend is not None and legend.GetVisibility())
+    def __init__(self, scene, classes: Sequence, prefix: str):
+        self.scene = scene
+        self.classes = tuple(classes)
+        self.nodes: Dict[int, object] = {}
+        self._visible = True
+        for c in self.classes:
+            node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{prefix} {c.name}")
+            node.CreateDefaultDisplayNodes()
+            # Derived from the segmentation each frame: a saved scene recomputes nothing from them, so they are
+            # not saved (the segmentation and its recording are).
+            node.SetSaveWithScene(False)
+            for index in range(node.GetNumberOfDisplayNodes()):
+                node.GetNthDisplayNode(index).SetSaveWithScene(False)
+            node.SetLocked(True)
+            node.SetMarkupLabelFormat(c.name)
+            if hasattr(node, "SetFixedNumberOfControlPoints"):
+                node.SetFixedNumberOfControlPoints(False)
+            display = node.GetDisplayNode()
+            if display is not None:
+                display.SetColor(*c.color)
+                display.SetSelectedColor(*c.color)
+                display.SetGlyphScale(self.GLYPH_SCALE)
+                display.SetTextScale(self.TEXT_SCALE)
+                if hasattr(display, "SetPointLabelsVisibility"):
+                    display.SetPointLabelsVisibility(True)
+            self.nodes[int(c.label)] = node
 
+    def all_nodes(self):
+        """The markups nodes and their display nodes (for the owner's bookkeeping)."""
+        out = []
+        for node in self.nodes.values():
+            out.append(node)
+            for index in range(node.GetNumberOfDisplayNodes()):
+                out.append(node.GetNthDisplayNode(index))
+        return out
 
-def _legend_node(segmentation_node):
-    for index in range(segmentation_node.GetNumberOfDisplayNodes()):
-        node = segmentation_node.GetNthDisplayNode(index)
-        if node is not None and node.IsA("vtkMRMLColorLegendDisplayNode"):
-            return node
-    return None
+    def update(self, regions, geometry) -> None:
+        import numpy as np
+
+        ijk_to_ras = geometry.ijk_to_ras()
+        by_label: Dict[int, list] = {label: [] for label in self.nodes}
+        for region in regions or ():
+            label = int(region[0])
+            if label in by_label:
+                by_label[label].append(region)
+        for label, node in self.nodes.items():
+            wanted = by_label[label]
+            was_modifying = node.StartModify()
+            try:
+                while node.GetNumberOfControlPoints() > len(wanted):
+                    node.RemoveNthControlPoint(node.GetNumberOfControlPoints() - 1)
+                for index, region in enumerate(wanted):
+                    ras = ijk_to_ras @ np.array([float(region[1]), float(region[2]), 0.0, 1.0])
+                    if index < node.GetNumberOfControlPoints():
+                        node.SetNthControlPointPosition(index, float(ras[0]), float(ras[1]), float(ras[2]))
+                    else:
+                        node.AddControlPoint(float(ras[0]), float(ras[1]), float(ras[2]))
+                    node.SetNthControlPointLabel(index, self._name(label))
+                    node.SetNthControlPointLocked(index, True)
+            finally:
+                node.EndModify(was_modifying)
+
+    def _name(self, label: int) -> str:
+        for c in self.classes:
+            if int(c.label) == label:
+                return c.name
+        return str(label)
+
+    def set_visible(self, visible: bool) -> None:
+        self._visible = bool(visible)
+        for node in self.nodes.values():
+            display = node.GetDisplayNode()
+            if display is not None:
+                display.SetVisibility(self._visible)
+
+    @property
+    def visible(self) -> bool:
+        return self._visible
+
+    def positions(self, label: int):
+        """``[(name, (r, a, s)), ...]`` of one class's points (for checks)."""
+        node = self.nodes[int(label)]
+        out = []
+        for index in range(node.GetNumberOfControlPoints()):
+            position = [0.0, 0.0, 0.0]
+            node.GetNthControlPointPosition(index, position)
+            out.append((node.GetNthControlPointLabel(index), tuple(position)))
+        return out

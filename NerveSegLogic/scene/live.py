@@ -123,6 +123,9 @@ class LiveScene:
         self._track_display_nodes(self._segmentation)
         self._segments = ClassSegments(self._segmentation, self.classes)
         self._segments.rebuild()
+        self._names = display.RegionNames(self.scene, self.classes, f"{name} names")
+        self._nodes.extend(self._names.all_nodes())
+        self.min_region_area = 50  # pixels: smaller regions get no name
         self._reference_geometry = None
 
         self._browser = self._image_sequence = self._segmentation_sequence = None
@@ -285,6 +288,13 @@ class LiveScene:
             self._reference_geometry = geometry
         if result.model_name != self._model_name:
             self.set_model_identity(result.model_name)  # another model: its sha256 is unknown until told
+        if self._names.visible:
+            regions = result.regions
+            if regions is None:  # not found where the labelmap was made (e.g. a result built here)
+                from NerveSegLogic.regions import find_regions
+
+                regions = find_regions(result.labelmap, [c.label for c in self.classes], self.min_region_area)
+            self._names.update(regions, geometry)
         if self._recording:
             self._record(result, now)
         self.applied_count += 1
@@ -360,10 +370,12 @@ class LiveScene:
         display.set_fill_outline(self._segmentation, fill, outline)
 
     def set_names_visible(self, visible: bool) -> None:
-        """Show or hide the class names (a colour legend listing each segment's name in its colour)."""
-        legend = display.set_names_visible(self._segmentation, visible)
-        if legend is not None and legend not in self._nodes:
-            self._nodes.append(legend)
+        """Show or hide the class names at each region (markups points labelled with the class name)."""
+        self._names.set_visible(visible)
+
+    @property
+    def region_names(self) -> "display.RegionNames":
+        return self._names
 
     def _segment_id(self, key: str) -> str:
         keys = [c.key for c in self.classes]
