@@ -33,6 +33,9 @@ def test_no_acknowledged_save_is_lost_across_50_sigkills(tmp_path):
     db = tmp_path / "store.nsdb"
     with AnnotationStore(db) as store:
         frame_id = store.add_frame(np.zeros((H, W), np.uint8), "scan", 0).id
+        # one save here first, so whatever it imports lazily is imported once, not again in every forked child
+        store.save_mask(frame_id, (np.random.default_rng(0).random((H, W)) < 0.3).astype(np.uint8), {1: "nerve"},
+                        "parent", "manual", None)
     context = multiprocessing.get_context("fork")  # starts in milliseconds with everything already imported
     rng = random.Random(14)
     acknowledged = {}
