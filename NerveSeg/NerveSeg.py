@@ -65,12 +65,15 @@ class NerveSegParameterNode:
     deviceName: str = "Image_Reference"
     inputVolume: vtkMRMLScalarVolumeNode
     modelName: str = ""
-    backend: Annotated[str, Choice(["auto", "torch", "onnx"])] = "auto"
+    backend: Annotated[str, Choice(["auto", "torch", "onnx", "onnx-int8"])] = "auto"
     compute: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    mode: Annotated[str, Choice(["in-process", "remote"])] = "in-process"
+    mode: Annotated[str, Choice(["child-process", "in-process", "remote"])] = "child-process"
     remoteHost: str = "127.0.0.1"
     remotePort: Annotated[int, WithinRange(1, 65535)] = 18945
     record: bool = True
+    recordMinutes: Annotated[float, WithinRange(0.0, 600.0)] = 0.0
+    recordMegabytes: Annotated[int, WithinRange(64, 65536)] = 1024
+    atLimit: Annotated[str, Choice(["stop", "drop-oldest"])] = "stop"
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     fill: bool = True
     outline: bool = True
@@ -122,6 +125,8 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         controller.status_changed.connect(lambda status: setattr(self.ui.statusLabel, "text", status.text()))
         controller.running_changed.connect(self.onRunningChanged)
+        controller.first_frame.connect(self._showInViews)  # fit the views once the first image exists
+        self.ui.workerLogButton.clicked.connect(self.onShowWorkerLog)
         self.logic.review.changed.connect(self.onReviewChanged)
         # Results reach MRML only here, on the main thread; 5 ms keeps up with any scanner frame rate.
         self._timer = qt.QTimer()
@@ -213,9 +218,22 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             self.ui.modelCardTextBrowser.setPlainText(self.logic.controller.select_model(name, p.backend, p.compute))
 
+    def onReload(self) -> None:
+        """Developer-mode Reload: reload the NerveSegLogic package too, not only this file."""
+        if self.logic is not None:
+            self.logic.cleanup()
+        for name in [n for n in sys.modules if n == "NerveSegLogic" or n.startswith("NerveSegLogic.")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    def onShowWorkerLog(self) -> None:
+        text = self.logic.controller.worker_log(60) or _("No worker process is running.")
+        self.ui.workerLogTextBrowser.setPlainText(text)
+        self.ui.workerLogTextBrowser.visible = True
+
     def onStart(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("NerveSeg could not start."), waitCursor=True):
-            ready = slicer_setup.ensure(slicer, include_torch=self._parameterNode.mode == "in-process")
+            ready = slicer_setup.ensure(slicer, include_torch=self._parameterNode.mode != "remote")
             self.refreshDependencies()
             if ready:
                 self.logic.start(self._parameterNode)
@@ -282,7 +300,8 @@ class NerveSegLogic(ScriptedLoadableModuleLogic):
     def __init__(self, segmenterFactory=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         options = {"segmenter_factory": segmenterFactory} if segmenterFactory else {}
-        self.controller = LiveController(slicer.mrmlScene, **options)
+        # Remote mode too receives in the worker process: a receiver thread here would wait for the GIL.
+        self.controller = LiveController(slicer.mrmlScene, remote_via_worker=True, **options)
         self.review = ReviewController(slicer.mrmlScene)
 
     def getParameterNode(self) -> NerveSegParameterNode:
@@ -305,6 +324,7 @@ class NerveSegLogic(ScriptedLoadableModuleLogic):
         """Pass the display settings on; the controller ignores unchanged values, so per-class opacities set in
         the segments table survive edits of other parameters."""
         c = self.controller
+        c.set_recording_limits(p.recordMinutes, p.recordMegabytes, p.atLimit)
         c.set_recording(p.record)
         c.set_fill_outline(p.fill, p.outline)
         c.set_names_visible(p.showNames)
@@ -340,8 +360,8 @@ class NerveSegTest(ScriptedLoadableModuleTest):
             self.assertTrue(slicer_setup.install(slicer, missing, ask=False, testing=True), "packages not installed")
         logic = NerveSegLogic(segmenterFactory=segmenter_with_random_fallback)
         name = registry.default_name()
-        self.delayDisplay(f"Replaying the sample through {name}")
-        report = run_sample_replay(logic.controller, frames=12, model=name)
+        self.delayDisplay(f"Replaying the sample through {name} in the worker process")
+        report = run_sample_replay(logic.controller, frames=12, model=name, mode="child-process")
         expected = [c.key for c in registry.card(name).classes]
         self.assertEqual(sorted(report.segment_ids), sorted(expected))
         self.assertGreater(report.applied, 0)

@@ -14,7 +14,8 @@ LABEL_DEVICE_NAME = "NerveSegLabel"  # device name of the labelmaps a ``nerveseg
 #: run while the GUI executes Python); in-process: in threads of this process (headless use, where it is faster);
 #: remote: a ``nerveseg serve`` elsewhere segments, a worker process pairs its labelmaps with the frames.
 MODES = ("child-process", "in-process", "remote")
-BACKENDS = ("auto", "torch", "onnx")  # auto: ONNX Runtime on a CPU for semantic models, else torch
+#: auto: ONNX Runtime on a CPU for semantic models (INT8 where the card shows it costs < 0.01 Dice), else torch.
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 #: The widget refreshes the status at most this often (s): twice a second is readable and costs nothing.
 STATUS_INTERVAL_S = 0.5
 #: Remote mode keeps this many recent image frames to pair labelmaps with (about 4 s at 30 fps).

@@ -485,6 +485,17 @@ class LiveController:
     def _limit_message(self) -> str:
         return getattr(self._scene, "limit_message", "") or "" if self._scene is not None else ""
 
+    def set_recording_limits(self, minutes: float = 0.0, megabytes: Optional[float] = 1024.0,
+                             at_limit: str = "stop") -> None:
+        """The panel's recording limit: ``minutes`` of scan time (0: none) and ``megabytes`` MiB (0/None: none);
+        ``at_limit`` stop or drop-oldest. Unchanged values do nothing. ValueError for values out of range."""
+        from ..scene.live import RecordingLimit
+
+        limit = RecordingLimit(max_seconds=float(minutes) * 60.0 if minutes else None,
+                               max_megabytes=float(megabytes) if megabytes else None, at_limit=at_limit)
+        if limit != self._recording_limit:
+            self.set_recording_limit(limit)
+
     def set_recording_limit(self, limit) -> None:
         """Bound the recording (a ``scene.live.RecordingLimit``: minutes and/or MiB, stop or drop the oldest);
         applies to the current scene and to scenes created later."""
