@@ -98,3 +98,16 @@ def test_an_image_file_of_one_column_and_20000_rows_is_refused_from_its_header(t
     data = open_dataset(root)
     with pytest.raises(DatasetError, match=r"a\.png: 1 x 20000 pixels.*at most"):
         data[0]
+
+
+def test_a_manifest_entry_outside_the_export_is_reported_not_hashed(tmp_path):
+    from NerveSegLogic.datasets.manifest import sha256_file, verify_manifest
+
+    secret = _outside_image(tmp_path)
+    root = tmp_path / "export"
+    root.mkdir()
+    entries = [{"path": "../private/secret.png", "sha256": sha256_file(secret)},
+               {"path": str(secret), "sha256": sha256_file(secret)}]
+    (root / "manifest.json").write_text(json.dumps({"files": entries}))
+    problems = verify_manifest(root)
+    assert len(problems) == 2 and "climbs out" in problems[0] and "absolute" in problems[1]

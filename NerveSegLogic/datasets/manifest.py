@@ -12,7 +12,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from NerveSegLogic.classes import SegmentClass
 
+from .dataset import DatasetError
 from .layout import MANIFEST, SPLIT_NAMES
+from .safe_paths import resolve_inside
 
 MANIFEST_VERSION = 1
 
@@ -98,7 +100,11 @@ def verify_manifest(root: Path) -> List[str]:
     listed = set()
     for entry in content["files"]:
         listed.add(entry["path"])
-        path = root / entry["path"]
+        try:  # a manifest is input too: never hash a file outside the export it describes
+            path = resolve_inside(root, root, entry["path"], f"{root / MANIFEST}: files entry field 'path'")
+        except DatasetError as error:
+            problems.append(str(error))
+            continue
         if not path.is_file():
             problems.append(f"{entry['path']}: listed but missing")
         elif sha256_file(path) != entry["sha256"]:
