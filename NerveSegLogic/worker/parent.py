@@ -64,7 +64,12 @@ def worker_python() -> str:
     slicer = sys.modules.get("slicer")
     if slicer is not None and hasattr(slicer, "app"):
         name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-        found = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+        # PythonSlicer lives in Slicer's bin folder (<slicerHome>/bin; Slicer.app/Contents/bin on macOS).
+        home = getattr(slicer.app, "slicerHome", "") or ""
+        folders = [os.path.join(home, "bin")] if home else []
+        folders.append(os.path.dirname(sys.executable))
+        found = shutil.which(name) or next(
+            (path for path in (shutil.which(name, path=folder) for folder in folders) if path), None)
         if found:
             return found
         raise RuntimeError(f"cannot find {name} next to Slicer ({os.path.dirname(sys.executable)}); set "
