@@ -177,6 +177,9 @@ def register(subparsers) -> None:
     o = ops.add_parser("relabel", help="one class becomes another")
     o.add_argument("--from", dest="from_label", type=int, required=True)
     o.add_argument("--to", dest="to_label", type=int, required=True, help="0 deletes the class")
+    from NerveSegLogic.commands.annotate_prompt import add_embed_action, add_prompt_op  # issue 15
+    add_prompt_op(ops)
+    add_embed_action(actions)
 
     parser.set_defaults(func=run, annotate_parser=parser)
 
@@ -405,6 +408,10 @@ def _agreement(store, args) -> int:
 def _correct(store, args) -> int:
     from NerveSegLogic.annotate.corrections import NothingChanged, apply_correction
 
+    if args.op == "prompt":  # a box and/or clicks through the promptable model (commands/annotate_prompt.py)
+        from NerveSegLogic.commands.annotate_prompt import run_prompt
+
+        return run_prompt(store, args, _author(args))
     params = {k: getattr(args, k) for k in ("center", "radius", "label", "from_label", "to_label")
               if hasattr(args, k)}
     if args.op == "polygon":
@@ -436,4 +443,10 @@ def _point(text: str):
 
 _ACTIONS = {"import": _import, "prelabel": _prelabel, "queue": _queue, "status": _status, "accept": _decide,
             "reject": _decide, "history": _history, "restore": _restore, "agreement": _agreement,
-            "correct": _correct}
+            "correct": _correct, "embed": lambda store, args: _embed(store, args)}
+
+
+def _embed(store, args) -> int:
+    from NerveSegLogic.commands.annotate_prompt import run_embed
+
+    return run_embed(store, args)
