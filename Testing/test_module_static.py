@@ -295,3 +295,28 @@ def test_user_facing_messages_are_translatable():
 
 def test_module_says_research_use_only():
     assert "Research use only, not for clinical decisions." in MODULE.read_text(encoding="utf-8")
+
+
+def _widget_method(name: str) -> ast.FunctionDef:
+    widget = next(n for n in module_tree().body if isinstance(n, ast.ClassDef) and n.name == "NerveSegWidget")
+    method = next((n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    assert method is not None, f"NerveSegWidget.{name} is missing"
+    return method
+
+
+def test_reload_drops_the_nervesegLogic_package_so_developer_reload_picks_up_its_changes():
+    source = ast.get_source_segment(MODULE.read_text(encoding="utf-8"), _widget_method("onReload"))
+    assert "sys.modules" in source and '"NerveSegLogic."' in source and "del sys.modules" in source
+    assert "ScriptedLoadableModuleWidget.onReload(self)" in source
+
+
+def test_views_are_fitted_when_the_first_frame_arrives_not_only_at_start():
+    source = ast.get_source_segment(MODULE.read_text(encoding="utf-8"), _widget_method("setup"))
+    assert "controller.first_frame.connect(self._showInViews)" in source
+
+
+def test_the_panel_defaults_to_the_worker_process_and_remote_mode_receives_there_too():
+    text = MODULE.read_text(encoding="utf-8")
+    assert 'Choice(["child-process", "in-process", "remote"])] = "child-process"' in text
+    assert "remote_via_worker=True" in text
+    assert 'mode="child-process"' in text  # the module test replays through the worker
