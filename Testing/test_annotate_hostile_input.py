@@ -120,6 +120,7 @@ def test_a_damaged_sqlite_file_is_named_as_such_not_as_a_foreign_file(tmp_path, 
     assert main(["annotate", "status", "--store", str(db)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and str(db) in err
+    assert "could not be opened" in err and "not a NerveSeg annotation store" not in err
 
 
 def test_import_goes_on_past_a_corrupt_image_names_it_and_exits_1(tmp_path, capsys):

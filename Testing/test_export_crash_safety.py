@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -99,24 +98,18 @@ def test_force_replacement_never_leaves_the_target_missing(frames, tmp_path, mon
     export_cohort(frames, out, _options())
     if not exchange:
         monkeypatch.setattr(atomic_dir, "_exchange", lambda a, b: False)
-    missing, stop = [], threading.Event()
+    states, real_rename = [], os.rename
 
-    def watch():
-        while not stop.is_set():
-            if not (out / "manifest.json").exists():
-                missing.append(time.perf_counter())
-            time.sleep(0)  # let the export run
+    def rename(src, dst):  # after every rename of the replacement: is there an export at the target?
+        real_rename(src, dst)
+        states.append((Path(src).name, Path(dst).name, (out / "manifest.json").exists()))
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        for _ in range(2):
-            export_cohort(frames, out, _options(force=True))
-    finally:
-        stop.set()
-        watcher.join()
-    if exchange:
-        assert missing == []  # the swap is one system call
+    monkeypatch.setattr(os, "rename", rename)
+    export_cohort(frames, out, _options(force=True))
+    if exchange:  # one system call swaps them: no rename ever leaves the target without its export
+        assert all(present for _, _, present in states), states
+    else:  # the old one goes aside only when the new one is complete, and the next step puts the new one in
+        assert [present for _, _, present in states] == [False, True], states
     assert verify_manifest(out) == []
     assert [p.name for p in tmp_path.iterdir()] == ["cohort"]
 
