@@ -205,3 +205,24 @@ def test_serve_input_timeout_must_be_a_positive_number(bad, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--input", "h:1", "--input-timeout", bad])
     assert "positive number of seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["replay", "--spacing", "nan"], "positive finite number"),
+    (["replay", "--fps", "inf"], "positive finite number"),
+    (["replay", "--port", "70000"], "TCP port 0..65535"),
+    (["serve", "--input", "h:1", "--port", "70000"], "TCP port 0..65535"),
+])
+def test_stream_commands_refuse_numbers_outside_their_range_at_parse_time(argv, words, capsys):
+    from NerveSegLogic.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert words in capsys.readouterr().err
+
+
+def test_a_sender_port_outside_the_range_is_a_value_error_not_an_overflow():
+    from NerveSegLogic.stream.sender import ImageSender
+
+    with pytest.raises(ValueError, match="0..65535"):
+        ImageSender(port=70000)

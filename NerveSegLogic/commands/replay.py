@@ -36,27 +36,45 @@ examples:
   nerveseg replay --source clip.mp4 --host 0.0.0.0 --rgb    # RGB as 3 components, like Clarius via PLUS"""
 
 
+def port_number(text: str) -> int:
+    """A TCP port 0..65535 (0: any free one)."""
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 0..65535, got {text!r}")
+    return int(text)
+
+
+def positive_number(text: str) -> float:
+    """A positive, finite number (NaN, inf, 0 and negatives are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("replay", help="serve recorded frames over OpenIGTLink (stand-in for PLUS)",
                                    description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", metavar="PATH", default=None,
                         help="image folder, video file or .seq.nrrd sequence (default: the bundled sample)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT,
                         help=f"TCP port to listen on, 0 for any free one (default {DEFAULT_PORT})")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--allow", default=None, metavar="ADDRESSES",
                         help="only these client addresses or networks may connect, comma-separated "
                              "(e.g. 10.0.0.5,192.168.1.0/24; default: any that can reach --host)")
-    parser.add_argument("--fps", type=float, default=None,
+    parser.add_argument("--fps", type=positive_number, default=None,
                         help="frames per second (default: the source's own rate, else 25)")
     parser.add_argument("--loop", action="store_true", help="start again at the end (until Ctrl-C or --frames)")
     parser.add_argument("--frames", type=int, default=None, metavar="N",
                         help="stop after N frames (default: the whole source once, or forever with --loop)")
     parser.add_argument("--device-name", default=DEFAULT_DEVICE,
                         help=f"IGTL device name of the images (default {DEFAULT_DEVICE}, as PLUS)")
-    parser.add_argument("--spacing", type=float, default=None, metavar="MM",
+    parser.add_argument("--spacing", type=positive_number, default=None, metavar="MM",
                         help="pixel size in mm, overriding the source's (default: the source's; 1.0 for images "
                              "and videos, which carry none)")
     parser.add_argument("--rgb", action="store_true",

@@ -32,6 +32,13 @@ def parse_host_port(text: str):
     return host, int(port)
 
 
+def port_number(text: str) -> int:
+    """A TCP port 0..65535 (0: any free one)."""
+    if not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 0..65535, got {text!r}")
+    return int(text)
+
+
 def timeout_seconds(text: str) -> float:
     """A positive, finite number of seconds (0 or 'off': never time out, returned as 0.0)."""
     if text.strip().lower() in ("0", "off", "none"):
@@ -51,7 +58,8 @@ def register(subparsers) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, type=parse_host_port, metavar="HOST:PORT",
                         help="the IGTL server to receive images from (PLUS: port 18944)")
-    parser.add_argument("--port", type=int, default=18945, help="port that clients connect to (default: %(default)s)")
+    parser.add_argument("--port", type=port_number, default=18945,
+                        help="port that clients connect to (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")
     parser.add_argument("--allow", default=None, metavar="ADDRESSES",

@@ -152,6 +152,8 @@ class ImageSender:
                  allowed_clients: Union[str, Sequence[str], None] = None):
         if backlog < 1:
             raise ValueError(f"backlog must be at least 1 message, got {backlog}")
+        if not 0 <= int(port) <= 65535:
+            raise ValueError(f"port must be 0..65535 (0: any free one), got {port}")
         self.allowed_clients = parse_allow_list(allowed_clients)
         self._refusals_logged_at = -1e9
         self.backlog = int(backlog)
