@@ -275,7 +275,16 @@ def main(argv=None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="skip the torch column")
     parser.add_argument("--report", default=str(REPO / "benchmarks" / "int8.md"))
     parser.add_argument("--write-cards", action="store_true", help="store the int8 block in each card")
+    parser.add_argument("--cards-from", default=None, metavar="JSON",
+                        help="write the cards' int8 blocks from a finished run's JSON (int8.json) and stop")
     args = parser.parse_args(argv)
+    if args.cards_from:
+        saved = json.loads(Path(args.cards_from).read_text())
+        args.threads = saved["threads"]
+        for row in saved["rows"]:
+            write_card_block(row["name"], card_block(row, args, saved["command"], saved["calibration_frames"]))
+            print(f"{row['name']}: int8 block written")
+        return 0
 
     import torch
 
@@ -298,7 +307,8 @@ def main(argv=None) -> int:
         if args.write_cards:
             write_card_block(name, card_block(row, args, command, len(skip)))
     Path(args.report).write_text(report(rows, args, command, len(skip)))
-    Path(args.report).with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    saved = {"command": command, "threads": args.threads, "calibration_frames": len(skip), "rows": rows}
+    Path(args.report).with_suffix(".json").write_text(json.dumps(saved, indent=2) + "\n")
     print(f"wrote {args.report}")
     return 0
 
