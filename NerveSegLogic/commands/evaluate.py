@@ -17,8 +17,13 @@ Writes into --out:
   report.md      the tables and overlay pictures (overlays/*.png) of the best and worst frames
 Detection follows Smistad et al.: a true region counts as found when a predicted region overlaps it with Dice above
 0.25; regions smaller than a 7-pixel-radius circle are ignored. HD95 is in pixels, and in mm where the data gives
-a pixel spacing. The data's classes must be the model's: if they are not, the command stops and says which mapping
-the model expects (give it with --map). Research use only, not for clinical decisions."""
+a pixel spacing. Per-frame presence: the rate of frames with no class labelled where the model marks it
+(false_frame_rate), of frames with it where the model marks nothing, and the AUC of "the class is in this frame"
+(frame score: the class's highest probability), under "presence" in metrics.json.
+Data that labels only some of the model's classes (the Kaggle nerve set labels the nerve only) is scored on the
+classes both have; the others are named as not labelled. The command stops when the data shares no class with the
+model, or labels a class the model lacks, and says which mapping the model expects (give it with --map, e.g.
+--map 3=background to leave a class out). Research use only, not for clinical decisions."""
 
 EPILOG = """\
 defaults: --out evaluation/<model>, the card's shipped weights, --device cpu.
@@ -68,8 +73,11 @@ def run(args) -> int:
         print(f"nerveseg evaluate: {message}", file=sys.stderr)
         return 2
     for key in summary["classes"]:
-        m, d = summary["per_class"][key], summary["detection"][key]
+        m, d, p = summary["per_class"][key], summary["detection"][key], summary["presence"][key]
         print(f"{key}: Dice {m['dice']:.3f}  IoU {m['iou']:.3f}  HD95 {m['hd95_px']:.1f} px  "
-              f"detection F1 {d['f1']:.3f}")
+              f"detection F1 {d['f1']:.3f}  false-{key} frames {p['false_frames']}/{p['frames_without']}  "
+              f"presence AUC {p['auc']:.3f}")
+    if summary.get("not_labelled"):
+        print(f"not scored (the data does not label them): {', '.join(summary['not_labelled'])}")
     print(f"{summary['n_images']} frames; metrics: {paths['metrics']}; report: {paths['report']}")
     return 0

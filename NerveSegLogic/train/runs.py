@@ -45,19 +45,22 @@ def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path]
 
     Frames are taken in name order: all of them, the first ``limit_images``, or those named in ``names``.
 
-    Returns (metrics summary, written paths). Raises ClassMismatchError when the data's classes differ from the
-    model's (naming the mapping it expects), DatasetError for bad data, WeightsError for missing/corrupt weights.
+    Returns (metrics summary, written paths). Scores the model's classes the data labels (``not_labelled`` lists
+    the others). Raises ClassMismatchError when the data labels a class the model lacks or shares none with it
+    (naming the mapping it expects), DatasetError for bad data, WeightsError for missing/corrupt weights.
     """
     from ..datasets.readers import open_dataset
     from ..inference.segmenter import Segmenter
     from ..models import registry
-    from .data import FrameStore, label_translation
-    from .evaluate import evaluate, write_report
+    from .data import FrameStore
+    from .evaluate import evaluate, evaluation_classes, write_report
     from .loop import resolve_device
 
     card, weights_path, sha256 = card_for_weights(model, weights, cards_dir)
     dataset = open_dataset(data, format=data_format, mapping=mapping)
-    translation = label_translation(card.classes, dataset.classes, f"model {card.name}", f"the data set {data}")
+    # The data may label some of the model's classes (Kaggle: the nerve only): those are scored, the rest listed.
+    translation, scored, _ = evaluation_classes(card.classes, dataset.classes, f"model {card.name}",
+                                                f"the data set {data}", getattr(dataset, "_label_table", None))
     all_names = dataset.names()
     order = sorted(range(len(all_names)), key=lambda i: all_names[i])
     if names is not None:
@@ -69,7 +72,7 @@ def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path]
     device = resolve_device(device)
     module = registry.load_from_card(card, device=device, weights_path=weights_path, sha256=sha256)
     segmenter = Segmenter.from_module(card, module, device=device, threads=threads)
-    evaluation = evaluate(segmenter, frames, progress=progress)
+    evaluation = evaluate(segmenter, frames, progress=progress, scored=scored)
     context = {"data": str(data), "data_description": getattr(dataset, "description", ""),
                "weights": str(weights_path or card.weights_path),
                "weights_sha256": sha256 or (card.weights or {}).get("sha256"),
