@@ -67,6 +67,7 @@ class NerveSegParameterNode:
     modelName: str = ""
     backend: Annotated[str, Choice(["auto", "torch", "onnx", "onnx-int8"])] = "auto"
     compute: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    threads: Annotated[int, WithinRange(0, 64)] = 0
     mode: Annotated[str, Choice(["child-process", "in-process", "remote"])] = "child-process"
     remoteHost: str = "127.0.0.1"
     remotePort: Annotated[int, WithinRange(1, 65535)] = 18945
@@ -249,7 +250,7 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.startButton.enabled = not running
         self.ui.stopButton.enabled = running
         for name in ("inputCollapsibleButton", "modelComboBox", "backendComboBox", "computeComboBox",
-                     "modeComboBox"):
+                     "threadsSpinBox", "modeComboBox"):
             getattr(self.ui, name).enabled = not running
         if running:
             self.ui.segmentsTableView.setSegmentationNode(self.logic.controller.segmentation_node)
@@ -315,6 +316,7 @@ class NerveSegLogic(ScriptedLoadableModuleLogic):
         else:
             c.connect(p.host, p.port, p.deviceName)
         c.select_model(p.modelName, p.backend, p.compute)
+        c.threads = p.threads
         if p.mode == "remote":
             c.connect_remote(p.remoteHost, p.remotePort)
         self.applyDisplay(p)
