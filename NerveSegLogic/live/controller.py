@@ -102,11 +102,10 @@ def _default_receiver(host: str, port: int, device_name: Optional[str], on_frame
 
 
 def _default_segmenter(name: str, backend: str, device: str) -> FrameSegmenter:
-    from ..inference.backends import resolve_device  # imports torch: only when a model is loaded
-    from ..inference.segmenter import Segmenter
+    from ..inference.backends import load_segmenter, resolve_device  # imports torch: only when a model is loaded
 
     # "auto" becomes cuda or cpu here: the weights are moved to this device before the backend sees it.
-    return Segmenter.from_name(name, backend=backend, device=resolve_device(device))
+    return load_segmenter(name, backend=backend, device=resolve_device(device))
 
 
 def _default_scene(classes, mrml_scene=None, name: str = "NerveSeg", record: bool = True,

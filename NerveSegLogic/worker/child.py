@@ -223,12 +223,11 @@ def _build(args, parent: ParentLink):
                         remote, card.classes, card.name, sinks=[])
         return None, f"{card.name} on the server {args.remote}", card.classes, run
 
-    from ..inference.backends import resolve_device
-    from ..inference.segmenter import Segmenter
+    from ..inference.backends import load_segmenter, resolve_device
 
     threads = args.threads or None
-    segmenter = Segmenter.from_name(args.model, backend=args.backend, device=resolve_device(args.compute),
-                                    threads=threads)
+    segmenter = load_segmenter(args.model, backend=args.backend, device=resolve_device(args.compute),
+                               threads=threads)
     segmenter.warm_up()
     if args.input == "parent":
         frames = NewestSlot()
