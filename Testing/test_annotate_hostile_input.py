@@ -4,7 +4,6 @@ correction that changes nothing saves nothing and leaves the status alone."""
 from __future__ import annotations
 
 import argparse
-import sqlite3
 
 import cv2
 import numpy as np

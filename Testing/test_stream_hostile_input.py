@@ -2,15 +2,13 @@
 silent, clients that are not on the allow-list. Each is refused (and counted) before it costs memory or time."""
 
 import socket
-import struct
-import time
 import tracemalloc
 
 import numpy as np
 import pytest
 
 from NerveSegLogic.frame import ImageGeometry
-from NerveSegLogic.image_bounds import MAX_ASPECT, MAX_SIDE_PX, ImageTooLarge, check_image_size
+from NerveSegLogic.image_bounds import MAX_ASPECT, ImageTooLarge, check_image_size
 from NerveSegLogic.inference import preprocess as pp
 from NerveSegLogic.stream import ImageReceiver
 from NerveSegLogic.stream.codec import (ImageRefused, decode_image, encode_image, parse_header, HEADER_SIZE)

@@ -377,8 +377,8 @@ def find_recording_files(folder: PathLike) -> RecordingFiles:
         from ..datasets.safe_paths import resolve_inside
 
         try:  # a scene file is input too: its file names are followed only inside the recording folder
-            path = resolve_inside(folder, folder, file_name, f"{mrmls[0]}: sequence {element.attrib.get('name')!r} storage "
-                                             "field 'fileName'")
+            where = f"{mrmls[0]}: sequence {element.attrib.get('name')!r} storage field 'fileName'"
+            path = resolve_inside(folder, folder, file_name, where)
         except DatasetError as exc:
             raise SourceError(str(exc)) from None
         if not path.is_file():
