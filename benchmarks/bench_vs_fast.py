@@ -530,7 +530,8 @@ def write_outputs(runs: List[Dict], args, command: str, onnx_path: Path) -> None
     report_path.write_text(report(runs, summary, args, command, onnx_path, plot_path.name))
     options = {k: getattr(args, k) for k in ("model", "frames", "fps", "rounds", "threads")}
     report_path.with_suffix(".json").write_text(json.dumps(
-        {"command": command, "options": options, "onnx": str(onnx_path.name), "summary": summary, "runs": runs},
+        {"command": command, "options": options, "onnx": str(onnx_path.name), "summary": summary,
+         "runs": [{k: v for k, v in run.items() if k != "log_tail"} for run in runs]},  # logs name local paths
         indent=1) + "\n")
     print(json.dumps(summary, indent=1))
     print(f"wrote {report_path} and {plot_path.name}")
