@@ -7,7 +7,8 @@ import argparse
 DESCRIPTION = """\
 Evaluate a registered model on any labelled data set (image/mask folders like usgra-seg, Kaggle, COCO, Labelme,
 Slicer .seg.nrrd, nnU-Net). Every frame is segmented by the live path's own code (the card's preprocessing, the
-model, argmax, back to the frame's size, regions under a 7-pixel-radius circle dropped), then compared with its mask.
+model, its probabilities resampled to the frame's size and argmax, regions under a 7-pixel-radius circle dropped),
+then compared with its mask.
 
 Writes into --out:
   metrics.json   {"model", "n_images", "per_class": {"nerve": {"dice", "iou", "precision", "recall", "hd95_px",

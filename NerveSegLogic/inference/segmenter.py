@@ -26,6 +26,12 @@ INSTANCE_MASK_THRESHOLD = 0.5
 #: Instances below this score are not painted into the labelmap.
 INSTANCE_SCORE_THRESHOLD = 0.5
 
+#: How a semantic model's output becomes the frame's labelmap. ``smooth``: the class probabilities resampled
+#: bilinearly to the frame, then argmax (contours follow the probabilities between model pixels). ``fast``: argmax at
+#: the model's resolution, then nearest-neighbour up (each model pixel becomes a block of frame pixels).
+CONTOURS = ("smooth", "fast")
+DEFAULT_CONTOURS = "smooth"
+
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -57,9 +63,14 @@ class Segmenter:
     card: the model's ModelCard (classes, input spec, task).
     backend: a TorchBackend or OnnxBackend (anything with ``run(batch)`` and ``task``).
     min_component_area: connected regions smaller than this (pixels of the frame) are dropped; Smistad's rule.
+    contours: ``smooth`` or ``fast`` (see :data:`CONTOURS`; benchmarks/contours.md measures both).
     """
 
-    def __init__(self, card, backend, min_component_area: int = pp.MIN_COMPONENT_AREA_PX):
+    def __init__(self, card, backend, min_component_area: int = pp.MIN_COMPONENT_AREA_PX,
+                 contours: str = DEFAULT_CONTOURS):
+        if contours not in CONTOURS:
+            raise ValueError(f"contours {contours!r} unknown; expected one of {', '.join(CONTOURS)}")
+        self.contours = contours
         self.card = card
         self.backend = backend
         self.spec: pp.InputSpec = card.input
@@ -138,10 +149,10 @@ class Segmenter:
                                   probabilities=probabilities, instances=instances, placement=placement)
 
     def _semantic(self, probabilities: np.ndarray, placement: pp.Placement):
-        # argmax in the model's own resolution, then nearest-neighbour back: the same answer as argmax of
-        # resized probabilities up to edge pixels, at a fraction of the cost for a live path.
-        small = probabilities.argmax(axis=0).astype(np.uint8)
-        labelmap = pp.restore_mask(small, placement)
+        if self.contours == "smooth":
+            labelmap = smooth_labelmap(probabilities, placement)
+        else:
+            labelmap = pp.restore_mask(probabilities.argmax(axis=0).astype(np.uint8), placement)
         labelmap = pp.remove_small_components(labelmap, self.min_component_area,
                                               labels=[c.label for c in self.classes])
         return labelmap, probabilities, None
@@ -171,6 +182,78 @@ class Segmenter:
         from .backends import describe
 
         return f"{self.card.name} on {describe(self.backend)}"
+
+
+def _argmax_last(maps: np.ndarray) -> np.ndarray:
+    """argmax over the last axis of (..., K) as uint8, first class on ties (numpy's rule), by K-1 comparisons:
+    several times faster than ``np.argmax(axis=-1)`` on a small K."""
+    best = maps[..., 0].copy()
+    labels = np.zeros(best.shape, dtype=np.uint8)
+    for k in range(1, maps.shape[-1]):
+        channel = maps[..., k]
+        better = channel > best
+        labels[better] = k
+        np.maximum(best, channel, out=best)
+    return labels
+
+
+def smooth_labelmap(probabilities: np.ndarray, placement: pp.Placement) -> np.ndarray:
+    """The frame's labelmap ``(src_h, src_w)`` uint8: argmax of the ``(K, h, w)`` model-size probabilities resampled
+    bilinearly to the frame (as :func:`~.preprocess.restore`, cropped rows background), computed only where it can
+    differ from background.
+
+    Why only there: a bilinear sample is a convex combination of its 2x2 model-pixel neighbours, so where background
+    is the argmax of all four it is the argmax of the sample too. The frame pixels whose neighbours include a
+    foreground model pixel lie inside the boxes of the (one pixel dilated) foreground components, mapped to the
+    frame; only those boxes are resampled (with ``cv2.warpAffine``, the same pixel-centre mapping as
+    ``cv2.resize``).
+    """
+    import cv2
+
+    channels = probabilities.shape[0]
+    scaled = np.zeros((placement.scaled_h, placement.scaled_w, channels), dtype=np.float32)
+    scaled[..., 0] = 1.0  # rows cropped away below the input are background, as in restore()
+    scaled[:placement.valid_h, :placement.valid_w] = \
+        probabilities[:, :placement.valid_h, :placement.valid_w].transpose(1, 2, 0)
+    labelmap = np.zeros((placement.src_h, placement.src_w), dtype=np.uint8)
+    foreground = (_argmax_last(scaled) != 0).astype(np.uint8)
+    if not foreground.any():
+        return labelmap
+    grown = cv2.dilate(foreground, np.ones((3, 3), np.uint8))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+    sx, sy = placement.scaled_w / placement.src_w, placement.scaled_h / placement.src_h
+    for index in range(1, count):
+        x, y, w, h = (int(v) for v in stats[index, :4])
+        # frame column X samples the model map at u = (X + 0.5) sx - 0.5 from columns floor(u) and floor(u) + 1,
+        # so the box's frame columns are those with u in (x - 1, x + w); at the map's edge samples are clamped to
+        # it, so a box touching the edge reaches the frame's edge.
+        x0 = 0 if x == 0 else max(0, int(np.floor((x - 0.5) / sx - 0.5)))
+        x1 = placement.src_w if x + w >= placement.scaled_w else \
+            min(placement.src_w, int(np.ceil((x + w + 0.5) / sx - 0.5)) + 1)
+        y0 = 0 if y == 0 else max(0, int(np.floor((y - 0.5) / sy - 0.5)))
+        y1 = placement.src_h if y + h >= placement.scaled_h else \
+            min(placement.src_h, int(np.ceil((y + h + 0.5) / sy - 0.5)) + 1)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        # frame pixel (X, Y) of the box samples the model map at ((X + x0 + 0.5) sx - 0.5, (Y + y0 + 0.5) sy - 0.5)
+        inverse = np.array([[sx, 0.0, (x0 + 0.5) * sx - 0.5], [0.0, sy, (y0 + 0.5) * sy - 0.5]], dtype=np.float64)
+        box = _warp_channels(scaled, inverse, (x1 - x0, y1 - y0))
+        labelmap[y0:y1, x0:x1] = np.maximum(labelmap[y0:y1, x0:x1], _argmax_last(box))
+    return labelmap
+
+
+def _warp_channels(image: np.ndarray, inverse: np.ndarray, size) -> np.ndarray:
+    """Bilinear samples (h, w, K) of ``image`` (H, W, K) at ``inverse`` @ (x, y, 1); border values replicated,
+    as cv2.resize does. OpenCV warps at most 4 channels at once."""
+    import cv2
+
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    parts = []
+    for start in range(0, image.shape[2], 4):
+        part = cv2.warpAffine(np.ascontiguousarray(image[..., start:start + 4]), inverse, size, flags=flags,
+                              borderMode=cv2.BORDER_REPLICATE)
+        parts.append(part if part.ndim == 3 else part[..., np.newaxis])
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
 
 
 def time_segment(segmenter: Segmenter, image: np.ndarray, repeats: int = 20) -> Tuple[float, float]:

@@ -1,7 +1,8 @@
 """Evaluating a model on labelled frames exactly as the live path segments them, and the report it writes.
 
 Every frame goes through :class:`NerveSegLogic.inference.segmenter.Segmenter` (the live path's own code: the card's
-preprocessing, the model, argmax, back to the frame's size, regions smaller than a 7-pixel-radius circle dropped),
+preprocessing, the model, its probabilities resampled to the frame's size and argmax (the smooth contours the live
+path shows), regions smaller than a 7-pixel-radius circle dropped),
 then :mod:`.metrics` compares the labelmap with the truth in the frame's own pixels.
 
 metrics.json (see :func:`evaluate` for everything in it) is keyed by the card's class keys (``nerve``,
