@@ -232,7 +232,9 @@ def report(rows: List[Dict], args, command: str, calibration: int) -> str:
         "",
         "Model alone: `backend.run` on one preprocessed frame. Whole path: `Segmenter.segment` on a 512x512 "
         f"usgra-seg frame (preprocess, model, postprocess). 30 fps: whole path median <= {FRAME_BUDGET_MS:.1f} ms "
-        "on the backend `auto` picks.",
+        "on the backend `auto` picks, **in this run**: on a machine shared with other jobs every figure is slower "
+        "than idle (the cards' `speed` blocks hold idle figures from benchmarks/bench_models.py); the ratio int8 / "
+        "fp32, measured in interleaved rounds, is the figure to read.",
         "",
         "| model | input | torch | ONNX fp32 | ONNX int8 | int8 / fp32 | whole path fp32 | whole path int8 | auto "
         "| 30 fps |",

@@ -75,7 +75,8 @@ def register(subparsers) -> None:
                         help="auto: ONNX Runtime for a semantic model on the CPU (INT8 where the card allows), "
                              "else torch (default: %(default)s)")
     parser.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS,
-                        help="intra-op threads of ONNX Runtime and torch; 0: one per core (default: %(default)s)")
+                        help="intra-op threads of ONNX Runtime and torch; 0: one per core (default: %(default)s, one "
+                             "core less than this machine has: measured in benchmarks/threads.md)")
     parser.add_argument("--compute", default="auto", help="torch device: auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=0, help="stop after this many results (default: run forever)")
     parser.set_defaults(func=run)

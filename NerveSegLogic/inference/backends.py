@@ -25,8 +25,16 @@ BACKEND_CHOICES = ("auto",) + BACKENDS
 #: ``auto`` runs a model's INT8 graph only when its card records a measured Dice change (int8 against float32, every
 #: class) below this.
 INT8_MAX_DICE_CHANGE = 0.01
-#: --threads default of serve and demo (0: one per CPU core, ONNX Runtime's and torch's own choice).
-DEFAULT_THREADS = 0
+
+
+def default_threads() -> int:
+    """--threads default of serve and demo: one core less than the machine has (at least one), leaving a core to
+    receiving, sending and the main thread. Measured end to end on 2 cores (benchmarks/threads.md, shared machine):
+    1 inference thread gave p50 47 ms and 26.4 fps against 73 ms and 20.9 fps with 2, lower p50 in all 3 rounds."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+DEFAULT_THREADS = default_threads()
 #: How the INT8 graph is made; part of its cache file name, so a changed recipe never reuses an old graph.
 INT8_RECIPE = "qdq-perchannel-minmax-v1"
 
