@@ -168,3 +168,16 @@ def test_the_command_refuses_a_label_mapped_to_a_class_the_model_lacks(tmp_path,
     assert code == 2
     assert "label value 255 is 'artery'" in err and "model smistad-unet segments {1: nerve, 2: blood_vessel}" in err
     assert not (tmp_path / "eval").exists()
+
+
+def test_negative_windows_give_the_presence_figures_frames_without_a_nerve(tmp_path, random_weights):
+    data = _kaggle(tmp_path / "kaggle", _scan())
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", "--model", "smistad-unet", "--weights", str(random_weights), "--data", str(data),
+                     "--negatives", "1", "--out", str(out), "--pictures", "0", "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    added = metrics["context"]["negative_windows"]
+    assert added >= 3 and metrics["n_images"] == 5 + added
+    assert metrics["presence"]["nerve"]["frames_without"] == 3 + added  # windows hold no labelled pixel
+    assert metrics["presence"]["nerve"]["frames_with"] == 2
+    assert f"{added} of them windows cut where nothing is labelled" in (out / "report.md").read_text()

@@ -31,7 +31,9 @@ defaults: --out evaluation/<model>, the card's shipped weights, --device cpu.
 examples:
   nerveseg evaluate --model smistad-unet --data Resources/Sample
   nerveseg evaluate --model unet --data path/to/usgra-seg --weights runs/unet/unet.safetensors
-  nerveseg evaluate --model sa-unet --data my_frames --map 1=nerve,2=blood_vessel --out eval-sa"""
+  nerveseg evaluate --model sa-unet --data my_frames --map 1=nerve,2=blood_vessel --out eval-sa
+  nerveseg evaluate --model unet --data path/to/usgra-seg --negatives 1   # + one nerve-free window per frame
+  nerveseg evaluate --model unet --data kaggle/train --format kaggle      # labels the nerve only: nerve scored"""
 
 
 def register(subparsers) -> None:
@@ -48,6 +50,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or auto (default: %(default)s)")
     parser.add_argument("--limit-images", type=int, default=None, help="only the first N frames by name")
     parser.add_argument("--pictures", type=int, default=3, help="best and worst frames pictured (default: 3)")
+    parser.add_argument("--negatives", type=float, default=0.0, metavar="RATE",
+                        help="also score about RATE windows per frame cut where nothing is labelled (frames without "
+                             "a nerve, for the presence figures; a window is the frame magnified) (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -66,6 +71,7 @@ def run(args) -> int:
         summary, paths = evaluate_data_set(args.model, Path(args.data), out, weights=args.weights,
                                            device=args.device, data_format=args.data_format, mapping=args.mapping,
                                            limit_images=args.limit_images, pictures=args.pictures,
+                                           negatives=args.negatives,
                                            progress=not args.no_progress,
                                            command="nerveseg " + " ".join(sys.argv[1:]))
     except (ClassMismatchError, DatasetError, WeightsError, KeyError, ValueError) as error:

@@ -312,7 +312,9 @@ def write_report(evaluation: Evaluation, frames: FrameStore, out_dir: Path, clas
     worst = [i for _, i in scored[:pictures]]
     best = [i for _, i in reversed(scored[-pictures:])] if scored else []
     lines = [f"# Evaluation of {summary['model']}", "",
-             f"- data: {context.get('data', '?')} ({summary['n_images']} frames)",
+             f"- data: {context.get('data', '?')} ({summary['n_images']} frames"
+             + (f", {context['negative_windows']} of them windows cut where nothing is labelled (frames without a "
+                f"nerve; each a magnified part of a frame)" if context.get("negative_windows") else "") + ")",
              f"- weights: {context.get('weights', '?')}",
              f"- device: {context.get('device', '?')}; median {_fmt(summary['ms_per_frame'], 1)} ms per frame "
              f"(whole live path: preprocessing, model, postprocessing)",

@@ -40,10 +40,12 @@ def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path]
                       data_format: str = "auto", mapping: Optional[Mapping] = None,
                       limit_images: Optional[int] = None, pictures: int = 3, progress: bool = True,
                       command: str = "", cards_dir: Optional[Path] = None, threads: Optional[int] = None,
-                      names: Optional[Sequence[str]] = None) -> Tuple[Dict, Dict[str, Path]]:
+                      names: Optional[Sequence[str]] = None, negatives: float = 0.0) -> Tuple[Dict, Dict[str, Path]]:
     """Evaluate ``model`` on the data set at ``data``; write metrics.json, report.md and overlays into ``out``.
 
     Frames are taken in name order: all of them, the first ``limit_images``, or those named in ``names``.
+    ``negatives`` > 0 adds about that many windows per frame cut where nothing is labelled (:mod:`.negatives`), so
+    the per-frame presence figures have frames without a nerve.
 
     Returns (metrics summary, written paths). Scores the model's classes the data labels (``not_labelled`` lists
     the others). Raises ClassMismatchError when the data labels a class the model lacks or shares none with it
@@ -69,6 +71,10 @@ def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path]
     if limit_images is not None:
         order = order[:int(limit_images)]
     frames = FrameStore(dataset, translation, order)
+    if negatives:
+        from .negatives import negative_frames
+
+        frames.frames.extend(negative_frames(frames.frames, seed=0, rate=float(negatives)))
     device = resolve_device(device)
     module = registry.load_from_card(card, device=device, weights_path=weights_path, sha256=sha256)
     segmenter = Segmenter.from_module(card, module, device=device, threads=threads)
@@ -77,6 +83,6 @@ def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path]
                "weights": str(weights_path or card.weights_path),
                "weights_sha256": sha256 or (card.weights or {}).get("sha256"),
                "input_size": [card.input.height, card.input.width], "device": device, "command": command,
-               "label_translation": translation}
+               "label_translation": translation, "negative_windows": len(frames) - len(order)}
     paths = write_report(evaluation, frames, out, card.classes, context, pictures=pictures)
     return evaluation.summary, paths
