@@ -29,6 +29,7 @@ from typing import Callable, Deque, List, Optional, Sequence, Union
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
+from NerveSegLogic.stream import codec
 from NerveSegLogic.stream.codec import encode_image
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,27 @@ def is_allowed(address: str, networks: Optional[Sequence[Network]]) -> bool:
     if getattr(ip, "ipv4_mapped", None) is not None:
         ip = ip.ipv4_mapped
     return any(ip in network for network in networks if network.version == ip.version)
+
+
+def encode_labelmap(labelmap: np.ndarray, geometry: Optional[ImageGeometry], device_name: str,
+                    timestamp: float) -> bytearray:
+    """The IGTL IMAGE message of a 2D uint8 labelmap, byte for byte what ``codec.encode_image`` makes (header
+    version 1, RAS), written into one buffer: the pixels are copied once, where encode_image copies them four
+    times (contiguous array, tobytes, image header + pixels, header + body). The buffer is new for every message:
+    a queued message is never written to again. Raises ValueError for a labelmap larger than IGTL allows."""
+    height, width = labelmap.shape
+    if max(height, width) > 0xFFFF or min(height, width) < 1:
+        raise ValueError(f"IGTL image size {width}x{height} outside 1..65535")
+    matrix = codec.geometry_to_igtl_matrix(geometry or ImageGeometry(), (width, height, 1))
+    start = codec.HEADER_SIZE + codec.IMAGE_HEADER_SIZE
+    message = bytearray(start + height * width)
+    codec._IMAGE_HEADER.pack_into(message, codec.HEADER_SIZE, 1, 1, codec._SCALAR_CODES[np.dtype(np.uint8)],
+                                  codec.ENDIAN_LITTLE, codec.COORDINATE_RAS, width, height, 1, *matrix,
+                                  0, 0, 0, width, height, 1)
+    np.frombuffer(message, dtype=np.uint8, count=height * width, offset=start).reshape(height, width)[...] = labelmap
+    message[:codec.HEADER_SIZE] = codec.pack_header("IMAGE", device_name, timestamp,
+                                                    memoryview(message)[codec.HEADER_SIZE:])
+    return message
 
 
 class _Backlog:
@@ -277,7 +299,10 @@ class ImageSender:
         if labelmap.ndim != 2 or labelmap.dtype != np.uint8:
             raise ValueError(f"labelmap must be a 2D uint8 array (H, W), got {labelmap.dtype} "
                              f"of shape {labelmap.shape}")
-        return self.send_image(labelmap, geometry, igtl_timestamp, device_name)
+        if not self.running:
+            raise RuntimeError("ImageSender.send_labelmap called before start() or after stop()")
+        return self.send_message(encode_labelmap(labelmap, geometry, device_name or self.device_name,
+                                                 igtl_timestamp))
 
     # ---------------------------------------------------------------------------------------------- observing
 

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Where the time around the model goes in ``nerveseg serve``, per stage, and what inside each stage costs.
+
+Part 1, stages: the serve run itself (SegmentationServer, in this process) fed by our replay server at --fps, with an
+IGTL client taking its labelmaps, as bench_vs_fast.py does. For every frame that came back, from the frame's own
+stamps (perf counter; wall clock where it crosses a process boundary):
+
+    in        replay server stamps the frame (IGTL timestamp) -> receiver has the whole message (encode, TCP,
+              header/CRC check, decode)
+    wait      received -> the inference worker takes it (NewestSlot hand-off)
+    pre       preprocess (grey, place into the model's input, normalise)
+    model     backend.run
+    post      argmax, restore to the frame's size, small-region removal
+    handoff   result ready -> the main thread's sink starts (results slot, poll loop)
+    send      encode the labelmap as an IGTL IMAGE and queue it for the clients
+    out       queued -> the client has the whole labelmap (writer thread, TCP, client decode and CRC check)
+    total     IGTL timestamp -> client has the labelmap
+
+Part 2, functions: cProfile of ``Segmenter.segment`` and of the labelmap's encoding on one 580x420 frame, single
+threaded, the top entries by own time.
+
+    .venv/bin/python benchmarks/profile_serve.py --frames 300            # prints a Markdown section
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+STAGES = ("in", "wait", "pre", "model", "post", "handoff", "send", "out", "total")
+
+
+def load_average() -> List[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def stages(args) -> Dict:
+    from bench_vs_fast import SentLog, free_port, make_frames  # noqa: E402  (same folder)
+
+    from NerveSegLogic.live_serve import SegmentationServer, ServeOptions
+    from NerveSegLogic.stream.receiver import ImageReceiver
+    from NerveSegLogic.stream.replay import ReplayServer
+
+    records: Dict[float, Dict] = {}
+    arrivals: Dict[float, float] = {}
+    input_port, output_port = free_port(), free_port()
+    server = SegmentationServer(ServeOptions(input_host="127.0.0.1", input_port=input_port, port=output_port,
+                                             host="127.0.0.1", model=args.model, backend=args.backend,
+                                             threads=args.threads))
+    send = server._send
+
+    def timed_send(result):  # wraps the server's own sink: the stamps around the labelmap's encode and queue
+        start = time.perf_counter()
+        send(result)
+        frame = result.frame
+        records[frame.igtl_timestamp] = {"stamps": dict(frame.timestamps), "received_wall": frame.received_wall,
+                                         "send_start": start, "send_end": time.perf_counter()}
+
+    server.pipeline.sinks = [timed_send]
+    client = ImageReceiver("127.0.0.1", output_port, device_name="NerveSegLabel", idle_timeout_s=None,
+                           on_frame=lambda f: arrivals.__setitem__(f.igtl_timestamp, f.received_wall))
+    load_before = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        make_frames(Path(tmp))
+        replay = ReplayServer(Path(tmp), host="127.0.0.1", port=input_port, fps=args.fps, loop=True,
+                              max_frames=args.frames, wait_for_client=True)
+        server.start()
+        client.start()
+        client.connected.wait(10)
+        with SentLog():
+            replay.start()
+            deadline = time.perf_counter() + args.frames / args.fps + 30
+            while not replay.done.is_set() and time.perf_counter() < deadline:
+                server.pipeline.poll(timeout=0.05)
+            end = time.perf_counter() + 2.0
+            while time.perf_counter() < end:
+                server.pipeline.poll(timeout=0.05)
+            replay.stop()
+    client.stop()
+    server.close()
+    per_stage = {k: [] for k in STAGES}
+    for stamp, record in records.items():
+        if stamp not in arrivals:
+            continue
+        s = record["stamps"]
+        offset = record["received_wall"] - s["received"]  # wall = perf + offset, in this process
+        ms = lambda a, b: (b - a) * 1000.0  # noqa: E731
+        per_stage["in"].append(ms(stamp, record["received_wall"]))
+        per_stage["wait"].append(ms(s["received"], s["started"]))
+        per_stage["pre"].append(ms(s["started"], s["preprocessed"]))
+        per_stage["model"].append(ms(s["preprocessed"], s["inferred"]))
+        per_stage["post"].append(ms(s["inferred"], s["postprocessed"]))
+        per_stage["handoff"].append(ms(s["postprocessed"], record["send_start"]))
+        per_stage["send"].append(ms(record["send_start"], record["send_end"]))
+        per_stage["out"].append(ms(record["send_end"] + offset, arrivals[stamp]))
+        per_stage["total"].append(ms(stamp, arrivals[stamp]))
+    summary = {k: {"p50": round(float(np.percentile(v, 50)), 2), "p99": round(float(np.percentile(v, 99)), 2),
+                   "mean": round(float(np.mean(v)), 2)} for k, v in per_stage.items() if v}
+    return {"frames_sent": replay.frames_sent, "frames_back": len(per_stage["total"]), "stages_ms": summary,
+            "load_average_before": load_before, "load_average_after": load_average()}
+
+
+def functions(args) -> str:
+    from NerveSegLogic.inference.backends import load_segmenter
+    from NerveSegLogic.stream.codec import encode_image
+
+    from bench_vs_fast import FRAME_SIZE  # noqa: E402
+
+    import cv2
+
+    from NerveSegLogic.resources import sample_dir
+
+    image = cv2.imread(str(sorted((sample_dir() / "images").glob("*.png"))[0]), cv2.IMREAD_GRAYSCALE)
+    image = cv2.resize(image, FRAME_SIZE, interpolation=cv2.INTER_AREA)
+    segmenter = load_segmenter(args.model, backend=args.backend, threads=args.threads)
+    segmenter.segment(image)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(args.repeats):
+        result = segmenter.segment(image)
+        encode_image(result.labelmap, None, device_name="NerveSegLabel", timestamp=time.time())
+    profiler.disable()
+    stream = io.StringIO()
+    stats = pstats.Stats(profiler, stream=stream)
+    stats.sort_stats("tottime").print_stats(14)
+    return stream.getvalue()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="unet")
+    parser.add_argument("--backend", default="onnx")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--repeats", type=int, default=200, help="segment() calls under cProfile")
+    parser.add_argument("--skip-stages", action="store_true")
+    parser.add_argument("--skip-functions", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the stage figures here")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(HERE))
+    if not args.skip_stages:
+        result = stages(args)
+        print(f"## Stages, {args.model} on {args.backend}, {args.threads} threads, {args.frames} frames at "
+              f"{args.fps:g} fps (load {result['load_average_before']} -> {result['load_average_after']})\n")
+        print(f"frames sent {result['frames_sent']}, labelmaps back {result['frames_back']}\n")
+        print("| stage | p50 ms | p99 ms | mean ms |\n|---|---|---|---|")
+        for key, value in result["stages_ms"].items():
+            print(f"| {key} | {value['p50']} | {value['p99']} | {value['mean']} |")
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+    if not args.skip_functions:
+        print(f"\n## cProfile: {args.repeats} x segment() + encode of the labelmap, one 580x420 frame\n")
+        print("```\n" + functions(args) + "```")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
