@@ -1,6 +1,7 @@
-"""Every model that ships weights still segments: loaded through the live path's own code (``load_segmenter`` with
-backend ``auto``, as ``nerveseg demo`` and ``serve`` load it: ``Segmenter.from_name`` on ONNX Runtime, or the INT8
-graph where the card allows it), it must find the nerve on frames it was trained on.
+"""Every model that ships weights still segments: loaded through the live path's own code (``Segmenter.from_name``
+with backend ``auto``, as the Slicer panel's worker loads it: ONNX Runtime on a CPU), it must find the nerve on
+frames it was trained on. (The INT8 graphs that ``auto`` picks in ``demo``/``serve`` are checked against float32 by
+benchmarks/bench_int8.py, which the cards' ``int8`` blocks record.)
 
 The bundled sample (Resources/Sample, 24 usgra-seg frames with masks) is part of every shipped model's training
 data, so the floor is low on purpose: it does not measure accuracy, it catches weights that segment nothing
@@ -48,10 +49,10 @@ def test_every_card_that_lists_weights_ships_the_file():
 
 @pytest.mark.parametrize("name", _shipped_live_models())
 def test_shipped_model_segments_its_training_frames(name, sample_frames):
-    from NerveSegLogic.inference.backends import load_segmenter
+    from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.train.metrics import dice
 
-    segmenter = load_segmenter(name, backend="auto", device="cpu", threads=1)
+    segmenter = Segmenter.from_name(name, backend="auto", device="cpu", threads=1)
     nerve = next(c.label for c in segmenter.classes if c.key == "nerve")
     scores, found = [], []
     for frame in FRAMES:
