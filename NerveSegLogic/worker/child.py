@@ -39,7 +39,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--model", help="registered model name (role segment)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--compute", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="inference threads (0: the backend's default)")
+    p.add_argument("--threads", type=int, default=0, help="inference threads (0: one less than the cores, as serve)")
     p.add_argument("--input", default="parent", help="'parent' (frames come over the link) or HOST:PORT of PLUS")
     p.add_argument("--device-name", default="", help="IGTL image device name to take ('' = any)")
     p.add_argument("--remote", default="", help="HOST:PORT of a 'nerveseg serve' (role remote)")
@@ -223,9 +223,10 @@ def _build(args, parent: ParentLink):
                         remote, card.classes, card.name, sinks=[])
         return None, f"{card.name} on the server {args.remote}", card.classes, run
 
-    from ..inference.backends import load_segmenter, resolve_device
+    from ..inference.backends import default_threads, load_segmenter, resolve_device
 
-    threads = args.threads or None
+    # 0: as serve (one thread less than the cores, measured best on 2 cores), leaving a core to Slicer's GUI.
+    threads = args.threads or default_threads()
     segmenter = load_segmenter(args.model, backend=args.backend, device=resolve_device(args.compute),
                                threads=threads)
     segmenter.warm_up()
