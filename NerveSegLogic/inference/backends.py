@@ -285,10 +285,11 @@ def load_segmenter(name: str, backend: str = "auto", device: str = "cpu", thread
 
     card = registry.card(name)
     chosen = resolve_backend(card, backend, device)
-    set_threads(threads)
     if chosen != "onnx-int8":
-        return Segmenter.from_name(name, backend=chosen, device=device, threads=threads, onnx_cache=onnx_cache,
-                                   weights_path=weights_path, **kwargs)
+        segmenter = Segmenter.from_name(name, backend=chosen, device=device, threads=threads, onnx_cache=onnx_cache,
+                                        weights_path=weights_path, **kwargs)
+        set_threads(threads)  # torch is loaded by now (the weights were read with it)
+        return segmenter
     if card.task != "semantic":
         raise ValueError(f"model {name!r} is an {card.task} model; the onnx-int8 backend runs semantic models only")
     fp32 = Segmenter.from_name(name, backend="onnx", device="cpu", threads=1, onnx_cache=onnx_cache,
@@ -297,4 +298,5 @@ def load_segmenter(name: str, backend: str = "auto", device: str = "cpu", thread
     if not int8_path.is_file():
         log.info("%s: quantizing %s to INT8 (once; cached as %s)", name, fp32.backend.path.name, int8_path.name)
         quantize_int8(fp32.backend.path, int8_path, fp32.card)
+    set_threads(threads)
     return Segmenter(fp32.card, OnnxInt8Backend(int8_path, threads=threads), **kwargs)
