@@ -50,8 +50,8 @@ def _kaggle(root, frames):
 
 def _scan(false_nerve_frames=(3,)):
     """Five 64x64 frames: 0-1 hold a labelled nerve the image shows bright; 2-4 hold none, and the frames in
-    ``false_nerve_frames`` show a bright 16x16 blob anyway (above the live path's 154-pixel floor) (the model marks a nerve that is not labelled). Frame 0
-    also shows a dark vessel, which this data does not label."""
+    ``false_nerve_frames`` show a bright 16x16 blob anyway (above the live path's 154-pixel floor), so the model
+    marks a nerve that is not labelled. Frame 0 also shows a dark vessel, which this data does not label."""
     frames = []
     for index in range(5):
         image = np.full((64, 64), 100, np.uint8)
@@ -106,6 +106,10 @@ def test_presence_rates_and_auc_match_a_hand_computation():
     assert result["false_frames"] == 1 and result["false_frame_rate"] == pytest.approx(1 / 3)
     assert result["missed_frames"] == 1 and result["missed_frame_rate"] == pytest.approx(1 / 2)
     assert result["auc"] == pytest.approx(5 / 6)  # 0.9 beats all three, 0.4 beats two of three
+    assert math.isnan(result["auc_area"])  # no areas given
+    by_area = presence([True, True, False, False], [True, True, True, False], [0.9, 0.9, 0.9, 0.1],
+                       areas=[400, 300, 200, 0])
+    assert by_area["auc"] == pytest.approx(0.75) and by_area["auc_area"] == pytest.approx(1.0)
     assert math.isnan(presence([True, True], [True, True], [0.5, 0.7])["false_frame_rate"])  # no frame without
     assert math.isnan(presence([True, True], [True, True], [0.5, 0.7])["auc"])
     assert presence([True, False], [False, False], [0.5, 0.5])["auc"] == pytest.approx(0.5)  # ties count half
@@ -128,6 +132,8 @@ def test_evaluation_counts_frames_where_the_model_marks_a_nerve_that_is_not_labe
     assert nerve["false_frame_rate"] == pytest.approx(1 / 3) and nerve["missed_frames"] == 0
     # frame scores (highest nerve probability): ~1 in frames 0, 1, 3; ~0 in 2, 4 -> 2 of 3 negatives ranked below
     assert nerve["auc"] == pytest.approx((2 * 2 + 2 * 0.5) / 6, abs=1e-6)
+    # marked areas: 400, 400 px with a nerve; 0, 256, 0 without -> every positive above every negative
+    assert nerve["auc_area"] == pytest.approx(1.0)
     assert len(summary["per_image"]) == 5 and "presence_score" in summary["per_image"][0]
     paths = write_report(evaluation, frames, tmp_path / "out", _card().classes, {"data": "k"}, pictures=1)
     report = paths["report"].read_text()

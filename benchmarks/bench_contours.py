@@ -130,7 +130,8 @@ def run(args) -> Dict:
 
     modes = {}
     for mode in (*MODES, "smooth-full"):
-        entry = {"postprocess_ms_p50": percentile(post_ms[mode], 50), "postprocess_ms_p95": percentile(post_ms[mode], 95)}
+        entry = {"postprocess_ms_p50": percentile(post_ms[mode], 50),
+                 "postprocess_ms_p95": percentile(post_ms[mode], 95)}
         if mode in MODES:
             entry.update({"segment_ms_p50": percentile(segment_ms[mode], 50),
                           "segment_ms_p95": percentile(segment_ms[mode], 95),

@@ -104,7 +104,8 @@ def evaluation_classes(model_classes: Sequence[SegmentClass], data_classes: Sequ
     return (None if identity else translation), scored, unlabelled
 
 
-def presence(truth: Sequence[bool], marked: Sequence[bool], scores: Sequence[float]) -> Dict[str, float]:
+def presence(truth: Sequence[bool], marked: Sequence[bool], scores: Sequence[float],
+             areas: Optional[Sequence[float]] = None) -> Dict[str, float]:
     """Per-frame presence of one class over a data set.
 
     truth: the frame labels the class (any pixel); marked: the live path's labelmap shows it (after small regions
@@ -112,7 +113,9 @@ def presence(truth: Sequence[bool], marked: Sequence[bool], scores: Sequence[flo
     Returns ``frames``, ``frames_with``/``frames_without`` (labelled), ``false_frame_rate`` (frames without the
     class where the model marks it / frames without; NaN when every frame has it), ``missed_frame_rate`` (frames
     with it where the model marks nothing / frames with), ``auc`` (ROC AUC of ``scores`` for "the class is in this
-    frame", from ranks as :func:`.metrics.pixel_auc`: Mann-Whitney U, ties count half; NaN when all frames agree).
+    frame", from ranks as :func:`.metrics.pixel_auc`: Mann-Whitney U, ties count half; NaN when all frames agree)
+    and, when ``areas`` (the class's pixels in the labelmap) are given, ``auc_area``: the same AUC with the marked
+    area as the frame score.
     """
     truth = np.asarray(truth, dtype=bool)
     marked = np.asarray(marked, dtype=bool)
@@ -124,7 +127,9 @@ def presence(truth: Sequence[bool], marked: Sequence[bool], scores: Sequence[flo
             "false_frames": int((marked & ~truth).sum()), "missed_frames": int((~marked & truth).sum()),
             "false_frame_rate": float((marked & ~truth).sum() / without_class) if without_class else math.nan,
             "missed_frame_rate": float((~marked & truth).sum() / with_class) if with_class else math.nan,
-            "auc": metrics.pixel_auc(scores, truth) if truth.size else math.nan}
+            "auc": metrics.pixel_auc(scores, truth) if truth.size else math.nan,
+            "auc_area": (metrics.pixel_auc(np.asarray(areas, dtype=np.float64), truth)
+                         if areas is not None and truth.size else math.nan)}
 
 
 def _presence_scores(result, classes) -> Dict[str, float]:
@@ -224,8 +229,8 @@ def evaluate(segmenter, frames: FrameStore, progress: bool = False, auc: bool = 
         frame_scores = _presence_scores(result, classes)
         presence_scores.append(frame_scores)
         for key, label in labels.items():
-            present[key].append((bool((frame.mask == label).any()), bool((result.labelmap == label).any()),
-                                 frame_scores[key]))
+            area = int(np.count_nonzero(result.labelmap == label))
+            present[key].append((bool((frame.mask == label).any()), area > 0, frame_scores[key], area))
         if instance_model:
             truth_objects.append(metrics.instances_from_labelmap(frame.mask, labels.values()))
             found_objects.append([metrics.InstanceMask(int(i.label), i.mask, float(i.score), tuple(i.box))
@@ -242,7 +247,8 @@ def evaluate(segmenter, frames: FrameStore, progress: bool = False, auc: bool = 
         "detection": summary["detection"],
         "spread": summary["spread"],
     }
-    out["presence"] = {key: presence(*zip(*rows)) if rows else presence([], [], []) for key, rows in present.items()}
+    out["presence"] = {key: presence(*zip(*rows)) if rows else presence([], [], [], [])
+                       for key, rows in present.items()}
     for alias, key in out["aliases"].items():
         out["per_class"][alias] = out["per_class"][key]
         out["detection"][alias] = out["detection"][key]
@@ -341,16 +347,17 @@ def write_report(evaluation: Evaluation, frames: FrameStore, out_dir: Path, clas
         p = d["pooled"]
         lines.append(f"| {cls.name} | {_fmt(d['precision'])} | {_fmt(d['recall'])} | {_fmt(d['f1'])} | "
                      f"{p['tp']} / {p['fp']} / {p['fn']} | {_fmt(p['f1'])} |")
-    lines += ["", "Per-frame presence: a frame holds the class when any pixel of it is labelled; the model marks it when "
-                  "the live path's labelmap shows it. Frame score for the AUC: the class's highest probability in "
-                  "the frame (instance models: the best instance score).", "",
-              "| class | frames with / without | false-class frames (rate) | missed frames (rate) | presence AUC |",
-              "|---|---|---|---|---|"]
+    lines += ["", "Per-frame presence: a frame holds the class when any pixel of it is labelled; the model marks it "
+                  "when the live path's labelmap shows it. Frame score for the AUC: the class's highest probability in "
+                  "the frame (instance models: the best instance score); or the pixels the labelmap gives it.", "",
+              "| class | frames with / without | false-class frames (rate) | missed frames (rate) | presence AUC | "
+              "AUC by marked area |",
+              "|---|---|---|---|---|---|"]
     for cls in scored_classes:
         p = summary["presence"][cls.key]
         lines.append(f"| {cls.name} | {p['frames_with']} / {p['frames_without']} | {p['false_frames']} "
                      f"({_fmt(p['false_frame_rate'])}) | {p['missed_frames']} ({_fmt(p['missed_frame_rate'])}) | "
-                     f"{_fmt(p['auc'])} |")
+                     f"{_fmt(p['auc'])} | {_fmt(p['auc_area'])} |")
     if "coco" in summary:
         lines += ["", "COCO average precision (pycocotools; all frames and classes):", "",
                   "| | AP50 | AP60 | AP70 | AP 0.5:0.95 |", "|---|---|---|---|---|"]
