@@ -160,3 +160,9 @@ def test_thread_count_rejects_words_and_negatives():
     for bad in ("two", "-1", "1.5"):
         with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
             backends.thread_count(bad)
+
+
+def test_default_threads_leave_one_core_for_receiving_and_sending(monkeypatch):
+    for cores, expected in ((1, 1), (2, 1), (8, 7), (None, 1)):
+        monkeypatch.setattr(backends.os, "cpu_count", lambda cores=cores: cores)
+        assert backends.default_threads() == expected
