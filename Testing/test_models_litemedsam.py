@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from NerveSegLogic.inference.promptable import PromptableSegmenter, PromptError, check_prompt, export_onnx
+from NerveSegLogic.inference.promptable import (PromptableSegmenter, PromptError, check_prompt, export_onnx,
+                                                refine_box)
 from NerveSegLogic.models import registry
 from NerveSegLogic.models.litemedsam import (LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_EXCLUDE, LABEL_INCLUDE,
                                              LABEL_PAD, LiteMedSAM, prompt_points, remap_checkpoint)
@@ -74,6 +75,34 @@ def test_prompt_tokens_follow_sam_order():
 def test_an_unusable_prompt_says_what_is_wrong(box, points, message):
     with pytest.raises(PromptError, match=message):
         check_prompt(box, points, 40, 48)
+
+
+@pytest.mark.parametrize("points, expected", [
+    ([], (10, 10, 30, 30)),
+    ([(40, 20, True)], (10, 10, 41.05, 30)),  # outside: widened to the click plus 5 % of 21 px
+    ([(20, 20, True)], (10, 10, 30, 30)),  # an include click inside changes nothing
+    ([(12, 20, False)], (13, 10, 30, 30)),  # exclude near the left side: the left side moves past it
+    ([(20, 29, False)], (10, 10, 30, 28)),
+    ([(5, 5, False)], (10, 10, 30, 30)),  # an exclude click outside changes nothing
+    ([(0, 0, True)], (0, 0, 30, 30)),  # clipped to the frame
+])
+def test_box_click_mode_moves_the_box(points, expected):
+    assert refine_box((10, 10, 30, 30), points, 40, 48) == pytest.approx(expected)
+
+
+def test_click_mode_box_sends_the_refined_box_alone(monkeypatch):
+    seen = []
+    card = registry.card("litemedsam")
+    model = PromptableSegmenter(card, lambda image: image, lambda e, c, l: seen.append((c, l)) or
+                                np.zeros((1, 1, 256, 256), np.float32), "test", "0" * 64, click_mode="box")
+    model.mask(np.zeros((256, 64, 64), np.float32), (40, 48), box=(10, 10, 30, 30), points=[(40, 20, True)])
+    coords, labels = seen[-1]
+    assert labels.tolist() == [[2, 3]]  # the two box corners, no click token
+    model.click_mode = "model"
+    model.mask(np.zeros((256, 64, 64), np.float32), (40, 48), box=(10, 10, 30, 30), points=[(40, 20, True)])
+    assert seen[-1][1].tolist() == [[1, 2, 3]]
+    with pytest.raises(ValueError, match="click_mode 'tokens' unknown"):
+        PromptableSegmenter(card, None, None, "test", "0" * 64, click_mode="tokens")
 
 
 def test_onnx_graphs_match_torch_on_small_inputs(tmp_path):

@@ -150,7 +150,8 @@ class FramePrompter:
         """What is saved with a prompt version: the model, the class and the prompts, in frame pixels."""
         return {"model": self.model_name, "model_sha256": self.model.model_sha256, "class": class_key,
                 "label": int(label), "box": None if box is None else [float(v) for v in box],
-                "points": [[float(x), float(y), bool(include)] for x, y, include in points]}
+                "points": [[float(x), float(y), bool(include)] for x, y, include in points],
+                "click_mode": getattr(self.model, "click_mode", "model")}
 
     def correct(self, frame_id: int, class_key: str, author: str, parent_id: Optional[int],
                 box: Optional[Sequence[float]] = None, points: Sequence[Point] = (), status: str = "draft",

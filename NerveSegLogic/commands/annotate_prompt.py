@@ -23,6 +23,9 @@ def _model_args(parser) -> None:
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
                         help="onnx (default; graphs exported once into a cache) or torch")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
+    parser.add_argument("--click-mode", choices=("model", "box"), default=None,
+                        help="clicks as the model's point tokens ('model') or as edits of the box ('box'); default: "
+                             "the model's (see benchmarks/prompted.md for which helps)")
 
 
 def add_prompt_op(ops) -> None:
@@ -104,6 +107,8 @@ def run_prompt(store, args, author: str) -> int:
     except (RuntimeError, ValueError) as error:  # not promptable, weights missing or corrupt
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if args.click_mode:
+        model.click_mode = args.click_mode
     prompter = FramePrompter(store, model)
     current = store.current(record.id)
     try:

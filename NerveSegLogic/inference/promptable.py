@@ -33,6 +33,11 @@ Point = Tuple[float, float, bool]
 Box = Tuple[float, float, float, float]
 
 BACKENDS = ("onnx", "torch")
+#: How clicks reach the model. "model": as SAM's point tokens beside the box (what SAM was trained for; the released
+#: LiteMedSAM weights were trained on boxes and respond poorly to them, see benchmarks/prompted.md). "box": with a
+#: box, clicks move the box instead (an include click outside it widens it, an exclude click inside it pulls the
+#: nearest side in past the click) and the model sees the box alone; clicks without a box are always tokens.
+CLICK_MODES = ("model", "box")
 
 
 class PromptError(ValueError):
@@ -70,15 +75,45 @@ def check_prompt(box: Optional[Sequence[float]], points: Sequence[Point], height
     return clean_box, tuple(clean_points)
 
 
+def refine_box(box: Box, points: Sequence[Point], height: int, width: int) -> Box:
+    """The box after the clicks of click mode "box" (see :data:`CLICK_MODES`), clipped to the frame. An include
+    click outside the box widens it to the click plus 5 % of the box's larger side; an exclude click inside it moves
+    the nearest side to one pixel past the click; other clicks change nothing."""
+    x0, y0, x1, y1 = box
+    for x, y, include in points:
+        inside = x0 <= x <= x1 and y0 <= y <= y1
+        if include and not inside:
+            margin = 0.05 * max(x1 - x0 + 1, y1 - y0 + 1)
+            x0, y0, x1, y1 = min(x0, x - margin), min(y0, y - margin), max(x1, x + margin), max(y1, y + margin)
+        elif not include and inside:
+            gaps = {"left": x - x0, "right": x1 - x, "top": y - y0, "bottom": y1 - y}
+            side = min(gaps, key=gaps.get)
+            if side == "left":
+                x0 = x + 1
+            elif side == "right":
+                x1 = x - 1
+            elif side == "top":
+                y0 = y + 1
+            else:
+                y1 = y - 1
+    x0, y0 = max(0.0, x0), max(0.0, y0)
+    x1, y1 = min(width - 1.0, max(x1, x0)), min(height - 1.0, max(y1, y0))
+    return (x0, y0, x1, y1)
+
+
 class PromptableSegmenter:
     """A promptable model (a card with ``task: promptable``) on torch or ONNX Runtime.
 
     ``model_sha256`` identifies the weights (the key under which embeddings are cached: new weights, new key).
+    ``click_mode`` says how clicks reach the model (:data:`CLICK_MODES`).
     """
 
     def __init__(self, card, encode: Callable[[np.ndarray], np.ndarray],
                  decode: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], backend: str,
-                 model_sha256: str):
+                 model_sha256: str, click_mode: str = "model"):
+        if click_mode not in CLICK_MODES:
+            raise ValueError(f"click_mode {click_mode!r} unknown; expected one of {', '.join(CLICK_MODES)}")
+        self.click_mode = click_mode
         self.card = card
         self.spec = card.input
         self._encode = encode
@@ -171,6 +206,8 @@ class PromptableSegmenter:
 
         height, width = int(image_shape[0]), int(image_shape[1])
         box, points = check_prompt(box, points, height, width)
+        if self.click_mode == "box" and box is not None:
+            box, points = refine_box(box, points, height, width), ()
         placement = self.placement(height, width)
         sx, sy = placement.scaled_w / width, placement.scaled_h / height
         scaled_box = None if box is None else (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
