@@ -168,8 +168,10 @@ def main(argv=None) -> int:
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}",
         "load_average": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-        "command": "python benchmarks/eval_heldout.py " + " ".join(portable(argv if argv is not None else sys.argv[1:])),
-        "model": card.name, "weights": args.weights + (" (shipped float16)" if args.ship else " (float32)"),
+        "command": "python benchmarks/eval_heldout.py "
+                   + " ".join(portable(argv if argv is not None else sys.argv[1:])),
+        "data": args.data.name, "model": card.name,
+        "weights": args.weights + (" (shipped float16)" if args.ship else " (float32)"),
         "run_epochs": record["epoch"], "run_steps": record["global_step"], "run_training_s": record["elapsed_s"],
         "held_out_block": {"folds": setup["folds"], "fold": setup["fold"], "first_last": [store.frames[0].name,
                                                                                           store.frames[-1].name]},
@@ -199,8 +201,9 @@ def ship(card, model, record, args):
     run_card = args.run / "card.json"
     run = json.loads(run_card.read_text()) if run_card.is_file() else {}
     training["recipe"] = setup["recipe"]
-    training["data"] = (f"usgra-seg (CC-BY 4.0; see ../shared/data/usgra-seg/ATTRIBUTION.md): {len(setup['train_names'])} "
-                        f"frames {setup['train_names'][0]}..{setup['train_names'][-1]} for training, block "
+    training["data"] = (f"{args.data.name} (see its ATTRIBUTION.md for credit and license): "
+                        f"{len(setup['train_names'])} frames {setup['train_names'][0]}..{setup['train_names'][-1]} "
+                        "for training, block "
                         f"{setup['fold']} of {setup['folds']} contiguous blocks ({len(setup['val_names'])} frames "
                         f"{setup['val_names'][0]}..{setup['val_names'][-1]}) held out; classes 1=nerve, "
                         "2=blood_vessel")
@@ -208,7 +211,7 @@ def ship(card, model, record, args):
              if not n.startswith("Weights of the epoch")]
     notes.append(f"Weights of the {'last epoch' if args.weights == 'last' else 'best held-out epoch'} "
                  f"({record['epoch']}) of a run of {record['elapsed_s'] / 60:.0f} minutes of training on one CPU "
-                 "thread (validation excluded); "
+                 "thread (per-epoch validation included); "
                  + ("no choice was made on the held-out block." if args.weights == "last"
                     else "chosen on the held-out block (optimistic)."))
     training["notes"] = notes
@@ -225,7 +228,7 @@ def write_metrics(card, out: Dict) -> None:
     data = card.to_json()
     held = out["held_out"]
     data["metrics"] = {"held_out": {
-        "data": "usgra-seg, " + f"{held['frames']} frames never trained on (block {out['held_out_block']['fold']} "
+        "data": f"{out['data']}, {held['frames']} frames never trained on (block {out['held_out_block']['fold']} "
                 f"of {out['held_out_block']['folds']} contiguous blocks: {out['held_out_block']['first_last'][0]}.."
                 f"{out['held_out_block']['first_last'][1]})",
         "weights": out["weights"], "input_size": data["input"]["size"], "epochs": out["run_epochs"],
