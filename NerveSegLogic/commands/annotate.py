@@ -20,7 +20,9 @@ card sha256, parent version and status (draft, accepted, rejected, needs-review)
   status             frames per status and per annotator (--json keys: frames, by_status, by_annotator)
   accept / reject    decide frames (a new status version each)
   history FRAME      every version of a frame: who, when, what
-  correct FRAME OP   a correction operation, saved as a new "corrected" version
+  correct FRAME OP   a correction operation, saved as a new "corrected" version; OP prompt: a box and/or clicks
+                     through the promptable model (LiteMedSAM), saved as a "prompt" version with its prompts
+  embed              cache the promptable model's embedding of every frame, so a prompt costs the decoder only
   agreement          Dice per class between annotators on frames labelled twice
   restore FRAME V    a new version copying version V
 
@@ -34,6 +36,7 @@ examples:
   nerveseg annotate prelabel --store project.nsdb --model smistad-unet
   nerveseg annotate queue --store project.nsdb --order uncertainty
   nerveseg annotate correct --store project.nsdb 12 paint --center 240 180 --radius 6 --label 1
+  nerveseg annotate correct --store project.nsdb 12 prompt --class nerve --box 120,80,210,150 --point 160,120,+
   nerveseg annotate accept --store project.nsdb 12 13 14 --author alice
   nerveseg annotate history --store project.nsdb 12
   nerveseg annotate status --store project.nsdb --json
