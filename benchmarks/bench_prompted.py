@@ -120,6 +120,29 @@ def painted(reference: np.ndarray, operations: int) -> list:
     return out
 
 
+def single_thread_cost(args, images: Path, masks: Path, names) -> dict:
+    """CPU time (process time, one thread) of an embedding and of a prompt: the work itself, which a loaded,
+    shared machine does not inflate the way it inflates wall time. On an idle machine wall time is about this
+    (one thread) or less (several)."""
+    from NerveSegLogic.inference.promptable import PromptableSegmenter
+
+    model = PromptableSegmenter.from_name(args.model, backend=args.backend, threads=1)
+    embed_cpu, prompt_cpu = [], []
+    for name in names:
+        image, reference = read_pair(images, masks, name)
+        start = time.process_time()
+        embedding = model.embed(image)
+        embed_cpu.append((time.process_time() - start) * 1000)
+        ys, xs = np.nonzero(reference > 0)
+        box = (xs.min(), ys.min(), xs.max(), ys.max())
+        for _ in range(5):
+            start = time.process_time()
+            model.mask(embedding, image.shape, box=box, points=[(float(xs.mean()), float(ys.mean()), True)])
+            prompt_cpu.append((time.process_time() - start) * 1000)
+    return {"threads": 1, "embed_cpu_ms_median": round(statistics.median(embed_cpu), 1),
+            "prompt_cpu_ms_median": round(statistics.median(prompt_cpu), 1), "frames": len(names)}
+
+
 def summarise(values):
     return {"mean": round(float(np.mean(values)), 4), "median": round(float(np.median(values)), 4),
             "n": len(values)} if values else None
@@ -211,6 +234,7 @@ def main(argv=None) -> int:
             print(f"{number + 1}/{len(names)} frames, {time.perf_counter() - started:.0f} s, "
                   f"nerve box Dice so far {np.mean(dice_by['nerve']['0']):.3f}", flush=True)
     load_after = os.getloadavg()
+    cpu_cost = single_thread_cost(args, images, masks, names[:5])
 
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -227,6 +251,7 @@ def main(argv=None) -> int:
                      "p90": round(float(np.percentile(embed_ms, 90)), 1), "n": len(embed_ms)} if embed_ms else None,
         "prompt_ms": {"median": round(statistics.median(prompt_ms), 1),
                       "p90": round(float(np.percentile(prompt_ms, 90)), 1), "n": len(prompt_ms)},
+        "single_thread_cpu": cpu_cost,
         "structures": rows,
     }
     args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -243,6 +268,8 @@ def main(argv=None) -> int:
     print(f"embedding: {embed_text}; prompt -> mask: median "
           f"{result['prompt_ms']['median']} ms (p90 {result['prompt_ms']['p90']}); load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(f"CPU time on one thread: embedding {cpu_cost['embed_cpu_ms_median']} ms, prompt -> mask "
+          f"{cpu_cost['prompt_cpu_ms_median']} ms (median)")
     return 0
 
 
