@@ -75,3 +75,24 @@ def test_input_spec_refuses_unknown_modes_naming_the_field():
         pp.InputSpec(height=8, width=8, resize="stretchy")
     with pytest.raises(KeyError, match="size"):
         pp.InputSpec.from_card({"channels": 1})
+
+
+def test_small_region_removal_equals_a_whole_frame_reference_on_random_labelmaps():
+    """Regions are searched only inside each label's box; the answer must be the whole frame's (scipy reference)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        labelmap = np.zeros((120, 160), np.uint8)
+        for _ in range(12):
+            y, x = rng.integers(0, 115), rng.integers(0, 155)
+            h, w = rng.integers(1, 12, size=2)
+            labelmap[y:y + h, x:x + w] = rng.integers(1, 3)
+        expected = labelmap.copy()
+        for value in (1, 2):
+            components, count = ndimage.label(labelmap == value, structure=np.ones((3, 3), bool))
+            areas = ndimage.sum_labels(np.ones_like(components), components, np.arange(1, count + 1))
+            for index, area in enumerate(areas, start=1):
+                if area < 20:
+                    expected[components == index] = 0
+        assert np.array_equal(pp.remove_small_components(labelmap, 20, labels=[1, 2]), expected)
