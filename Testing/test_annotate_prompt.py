@@ -70,7 +70,7 @@ def test_a_prompt_version_replaces_one_class_keeps_its_prompts_and_is_undone_by_
     np.testing.assert_array_equal(version.mask[~region], np.where(before == 1, 0, before)[~region])
     assert store.prompts(version.id) == {"model": "litemedsam", "model_sha256": tiny.model_sha256,
                                          "class": "nerve", "label": 1, "box": [10.0, 8.0, 38.0, 30.0],
-                                         "points": [[20.0, 20.0, True], [12.0, 10.0, False]], "click_mode": "model"}
+                                         "points": [[20.0, 20.0, True], [12.0, 10.0, False]], "click_mode": "box"}
     assert store.prompts(parent.id) is None
     undone = store.restore(record.id, parent.id, "ana", version.id)
     np.testing.assert_array_equal(undone.mask, before)

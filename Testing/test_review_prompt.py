@@ -81,7 +81,7 @@ def test_save_stays_on_the_frame_and_a_stale_frame_is_a_conflict(session, tiny):
     assert saved.status == "draft" and session.current().version.id == saved.id and session.position == 0
     # Someone else saves the frame meanwhile: this panel's next save is refused, nothing is lost.
     other = session.store.set_status(saved.frame_id, "needs-review", "bob", saved.id)
-    prompts.add_point(20, 20, include=True)
+    prompts.set_box(0, 0, 47, 39)  # a new box: a different mask
     with pytest.raises(ConflictError):
         prompts.save()
     assert session.store.current(saved.frame_id).id == other.id

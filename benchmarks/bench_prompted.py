@@ -143,6 +143,29 @@ def single_thread_cost(args, images: Path, masks: Path, names) -> dict:
             "prompt_cpu_ms_median": round(statistics.median(prompt_cpu), 1), "frames": len(names)}
 
 
+def update_card(card, result: dict) -> None:
+    """Record the figures in the model card (metrics per click mode; speed), through the validating writer."""
+    from NerveSegLogic.models.card import write_card
+
+    data = card.to_json()
+    prompted = data.setdefault("metrics", {}).setdefault("usgra_seg_prompted", {})
+    prompted[f"clicks_{result['click_mode']}"] = {
+        "dice": {key: {k: (v["mean"] if v else None) for k, v in per.items()} for key, per in result["dice"].items()},
+        "structures": {key: per["0"]["n"] if per["0"] else 0 for key, per in result["dice"].items()},
+        "frames": result["frames"], "box_jitter": result["jitter"], "date": result["date"],
+        "command": result["command"]}
+    speed = data.setdefault("speed", {})
+    if result["embed_ms"]:
+        speed["embed_ms_median"] = result["embed_ms"]["median"]
+    speed.update(prompt_ms_median=result["prompt_ms"]["median"], threads=result["machine"]["threads"],
+                 embed_cpu_ms_one_thread=result["single_thread_cpu"]["embed_cpu_ms_median"],
+                 prompt_cpu_ms_one_thread=result["single_thread_cpu"]["prompt_cpu_ms_median"],
+                 load_average=result["machine"]["load_average_before"], measured_utc=result["date"],
+                 backend=result["backend"], command="benchmarks/bench_prompted.py")
+    write_card(data, card.path)
+    print(f"updated {card.path}")
+
+
 def summarise(values):
     return {"mean": round(float(np.mean(values)), 4), "median": round(float(np.median(values)), 4),
             "n": len(values)} if values else None
@@ -162,6 +185,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jitter", type=float, default=0.10, help="largest box side shift, fraction of the size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "prompted.json")
+    parser.add_argument("--update-card", action="store_true", help="write the figures into the model card")
     parser.add_argument("--embeddings", type=Path, default=None,
                         help="folder to keep each frame's embedding in (float16 .npy), reused by later runs "
                              "(their embedding time is then not measured)")
@@ -256,6 +280,8 @@ def main(argv=None) -> int:
     }
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
+    if args.update_card:
+        update_card(model.card, result)
     print("| class | structures | box | +1 click | +2 | +3 | +5 |")
     print("|---|---|---|---|---|---|---|")
     for key, per in result["dice"].items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -64,7 +65,12 @@ def convert(out_dir: Path, dtype: str) -> Path:
     size_mb = weights.stat().st_size / 1e6
     print(f"wrote {weights} ({size_mb:.1f} MB, {dtype}, sha256 {sha})")
     card_path = out_dir / "litemedsam.json"
-    write_card(card_dict(sha, dtype, digest), card_path)
+    data = card_dict(sha, dtype, digest)
+    if card_path.is_file():  # same weights: keep what benchmarks/bench_prompted.py measured of them
+        old = json.loads(card_path.read_text(encoding="utf-8"))
+        if (old.get("weights") or {}).get("sha256") == sha:
+            data["metrics"], data["speed"] = old.get("metrics", {}), old.get("speed", {})
+    write_card(data, card_path)
     print(f"wrote {card_path}")
     return card_path
 

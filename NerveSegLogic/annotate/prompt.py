@@ -151,7 +151,7 @@ class FramePrompter:
         return {"model": self.model_name, "model_sha256": self.model.model_sha256, "class": class_key,
                 "label": int(label), "box": None if box is None else [float(v) for v in box],
                 "points": [[float(x), float(y), bool(include)] for x, y, include in points],
-                "click_mode": getattr(self.model, "click_mode", "model")}
+                "click_mode": getattr(self.model, "click_mode", "box")}
 
     def correct(self, frame_id: int, class_key: str, author: str, parent_id: Optional[int],
                 box: Optional[Sequence[float]] = None, points: Sequence[Point] = (), status: str = "draft",

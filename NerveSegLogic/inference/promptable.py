@@ -33,10 +33,11 @@ Point = Tuple[float, float, bool]
 Box = Tuple[float, float, float, float]
 
 BACKENDS = ("onnx", "torch")
-#: How clicks reach the model. "model": as SAM's point tokens beside the box (what SAM was trained for; the released
-#: LiteMedSAM weights were trained on boxes and respond poorly to them, see benchmarks/prompted.md). "box": with a
-#: box, clicks move the box instead (an include click outside it widens it, an exclude click inside it pulls the
-#: nearest side in past the click) and the model sees the box alone; clicks without a box are always tokens.
+#: How clicks reach the model. "box" (the default): with a box, clicks move the box (an include click outside it
+#: widens it, an exclude click inside it pulls the nearest side in past the click) and the model sees the box alone;
+#: clicks without a box are always tokens. "model": as SAM's point tokens beside the box, which is what SAM was
+#: trained for, but the released LiteMedSAM weights were trained on boxes: on usgra-seg their Dice falls with each
+#: such click, while "box" clicks keep it (benchmarks/prompted.md).
 CLICK_MODES = ("model", "box")
 
 
@@ -110,7 +111,7 @@ class PromptableSegmenter:
 
     def __init__(self, card, encode: Callable[[np.ndarray], np.ndarray],
                  decode: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], backend: str,
-                 model_sha256: str, click_mode: str = "model"):
+                 model_sha256: str, click_mode: str = "box"):
         if click_mode not in CLICK_MODES:
             raise ValueError(f"click_mode {click_mode!r} unknown; expected one of {', '.join(CLICK_MODES)}")
         self.click_mode = click_mode
@@ -124,7 +125,7 @@ class PromptableSegmenter:
     # --------------------------------------------------------------------------------------------------- loading
     @classmethod
     def from_name(cls, name: str = "litemedsam", backend: str = "onnx", threads: Optional[int] = None,
-                  onnx_cache: Optional[os.PathLike] = None) -> "PromptableSegmenter":
+                  onnx_cache: Optional[os.PathLike] = None, click_mode: str = "box") -> "PromptableSegmenter":
         """The registered promptable model ``name`` with its shipped weights (sha256-checked safetensors).
 
         Raises KeyError for an unknown name, ValueError for a model that is not promptable or an unknown backend,
@@ -145,13 +146,13 @@ class PromptableSegmenter:
         sha = card.weights["sha256"]
         if backend == "torch":
             set_threads(threads)
-            return cls.from_module(card, module, sha)
+            return cls.from_module(card, module, sha, click_mode)
         cache = Path(onnx_cache) if onnx_cache else Path(tempfile.gettempdir()) / "nerveseg-onnx"
         encoder_path, decoder_path = export_onnx(module, cache, f"{card.name}-{sha[:16]}")
-        return cls.from_onnx(card, encoder_path, decoder_path, sha, threads)
+        return cls.from_onnx(card, encoder_path, decoder_path, sha, threads, click_mode)
 
     @classmethod
-    def from_module(cls, card, module, model_sha256: str) -> "PromptableSegmenter":
+    def from_module(cls, card, module, model_sha256: str, click_mode: str = "box") -> "PromptableSegmenter":
         """Run ``module`` (a :class:`~NerveSegLogic.models.litemedsam.LiteMedSAM`) with torch on the CPU."""
         import torch
 
@@ -167,11 +168,11 @@ class PromptableSegmenter:
                                          torch.from_numpy(labels))
                 return masks[:, :1].numpy()
 
-        return cls(card, encode, decode, "torch", model_sha256)
+        return cls(card, encode, decode, "torch", model_sha256, click_mode)
 
     @classmethod
     def from_onnx(cls, card, encoder_path: os.PathLike, decoder_path: os.PathLike, model_sha256: str,
-                  threads: Optional[int] = None) -> "PromptableSegmenter":
+                  threads: Optional[int] = None, click_mode: str = "box") -> "PromptableSegmenter":
         """Run the two exported graphs with ONNX Runtime on the CPU."""
         encoder = _session(encoder_path, threads)
         decoder = _session(decoder_path, threads)
@@ -182,7 +183,7 @@ class PromptableSegmenter:
         def decode(embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
             return decoder.run(None, {"embedding": embedding, "coords": coords, "labels": labels})[0]
 
-        return cls(card, encode, decode, "onnx", model_sha256)
+        return cls(card, encode, decode, "onnx", model_sha256, click_mode)
 
     # --------------------------------------------------------------------------------------------------- running
     def embed(self, image: np.ndarray) -> np.ndarray:
