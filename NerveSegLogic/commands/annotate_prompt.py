@@ -11,7 +11,7 @@ import argparse
 import functools
 import math
 import sys
-from typing import Optional, Tuple
+from typing import Tuple
 
 DEFAULT_MODEL = "litemedsam"
 
