@@ -114,6 +114,8 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.startButton.clicked.connect(self.onStart)
         self.ui.stopButton.clicked.connect(self.onStop)
         self.ui.openStoreButton.clicked.connect(self.onOpenStore)
+        self.ui.promptClassComboBox.addItems(["nerve", "blood_vessel"])
+        self.ui.promptButton.clicked.connect(self.onPrompt)
         for action in REVIEW_KEYS:
             getattr(self.ui, f"{action}Button").clicked.connect(lambda checked=False, a=action: self.onReview(a))
             for parent in self._shortcutParents():
@@ -269,6 +271,26 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not save this frame; your edit is still in the segmentation."),
                                              waitCursor=True):
             getattr(self.logic.review, action)()
+
+    def onPrompt(self) -> None:
+        """Start the box-and-clicks tool on the shown frame: place the box first, then clicks."""
+        with slicer.util.tryWithErrorDisplay(_("The prompt tool could not start."), waitCursor=True):
+            roi, include, exclude = self.logic.review.start_prompts(self.ui.promptClassComboBox.currentText)
+            for node in (roi, include, exclude):
+                for event in (node.PointAddedEvent, node.PointModifiedEvent, node.PointRemovedEvent,
+                              node.PointEndInteractionEvent):
+                    if not self.hasObserver(node, event, self.onPromptMarkupsChanged):
+                        self.addObserver(node, event, self.onPromptMarkupsChanged)
+            placeNode = roi if roi.GetNumberOfControlPoints() == 0 else include
+            slicer.modules.markups.logic().SetActiveList(placeNode)
+            interaction = slicer.app.applicationLogic().GetInteractionNode()
+            interaction.SetCurrentInteractionMode(interaction.Place)
+
+    def onPromptMarkupsChanged(self, caller=None, event=None) -> None:
+        if not self.logic.review.is_open or self.logic.review.prompts is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("The prompt could not be applied.")):
+            self.logic.review.prompt_changed()
 
     def onReviewChanged(self, review) -> None:
         self.ui.reviewPositionLabel.text = review.position_text()

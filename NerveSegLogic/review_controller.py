@@ -78,6 +78,8 @@ class ReviewController:
         self._shown = None  # the CurrentFrame the nodes show
         self._shown_classes: Tuple[Any, ...] = ()
         self._scores: Dict[int, Optional[float]] = {}
+        self.prompts = None  # a ReviewPrompt once start_prompts() was called
+        self._prompt_nodes: Optional[Tuple[Any, Any, Any]] = None
         self.changed = Signal("review_changed")
 
     @property
@@ -147,11 +149,77 @@ class ReviewController:
             self.show(mask=mask)  # and the annotator's edit goes back on screen, unsaved but not lost
             raise ReviewConflict(f"{conflict} Their version is now the base and your edit is shown again: press "
                                  f"Accept to save it over theirs, or Next/Skip to keep theirs.") from conflict
+        self._clear_prompt_nodes()  # prompts belong to the frame they were placed on
         self.show()
 
     def accept(self) -> None:
-        """Save the frame's mask as it is now (as "corrected" when it was edited) with status accepted; next frame."""
+        """Save the frame's mask as it is now (as "corrected" when it was edited) with status accepted; next frame.
+
+        When the mask shown is the prompt's preview (nothing painted over it since), it is saved as a ``prompt``
+        version with its box and clicks, so the store says how it was made."""
+        prompts = self.prompts
+        if prompts is not None and prompts.preview is not None:
+            edited = self.edited_mask()
+            if edited is not None and np.array_equal(edited, prompts.preview):
+                from .annotate.store import ConflictError
+
+                try:
+                    prompts.accept()
+                except ConflictError as conflict:
+                    self._require().reload()
+                    self.show(mask=edited)
+                    raise ReviewConflict(f"{conflict} Their version is now the base and your prompt's mask is shown "
+                                         f"again: press Accept to save it over theirs.") from conflict
+                self._clear_prompt_nodes()
+                self.show()
+                return
         self._move("accept")
+
+    # -------------------------------------------------------------------------------------------- prompts
+    def start_prompts(self, class_key: str, model=None):
+        """Correct the current frame's ``class_key`` with a box and clicks (issue 15): returns the prompt markups
+        ``(roi, include points, exclude points)`` the annotator places on the frame. ``model``: a promptable
+        model (default: LiteMedSAM on ONNX Runtime, loaded once; needs torch and onnxruntime)."""
+        session = self._require()
+        if self.prompts is None:
+            from .review_prompt import ReviewPrompt
+
+            if model is None:
+                from .inference.promptable import PromptableSegmenter
+
+                model = PromptableSegmenter.from_name("litemedsam")
+            self.prompts = ReviewPrompt(session, model, class_key=class_key)
+        if self.prompts.box or self.prompts.points:
+            self.prompts.set_class(class_key)  # the prompts stay: run them for the new class
+        else:
+            self.prompts.class_key = class_key
+        if self._prompt_nodes is None:
+            from .scene.annotation import prompt_nodes
+
+            self._prompt_nodes = prompt_nodes(self.mrml_scene)
+        return self._prompt_nodes
+
+    def prompt_changed(self) -> Optional[np.ndarray]:
+        """The annotator placed, moved or removed a box or click: run the prompt on what the markups hold now and
+        show the class's new mask in the segmentation node (the other classes unchanged). Returns the labelmap
+        shown, or None while there is neither a box nor an include click."""
+        if self.prompts is None or self._prompt_nodes is None or self.volume_node is None:
+            raise RuntimeError("start the prompt tool first (start_prompts)")
+        from .scene.annotation import read_prompts
+
+        box, points = read_prompts(self.volume_node, *self._prompt_nodes)
+        preview = self.prompts.set_prompts(box, points)
+        if preview is not None:
+            item = self._shown
+            self.volume_node, self.segmentation_node = self._load_frame(
+                item.image, preview, item.geometry or ImageGeometry(), self._shown_classes, mrml_scene=self.mrml_scene)
+        return preview
+
+    def _clear_prompt_nodes(self) -> None:
+        if self._prompt_nodes is not None:
+            from .scene.annotation import clear_prompts
+
+            clear_prompts(*self._prompt_nodes)
 
     def reject(self) -> None:
         """Mark the frame rejected (keeping any edit as its mask); next frame."""
@@ -209,6 +277,9 @@ class ReviewController:
         """Close the session and its store (the annotation nodes stay in the scene)."""
         session, self.session = self.session, None
         self._shown = None
+        prompts, self.prompts = self.prompts, None
+        if prompts is not None:
+            prompts.close()
         if session is not None:
             session.store.close()
 

@@ -105,6 +105,16 @@ class ReviewPrompt:
         self._box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
         return self._update()
 
+    def set_prompts(self, box: Optional[Tuple[float, float, float, float]],
+                    points: List[Point]) -> Optional[np.ndarray]:
+        """Replace the box (or None) and every click at once, running the prompt once: what the panel calls when
+        a markups node changed (it reads all of them)."""
+        self._sync()
+        self._box = None if box is None else (min(box[0], box[2]), min(box[1], box[3]),
+                                              max(box[0], box[2]), max(box[1], box[3]))
+        self._points = [(float(x), float(y), bool(include)) for x, y, include in points]
+        return self._update()
+
     def clear_box(self) -> Optional[np.ndarray]:
         self._box = None
         return self._update()

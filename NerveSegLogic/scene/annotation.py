@@ -79,3 +79,66 @@ def read_mask(segmentation_node, reference_volume_node, classes: Sequence["Segme
     wins. A class without a segment is background. Raises ValueError for a reference volume without voxels.
     """
     return labelmap_of_segments(segmentation_node, reference_volume_node, classes)
+
+
+#: Node names of the prompt tools (a box and include/exclude clicks) on the annotated frame.
+PROMPT_BOX, PROMPT_INCLUDE, PROMPT_EXCLUDE = "box", "include", "exclude"
+
+
+def prompt_nodes(mrml_scene=None, name: str = ANNOTATION_NAME) -> Tuple[object, object, object]:
+    """``(roi, include points, exclude points)``: the markups the annotator places on the frame to prompt a
+    promptable model (a box: ``vtkMRMLMarkupsROINode``; clicks: point lists, include green, exclude red). Reused
+    when the scene has them, else created empty."""
+    scene = annotation_scene() if mrml_scene is None else mrml_scene
+    nodes = []
+    for suffix, class_name, colour in ((PROMPT_BOX, "vtkMRMLMarkupsROINode", (1.0, 0.8, 0.0)),
+                                       (PROMPT_INCLUDE, "vtkMRMLMarkupsFiducialNode", (0.1, 0.9, 0.1)),
+                                       (PROMPT_EXCLUDE, "vtkMRMLMarkupsFiducialNode", (0.9, 0.1, 0.1))):
+        node = mrml.first_node_by_name(scene, f"{name} {suffix}", class_name)
+        if node is None:
+            node = scene.AddNewNodeByClass(class_name, f"{name} {suffix}")
+            node.CreateDefaultDisplayNodes()
+            node.SetSaveWithScene(False)
+            if node.GetDisplayNode() is not None:
+                node.GetDisplayNode().SetSelectedColor(*colour)
+                node.GetDisplayNode().SetColor(*colour)
+        nodes.append(node)
+    return tuple(nodes)  # type: ignore[return-value]
+
+
+def read_prompts(volume_node, roi, include, exclude):
+    """``(box, points)`` in the frame's pixels from the prompt markups: box ``(x0, y0, x1, y1)`` (None when the
+    ROI is not placed) and ``[(x, y, include), ...]`` (x = column i, y = row j), include clicks first."""
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    ras_to_ijk = vtkMatrix4x4()
+    volume_node.GetRASToIJKMatrix(ras_to_ijk)
+    m = mrml.numpy_matrix(ras_to_ijk)
+
+    def ijk(ras) -> Tuple[float, float]:
+        i, j, _, _ = m @ np.array([ras[0], ras[1], ras[2], 1.0])
+        return float(i), float(j)
+
+    box = None
+    if roi is not None and roi.GetNumberOfControlPoints() > 0:
+        bounds = [0.0] * 6
+        roi.GetRASBounds(bounds)
+        corners = [ijk((x, y, (bounds[4] + bounds[5]) / 2)) for x in bounds[0:2] for y in bounds[2:4]]
+        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+        box = (min(xs), min(ys), max(xs), max(ys))
+    points = []
+    for node, keep in ((include, True), (exclude, False)):
+        if node is None:
+            continue
+        for index in range(node.GetNumberOfControlPoints()):
+            position = [0.0, 0.0, 0.0]
+            node.GetNthControlPointPositionWorld(index, position)
+            points.append(ijk(position) + (keep,))
+    return box, points
+
+
+def clear_prompts(roi, include, exclude) -> None:
+    """Remove the box and every click (a new frame starts without prompts)."""
+    for node in (roi, include, exclude):
+        if node is not None:
+            node.RemoveAllControlPoints()
