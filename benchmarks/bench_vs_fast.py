@@ -401,9 +401,11 @@ def report(runs: List[Dict], summary: Dict, args, command: str, onnx_path: Path,
     lines = [
         "# NerveSeg against FAST: the same IGTL stream, the same ONNX graph",
         "",
-        f"- machine: {cpu}, {os.cpu_count()} cores, no GPU; **shared with other jobs while measured** (other "
-        "agents' tests and training ran at the same time), so the figures are noisy: the load average before "
-        "each run is in the table of runs",
+        f"- machine: {cpu}, {os.cpu_count()} cores, no GPU; " + (
+            "otherwise idle while measured (1-minute load average below 1.5 before every run)"
+            if max(r["load_average_before"][0] for r in runs) < 1.5 else
+            "**shared with other jobs while measured**, so the figures are noisy: the load average before each "
+            "run is in the table of runs"),
         f"- date (UTC): {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')}; command: `{command}`",
         f"- stream: our replay server, {args.frames} grey {FRAME_SIZE[0]}x{FRAME_SIZE[1]} uint8 frames (the "
         f"bundled usgra-seg sample, resized) at {args.fps:g} fps over OpenIGTLink on 127.0.0.1; {args.rounds} "
