@@ -191,8 +191,6 @@ def test_a_connection_without_the_token_is_refused():
 
 
 def test_the_first_frame_of_a_new_scene_is_announced_once_for_fitting_the_views():
-    from NerveSegLogic.stream.replay import ReplayServer
-
     controller = LiveController(slicer_scene())
     fitted = []
     controller.first_frame.connect(fitted.append)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from NerveSegLogic.frame import Frame, ImageGeometry
+from NerveSegLogic.frame import ImageGeometry
 from NerveSegLogic.worker import link
 from NerveSegLogic.worker.parent import worker_python
 

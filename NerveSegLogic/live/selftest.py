@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 from .choices import DEFAULT_DEVICE_NAME
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .controller import LiveController
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,7 @@ panel bind the same code. All of it is MRML display-node state; Slicer's views f
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
-
-from NerveSegLogic.scene import mrml
+from typing import Dict, Sequence
 
 
 def _display_node(segmentation_node):

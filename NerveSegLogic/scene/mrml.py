@@ -13,6 +13,7 @@ origin at the centre of pixel (0, 0, 0).
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
@@ -93,8 +94,6 @@ def attach_sequences_logic(scene):
     """Attach a ``vtkSlicerSequencesLogic`` to ``scene`` as Slicer does at start-up (once); returns it, or None when
     this MRML build has no Sequences logic. The logic lives as long as the scene object."""
     global _sequences_logics
-    import weakref
-
     slicer = slicer_module()
     logic_class = getattr(slicer, "vtkSlicerSequencesLogic", None)
     if logic_class is None:

@@ -123,9 +123,6 @@ class _Counters:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import LivePipeline
-    from ..slot import NewestSlot
-
     host, port = _host_port(args.connect, "--connect")
     sock = socket.create_connection((host, port), timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

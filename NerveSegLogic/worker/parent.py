@@ -28,8 +28,6 @@ import weakref
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-import numpy as np
-
 from ..frame import Frame, SegmentationResult
 from . import link
 
