@@ -177,3 +177,30 @@ def test_sigkill_during_export_never_leaves_a_half_data_set_and_the_next_run_cle
         export_cohort(frames_from_store(store, ["accepted"]), out, _options(force=True))
     assert verify_manifest(out) == []
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("s.db")] == ["cohort"]
+
+
+def test_a_marker_draft_left_by_a_run_killed_while_writing_it_is_removed_and_a_live_ones_kept(tmp_path):
+    """The marker is written to a draft named after its host and process, then renamed: a run killed in between
+    leaves the draft (never a half marker), which the next run removes once that process is gone."""
+    import subprocess
+    import sys
+
+    from NerveSegLogic.datasets import atomic_dir
+
+    out = tmp_path / "cohort"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    tag = atomic_dir._host_tag()
+    left = tmp_path / f".cohort.marker-{tag}-{dead_pid}.tmp"
+    left.write_text('{"program": "nerv')  # killed mid-write
+    mine = atomic_dir._marker_draft(out)
+    mine.write_text("")
+    other_host = tmp_path / f".cohort.marker-00000000-{dead_pid}.tmp"
+    other_host.write_text("")
+    done = atomic_dir.clean_leftovers(out)
+    assert not left.exists() and mine.exists() and other_host.exists()
+    assert done == [f"removed {left.name}"]
+    folder = atomic_dir.staging_path(out)
+    marker = atomic_dir.write_marker(folder, out, "partial")
+    assert json.loads(marker.read_text())["pid"] == os.getpid() and not mine.exists()  # the draft was renamed

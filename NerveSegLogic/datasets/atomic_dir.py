@@ -48,16 +48,45 @@ def marker_of(folder: Path) -> Path:
     return folder.parent / (folder.name + MARKER_SUFFIX)
 
 
+def _host_tag() -> str:
+    import hashlib
+
+    return hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
+
+
+def _marker_draft(target: Path) -> Path:
+    """Where a marker is written before it is renamed into place: named after this host and process, so a draft
+    left by a run killed while writing it is recognised as ours and removed (:func:`clean_leftovers`)."""
+    return target.parent / f".{target.name}.marker-{_host_tag()}-{os.getpid()}.tmp"
+
+
 def write_marker(folder: Path, target: Path, kind: str) -> Path:
-    """Write (and fsync) the ownership marker of ``folder`` before the folder itself is created."""
+    """Write (and fsync) the ownership marker of ``folder`` before the folder itself is created.
+
+    Written to a draft and renamed into place, so a marker is either absent or complete: a run killed while
+    writing it leaves only the draft, whose name says which process wrote it."""
     marker = marker_of(folder)
     content = {"program": "nerveseg export", "kind": kind, "target": target.name, "host": socket.gethostname(),
                "pid": os.getpid(), "started": time.time()}
-    with open(marker, "w", encoding="utf-8") as handle:
+    draft = _marker_draft(target)
+    with open(draft, "w", encoding="utf-8") as handle:
         json.dump(content, handle)
         handle.flush()
         os.fsync(handle.fileno())
+    os.replace(draft, marker)
     return marker
+
+
+def _pid_gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
 
 
 def _read_marker(marker: Path) -> Optional[dict]:
@@ -76,15 +105,7 @@ def _owner_gone(content: dict) -> bool:
         pid = int(content.get("pid"))
     except (TypeError, ValueError):
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, owned by someone else
-        return False
-    return False
+    return _pid_gone(pid)
 
 
 def clean_leftovers(out: Path) -> List[str]:
@@ -111,6 +132,12 @@ def clean_leftovers(out: Path) -> List[str]:
             shutil.rmtree(folder, ignore_errors=True)
             done.append(f"removed {folder.name}")
         marker.unlink(missing_ok=True)
+    draft_prefix = f".{out.name}.marker-{_host_tag()}-"
+    for draft in sorted(parent.glob(f"{glob_escape(draft_prefix)}*.tmp")):
+        pid_text = draft.name[len(draft_prefix):-len(".tmp")]
+        if pid_text.isdigit() and _pid_gone(int(pid_text)):
+            draft.unlink(missing_ok=True)
+            done.append(f"removed {draft.name}")
     for line in done:
         log.warning("export leftovers of a killed run: %s", line)
     return done
