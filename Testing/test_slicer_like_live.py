@@ -286,3 +286,45 @@ def test_recording_memory_stays_under_its_cap_and_stops_with_a_message(tmp_path)
     assert "s of 1 s" in dropping.recording_text()
     with pytest.raises(ValueError, match="max_seconds"):
         RecordingLimit(max_seconds=float("nan"))
+
+
+@pytest.mark.slow
+def test_remote_mode_pairs_the_servers_labelmaps_with_their_frames_in_the_worker():
+    """Remote mode in Slicer: the worker receives PLUS's images and a 'nerveseg serve''s labelmaps and pairs them by
+    IGTL timestamp, so no receiver thread runs in Slicer's process; every shown labelmap is the one the serve made
+    for that very frame (the serve runs the same model here, so it is recomputed and compared)."""
+    import threading
+
+    from NerveSegLogic.live_serve import SegmentationServer, ServeOptions
+    from NerveSegLogic.stream.replay import ReplayServer
+
+    replay = ReplayServer(None, fps=10.0, loop=True)
+    replay.start()
+    server = SegmentationServer(ServeOptions(input_host="127.0.0.1", input_port=replay.port, port=0, model="unet",
+                                             device_name="Image_Reference"))
+    server.start()
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    controller = LiveController(slicer_scene(), remote_via_worker=True)
+    check = ContentCheck(controller)
+    try:
+        controller.select_model("unet")
+        controller.connect("127.0.0.1", replay.port, "Image_Reference")
+        controller.connect_remote("127.0.0.1", server.port)
+        controller.start("remote")
+        deadline = time.monotonic() + 120
+        while controller.status().frames_applied < 6 and time.monotonic() < deadline:
+            controller.tick()
+            time.sleep(0.005)
+        status = controller.status()
+    finally:
+        controller.stop()
+        server.stop()
+        serving.join(5)
+        server.close()
+        replay.stop()
+    assert status.frames_applied >= 6 and status.errors == 0, status.text()
+    assert check.mismatches == []
+    for image, labelmap in check.applied[:3]:
+        assert np.array_equal(server.segmenter.segment(image).labelmap, labelmap)  # the serve's own model
+    controller.scene.clear()
