@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -46,21 +45,12 @@ import numpy as np  # noqa: E402
 from NerveSegLogic.inference import preprocess as pp  # noqa: E402
 from NerveSegLogic.inference.segmenter import Segmenter  # noqa: E402
 from NerveSegLogic.train import metrics  # noqa: E402
+from machine import cpu_name, load_note  # noqa: E402  (benchmarks/machine.py)
 
 #: The live path's budget (issue 12): 30 fps sustained with the whole segment() p50 at most this (ms).
 P50_BUDGET_MS = 25.0
 FRAME_BUDGET_MS = 1000.0 / 30.0
 MODES = ("fast", "smooth")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def percentile(values: List[float], q: float) -> float:
@@ -167,7 +157,7 @@ def report(result: Dict, command: str, load_before, load_after) -> str:
              + ", ".join(f"{h}x{w}" for h, w in result["frame_sizes"]),
              f"- data: {result['n_frames']} frames of `{Path(result['data']).name}`. The shipped model was trained on "
              f"these frames: this compares contour quality, it is not an accuracy result.",
-             f"- machine: {cpu_name()}, {os.cpu_count()} CPUs, shared with other jobs (load average before "
+             f"- machine: {cpu_name()}, {os.cpu_count()} CPUs, {load_note([load_before[0]])} (load average before "
              f"{load_before}, after {load_after}); date {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
              f"- command: `{command}`", "",
              "| contours | " + " | ".join(f"{k} Dice | {k} HD95 px" for k in keys)

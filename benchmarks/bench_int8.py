@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -45,6 +44,7 @@ from NerveSegLogic.inference import backends  # noqa: E402
 from NerveSegLogic.inference import preprocess as pp  # noqa: E402
 from NerveSegLogic.models import registry  # noqa: E402
 from NerveSegLogic.train.metrics import dice  # noqa: E402
+from machine import cpu_name, load_note  # noqa: E402  (benchmarks/machine.py)
 
 #: The live path keeps 30 fps when a frame's whole segment() takes at most this (ms).
 FRAME_BUDGET_MS = 1000.0 / 30.0
@@ -52,16 +52,6 @@ FRAME_BUDGET_MS = 1000.0 / 30.0
 
 def load_average() -> List[float]:
     return [round(v, 2) for v in os.getloadavg()]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def calibration_names() -> set:
@@ -175,7 +165,7 @@ def card_block(row: Dict, args, command: str, calibration: int) -> Dict:
         "auto_uses_int8": bool(acc["max_dice_change"] < backends.INT8_MAX_DICE_CHANGE
                                and acc["float32_segments_something"]),
         "load_average": spd["load_average"][0]["before"],
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, shared with other jobs",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "measured_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "command": command,
     }
@@ -199,8 +189,9 @@ def report(rows: List[Dict], args, command: str, calibration: int) -> str:
     lines = [
         "# INT8 on the CPU: float32 against statically quantized ONNX graphs",
         "",
-        f"- machine: {cpu_name()}, {os.cpu_count()} cores; **shared with other jobs while measured** (4 other "
-        "agents), so the milliseconds are noisy: the load average before/after every round is listed below",
+        f"- machine: {cpu_name()}, {os.cpu_count()} cores; "
+        + load_note(load["before"][0] for row in rows for load in row["speed"]["load_average"])
+        + ": the load average before/after every round is listed below",
         f"- date (UTC): {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')}; onnxruntime "
         f"{__import__('onnxruntime').__version__}; {args.threads} intra-op threads; OMP_WAIT_POLICY "
         f"{os.environ.get('OMP_WAIT_POLICY')}",

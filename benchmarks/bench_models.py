@@ -27,16 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from NerveSegLogic.models import registry  # noqa: E402  (after the path set-up, so it runs from a checkout)
 from NerveSegLogic.models.card import write_card  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
 
 
 def load_average() -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import signal
 import socket
@@ -392,20 +391,14 @@ def report(runs: List[Dict], summary: Dict, args, command: str, onnx_path: Path,
             return "-"
         return f"{(b / a if inverse else a / b):.2f}"
 
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
+    from machine import cpu_name, load_note  # benchmarks/machine.py
+
+    cpu = cpu_name()
     lines = [
         "# NerveSeg against FAST: the same IGTL stream, the same ONNX graph",
         "",
-        f"- machine: {cpu}, {os.cpu_count()} cores, no GPU; " + (
-            "otherwise idle while measured (1-minute load average below 1.5 before every run)"
-            if max(r["load_average_before"][0] for r in runs) < 1.5 else
-            "**shared with other jobs while measured**, so the figures are noisy: the load average before each "
-            "run is in the table of runs"),
+        f"- machine: {cpu}, {os.cpu_count()} cores, no GPU; "
+        + load_note(r["load_average_before"][0] for r in runs) + "; the load before each run is in the table of runs",
         f"- date (UTC): {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')}; command: `{command}`",
         f"- stream: our replay server, {args.frames} grey {FRAME_SIZE[0]}x{FRAME_SIZE[1]} uint8 frames (the "
         f"bundled usgra-seg sample, resized) at {args.fps:g} fps over OpenIGTLink on 127.0.0.1; {args.rounds} "
