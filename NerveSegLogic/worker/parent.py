@@ -304,6 +304,7 @@ class WorkerRun:
         self._restart_at: Optional[float] = None
         self._counters_before = {"received": 0, "applied": 0, "dropped": 0, "errors": 0}
         self.latest_regions: list = []
+        self.last_log = ""  # the log tail of the last worker that ended
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -482,4 +483,4 @@ class WorkerRun:
     def log_tail(self, lines: int = 40) -> str:
         if self.process is not None:
             return self.process.log_tail(lines)
-        return getattr(self, "last_log", "")
+        return self.last_log
