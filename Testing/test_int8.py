@@ -127,6 +127,12 @@ def test_auto_runs_int8_only_where_the_measured_dice_change_is_under_the_limit()
     assert backends.resolve_backend(ModelCard.from_dict(unmeasured), "auto", "cpu") == "onnx"
     assert backends.resolve_backend(registry.card("bpmsegnet"), "auto", "cpu") == "torch"
     assert backends.resolve_backend(large, "onnx-int8", "cpu") == "onnx-int8"  # asked for: given
+    slower = _card_with_int8({"max_dice_change": 0.004, "mask_agreement_dice": agreement,
+                              "ms_per_frame": {"onnx_float32": 18.0, "onnx_int8": 21.0}})
+    faster = _card_with_int8({"max_dice_change": 0.004, "mask_agreement_dice": agreement,
+                              "ms_per_frame": {"onnx_float32": 18.0, "onnx_int8": 9.0}})
+    assert backends.resolve_backend(slower, "auto", "cpu") == "onnx"  # measured slower: float32 is better
+    assert backends.resolve_backend(faster, "auto", "cpu") == "onnx-int8"
     with pytest.raises(ValueError, match="onnx-int8"):
         backends.resolve_backend(small, "tensorrt", "cpu")
 

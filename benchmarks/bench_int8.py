@@ -163,7 +163,8 @@ def card_block(row: Dict, args, command: str, calibration: int) -> Dict:
         "calibration": f"{calibration} bundled sample frames (Resources/Sample), min/max",
         "recipe": backends.INT8_RECIPE,
         "auto_uses_int8": bool(acc["max_dice_change"] < backends.INT8_MAX_DICE_CHANGE
-                               and acc["float32_segments_something"]),
+                               and acc["float32_segments_something"]
+                               and spd["model_ms"]["onnx-int8"] < spd["model_ms"]["onnx"]),
         "load_average": spd["load_average"][0]["before"],
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "measured_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),

@@ -248,11 +248,22 @@ def int8_measured_change(card) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def int8_faster(card) -> bool:
+    """False when the card's INT8 block records the model alone as no faster in INT8 than in float32 (depthwise
+    convolutions, as in EfficientNet, can run slower quantized on some CPUs); True when faster or not recorded."""
+    timing = ((getattr(card, "raw", None) or {}).get("int8") or {}).get("ms_per_frame") or {}
+    fp32, int8 = timing.get("onnx_float32"), timing.get("onnx_int8")
+    if isinstance(fp32, (int, float)) and isinstance(int8, (int, float)):
+        return int8 < fp32
+    return True
+
+
 def int8_allowed(card) -> bool:
-    """True when the card records a measured INT8 Dice change below :data:`INT8_MAX_DICE_CHANGE` and the float32
-    masks it was measured on were not all empty (a model that segments nothing gives no evidence either way)."""
+    """True when the card records a measured INT8 Dice change below :data:`INT8_MAX_DICE_CHANGE`, the float32
+    masks it was measured on were not all empty (a model that segments nothing gives no evidence either way), and
+    INT8 was measured faster than float32 (:func:`int8_faster`): a slower, less exact graph helps nobody."""
     change = int8_measured_change(card)
-    if change is None or change >= INT8_MAX_DICE_CHANGE:
+    if change is None or change >= INT8_MAX_DICE_CHANGE or not int8_faster(card):
         return False
     agreement = card.raw["int8"].get("mask_agreement_dice", {})
     return any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in agreement.values())
