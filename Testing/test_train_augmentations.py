@@ -85,6 +85,15 @@ def test_rotation_stays_within_ten_degrees_and_shear_within_fifteen():
         rows, cols = np.nonzero(sheared)
         lean = math.degrees(math.atan(abs(np.polyfit(rows, cols, 1)[0])))
         assert lean <= augment.MAX_SHEAR_DEG + 0.5
+    horizontal = np.zeros_like(mask)
+    horizontal[50, :] = 1  # Kim et al. shear along y too: a horizontal line leans by the second angle
+    tilts = []
+    for seed in range(20):
+        _, sheared = augment.shear(image, horizontal, np.random.default_rng(seed))
+        rows, cols = np.nonzero(sheared)
+        tilts.append(math.degrees(math.atan(abs(np.polyfit(cols, rows, 1)[0]))))
+    assert max(tilts) <= augment.MAX_SHEAR_DEG + 0.5
+    assert sum(t > 3 for t in tilts) >= 10  # not only along x
 
 
 def test_depth_cut_blanks_image_and_mask_below_the_same_row():

@@ -13,7 +13,7 @@ from outside). Names are those of the model cards' ``training.recipe.augmentatio
   as if the scanner's depth were set shallower.
 - ``jpeg`` (Smistad): JPEG compression at quality 10-60, the artefacts of a compressed video link.
 - ``elastic`` (Smistad): a smooth random displacement field (up to 3 % of the frame size, smoothness 10 % of it).
-- ``shear`` (Kim): horizontal shear of up to +-15 degrees about the frame centre.
+- ``shear`` (Kim): shear along x and along y, each up to +-15 degrees, about the frame centre.
 - ``flip``: left-right mirror (Smistad tested it; not in the cards' default lists).
 - ``affine``: a small similarity transform: rotation up to +-10 degrees, scale 0.9-1.1, shift up to 5 % of the
   frame, about the frame centre (the effnet-unet recipe).
@@ -72,12 +72,14 @@ def rotation(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
 
 def shear(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
           max_degrees: float = MAX_SHEAR_DEG) -> Pair:
-    """Horizontal shear x' = x + tan(a) (y - cy), a uniform in [-max_degrees, max_degrees] (Kim et al.)."""
+    """Shear along both axes about the frame centre, as Kim et al. state it (x and y, +-15 degrees):
+    x' = x + tan(a) (y - cy), y' = y + tan(b) (x - cx), a and b independent, uniform in [-max_degrees, max_degrees].
+    A vertical line through the centre leans by a, a horizontal one by b."""
     _check(image, mask)
-    height, _ = image.shape
-    factor = math.tan(math.radians(rng.uniform(-max_degrees, max_degrees)))
-    centre_y = (height - 1) / 2.0
-    matrix = np.array([[1.0, factor, -factor * centre_y], [0.0, 1.0, 0.0]])
+    height, width = image.shape
+    along_x, along_y = (math.tan(math.radians(rng.uniform(-max_degrees, max_degrees))) for _ in range(2))
+    centre_x, centre_y = (width - 1) / 2.0, (height - 1) / 2.0
+    matrix = np.array([[1.0, along_x, -along_x * centre_y], [along_y, 1.0, -along_y * centre_x]])
     return _warp_affine(image, mask, matrix)
 
 
