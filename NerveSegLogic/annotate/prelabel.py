@@ -2,7 +2,8 @@
 
 Each result is saved as a "model" draft version carrying the model name, the sha256 of its card file and the mean
 per-pixel entropy of its class probabilities (natural log, so in nats: 0 for a certain model, ln(C) for a uniform
-guess over C classes), which the review queue sorts by.
+guess over C classes), which the review queue sorts by. A segmenter run with test-time augmentation (``--tta flip``)
+says so in each version's comment, since the same model and card then give a different mask.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 
 #: Probabilities are clipped to this before the log so that p = 0 contributes 0 (the limit of p ln p).
 _EPS = 1e-12
+#: The comment a version gets when its segmenter ran with flip test-time augmentation.
+FLIP_TTA_NOTE = "test-time augmentation: flip (mean of the frame's and its mirror image's probabilities)"
 
 
 def mean_entropy(probabilities: np.ndarray) -> float:
@@ -52,6 +55,7 @@ class PrelabelReport:
     model_sha256: Optional[str]
     version_ids: List[int] = field(default_factory=list)
     skipped: List[int] = field(default_factory=list)  # frames that got a mask from someone else meanwhile
+    tta: str = "none"  # the test-time augmentation the segmenter ran with (none or flip)
 
 
 def prelabel(store: AnnotationStore, segmenter, author: str, frame_ids: Optional[Iterable[int]] = None,
@@ -64,9 +68,15 @@ def prelabel(store: AnnotationStore, segmenter, author: str, frame_ids: Optional
     segmenter: a :class:`NerveSegLogic.inference.segmenter.Segmenter` (or anything with ``segment(image)`` giving a
     result with ``labelmap``, ``probabilities`` and ``model_name``, plus ``classes`` and ``card_sha256``).
     author: who ran the model (recorded as the version's author; the model itself is in model_name/model_sha256).
-    comment: stored with each version (e.g. which weights file ran when it is not the card's).
+    comment: stored with each version (e.g. which weights file ran when it is not the card's); when the segmenter
+    runs with flip test-time augmentation, :data:`FLIP_TTA_NOTE` is added to it.
     A frame that gains a mask from someone else while this runs is skipped, not overwritten.
     """
+    from NerveSegLogic.inference.backends import tta_of
+
+    tta = tta_of(getattr(segmenter, "backend", None))
+    if tta == "flip":
+        comment = f"{comment}; {FLIP_TTA_NOTE}" if comment else FLIP_TTA_NOTE
     classes = {int(c.label): c.key for c in segmenter.classes}
     card_sha = getattr(segmenter, "card_sha256", None)
     name = getattr(getattr(segmenter, "card", None), "name", None)
@@ -74,7 +84,7 @@ def prelabel(store: AnnotationStore, segmenter, author: str, frame_ids: Optional
     if second_opinion:
         candidates.update(_model_only_frames(store, name))
     todo = [i for i in (frame_ids if frame_ids is not None else sorted(candidates)) if i in candidates]
-    report = PrelabelReport(model_name=name or "", model_sha256=card_sha)
+    report = PrelabelReport(model_name=name or "", model_sha256=card_sha, tta=tta)
     iterator = todo
     if progress:
         from tqdm import tqdm

@@ -55,6 +55,8 @@ def _author_arg(parser) -> None:
 
 
 def register(subparsers) -> None:
+    from .predict import add_tta_argument
+
     parser = subparsers.add_parser("annotate", help="annotation store: import, pre-label, review, correct",
                                    description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,6 +90,7 @@ def register(subparsers) -> None:
                         "the card's sha256 then no longer pins them)")
     p.add_argument("--second-opinion", action="store_true",
                    help="also segment frames that so far have only other models' draft masks (for disagreement)")
+    add_tta_argument(p)
     _author_arg(p)
 
     p = actions.add_parser("queue", help="frames to review", formatter_class=fmt,
@@ -250,13 +253,17 @@ def _prelabel(store, args) -> int:
     import torch
 
     from NerveSegLogic.annotate.prelabel import prelabel
+    from NerveSegLogic.inference.backends import apply_tta, check_tta
     from NerveSegLogic.inference.segmenter import Segmenter, file_sha256
+    from NerveSegLogic.models import registry
 
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     try:
-        segmenter = Segmenter.from_name(args.model, backend=args.backend, device=args.device,
-                                        weights_path=args.weights)
-    except (RuntimeError, ValueError) as error:  # WeightsError (missing/corrupt weights) or a device torch cannot use
+        check_tta(args.tta, registry.card(args.model).task, args.model)  # before the weights are loaded
+        segmenter = apply_tta(Segmenter.from_name(args.model, backend=args.backend, device=args.device,
+                                                  weights_path=args.weights), args.tta)
+    except (RuntimeError, ValueError) as error:  # WeightsError (missing/corrupt weights), a device torch cannot use
+        # or --tta flip on an instance model
         print(f"error: {error}", file=sys.stderr)
         return 1
     comment = None
@@ -265,7 +272,8 @@ def _prelabel(store, args) -> int:
     report = prelabel(store, segmenter, _author(args), second_opinion=args.second_opinion, progress=True,
                       comment=comment)
     print(f"{len(report.version_ids)} frames pre-labelled by {report.model_name} "
-          f"(card sha256 {report.model_sha256 or 'unknown'})"
+          f"(card sha256 {report.model_sha256 or 'unknown'}"
+          + (f"; {segmenter.describe()}" if args.tta != "none" else "") + ")"
           + (f"; {len(report.skipped)} skipped (labelled meanwhile)" if report.skipped else ""))
     return 0
 

@@ -33,10 +33,12 @@ examples:
   nerveseg evaluate --model unet --data path/to/usgra-seg --weights runs/unet/unet.safetensors
   nerveseg evaluate --model sa-unet --data my_frames --map 1=nerve,2=blood_vessel --out eval-sa
   nerveseg evaluate --model unet --data path/to/usgra-seg --negatives 1   # + one nerve-free window per frame
-  nerveseg evaluate --model unet --data kaggle/train --format kaggle      # labels the nerve only: nerve scored"""
+  nerveseg evaluate --model unet --data kaggle/train --format kaggle      # labels the nerve only: nerve scored
+  nerveseg evaluate --model effnet-unet --data path/to/usgra-seg --tta flip  # + mirror-image mean"""
 
 
 def register(subparsers) -> None:
+    from .predict import add_tta_argument
     from .train import add_data_arguments
 
     parser = subparsers.add_parser("evaluate", help="score a model on a labelled data set", description=DESCRIPTION,
@@ -53,6 +55,7 @@ def register(subparsers) -> None:
     parser.add_argument("--negatives", type=float, default=0.0, metavar="RATE",
                         help="also score about RATE windows per frame cut where nothing is labelled (frames without "
                              "a nerve, for the presence figures; a window is the frame magnified) (default: 0)")
+    add_tta_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -71,7 +74,7 @@ def run(args) -> int:
         summary, paths = evaluate_data_set(args.model, Path(args.data), out, weights=args.weights,
                                            device=args.device, data_format=args.data_format, mapping=args.mapping,
                                            limit_images=args.limit_images, pictures=args.pictures,
-                                           negatives=args.negatives,
+                                           negatives=args.negatives, tta=args.tta,
                                            progress=not args.no_progress,
                                            command="nerveseg " + " ".join(sys.argv[1:]))
     except (ClassMismatchError, DatasetError, WeightsError, KeyError, ValueError) as error:
@@ -86,5 +89,7 @@ def run(args) -> int:
               f"presence AUC {p['auc']:.3f}")
     if summary.get("not_labelled"):
         print(f"not scored (the data does not label them): {', '.join(summary['not_labelled'])}")
+    if args.tta != "none":
+        print(f"test-time augmentation: {args.tta} (mean with the mirror image; twice the model time)")
     print(f"{summary['n_images']} frames; metrics: {paths['metrics']}; report: {paths['report']}")
     return 0

@@ -14,7 +14,8 @@ EPILOG = """\
 defaults: --out predictions, --model the registry's default, --backend torch.
 example:
   nerveseg predict Resources/Sample/images --out /tmp/pred
-  nerveseg predict frame1.png frame2.png --model sa-unet --backend onnx"""
+  nerveseg predict frame1.png frame2.png --model sa-unet --backend onnx
+  nerveseg predict Resources/Sample/images --model effnet-unet --tta flip   # mean with the mirrored frame"""
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -27,7 +28,18 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default=None, help="registered model name (default: the registry's default)")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="(default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    add_tta_argument(parser)
     parser.set_defaults(func=run)
+
+
+def add_tta_argument(parser) -> None:
+    """--tta of the offline commands (predict, annotate prelabel, evaluate); not of serve/demo, where the second
+    model run per frame would halve the frame rate."""
+    from ..inference.backends import TTA_CHOICES
+
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="none",
+                        help="test-time augmentation: flip = mean of the class probabilities of each frame and of its "
+                             "mirror image (semantic models; twice the model time) (default: %(default)s)")
 
 
 def run(args) -> int:
@@ -41,6 +53,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..image_files import ImageFileError, read_image_file, write_image_file
+    from ..inference.backends import apply_tta, check_tta, tta_of
     from ..inference.segmenter import Segmenter
     from ..models import registry
     from ..overlay import render_overlay
@@ -56,7 +69,12 @@ def run(args) -> int:
             raise SystemExit(f"nerveseg predict: {path} is neither an image file nor a folder")
     if not files:
         raise SystemExit("nerveseg predict: no image files found in " + ", ".join(args.inputs))
-    segmenter = Segmenter.from_name(args.model or registry.default_name(), backend=args.backend, device=args.device)
+    name = args.model or registry.default_name()
+    try:
+        check_tta(args.tta, registry.card(name).task, name)  # an instance model with --tta flip: before any loading
+    except ValueError as error:
+        raise SystemExit(f"nerveseg predict: {error}") from None
+    segmenter = apply_tta(Segmenter.from_name(name, backend=args.backend, device=args.device), args.tta)
     out = Path(args.out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -80,6 +98,8 @@ def run(args) -> int:
             break
         done += 1
     summary = f"wrote {done} of {len(files)} masks and overlays to {out}"
+    if tta_of(segmenter.backend) != "none":
+        summary += f" ({segmenter.describe()})"
     if failed:
         summary += f"; {len(failed)} image(s) skipped: " + ", ".join(p.name for p in failed[:10]) + (
             ", ..." if len(failed) > 10 else "")

@@ -143,7 +143,77 @@ def set_threads(threads: Optional[int]) -> None:
         sys.modules["torch"].set_num_threads(int(threads))
 
 
+#: What the offline commands (predict, annotate prelabel, evaluate) accept for --tta: ``none``, or ``flip``
+#: (:class:`FlipTTABackend`). Not offered live: it runs the model twice per frame.
+TTA_CHOICES = ("none", "flip")
+
+
+class FlipTTABackend:
+    """Horizontal-flip test-time augmentation around another backend of a semantic model.
+
+    ``run(batch)`` is the mean of ``inner.run(batch)`` and of ``inner.run(mirrored batch)`` mirrored back, both
+    class probabilities ``(B, K, H, W)``; the mean of two probability maps is one again (sums to 1 over K). Why: a
+    model trained with flips (as the shipped ones are) should answer the same for a frame and its mirror image, but
+    does not exactly; averaging the two answers for pre-labels and offline evaluation costs one more model run per
+    frame, too much for the live path. The mirror is of the model's input, so for cards whose frame fills the
+    input's width (``fit_width_pad_crop_bottom``, ``resize``) it is the mirrored frame; under ``letterbox`` a frame
+    padded on the right is seen padded on the left in the mirror.
+
+    Raises ValueError naming ``model`` when ``inner`` does not give semantic probabilities (instance or promptable
+    models), since there is no mean of two lists of instances to take.
+    """
+
+    name = "flip-tta"
+    tta = "flip"
+
+    def __init__(self, inner, model: str = "this model"):
+        check_tta("flip", getattr(inner, "task", None), model)
+        if isinstance(inner, FlipTTABackend):
+            raise ValueError(f"model {model!r} already runs with flip test-time augmentation")
+        self.inner = inner
+        self.task = "semantic"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4:
+            raise ValueError(f"flip test-time augmentation expects a batch (B, C, H, W), got shape {batch.shape}")
+        plain = np.asarray(self.inner.run(batch), dtype=np.float32)
+        mirrored = np.asarray(self.inner.run(np.ascontiguousarray(batch[..., ::-1])), dtype=np.float32)[..., ::-1]
+        if plain.ndim != 4 or plain.shape != mirrored.shape:
+            raise ValueError(f"flip test-time augmentation expects probabilities (B, K, H, W) from "
+                             f"{describe(self.inner)}, got shapes {plain.shape} and {mirrored.shape}")
+        return (plain + mirrored) / np.float32(2.0)
+
+
+def check_tta(tta: str, task: Optional[str], model: str) -> None:
+    """Raise ValueError when ``tta`` is not one of :data:`TTA_CHOICES`, or asks for test-time augmentation of
+    ``model`` whose ``task`` is not semantic; callers check before loading data or weights."""
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; expected one of {', '.join(TTA_CHOICES)}")
+    if tta != "none" and task != "semantic":
+        article = "an" if str(task)[:1] in "aeiou" else "a"
+        raise ValueError(f"--tta {tta} averages class probabilities, so it runs semantic models only; model "
+                         f"{model!r} is {article} {task} model")
+
+
+def apply_tta(segmenter, tta: str):
+    """Make ``segmenter`` (a :class:`~.segmenter.Segmenter`) segment with test-time augmentation ``tta`` (one of
+    :data:`TTA_CHOICES`) by wrapping its backend; ``none`` leaves it as it is. Returns the segmenter. Raises
+    ValueError for an unknown choice, or (naming the model) for a model that is not semantic."""
+    check_tta(tta, getattr(segmenter.backend, "task", None), segmenter.card.name)
+    if tta == "flip":
+        segmenter.backend = FlipTTABackend(segmenter.backend, model=segmenter.card.name)
+    return segmenter
+
+
+def tta_of(backend: Any) -> str:
+    """The test-time augmentation ``backend`` runs with: ``flip`` or ``none``; what outputs record."""
+    return getattr(backend, "tta", None) or "none"
+
+
 def describe(backend: Any) -> str:
+    if isinstance(backend, FlipTTABackend):
+        return f"{describe(backend.inner)} + flip TTA"
     if isinstance(backend, TorchBackend):
         return f"torch ({backend.device})"
     if isinstance(backend, OnnxInt8Backend):

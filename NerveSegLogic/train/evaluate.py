@@ -324,6 +324,9 @@ def write_report(evaluation: Evaluation, frames: FrameStore, out_dir: Path, clas
              f"- weights: {context.get('weights', '?')}",
              f"- device: {context.get('device', '?')}; median {_fmt(summary['ms_per_frame'], 1)} ms per frame "
              f"(whole live path: preprocessing, model, postprocessing)",
+             *([f"- test-time augmentation: {context['tta']} (each frame segmented from the mean of its own and its "
+                f"mirror image's class probabilities; twice the model time, not what the live path does)"]
+               if context.get("tta", "none") != "none" else []),
              f"- machine: {summary['machine']}; date: {summary['date']}",
              f"- command: `{context.get('command', '?')}`", "",
              "Each figure is the mean over frames where it is defined (n = frames counted). "

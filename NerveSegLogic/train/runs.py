@@ -40,18 +40,21 @@ def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path]
                       data_format: str = "auto", mapping: Optional[Mapping] = None,
                       limit_images: Optional[int] = None, pictures: int = 3, progress: bool = True,
                       command: str = "", cards_dir: Optional[Path] = None, threads: Optional[int] = None,
-                      names: Optional[Sequence[str]] = None, negatives: float = 0.0) -> Tuple[Dict, Dict[str, Path]]:
+                      names: Optional[Sequence[str]] = None, negatives: float = 0.0,
+                      tta: str = "none") -> Tuple[Dict, Dict[str, Path]]:
     """Evaluate ``model`` on the data set at ``data``; write metrics.json, report.md and overlays into ``out``.
 
     Frames are taken in name order: all of them, the first ``limit_images``, or those named in ``names``.
     ``negatives`` > 0 adds about that many windows per frame cut where nothing is labelled (:mod:`.negatives`), so
-    the per-frame presence figures have frames without a nerve.
+    the per-frame presence figures have frames without a nerve. ``tta`` ``flip`` segments each frame with flip
+    test-time augmentation (:class:`~..inference.backends.FlipTTABackend`), recorded in the report's context.
 
     Returns (metrics summary, written paths). Scores the model's classes the data labels (``not_labelled`` lists
     the others). Raises ClassMismatchError when the data labels a class the model lacks or shares none with it
     (naming the mapping it expects), DatasetError for bad data, WeightsError for missing/corrupt weights.
     """
     from ..datasets.readers import open_dataset
+    from ..inference.backends import apply_tta, check_tta, describe
     from ..inference.segmenter import Segmenter
     from ..models import registry
     from .data import FrameStore
@@ -59,6 +62,7 @@ def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path]
     from .loop import resolve_device
 
     card, weights_path, sha256 = card_for_weights(model, weights, cards_dir)
+    check_tta(tta, card.task, card.name)  # before the data and weights are read
     dataset = open_dataset(data, format=data_format, mapping=mapping)
     # The data may label some of the model's classes (Kaggle: the nerve only): those are scored, the rest listed.
     translation, scored, _ = evaluation_classes(card.classes, dataset.classes, f"model {card.name}",
@@ -77,12 +81,13 @@ def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path]
         frames.frames.extend(negative_frames(frames.frames, seed=0, rate=float(negatives)))
     device = resolve_device(device)
     module = registry.load_from_card(card, device=device, weights_path=weights_path, sha256=sha256)
-    segmenter = Segmenter.from_module(card, module, device=device, threads=threads)
+    segmenter = apply_tta(Segmenter.from_module(card, module, device=device, threads=threads), tta)
     evaluation = evaluate(segmenter, frames, progress=progress, scored=scored)
     context = {"data": str(data), "data_description": getattr(dataset, "description", ""),
                "weights": str(weights_path or card.weights_path),
                "weights_sha256": sha256 or (card.weights or {}).get("sha256"),
                "input_size": [card.input.height, card.input.width], "device": device, "command": command,
-               "label_translation": translation, "negative_windows": len(frames) - len(order)}
+               "label_translation": translation, "negative_windows": len(frames) - len(order),
+               "tta": tta, "backend": describe(segmenter.backend)}
     paths = write_report(evaluation, frames, out, card.classes, context, pictures=pictures)
     return evaluation.summary, paths
