@@ -11,13 +11,24 @@ RoIAlign are in :mod:`.detection`):
 - FPN (256 channels) whose top-down path upsamples with 2x2 stride-2 transposed convolutions, plus the skip
   concatenation (SC): P5's top-down map goes straight to P3 through a 4x4 stride-4 transposed convolution, is
   concatenated with P3's top-down map and reduced by a 1x1 convolution (:class:`BPMFeaturePyramid`);
-- SLCF on P2 (:class:`SpatialLocalContrast`): four branches with dilation 2, 4, 8, 16, each a dilated 3x3
-  convolution minus a plain 3x3 convolution (a centre-surround contrast at four scales), concatenated;
+- SLCF on P2 (:class:`SpatialLocalContrast`, the paper's Eq. 2, ``(f *_r k)(p) - (f * k)(p)``): four branches
+  with r = 2, 4, 8, 16, each ONE 3x3 kernel k applied twice with the same weights, at dilation r and at dilation 1,
+  and the difference taken (a centre-surround contrast at four scales: on a constant map it is exactly 0 away from
+  the borders); each branch gives 128 channels, concatenated to 512. The result replaces P2 (no residual add);
 - SAG (:class:`SelfAttentionGate`): global average and global max pooling through one shared two-layer dense
-  network, summed, sigmoid, multiplied on the channels; one per pyramid level;
+  network, summed, sigmoid, multiplied on the channels. On P2 it sits after SLCF and gates its 512 channels
+  (512 -> 64 -> 512); on P3..P5 one gate per level, 256 -> 16 -> 256;
+- our assumption, not stated in what we could read of the paper (its abstract, and Eq. 2 and the SLCF/SAG widths
+  as quoted in issue #12): the RPN and RoIAlign heads share one channel count over P2..P6, so the gated
+  512-channel P2 is brought back to 256 channels by a 1x1 convolution (``BPMFeaturePyramid.slcf_bridge``, the
+  smallest bridge);
 - RPN on P2..P6 (anchors 32..512 px, ratios 0.5, 1, 2), RoIAlign 7x7 box head (two 1024-wide dense layers, class
   and class-specific box outputs), RoIAlign 14x14 FCN mask head (four 3x3 convolutions, 2x2 transposed
   convolution, per-class 28x28 masks), per-class NMS.
+
+Parameters: 28,099,121 for the card's 2 classes + background, 28,109,885 for the paper's 4 + background (6.0 %
+under the paper's ~29.9 M; 27,910,145 / 27,920,909 before SLCF got its shared kernels, its 512 channels and
+the bridge).
 
 ``model(images, targets)`` in train mode returns the five losses; ``model(images)`` in eval mode returns one dict
 per image: boxes (N, 4) xyxy px, labels (N,) int64 (1..), scores (N,), masks (N, H, W) float 0..1.
@@ -25,6 +36,7 @@ per image: boxes (N, 4) xyxy px, labels (N,) int64 (1..), scores (N,), masks (N,
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -73,24 +85,51 @@ class VGGBackbone(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------- the modules
 class SpatialLocalContrast(nn.Module):
-    """SLCF: ``cat_d(dilated3x3_d(x) - plain3x3_d(x))`` for d in (2, 4, 8, 16); out channels = in channels."""
+    """SLCF, the paper's Eq. 2: ``cat_r(conv(x, k_r, dilation=r) - conv(x, k_r, dilation=1))`` for r in (2, 4, 8, 16).
 
-    def __init__(self, channels: int, dilations: Sequence[int] = (2, 4, 8, 16)):
+    Each branch owns ONE 3x3 kernel ``k_r`` (``self.kernels[i]``, shape (branch_channels, in_channels, 3, 3)) used for
+    both convolutions. Sharing it is what makes the branch a contrast: where the input is locally constant the two
+    applications see the same values and cancel, so only differences between the centre and a ring at distance r
+    survive. (Two independent kernels would not cancel; a bias would cancel, so there is none.) Padding equals the
+    dilation, so the output keeps the input's size; within r pixels of a border the zero padding breaks the
+    cancellation. Output channels: ``len(dilations) * branch_channels`` (4 x 128 = 512 from the paper's 256).
+    """
+
+    def __init__(self, in_channels: int, branch_channels: Optional[int] = None,
+                 dilations: Sequence[int] = (2, 4, 8, 16)):
         super().__init__()
-        if channels % len(dilations):
-            raise ValueError(f"channels ({channels}) must divide into {len(dilations)} branches")
-        width = channels // len(dilations)
+        if in_channels < 1:
+            raise ValueError(f"SpatialLocalContrast: in_channels must be positive, got {in_channels}")
+        branch_channels = in_channels // 2 if branch_channels is None else int(branch_channels)
+        if branch_channels < 1:
+            raise ValueError(f"SpatialLocalContrast: branch_channels must be positive, got {branch_channels}")
         self.dilations = tuple(int(d) for d in dilations)
-        self.dilated = nn.ModuleList(nn.Conv2d(channels, width, 3, padding=d, dilation=d, bias=False)
-                                     for d in self.dilations)
-        self.plain = nn.ModuleList(nn.Conv2d(channels, width, 3, padding=1, bias=False) for _ in self.dilations)
+        if not self.dilations or min(self.dilations) < 1:
+            raise ValueError(f"SpatialLocalContrast: dilations must be positive integers, got {tuple(dilations)}")
+        self.in_channels, self.branch_channels = in_channels, branch_channels
+        self.out_channels = branch_channels * len(self.dilations)
+        self.kernels = nn.ParameterList(nn.Parameter(torch.empty(branch_channels, in_channels, 3, 3))
+                                        for _ in self.dilations)
+        for kernel in self.kernels:  # the same initialisation nn.Conv2d gives its weight
+            nn.init.kaiming_uniform_(kernel, a=math.sqrt(5))
+
+    def branch(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Branch ``index``: the one kernel at dilation r minus the same kernel at dilation 1."""
+        kernel, r = self.kernels[index], self.dilations[index]
+        return F.conv2d(x, kernel, padding=r, dilation=r) - F.conv2d(x, kernel, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([dilated(x) - plain(x) for dilated, plain in zip(self.dilated, self.plain)], dim=1)
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"SpatialLocalContrast expects (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        return torch.cat([self.branch(x, index) for index in range(len(self.dilations))], dim=1)
 
 
 class SelfAttentionGate(nn.Module):
-    """SAG: ``x * sigmoid(mlp(GAP(x)) + mlp(GMP(x)))`` with one shared mlp (C -> C/r -> C)."""
+    """SAG: ``x * sigmoid(mlp(GAP(x)) + mlp(GMP(x)))`` with one shared mlp (C -> C/r -> C).
+
+    256 -> 16 -> 256 on P3..P5 (r = 16); 512 -> 64 -> 512 on P2 after SLCF (r = 8, the widths in issue #12's
+    reading of the paper).
+    """
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
@@ -110,11 +149,15 @@ class SelfAttentionGate(nn.Module):
 class BPMFeaturePyramid(nn.Module):
     """FPN with 2x2 transposed-convolution upsampling and the P5 -> P3 skip concatenation; SLCF on P2, SAG on all.
 
-    ``forward([C2, C3, C4, C5]) -> [P2, P3, P4, P5, P6]`` (P6: stride-2 max pool of P5, for the RPN only).
+    ``forward([C2, C3, C4, C5]) -> [P2, P3, P4, P5, P6]`` (P6: stride-2 max pool of P5, for the RPN only), every
+    level with ``channels`` channels. P2's path: 3x3 output conv -> SLCF (``2 * channels`` = 512 channels, replacing
+    P2) -> SAG on those channels (reduction ``slcf_sag_reduction`` = 8: 512 -> 64 -> 512 at the paper's 256
+    channels) -> ``slcf_bridge``, a 1x1 conv back to ``channels``. The bridge is our assumption (the shared RPN and
+    RoI heads need one channel count; we could not read how the paper joins them), the smallest layer that does it.
     """
 
     def __init__(self, in_channels: Sequence[int], channels: int = 256, slcf: bool = True, sag: bool = True,
-                 skip_concat: bool = True, sag_reduction: int = 16):
+                 skip_concat: bool = True, sag_reduction: int = 16, slcf_sag_reduction: int = 8):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
         # up[i] brings level i+1's top-down map to level i (stride 2)
@@ -124,8 +167,15 @@ class BPMFeaturePyramid(nn.Module):
             self.skip_up = nn.ConvTranspose2d(channels, channels, 4, stride=4)       # P5 -> P3, k = s = 4
             self.skip_reduce = nn.Conv2d(2 * channels, channels, 1)
         self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
-        self.slcf = SpatialLocalContrast(channels) if slcf else None
-        self.sag = nn.ModuleList(SelfAttentionGate(channels, sag_reduction) for _ in in_channels) if sag else None
+        self.slcf = SpatialLocalContrast(channels, channels // 2) if slcf else None
+        p2_channels = self.slcf.out_channels if slcf else channels
+        self.slcf_bridge = nn.Conv2d(p2_channels, channels, 1) if slcf else None
+        if sag:
+            p2_gate = (SelfAttentionGate(p2_channels, slcf_sag_reduction) if slcf
+                       else SelfAttentionGate(channels, sag_reduction))
+            self.sag = nn.ModuleList([p2_gate] + [SelfAttentionGate(channels, sag_reduction) for _ in in_channels[1:]])
+        else:
+            self.sag = None
 
     def top_down(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """The merged maps before the 3x3 output convolutions: [M2, M3, M4, M5]."""
@@ -141,9 +191,11 @@ class BPMFeaturePyramid(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         pyramid = [conv(m) for conv, m in zip(self.output, self.top_down(features))]
         if self.slcf is not None:
-            pyramid[0] = pyramid[0] + self.slcf(pyramid[0])
-        if self.sag is not None:
+            pyramid[0] = self.slcf(pyramid[0])            # replaces P2 (512 channels), no residual add
+        if self.sag is not None:                          # P2's gate sits after SLCF, on its 512 channels
             pyramid = [gate(p) for gate, p in zip(self.sag, pyramid)]
+        if self.slcf_bridge is not None:
+            pyramid[0] = self.slcf_bridge(pyramid[0])     # back to the heads' channel count (our assumption)
         pyramid.append(F.max_pool2d(pyramid[-1], kernel_size=1, stride=2))
         return pyramid
 
