@@ -96,3 +96,70 @@ def test_small_region_removal_equals_a_whole_frame_reference_on_random_labelmaps
                 if area < 20:
                     expected[components == index] = 0
         assert np.array_equal(pp.remove_small_components(labelmap, 20, labels=[1, 2]), expected)
+
+
+def test_uint8_normalization_by_table_gives_the_divided_floats_exactly():
+    """Grey uint8 frames are normalised through a 256-entry table (one pass): every value, and strided views of a
+    frame, must give exactly the float32 that converting and dividing by 255 gives."""
+    frame = np.random.default_rng(3).integers(0, 256, (420, 580), dtype=np.uint8)
+    every_value = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for image in (every_value, frame, frame[::3, 5:400], frame.T, np.dstack([frame, frame])[:, :, 1]):
+        got = pp.normalize(image)
+        assert got.dtype == np.float32 and got.shape == image.shape
+        assert np.array_equal(got, image.astype(np.float32) / 255.0)
+    assert pp.normalize(np.zeros((0, 4), np.uint8)).shape == (0, 4)
+
+
+def _whole_frame_reference(labelmap, min_area):
+    from scipy import ndimage
+
+    expected = labelmap.copy()
+    for value in (int(v) for v in np.unique(labelmap) if v):
+        components, count = ndimage.label(labelmap == value, structure=np.ones((3, 3), bool))
+        areas = ndimage.sum_labels(np.ones_like(components), components, np.arange(1, count + 1))
+        expected[np.isin(components, 1 + np.flatnonzero(areas < min_area))] = 0
+    return expected
+
+
+@pytest.mark.parametrize("specks", [3, 40])
+def test_few_and_many_small_regions_are_cleared_as_the_whole_frame_reference_clears_them(specks):
+    """Up to 16 small regions per label are cleared inside their own boxes, more through one lookup; both must
+    clear exactly the reference's pixels, next to large regions that stay (specks touching them join them)."""
+    rng = np.random.default_rng(specks)
+    labelmap = np.zeros((210, 290), np.uint8)
+    labelmap[40:120, 30:140] = 1
+    labelmap[130:190, 150:260] = 2
+    for _ in range(specks):
+        y, x = rng.integers(0, 205), rng.integers(0, 285)
+        labelmap[y:y + rng.integers(1, 5), x:x + rng.integers(1, 5)] = rng.integers(1, 3)
+    expected = _whole_frame_reference(labelmap, 30)
+    assert (expected != labelmap).sum() > 0 and (expected == 1).sum() > 5000
+    kept = labelmap.copy()
+    assert np.array_equal(pp.remove_small_components(labelmap, 30), expected)
+    assert np.array_equal(labelmap, kept)  # a copy unless asked otherwise
+    assert pp.remove_small_components(labelmap, 30, in_place=True) is labelmap
+    assert np.array_equal(labelmap, expected)
+
+
+def test_more_regions_than_16_bit_numbers_hold_are_still_found():
+    """Isolated pixels one apart: 300 x 300 = 90,000 regions in one label's box, past uint16 numbering."""
+    labelmap = np.zeros((600, 600), np.uint8)
+    labelmap[::2, ::2] = 1
+    labelmap[::2, ::2][0, 0] = 0
+    assert not pp.remove_small_components(labelmap, 2).any()
+    assert np.array_equal(pp.remove_small_components(labelmap, 1), labelmap)
+
+
+@pytest.mark.parametrize("frame_shape", [(420, 580), (128, 128)])  # scaled, and already the input's size
+def test_preprocessed_inputs_do_not_share_the_reused_normalisation_buffer(frame_shape):
+    """preprocess() normalises grey uint8 frames into a buffer kept per thread; each input it returns must stay
+    as it was when the next frame is preprocessed (callers batch them)."""
+    rng = np.random.default_rng(11)
+    spec = pp.InputSpec(128, 128)
+    first_frame, second_frame = (rng.integers(0, 256, frame_shape, dtype=np.uint8) for _ in range(2))
+    first, _ = pp.preprocess(first_frame, spec)
+    kept = first.copy()
+    second, _ = pp.preprocess(second_frame, spec)
+    assert np.array_equal(first, kept) and not np.array_equal(first, second)
+    reference, _ = pp.place(first_frame.astype(np.float32) / 255.0, spec)
+    assert np.array_equal(first[0], reference)

@@ -19,6 +19,7 @@ Everything here is numpy + OpenCV; nothing imports torch.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Tuple
 
@@ -107,9 +108,21 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected a grey or RGB image (H, W[, 1|3|4]), got shape {image.shape}")
 
 
+#: uint8 value -> float32 value / 255, each entry computed exactly as ``image.astype(np.float32) / 255.0`` computes it
+#: per pixel, so a lookup gives the same floats in one pass (see :func:`normalize`).
+_UNIT_OF_UINT8 = np.arange(256, dtype=np.float32) / 255.0
+
+
 def normalize(image: np.ndarray, mode: str = "unit") -> np.ndarray:
-    """float32 image in 0..1 (``unit``) or zero mean, unit variance (``zscore``)."""
-    if image.dtype == np.uint8:
+    """float32 image in 0..1 (``unit``) or zero mean, unit variance (``zscore``).
+
+    A grey uint8 frame (the live case) goes through a 256-entry table with ``cv2.LUT``: the same floats as
+    converting and dividing, in one pass instead of two and without the intermediate array (580x420: about 0.6 ms
+    -> 0.1 ms under load, benchmarks/serve_overhead.md).
+    """
+    if image.dtype == np.uint8 and image.ndim == 2 and image.size:
+        out = _cv2().LUT(image, _UNIT_OF_UINT8)
+    elif image.dtype == np.uint8:
         out = image.astype(np.float32) / 255.0
     elif image.dtype == np.uint16:
         out = image.astype(np.float32) / 65535.0
@@ -154,10 +167,27 @@ def place(image: np.ndarray, spec: InputSpec, interpolation: int = INTER_LINEAR)
     return canvas, Placement(src_h, src_w, scaled_h, scaled_w, valid_h, valid_w)
 
 
+_scratch = threading.local()
+
+
+def _unit_for_placing(grey: np.ndarray) -> np.ndarray:
+    """``normalize(grey, "unit")`` for :func:`place` to read, written into a per-thread buffer reused from frame to
+    frame when ``grey`` is a 2D uint8 frame (the live case). The full-size float frame is only an intermediate
+    (place() resizes it into a new canvas, so the buffer never leaves), and a fresh 1 MB array for every 580x420
+    frame cost about 0.5 ms of page faults in a long-running process (benchmarks/serve_overhead.md, "Cuts")."""
+    if grey.dtype != np.uint8 or grey.ndim != 2 or not grey.size:
+        return normalize(grey, "unit")
+    buffer = getattr(_scratch, "unit", None)
+    if buffer is None or buffer.shape != grey.shape:
+        buffer = _scratch.unit = np.empty(grey.shape, dtype=np.float32)
+    return _cv2().LUT(grey, _UNIT_OF_UINT8, dst=buffer)
+
+
 def preprocess(image: np.ndarray, spec: InputSpec) -> Tuple[np.ndarray, Placement]:
-    """Model input ``(channels, height, width)`` float32 for one frame, and the placement to undo it."""
+    """Model input ``(channels, height, width)`` float32 for one frame, and the placement to undo it (a new array
+    for every call: callers may keep it)."""
     grey = to_grey(image)
-    canvas, placement = place(normalize(grey, "unit"), spec)
+    canvas, placement = place(_unit_for_placing(grey), spec)
     if spec.normalize == "zscore":
         valid = canvas[:placement.valid_h, :placement.valid_w]
         canvas = (canvas - valid.mean()) / max(float(valid.std()), 1e-6)
@@ -203,19 +233,38 @@ def restore_mask(mask: np.ndarray, placement: Placement) -> np.ndarray:
     return _cv2().resize(scaled, (placement.src_w, placement.src_h), interpolation=INTER_NEAREST)
 
 
+#: Small regions cleared one by one, inside their own boxes, up to this many per label; more are cleared through one
+#: lookup over the label's box (a pass over the whole box costs about as much as a few dozen small boxes).
+_FEW_SMALL_REGIONS = 16
+
+
 def remove_small_components(labelmap: np.ndarray, min_area: int = MIN_COMPONENT_AREA_PX,
-                            labels: Sequence[int] = ()) -> np.ndarray:
+                            labels: Sequence[int] = (), in_place: bool = False) -> np.ndarray:
     """Labelmap with every connected region (8-connected, per label) smaller than ``min_area`` pixels set to 0.
 
     Each label's regions are found only inside the box around its pixels (a region never leaves that box, so the
     answer is the full frame's), and small ones are cleared through a lookup of component numbers: measured on a
     580x420 labelmap with two structures and scattered specks, 11.5 ms -> 3.7 ms per frame.
+
+    Cheaper still, with the same pixels cleared (benchmarks/serve_overhead.md, "Cuts"): the labels' boxes are
+    looked for inside the box of all foreground (found in one pass), so no frame-sized mask is made per label; the
+    regions are numbered in 16 bits where the box cannot hold more than 65535 of them (OpenCV labels a uint16 image
+    in about half the time of an int32 one); a few small regions are cleared inside their own boxes rather than by
+    a lookup over the label's whole box. ``in_place``: clear them in ``labelmap`` itself (its owner's choice) and
+    return it, instead of a copy.
     """
     cv2 = _cv2()
-    out = labelmap.copy()
+    out = labelmap if in_place else labelmap.copy()
     present = labels or [int(v) for v in np.unique(labelmap) if v != 0]
+    rows = np.flatnonzero(labelmap.any(axis=1))
+    if rows.size == 0 or not present:
+        return out
+    top = int(rows[0])
+    cols = np.flatnonzero(labelmap[top:int(rows[-1]) + 1].any(axis=0))
+    left = int(cols[0])
+    foreground = labelmap[top:int(rows[-1]) + 1, left:int(cols[-1]) + 1]
     for value in present:
-        binary = labelmap == value
+        binary = foreground == value
         rows = np.flatnonzero(binary.any(axis=1))
         if rows.size == 0:
             continue
@@ -223,9 +272,21 @@ def remove_small_components(labelmap: np.ndarray, min_area: int = MIN_COMPONENT_
         cols = np.flatnonzero(binary[r0:r1].any(axis=0))
         c0, c1 = int(cols[0]), int(cols[-1]) + 1
         crop = np.ascontiguousarray(binary[r0:r1, c0:c1]).view(np.uint8)
-        _, components, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
+        # 8-connected regions are at least one pixel apart: at most ceil(h / 2) * ceil(w / 2) of them, plus background
+        most = ((r1 - r0 + 1) // 2) * ((c1 - c0 + 1) // 2) + 1
+        label_type = cv2.CV_16U if most <= 0xFFFF else cv2.CV_32S
+        _, components, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(crop, 8, label_type,
+                                                                                cv2.CCL_DEFAULT)
         small = stats[:, cv2.CC_STAT_AREA] < min_area
         small[0] = False  # component 0 is the background of the crop
-        if small.any():
-            out[r0:r1, c0:c1][small[components]] = 0
+        indices = np.flatnonzero(small)
+        if indices.size == 0:
+            continue
+        region = out[top + r0:top + r1, left + c0:left + c1]
+        if indices.size > _FEW_SMALL_REGIONS:
+            region[small[components]] = 0
+            continue
+        for index in indices:
+            x, y, w, h = (int(v) for v in stats[index, :4])
+            region[y:y + h, x:x + w][components[y:y + h, x:x + w] == index] = 0
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -154,7 +155,7 @@ class Segmenter:
         else:
             labelmap = pp.restore_mask(probabilities.argmax(axis=0).astype(np.uint8), placement)
         labelmap = pp.remove_small_components(labelmap, self.min_component_area,
-                                              labels=[c.label for c in self.classes])
+                                              labels=[c.label for c in self.classes], in_place=True)  # made here
         return labelmap, probabilities, None
 
     def _instances(self, output: dict, placement: pp.Placement):
@@ -184,16 +185,21 @@ class Segmenter:
         return f"{self.card.name} on {describe(self.backend)}"
 
 
-def _argmax_last(maps: np.ndarray) -> np.ndarray:
-    """argmax over the last axis of (..., K) as uint8, first class on ties (numpy's rule), by K-1 comparisons:
-    several times faster than ``np.argmax(axis=-1)`` on a small K."""
-    best = maps[..., 0].copy()
+def _argmax_planes(planes, overwrite_first: bool = False) -> np.ndarray:
+    """argmax over a list of same-shape 2D float maps (one per class) as uint8, first class on ties (numpy's rule),
+    by K-1 comparisons: several times faster than ``np.argmax`` over a class axis for a small K, and one map per
+    class keeps each comparison on contiguous memory (on interleaved (h, w, K) maps it costs 3-5 times more).
+    ``overwrite_first``: the first map may be used as the running maximum (it is the caller's scratch)."""
+    best = planes[0] if overwrite_first else planes[0].copy()
     labels = np.zeros(best.shape, dtype=np.uint8)
-    for k in range(1, maps.shape[-1]):
-        channel = maps[..., k]
-        better = channel > best
-        labels[better] = k
-        np.maximum(best, channel, out=best)
+    better = np.empty(best.shape, dtype=bool)
+    last = len(planes) - 1
+    for k in range(1, last + 1):
+        channel = planes[k]
+        np.greater(channel, best, out=better)
+        np.copyto(labels, k, where=better)
+        if k < last:
+            np.maximum(best, channel, out=best)
     return labels
 
 
@@ -207,53 +213,53 @@ def smooth_labelmap(probabilities: np.ndarray, placement: pp.Placement) -> np.nd
     foreground model pixel lie inside the boxes of the (one pixel dilated) foreground components, mapped to the
     frame; only those boxes are resampled (with ``cv2.warpAffine``, the same pixel-centre mapping as
     ``cv2.resize``).
+
+    Each class map is resampled on its own, straight from the model's output (no interleaved copy of it), and the
+    argmax runs over contiguous per-class maps: the same numbers as warping the interleaved maps together (OpenCV
+    interpolates each channel alike), at about half the cost (benchmarks/serve_overhead.md, "Cuts").
     """
     import cv2
 
+    probabilities = np.asarray(probabilities, dtype=np.float32)
     channels = probabilities.shape[0]
-    scaled = np.zeros((placement.scaled_h, placement.scaled_w, channels), dtype=np.float32)
-    scaled[..., 0] = 1.0  # rows cropped away below the input are background, as in restore()
-    scaled[:placement.valid_h, :placement.valid_w] = \
-        probabilities[:, :placement.valid_h, :placement.valid_w].transpose(1, 2, 0)
+    valid = probabilities[:, :placement.valid_h, :placement.valid_w]
+    if (placement.valid_h, placement.valid_w) == (placement.scaled_h, placement.scaled_w):
+        planes = [valid[k] for k in range(channels)]  # views: OpenCV reads row-strided maps as they are
+    else:  # rows cropped away below the input are background, as in restore()
+        planes = []
+        for k in range(channels):
+            plane = np.full((placement.scaled_h, placement.scaled_w), 1.0 if k == 0 else 0.0, dtype=np.float32)
+            plane[:placement.valid_h, :placement.valid_w] = valid[k]
+            planes.append(plane)
     labelmap = np.zeros((placement.src_h, placement.src_w), dtype=np.uint8)
-    foreground = (_argmax_last(scaled) != 0).astype(np.uint8)
+    foreground = (_argmax_planes(planes) != 0).view(np.uint8)
     if not foreground.any():
         return labelmap
     grown = cv2.dilate(foreground, np.ones((3, 3), np.uint8))
     count, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
     sx, sy = placement.scaled_w / placement.src_w, placement.scaled_h / placement.src_h
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     for index in range(1, count):
         x, y, w, h = (int(v) for v in stats[index, :4])
         # frame column X samples the model map at u = (X + 0.5) sx - 0.5 from columns floor(u) and floor(u) + 1,
         # so the box's frame columns are those with u in (x - 1, x + w); at the map's edge samples are clamped to
         # it, so a box touching the edge reaches the frame's edge.
-        x0 = 0 if x == 0 else max(0, int(np.floor((x - 0.5) / sx - 0.5)))
+        x0 = 0 if x == 0 else max(0, math.floor((x - 0.5) / sx - 0.5))
         x1 = placement.src_w if x + w >= placement.scaled_w else \
-            min(placement.src_w, int(np.ceil((x + w + 0.5) / sx - 0.5)) + 1)
-        y0 = 0 if y == 0 else max(0, int(np.floor((y - 0.5) / sy - 0.5)))
+            min(placement.src_w, math.ceil((x + w + 0.5) / sx - 0.5) + 1)
+        y0 = 0 if y == 0 else max(0, math.floor((y - 0.5) / sy - 0.5))
         y1 = placement.src_h if y + h >= placement.scaled_h else \
-            min(placement.src_h, int(np.ceil((y + h + 0.5) / sy - 0.5)) + 1)
+            min(placement.src_h, math.ceil((y + h + 0.5) / sy - 0.5) + 1)
         if x1 <= x0 or y1 <= y0:
             continue
-        # frame pixel (X, Y) of the box samples the model map at ((X + x0 + 0.5) sx - 0.5, (Y + y0 + 0.5) sy - 0.5)
+        # frame pixel (X, Y) of the box samples the model map at ((X + x0 + 0.5) sx - 0.5, (Y + y0 + 0.5) sy - 0.5);
+        # border values replicated, as cv2.resize does
         inverse = np.array([[sx, 0.0, (x0 + 0.5) * sx - 0.5], [0.0, sy, (y0 + 0.5) * sy - 0.5]], dtype=np.float64)
-        box = _warp_channels(scaled, inverse, (x1 - x0, y1 - y0))
-        labelmap[y0:y1, x0:x1] = np.maximum(labelmap[y0:y1, x0:x1], _argmax_last(box))
+        box = [cv2.warpAffine(plane, inverse, (x1 - x0, y1 - y0), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+               for plane in planes]
+        target = labelmap[y0:y1, x0:x1]
+        np.maximum(target, _argmax_planes(box, overwrite_first=True), out=target)
     return labelmap
-
-
-def _warp_channels(image: np.ndarray, inverse: np.ndarray, size) -> np.ndarray:
-    """Bilinear samples (h, w, K) of ``image`` (H, W, K) at ``inverse`` @ (x, y, 1); border values replicated,
-    as cv2.resize does. OpenCV warps at most 4 channels at once."""
-    import cv2
-
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    parts = []
-    for start in range(0, image.shape[2], 4):
-        part = cv2.warpAffine(np.ascontiguousarray(image[..., start:start + 4]), inverse, size, flags=flags,
-                              borderMode=cv2.BORDER_REPLICATE)
-        parts.append(part if part.ndim == 3 else part[..., np.newaxis])
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
 
 
 def time_segment(segmenter: Segmenter, image: np.ndarray, repeats: int = 20) -> Tuple[float, float]:
