@@ -37,3 +37,29 @@ def test_each_message_is_a_new_buffer():
 def test_too_large_a_labelmap_is_refused():
     with pytest.raises(ValueError, match="65535"):
         encode_labelmap(np.zeros((1, 70000), dtype=np.uint8), None, "L", 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64, ">u2", ">f4"])
+@pytest.mark.parametrize("shape", [(420, 580), (5, 3), (6, 4, 3)])
+def test_frame_message_is_byte_for_byte_the_image_encoders(dtype, shape):
+    """The replay server's frames (grey or RGB, any IGTL scalar type, either byte order) go out through the one-copy
+    encoder: the same bytes as encode_image, pixels little-endian."""
+    from NerveSegLogic.stream.codec import encode_frame_message
+
+    image = (np.random.default_rng(len(shape)).random(shape) * 1000).astype(dtype)
+    geometry = ImageGeometry(spacing=(0.3, 0.3, 1.0), origin=(1.0, 2.0, -4.0))
+    for frame in (image, image[::-1, ::2]):
+        for geo in (geometry, None):
+            expected = encode_image(np.ascontiguousarray(frame), geo, device_name="Image_Reference", timestamp=12.5)
+            assert bytes(encode_frame_message(frame, geo, "Image_Reference", 12.5)) == expected
+
+
+def test_frame_message_refuses_what_encode_image_refuses():
+    from NerveSegLogic.stream.codec import encode_frame_message
+
+    with pytest.raises(ValueError, match="dtype"):
+        encode_frame_message(np.zeros((4, 4), bool), None, "F", 0.0)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        encode_frame_message(np.zeros((2, 4, 4, 1), np.uint8), None, "F", 0.0)
+    with pytest.raises(ValueError, match="65535"):
+        encode_frame_message(np.zeros((0, 4), np.uint8), None, "F", 0.0)

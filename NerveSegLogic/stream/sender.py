@@ -92,22 +92,9 @@ def is_allowed(address: str, networks: Optional[Sequence[Network]]) -> bool:
 def encode_labelmap(labelmap: np.ndarray, geometry: Optional[ImageGeometry], device_name: str,
                     timestamp: float) -> bytearray:
     """The IGTL IMAGE message of a 2D uint8 labelmap, byte for byte what ``codec.encode_image`` makes (header
-    version 1, RAS), written into one buffer: the pixels are copied once, where encode_image copies them four
-    times (contiguous array, tobytes, image header + pixels, header + body). The buffer is new for every message:
-    a queued message is never written to again. Raises ValueError for a labelmap larger than IGTL allows."""
-    height, width = labelmap.shape
-    if max(height, width) > 0xFFFF or min(height, width) < 1:
-        raise ValueError(f"IGTL image size {width}x{height} outside 1..65535")
-    matrix = codec.geometry_to_igtl_matrix(geometry or ImageGeometry(), (width, height, 1))
-    start = codec.HEADER_SIZE + codec.IMAGE_HEADER_SIZE
-    message = bytearray(start + height * width)
-    codec._IMAGE_HEADER.pack_into(message, codec.HEADER_SIZE, 1, 1, codec._SCALAR_CODES[np.dtype(np.uint8)],
-                                  codec.ENDIAN_LITTLE, codec.COORDINATE_RAS, width, height, 1, *matrix,
-                                  0, 0, 0, width, height, 1)
-    np.frombuffer(message, dtype=np.uint8, count=height * width, offset=start).reshape(height, width)[...] = labelmap
-    message[:codec.HEADER_SIZE] = codec.pack_header("IMAGE", device_name, timestamp,
-                                                    memoryview(message)[codec.HEADER_SIZE:])
-    return message
+    version 1, RAS), written into one new buffer by ``codec.encode_frame_message``: the pixels are copied once,
+    where encode_image copies them four times. Raises ValueError for a labelmap larger than IGTL allows."""
+    return codec.encode_frame_message(labelmap, geometry, device_name, timestamp)
 
 
 class _Backlog:
