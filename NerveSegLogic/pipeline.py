@@ -84,15 +84,19 @@ class LivePipeline:
 
     receiver: anything with ``start()``, ``stop()`` and a ``frames`` NewestSlot of Frame (an ImageReceiver), or None when frames are put into ``frames`` by the caller (e.g. from a Slicer volume node).
     segmenter: a Segmenter. sinks: callables taking a SegmentationResult, run on the polling (main) thread.
+    worker_sink: one thread-safe callable run on the inference thread for every result, before the main thread
+    sees it (``nerveseg serve`` sends labelmaps from there); it must not touch MRML or Qt.
     """
 
-    def __init__(self, receiver, segmenter, sinks: Iterable[Sink] = (), frames=None):
+    def __init__(self, receiver, segmenter, sinks: Iterable[Sink] = (), frames=None,
+                 worker_sink: Optional[Sink] = None):
         from .slot import NewestSlot
 
         self.receiver = receiver
         self.frames = receiver.frames if receiver is not None else (frames or NewestSlot())
         self.segmenter = segmenter
-        self.engine = InferenceEngine(segmenter, self.frames)
+        # worker_sink runs on the inference thread as soon as a result exists (see InferenceEngine.on_result)
+        self.engine = InferenceEngine(segmenter, self.frames, on_result=worker_sink)
         self.sinks: List[Sink] = list(sinks)
         self.stats = LiveStats()
         self.sink_errors = 0
@@ -140,7 +144,7 @@ class LivePipeline:
             "frames_dropped_before_inference": self.frames.dropped_count,
             "results_dropped_before_apply": engine["results_dropped"],
             "inference_errors": engine["errors"],
-            "sink_errors": self.sink_errors,
+            "sink_errors": self.sink_errors + engine["sink_errors"],
         }
         out["frames_dropped"] = out["frames_dropped_before_inference"] + out["results_dropped_before_apply"]
         if self.receiver is not None and hasattr(self.receiver, "stats"):

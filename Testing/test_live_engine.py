@@ -138,3 +138,36 @@ def test_pipeline_applies_results_on_the_polling_thread_and_measures_each_stage(
     for stage in ("total", "wait", "preprocess", "inference", "postprocess", "apply"):
         assert stats[stage]["n"] == 3 and stats[stage]["p50"] >= 0
     assert pipeline.counters()["frames_applied"] == 3 and pipeline.counters()["frames_dropped"] == 0
+
+
+def test_worker_sink_runs_on_the_inference_thread_before_the_main_thread_sees_the_result():
+    """nerveseg serve sends each labelmap from the inference thread: the sink gets the result (its pixels) there,
+    before the result reaches the results slot; a failing worker sink is counted and the worker goes on."""
+    frames = NewestSlot()
+    calls = []
+
+    def worker_sink(result):
+        calls.append((threading.current_thread().name, result.frame.frame_id, result.labelmap.copy(),
+                      pipeline.engine.results.peek()))
+        if result.frame.frame_id == 1:
+            raise RuntimeError("client went away")
+
+    pipeline = LivePipeline(None, GatedSegmenter(), frames=frames, worker_sink=worker_sink)
+    pipeline.start()
+    try:
+        for i, value in ((1, 200), (2, 10)):
+            frames.put(make_frame(i, value))
+            result = None
+            for _ in range(100):
+                result = pipeline.poll(timeout=0.05)
+                if result is not None:
+                    break
+            assert result is not None and result.frame.frame_id == i
+    finally:
+        pipeline.stop()
+    assert [c[0] for c in calls] == ["nerveseg-inference"] * 2
+    assert [c[1] for c in calls] == [1, 2]
+    assert calls[0][2].all() and not calls[1][2].any()  # frame 1 all above 127, frame 2 all below
+    assert all(c[3] is None for c in calls)  # the slot was still empty: the sink ran first
+    counters = pipeline.counters()
+    assert counters["sink_errors"] == 1 and counters["frames_applied"] == 2

@@ -11,7 +11,8 @@ stamps (perf counter; wall clock where it crosses a process boundary):
     pre       preprocess (grey, place into the model's input, normalise)
     model     backend.run
     post      argmax, restore to the frame's size, small-region removal
-    handoff   result ready -> the main thread's sink starts (results slot, poll loop)
+    handoff   result ready -> the send starts (serve sends on the inference thread itself since 2026-12-01;
+              before, the result went through the results slot to the main thread's poll loop)
     send      encode the labelmap as an IGTL IMAGE and queue it for the clients
     out       queued -> the client has the whole labelmap (writer thread, TCP, client decode and CRC check)
     total     IGTL timestamp -> client has the labelmap
@@ -75,7 +76,7 @@ def stages(args) -> Dict:
         records[frame.igtl_timestamp] = {"stamps": dict(frame.timestamps), "received_wall": frame.received_wall,
                                          "send_start": start, "send_end": time.perf_counter()}
 
-    server.pipeline.sinks = [timed_send]
+    server.pipeline.engine.on_result = timed_send  # serve sends from the inference thread
     client = ImageReceiver("127.0.0.1", output_port, device_name="NerveSegLabel", idle_timeout_s=None,
                            on_frame=lambda f: arrivals.__setitem__(f.igtl_timestamp, f.received_wall))
     load_before = load_average()

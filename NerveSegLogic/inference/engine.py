@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from ..frame import Frame, SegmentationResult
 from ..slot import NewestSlot
@@ -29,11 +29,17 @@ class InferenceEngine:
     """
 
     def __init__(self, segmenter, frames: NewestSlot, results: Optional[NewestSlot] = None,
-                 name: str = "nerveseg-inference"):
+                 name: str = "nerveseg-inference", on_result: Optional[Callable[[SegmentationResult], None]] = None):
         self.segmenter = segmenter
         self.frames = frames
         self.results: NewestSlot = results if results is not None else NewestSlot()
         self.name = name
+        #: Called on the worker thread with each result before it goes into ``results``; for sinks that are
+        #: thread-safe and touch no MRML or Qt (``nerveseg serve``'s IGTL sender: the labelmap is encoded while it
+        #: is still in the cache and reaches the client without waiting for the main thread). Its errors are
+        #: counted in ``sink_errors`` and never stop the worker.
+        self.on_result = on_result
+        self.sink_errors = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -83,11 +89,18 @@ class InferenceEngine:
                 if first:
                     log.exception("segmentation of frame %s failed", frame.frame_id)
             else:
+                if self.on_result is not None:
+                    try:
+                        self.on_result(result)
+                    except Exception:
+                        with self._lock:
+                            self.sink_errors += 1
+                        log.exception("the worker's sink failed on frame %s", frame.frame_id)
                 self.results.put(result)
                 with self._lock:
                     self.frames_segmented += 1
 
     def counters(self) -> dict:
         with self._lock:
-            return {"frames_segmented": self.frames_segmented, "errors": self.errors,
+            return {"frames_segmented": self.frames_segmented, "errors": self.errors, "sink_errors": self.sink_errors,
                     "results_dropped": self.results.dropped_count, "last_error": self.last_error}
