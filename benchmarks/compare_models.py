@@ -504,8 +504,9 @@ def _earlier_rows(args, table: Dict[str, Dict]) -> List[str]:
     return lines
 
 
-def readme_table(table: Dict[str, Dict], folds: int) -> List[str]:
-    """The README's model table: the cross-validated figures of ``table`` with each card's origin and weights."""
+def readme_table(table: Dict[str, Dict], folds: int, earlier: Optional[str] = None) -> List[str]:
+    """The README's model table: the cross-validated figures of ``table`` with each card's origin and weights;
+    then the models only ``earlier`` (an earlier report's JSON) cross-validated, marked as such."""
     from NerveSegLogic.models import registry
 
     default = registry.default_name()
@@ -542,6 +543,25 @@ def readme_table(table: Dict[str, Dict], folds: int) -> List[str]:
             f"{_pm(entry['vessel_dice'], 2)} | {_pm(entry['nerve_f1'], 2)} | {cell} | {backend} | "
             f"{epochs[0] if len(epochs) == 1 else f'{epochs[0]}-{epochs[-1]}'} epochs, "
             f"{minutes:.0f} min, {len(folds_done)}/{folds} folds | {shipped} |")
+    if earlier:
+        old = json.loads(Path(earlier).read_text(encoding="utf-8"))
+        for model, entry in sorted(old["models"].items(), key=lambda item: -(item[1]["nerve_dice"]["mean"] or -1)):
+            if not entry["folds"] or (table.get(model) or {}).get("folds") or model not in registry.names(None, None):
+                continue
+            card = registry.card(model)
+            paper = card.paper or {}
+            origin = f"{(paper.get('authors') or '').split()[0].rstrip(',')} {paper.get('year', '')}".strip() or "-"
+            run = (card.training or {}).get("run") or {}
+            shipped = (f"{run.get('epochs', '?')} epochs at {'x'.join(str(v) for v in run.get('input_size', []))}, "
+                       f"{(card.weights or {}).get('dtype', 'float32')}") if card.has_weights else "none"
+            size = "x".join(str(v) for v in entry["folds"][0]["input_size"])
+            epochs = sorted({f["epochs"] for f in entry["folds"]})
+            lines.append(
+                f"| {model} | {origin} | {registry.parameter_count(card) / 1e6:.2f} M | {size} | "
+                f"{_pm(entry['nerve_dice'], 2)} | {_pm(entry['vessel_dice'], 2)} | {_pm(entry['nerve_f1'], 2)} | - | - "
+                f"| {epochs[0] if len(epochs) == 1 else f'{epochs[0]}-{epochs[-1]}'} epochs, "
+                f"{np.mean([f['wall_time_s'] for f in entry['folds']]) / 60:.0f} min, {len(entry['folds'])}/"
+                f"{old['folds']} folds of an earlier run ({old['updated'][:10]}) | {shipped} |")
     return lines
 
 
@@ -551,7 +571,7 @@ def _int8_tolerance() -> float:
     return INT8_MAX_DICE_CHANGE
 
 
-def write_readme_table(table: Dict[str, Dict], folds: int, readme: Path) -> None:
+def write_readme_table(table: Dict[str, Dict], folds: int, readme: Path, earlier: Optional[str] = None) -> None:
     """Replace the table between README_BEGIN and README_END in ``readme`` (both markers must be there)."""
     text = readme.read_text(encoding="utf-8")
     if README_BEGIN not in text or README_END not in text:
@@ -559,7 +579,7 @@ def write_readme_table(table: Dict[str, Dict], folds: int, readme: Path) -> None
                          f"and a line {README_END!r} around it")
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
-    readme.write_text(head + README_BEGIN + "\n" + "\n".join(readme_table(table, folds)) + "\n" + README_END + tail,
+    readme.write_text(head + README_BEGIN + "\n" + "\n".join(readme_table(table, folds, earlier)) + "\n" + README_END + tail,
                       encoding="utf-8")
 
 
@@ -725,7 +745,7 @@ def main(argv=None) -> int:
     refresh()
     if args.readme:
         reported = [m for m in registry.names() if m in models or (out / "cv" / m).is_dir()]
-        write_readme_table(collect(reported, out, args.folds), args.folds, Path(args.readme))
+        write_readme_table(collect(reported, out, args.folds), args.folds, Path(args.readme), args.earlier)
         print(f"model table: {args.readme}")
     print(f"report: {args.report}")
     return 0
