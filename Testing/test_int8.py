@@ -132,6 +132,13 @@ def test_auto_runs_int8_only_where_the_measured_dice_change_is_under_the_limit()
     faster = _card_with_int8({"max_dice_change": 0.004, "mask_agreement_dice": agreement,
                               "ms_per_frame": {"onnx_float32": 18.0, "onnx_int8": 9.0}})
     assert backends.resolve_backend(slower, "auto", "cpu") == "onnx"  # measured slower: float32 is better
+    # the cross-validated change (held-out folds) decides over the training-frame one, either way
+    folds_large = _card_with_int8({"max_dice_change": 0.004, "mask_agreement_dice": agreement,
+                                   "cross_validation": {"max_dice_change": 0.017, "folds": 5}})
+    folds_small = _card_with_int8({"max_dice_change": 0.02, "mask_agreement_dice": agreement,
+                                   "cross_validation": {"max_dice_change": 0.006, "folds": 5}})
+    assert backends.resolve_backend(folds_large, "auto", "cpu") == "onnx"
+    assert backends.resolve_backend(folds_small, "auto", "cpu") == "onnx-int8"
     assert backends.resolve_backend(faster, "auto", "cpu") == "onnx-int8"
     with pytest.raises(ValueError, match="onnx-int8"):
         backends.resolve_backend(small, "tensorrt", "cpu")

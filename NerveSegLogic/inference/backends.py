@@ -310,11 +310,17 @@ def int8_path_for(fp32_path: Union[str, Path]) -> Path:
 
 
 def int8_measured_change(card) -> Optional[float]:
-    """The largest per-class Dice change of the card's INT8 graph as measured (``card.raw['int8']``), or None."""
+    """The largest per-class Dice change of the card's INT8 graph as measured (``card.raw['int8']``), or None.
+
+    Where the block holds ``cross_validation.max_dice_change`` (measured on held-out folds by
+    benchmarks/compare_models.py, the figure issue 13 asks for), that one decides; else the training-frame figure."""
     record = (getattr(card, "raw", None) or {}).get("int8")
     if not isinstance(record, dict):
         return None
-    value = record.get("max_dice_change")
+    folds = record.get("cross_validation")
+    value = folds.get("max_dice_change") if isinstance(folds, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        value = record.get("max_dice_change")
     return float(value) if isinstance(value, (int, float)) else None
 
 

@@ -244,6 +244,11 @@ def _check_int8(record: Any, task: str, fail) -> None:
         if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                   for v in value.values()):
             raise fail(f"int8.{key}", f"expected an object of numbers, got {value!r}")
+    folds = record.get("cross_validation")
+    if folds is not None:
+        change = folds.get("max_dice_change") if isinstance(folds, dict) else None
+        if isinstance(change, bool) or not isinstance(change, (int, float)) or not change >= 0:
+            raise fail("int8.cross_validation.max_dice_change", f"expected a number >= 0, got {change!r}")
 
 
 def _check_recipe(recipe: Any, fail) -> None:
