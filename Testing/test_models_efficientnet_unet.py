@@ -105,7 +105,7 @@ def test_the_registered_card_builds_the_model_without_reading_pretrained_weights
     model = registry.build("effnet-unet")
     assert isinstance(model, eu.EfficientNetUNet)
     card = registry.card("effnet-unet")
-    assert (card.input.height, card.input.width) == (256, 256)
+    assert (card.input.height, card.input.width) == (192, 192)  # the size the shipped weights were trained at
     assert card.training["recipe"]["pretrained"] == "imagenet"
 
 
