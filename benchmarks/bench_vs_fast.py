@@ -185,19 +185,19 @@ class SentLog:
         from NerveSegLogic.stream import replay
 
         self._replay = replay
-        self._original = replay.encode_image
+        self._original = replay.encode_frame_message
         self.timestamps: List[float] = []
 
     def __enter__(self):
-        def encode(image, geometry, device_name, timestamp):
+        def encode(image, geometry, device_name, timestamp, *args, **kwargs):
             self.timestamps.append(timestamp)
-            return self._original(image, geometry, device_name=device_name, timestamp=timestamp)
+            return self._original(image, geometry, device_name, timestamp, *args, **kwargs)
 
-        self._replay.encode_image = encode
+        self._replay.encode_frame_message = encode
         return self
 
     def __exit__(self, *exc):
-        self._replay.encode_image = self._original
+        self._replay.encode_frame_message = self._original
 
 
 def match(sent: List[float], results: List[tuple]) -> Dict:

@@ -453,6 +453,14 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
         gap = table[best]["nerve_dice"]["mean"] - table[choice]["nerve_dice"]["mean"]
         lines.append(f"Best among the models fast enough for the live default: **{choice}** ({gap:.3f} nerve Dice "
                      f"below the best: {'within' if gap <= 0.03 else 'NOT within'} 0.03).")
+    from NerveSegLogic.models import registry
+
+    default = registry.default_name()
+    if best and default in table and table[default]["nerve_dice"]["mean"] is not None:
+        gap = table[best]["nerve_dice"]["mean"] - table[default]["nerve_dice"]["mean"]
+        lines.append(f"The live path's default (Resources/Models): **{default}**, {gap:.3f} nerve Dice below the best; "
+                     f"its live path here {_live_ms(table[default]) or float('nan'):.1f} ms per frame "
+                     f"(`Segmenter.segment`; benchmarks/live_path.md measures received-to-applied at 30 fps).")
     notes = sorted({f"{m}: {f['stop_reason']}" for m, e in table.items() for f in e["folds"]
                     if f["stop_reason"] != "finished"})
     if notes:
