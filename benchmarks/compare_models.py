@@ -512,6 +512,12 @@ def _earlier_rows(args, table: Dict[str, Dict]) -> List[str]:
     return lines
 
 
+def _origin(card) -> str:
+    """'Firstauthor year' of the card's paper, for the README table."""
+    paper = card.paper or {}
+    return f"{(paper.get('authors') or '').split()[0].rstrip(',')} {paper.get('year', '')}".strip() or "-"
+
+
 def readme_table(table: Dict[str, Dict], folds: int, earlier: Optional[str] = None) -> List[str]:
     """The README's model table: the cross-validated figures of ``table`` with each card's origin and weights;
     then the models only ``earlier`` (an earlier report's JSON) cross-validated, marked as such."""
@@ -527,8 +533,7 @@ def readme_table(table: Dict[str, Dict], folds: int, earlier: Optional[str] = No
         folds_done = entry["folds"]
         if not folds_done:
             continue
-        paper = card.paper or {}
-        origin = f"{(paper.get('authors') or '').split()[0].rstrip(',')} {paper.get('year', '')}".strip() or "-"
+        origin = _origin(card)
         name = f"**{model}** (default)" if model == default else model
         auto_ms = _live_ms(entry)
         int8 = entry["int8_max_dice_change"]["mean"]
@@ -557,8 +562,7 @@ def readme_table(table: Dict[str, Dict], folds: int, earlier: Optional[str] = No
             if not entry["folds"] or (table.get(model) or {}).get("folds") or model not in registry.names(None, None):
                 continue
             card = registry.card(model)
-            paper = card.paper or {}
-            origin = f"{(paper.get('authors') or '').split()[0].rstrip(',')} {paper.get('year', '')}".strip() or "-"
+            origin = _origin(card)
             run = (card.training or {}).get("run") or {}
             shipped = (f"{run.get('epochs', '?')} epochs at {'x'.join(str(v) for v in run.get('input_size', []))}, "
                        f"{(card.weights or {}).get('dtype', 'float32')}") if card.has_weights else "none"
