@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.inference import preprocess as pp
-from NerveSegLogic.inference.segmenter import CONTOURS, Segmenter, smooth_labelmap
+from NerveSegLogic.inference.segmenter import (CONTOURS, Segmenter, _foreground_mask, smooth_labelmap,
+                                              smooth_labelmap_and_box)
 from NerveSegLogic.models import registry
 from NerveSegLogic.train import metrics
 
@@ -41,11 +42,42 @@ def test_smooth_labelmap_is_the_argmax_of_the_bilinearly_restored_probabilities(
     assert np.array_equal(got, expected)
 
 
+@pytest.mark.parametrize("frame, size, mode", CASES)
+def test_smooth_labelmap_box_holds_every_labelled_pixel_and_small_regions_go_alike(frame, size, mode):
+    probabilities = _blobs(*size, 3)
+    _, placement = pp.place(np.zeros(frame, np.uint8), pp.InputSpec(*size, resize=mode))
+    labelmap, box = smooth_labelmap_and_box(probabilities, placement)
+    top, bottom, left, right = box
+    outside = labelmap.copy()
+    outside[top:bottom, left:right] = 0
+    assert labelmap[top:bottom, left:right].any() and not outside.any()
+    # the box saves remove_small_components its scan of the frame, and changes nothing it clears
+    for min_area in (1, 40, 400, 5000):
+        scanned = pp.remove_small_components(labelmap, min_area, labels=[1, 2])
+        hinted = pp.remove_small_components(labelmap, min_area, labels=[1, 2], within=box)
+        assert np.array_equal(hinted, scanned)
+    assert not np.array_equal(pp.remove_small_components(labelmap, 400, labels=[1, 2]), labelmap)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 6])
+def test_foreground_mask_is_where_the_argmax_is_not_background_ties_included(classes):
+    rng = np.random.default_rng(classes)
+    # coarse values make ties between classes common: a tie with class 0 is background (numpy's first-max rule)
+    planes = [rng.integers(0, 4, (37, 53)).astype(np.float32) for _ in range(classes)]
+    expected = np.stack(planes).argmax(axis=0) != 0
+    got = _foreground_mask(planes)
+    assert got.dtype == np.uint8 and got.shape == (37, 53)
+    assert np.array_equal(got != 0, expected)
+    if classes > 1:
+        assert 0.1 < expected.mean() < 0.9
+
+
 def test_smooth_labelmap_of_background_only_is_empty():
     probabilities = np.zeros((3, 32, 32), np.float32)
     probabilities[0] = 1.0
     _, placement = pp.place(np.zeros((100, 120), np.uint8), pp.InputSpec(32, 32))
     assert not smooth_labelmap(probabilities, placement).any()
+    assert smooth_labelmap_and_box(probabilities, placement)[1] is None
 
 
 def _disc_probabilities(size, centre, radius, softness):

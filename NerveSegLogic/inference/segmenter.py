@@ -150,12 +150,15 @@ class Segmenter:
                                   probabilities=probabilities, instances=instances, placement=placement)
 
     def _semantic(self, probabilities: np.ndarray, placement: pp.Placement):
+        box = None
         if self.contours == "smooth":
-            labelmap = smooth_labelmap(probabilities, placement)
+            labelmap, box = smooth_labelmap_and_box(probabilities, placement)
+            if box is None:  # nothing but background
+                return labelmap, probabilities, None
         else:
             labelmap = pp.restore_mask(probabilities.argmax(axis=0).astype(np.uint8), placement)
-        labelmap = pp.remove_small_components(labelmap, self.min_component_area,
-                                              labels=[c.label for c in self.classes], in_place=True)  # made here
+        labelmap = pp.remove_small_components(labelmap, self.min_component_area, labels=[c.label for c in self.classes],
+                                              in_place=True, within=box)  # made here
         return labelmap, probabilities, None
 
     def _instances(self, output: dict, placement: pp.Placement):
@@ -203,8 +206,33 @@ def _argmax_planes(planes, overwrite_first: bool = False) -> np.ndarray:
     return labels
 
 
+_DILATE_3X3 = np.ones((3, 3), np.uint8)
+
+
+def _foreground_mask(planes) -> np.ndarray:
+    """uint8 map, 255 where the argmax of ``planes`` (first class on ties) is not the first class, else 0.
+
+    The argmax is not class 0 exactly when some later class's value is strictly above class 0's, i.e. when the
+    maximum of classes 1..K-1 is above class 0: one running maximum and one comparison (OpenCV), about a third of
+    :func:`_argmax_planes`'s cost, and no label map is built."""
+    import cv2
+
+    if len(planes) == 1:
+        return np.zeros(planes[0].shape, dtype=np.uint8)
+    best = planes[1]
+    for plane in planes[2:]:
+        best = cv2.max(best, plane)
+    return cv2.compare(best, planes[0], cv2.CMP_GT)
+
+
 def smooth_labelmap(probabilities: np.ndarray, placement: pp.Placement) -> np.ndarray:
-    """The frame's labelmap ``(src_h, src_w)`` uint8: argmax of the ``(K, h, w)`` model-size probabilities resampled
+    """The frame's labelmap, see :func:`smooth_labelmap_and_box`."""
+    return smooth_labelmap_and_box(probabilities, placement)[0]
+
+
+def smooth_labelmap_and_box(probabilities: np.ndarray, placement: pp.Placement
+                            ) -> Tuple[np.ndarray, Optional[Tuple[int, int, int, int]]]:
+    """(labelmap, box): the frame's labelmap ``(src_h, src_w)`` uint8: argmax of the ``(K, h, w)`` model-size probabilities resampled
     bilinearly to the frame (as :func:`~.preprocess.restore`, cropped rows background), computed only where it can
     differ from background.
 
@@ -217,6 +245,10 @@ def smooth_labelmap(probabilities: np.ndarray, placement: pp.Placement) -> np.nd
     Each class map is resampled on its own, straight from the model's output (no interleaved copy of it), and the
     argmax runs over contiguous per-class maps: the same numbers as warping the interleaved maps together (OpenCV
     interpolates each channel alike), at about half the cost (benchmarks/serve_overhead.md, "Cuts").
+
+    ``box`` = (top, bottom, left, right) in frame pixels holds every pixel that can be non-zero (the union of the
+    resampled boxes), for :func:`~.preprocess.remove_small_components`'s ``within``; None when the model marked
+    nothing.
     """
     import cv2
 
@@ -232,13 +264,15 @@ def smooth_labelmap(probabilities: np.ndarray, placement: pp.Placement) -> np.nd
             plane[:placement.valid_h, :placement.valid_w] = valid[k]
             planes.append(plane)
     labelmap = np.zeros((placement.src_h, placement.src_w), dtype=np.uint8)
-    foreground = (_argmax_planes(planes) != 0).view(np.uint8)
-    if not foreground.any():
-        return labelmap
-    grown = cv2.dilate(foreground, np.ones((3, 3), np.uint8))
-    count, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+    foreground = _foreground_mask(planes)
+    if not cv2.countNonZero(foreground):
+        return labelmap, None
+    grown = cv2.dilate(foreground, _DILATE_3X3)
+    # 16-bit labels: a model map has far fewer than 65536 regions, and OpenCV labels uint16 faster than int32
+    count, _, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(grown, 8, cv2.CV_16U, cv2.CCL_DEFAULT)
     sx, sy = placement.scaled_w / placement.src_w, placement.scaled_h / placement.src_h
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    top, bottom, left, right = placement.src_h, 0, placement.src_w, 0
     for index in range(1, count):
         x, y, w, h = (int(v) for v in stats[index, :4])
         # frame column X samples the model map at u = (X + 0.5) sx - 0.5 from columns floor(u) and floor(u) + 1,
@@ -259,7 +293,8 @@ def smooth_labelmap(probabilities: np.ndarray, placement: pp.Placement) -> np.nd
                for plane in planes]
         target = labelmap[y0:y1, x0:x1]
         np.maximum(target, _argmax_planes(box, overwrite_first=True), out=target)
-    return labelmap
+        top, bottom, left, right = min(top, y0), max(bottom, y1), min(left, x0), max(right, x1)
+    return labelmap, ((top, bottom, left, right) if bottom > top and right > left else None)
 
 
 def time_segment(segmenter: Segmenter, image: np.ndarray, repeats: int = 20) -> Tuple[float, float]:
