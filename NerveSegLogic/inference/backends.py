@@ -313,7 +313,9 @@ def int8_measured_change(card) -> Optional[float]:
     """The largest per-class Dice change of the card's INT8 graph as measured (``card.raw['int8']``), or None.
 
     Where the block holds ``cross_validation.max_dice_change`` (measured on held-out folds by
-    benchmarks/compare_models.py, the figure issue 13 asks for), that one decides; else the training-frame figure."""
+    benchmarks/compare_models.py, the figure issue 13 asks for: per class the change INT8 makes to the
+    cross-validated Dice, the largest |change| over classes; benchmarks/int8_cv_to_cards.py), that one decides;
+    else the training-frame figure."""
     record = (getattr(card, "raw", None) or {}).get("int8")
     if not isinstance(record, dict):
         return None
