@@ -157,11 +157,18 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-stages", action="store_true")
     parser.add_argument("--skip-functions", action="store_true")
     parser.add_argument("--json", default=None, help="also write the stage figures here")
+    parser.add_argument("--cv-threads", type=int, default=None,
+                        help="cv2.setNumThreads for this process (default: OpenCV's own, one per core)")
     args = parser.parse_args(argv)
+    if args.cv_threads is not None:
+        import cv2
+
+        cv2.setNumThreads(args.cv_threads)
     sys.path.insert(0, str(HERE))
     if not args.skip_stages:
         result = stages(args)
-        print(f"## Stages, {args.model} on {args.backend}, {args.threads} threads, {args.frames} frames at "
+        print(f"## Stages, {args.model} on {args.backend}, {args.threads} threads (OpenCV: "
+              f"{'default' if args.cv_threads is None else args.cv_threads}), {args.frames} frames at "
               f"{args.fps:g} fps (load {result['load_average_before']} -> {result['load_average_after']})\n")
         print(f"frames sent {result['frames_sent']}, labelmaps back {result['frames_back']}\n")
         print("| stage | p50 ms | p99 ms | mean ms |\n|---|---|---|---|")
