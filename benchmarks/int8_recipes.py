@@ -23,8 +23,8 @@ It writes a Markdown and a JSON report (``--report``). A benchmark, not a test: 
 Found for effnet-unet (benchmarks/int8_recipes.md, 2026-12-01): none of the calibration choices moves the change
 below what min/max over 24 frames gives (entropy and keep-head reproduce it, percentile and min/max over all frames
 lose more nerve Dice); leaving the stem convolution in float32 breaks the quantized graph (Dice -0.44 nerve,
--0.49 vessel; the quantizer keeps the stem's ReLU6 as a Clip while the convolutions after it expect its folded
-range; not pursued further), so the live path keeps its one recipe.
+-0.49 vessel; the only Clip the quantized graph keeps is then the stem's ReLU6; the cause was not pursued), so the
+live path keeps its one recipe.
 """
 
 from __future__ import annotations
