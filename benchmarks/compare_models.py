@@ -97,6 +97,58 @@ def train_run(model: str, data: Path, out: Path, settings: Dict, folds: int, fol
         checkpoint_minutes=args.checkpoint_minutes))
 
 
+#: card.json ``training.run.weights`` of a fold whose weights are the state at the end of training
+LAST_WEIGHTS = "end of training"
+
+
+def use_last_weights(model: str, run_dir: Path) -> Dict:
+    """Make a fold's weights the model's state at the end of training, from the run's checkpoint.
+
+    ``nerveseg train`` keeps the epoch with the best Dice on its validation block, and in a fold that block IS the
+    held-out block: scoring those weights on it would be a choice made on the test frames, which flatters every
+    model (most for the noisy, undertrained ones). A fixed budget, then the last state, chooses nothing. The run's
+    ``<model>.safetensors`` and card.json (sha256, ``training.run.weights``, the notes) are rewritten to say so."""
+    from NerveSegLogic.models import registry
+    from NerveSegLogic.models.card import ModelCard
+    from NerveSegLogic.train.evaluate import write_json
+    from NerveSegLogic.train.loop import read_checkpoint
+
+    found = read_checkpoint(run_dir)
+    if found is None:
+        raise SystemExit(f"{run_dir}: no checkpoint to take the last weights from; delete the folder to retrain")
+    record, tensors = found
+    card_path = run_dir / "card.json"
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    module = registry.build_from_card(ModelCard.from_dict(card, None))
+    module.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    path = run_dir / f"{model}.safetensors"
+    temporary = run_dir / f".{model}.safetensors.last"
+    sha256 = registry.save_weights(module, temporary)
+    os.replace(temporary, path)
+    card["weights"] = dict(card["weights"], sha256=sha256)
+    run = card["training"]["run"]
+    run["weights"] = LAST_WEIGHTS
+    run["weights_after"] = {"epochs": record["epoch"], "steps_into_next_epoch": record.get("position", 0),
+                            "global_step": record.get("global_step")}
+    best_note = "Weights of the epoch with the best validation mean Dice"
+    text = (f"Weights at the end of training ({record['epoch']} epochs"
+            + (f" and {record['position']} steps" if record.get("position") else "")
+            + "): no choice was made on the held-out block (benchmarks/compare_models.py).")
+    card["training"]["notes"] = [n for n in card["training"].get("notes", []) if not n.startswith(best_note)] + [text]
+    write_json(card_path, card)
+    return run["weights_after"]
+
+
+def _forget_scores(run_dir: Path) -> None:
+    """Remove what was computed from a fold's earlier weights: evaluation, extras, ONNX graphs (``speed.json``,
+    the torch ms/frame, does not depend on which weights and stays)."""
+    import shutil
+
+    for name in ("eval", "onnx"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    (run_dir / "extras.json").unlink(missing_ok=True)
+
+
 def evaluate_run(model: str, data: Path, run_dir: Path, names: Optional[List[str]], args) -> Dict:
     """Evaluate the run's weights on the frames ``names`` (None: all) into ``run_dir/eval``; returns the summary."""
     from NerveSegLogic.train.runs import evaluate_data_set
@@ -310,7 +362,7 @@ def collect(models: List[str], out: Path, folds: int) -> Dict[str, Dict]:
                 "coco": metrics.get("coco"),
                 "epochs": run["epochs"], "epochs_planned": run["epochs_planned"], "input_size": run["input_size"],
                 "wall_time_s": run["wall_time_s"], "stop_reason": run["stop_reason"],
-                "threads": run.get("threads"), "device": run.get("device")})
+                "threads": run.get("threads"), "device": run.get("device"), "weights": run.get("weights")})
             extras = _read(run_dir / "extras.json")
             if extras:
                 entry["folds"][-1].update({
@@ -401,6 +453,14 @@ def recommend_default(table: Dict[str, Dict], folds: int) -> Optional[str]:
     return max(fast)[1] if fast else None
 
 
+def _weights_warning(table: Dict[str, Dict]) -> str:
+    """A warning naming the folds scored with other weights than the last (runs scored by older versions)."""
+    other = [f"{model} fold {f['fold']}" for model, entry in table.items() for f in entry["folds"]
+             if f.get("weights") != LAST_WEIGHTS]
+    return (" **Not so for " + ", ".join(other) + "**: scored with the epoch that was best on the held-out block "
+            "(optimistic).") if other else ""
+
+
 def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, started: str) -> None:
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -411,8 +471,9 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
         "CC BY 4.0, https://github.com/tmkand/usgra-seg)",
         f"- cross-validation: {args.folds} contiguous blocks of the frames sorted by name (neighbouring frames come "
         "from the same scan, so frames are never split at random); each block is evaluated by the model trained on "
-        "the others, with the weights of its LAST epoch (nothing is chosen on the held-out block). Figures are the "
-        "mean ± standard deviation over the folds of each fold's mean over its frames.",
+        "the others, with the weights at the END of its training (the checkpoint's last state after the budget "
+        "below; nothing is chosen on the held-out block). Figures are the mean ± standard deviation over the folds "
+        "of each fold's mean over its frames." + _weights_warning(table),
         "- evaluation: the live path's own code (card preprocessing, model, smooth full-resolution contours, "
         "regions under a 7-pixel-radius circle dropped); Dice per frame (frames where a class is absent on both "
         "sides are skipped); detection F1 by Smistad's rule (a true region is found when a predicted region "
@@ -698,6 +759,13 @@ def main(argv=None) -> int:
                         help="training time limit per model and fold, summed over restarts (default: none)")
     parser.add_argument("--model-options", action="append", default=[], metavar="MODEL:key=v,...",
                         help="per-model epochs, input (HxW), minutes, batch, lr; e.g. bpmsegnet:input=320x320,epochs=12")
+    parser.add_argument("--cards", type=Path, default=None,
+                        help="also write each fully cross-validated model's figures into its card in this folder "
+                             "(metrics.cross_validation), e.g. Resources/Models")
+    parser.add_argument("--no-train", action="store_true",
+                        help="train nothing: score the folds whose training ended (a card.json in the fold's "
+                             "folder, e.g. from `nerveseg train --folds F --fold K --out <out>/cv/<model>/fold<K>`) "
+                             "and report; folds never trained are left out")
     parser.add_argument("--no-final", action="store_true", help="skip training the final models on every frame")
     parser.add_argument("--no-float16", action="store_true", help="skip the float16 check of the final models")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
@@ -755,12 +823,29 @@ def main(argv=None) -> int:
         settings = settings_for(model, args)
         for fold in range(args.folds):
             run_dir = out / "cv" / model / f"fold{fold}"
+            _, validation = split_indices(names, args.folds, fold)
             if (run_dir / "eval" / "metrics.json").is_file():
+                if (_read(run_dir / "card.json") or {}).get("training", {}).get("run", {}).get("weights") \
+                        == LAST_WEIGHTS:
+                    continue
+                # scored before this script took the last weights: again, from the same training run
+                log.info("%s fold %d: scored with the best-on-held-out epoch; scoring the last weights", model, fold)
+                _forget_scores(run_dir)
+                use_last_weights(model, run_dir)
+                evaluate_run(model, data, run_dir, [names[i] for i in validation], args)
+                refresh()
+                continue
+            if args.no_train:
+                if (run_dir / "card.json").is_file():
+                    log.info("%s fold %d: training ended; scoring its last weights", model, fold)
+                    use_last_weights(model, run_dir)
+                    evaluate_run(model, data, run_dir, [names[i] for i in validation], args)
+                    refresh()
                 continue
             log.info("== %s, fold %d of %d", model, fold + 1, args.folds)
             start = time.perf_counter()
             result = train_run(model, data, run_dir, settings, args.folds, fold, args)
-            _, validation = split_indices(names, args.folds, fold)
+            use_last_weights(model, run_dir)
             evaluate_run(model, data, run_dir, [names[i] for i in validation], args)
             log.info("%s fold %d: %s after %d epochs (%.0f min)", model, fold, result.stop_reason,
                      result.epochs_done, (time.perf_counter() - start) / 60)
@@ -787,7 +872,9 @@ def main(argv=None) -> int:
                                                              speed_threads)
                     write_json(run_dir / "extras.json", extras)
                     refresh()
-    if not args.no_final:
+    if args.cards:
+        update_cards(collect(models, out, args.folds), args.cards, args, len(names))
+    if not args.no_final and not args.no_train:
         table = collect(models, out, args.folds)
         for model in models:
             final_dir = out / "final" / model
@@ -813,6 +900,36 @@ def main(argv=None) -> int:
     return 0
 
 
+def cv_metrics(entry: Dict, args, n_frames: int) -> Dict:
+    """A card's ``metrics.cross_validation`` from a model's table entry."""
+    weights = {f.get("weights") for f in entry["folds"]}
+    return {"data": f"{Path(args.data).name}, {n_frames} frames", "folds": args.folds,
+            "folds_scored": len(entry["folds"]), "split": "contiguous blocks of frames sorted by name",
+            "input_size": entry["folds"][0]["input_size"], "epochs": entry["folds"][0]["epochs"],
+            "weights": ("each fold's weights at the end of training (nothing chosen on its held-out block)"
+                        if weights == {LAST_WEIGHTS} else "the epoch with the best Dice on the held-out block"),
+            **{key: entry[key] for key in ("nerve_dice", "vessel_dice", "nerve_f1", "vessel_f1", "nerve_hd95_px",
+                                           "vessel_hd95_px", "false_nerve_frame_rate", "nerve_presence_auc")
+               if key in entry},
+            "source": "benchmarks/compare_models.py (benchmarks/comparison.md)", "updated": today()}
+
+
+def update_cards(table: Dict[str, Dict], cards: Path, args, n_frames: int) -> None:
+    """Write the cross-validated figures into the cards in ``cards`` of every model scored on all folds."""
+    from NerveSegLogic.models.card import ModelCard
+    from NerveSegLogic.train.evaluate import write_json
+
+    for model, entry in table.items():
+        path = cards / f"{model}.json"
+        if len(entry["folds"]) != args.folds or not path.is_file():
+            continue
+        card = json.loads(path.read_text(encoding="utf-8"))
+        card["metrics"] = dict(card.get("metrics") or {}, cross_validation=cv_metrics(entry, args, n_frames))
+        ModelCard.from_dict(card, path)
+        write_json(path, card)
+        log.info("%s: cross-validated figures written into %s", model, path)
+
+
 def annotate_final_card(final_dir: Path, model: str, entry: Dict, args, n_frames: int) -> None:
     """Add the cross-validated figures, the speed and (when it passed) float16 weights to the final card."""
     from NerveSegLogic.models.card import ModelCard
@@ -820,12 +937,7 @@ def annotate_final_card(final_dir: Path, model: str, entry: Dict, args, n_frames
 
     card = json.loads((final_dir / "card.json").read_text(encoding="utf-8"))
     if entry.get("folds"):
-        card["metrics"] = dict(card.get("metrics") or {}, cross_validation={
-            "data": f"{Path(args.data).name}, {n_frames} frames", "folds": args.folds,
-            "split": "contiguous blocks of frames sorted by name",
-            "input_size": entry["folds"][0]["input_size"], "epochs": entry["folds"][0]["epochs"],
-            **{key: entry[key] for key in ("nerve_dice", "vessel_dice", "nerve_f1", "vessel_f1", "nerve_hd95_px",
-                                           "vessel_hd95_px")}})
+        card["metrics"] = dict(card.get("metrics") or {}, cross_validation=cv_metrics(entry, args, n_frames))
     speed = json.loads((final_dir / "speed.json").read_text()) if (final_dir / "speed.json").is_file() else None
     if speed:
         card["speed"] = dict(card.get("speed") or {}, **speed)
