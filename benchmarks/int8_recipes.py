@@ -192,7 +192,8 @@ def write_report(report: Path, record: Dict) -> None:
              "Dice float32 (the change of the cross-validated Dice); `--backend auto` runs INT8 where the largest "
              "|change| over classes is under 0.01. Per-fold change: the mean over folds of each fold's largest "
              "|change| (stricter: it also counts folds where INT8 scored higher). Live path ms: Segmenter.segment "
-             f"on fold 0's first held-out frame, {record['threads']} thread(s), median of 50.", "",
+             f"on fold 0's first held-out frame, {record['threads']} thread(s), median of 50."
+             + (f" {record['weights_note']}" if record.get("weights_note") else ""), "",
              "| recipe | cross-validated change, nerve | vessel | largest | per-fold change (mean ± std) "
              "| INT8 worse in | live path ms |",
              "|---|---|---|---|---|---|---|",
