@@ -416,6 +416,8 @@ def _int8_change(entry: Dict) -> Optional[float]:
 def _pm(s: Dict, digits: int = 3) -> str:
     if not s or s.get("mean") is None:
         return "-"
+    if s.get("n") == 1:  # one fold: no spread to show
+        return f"{s['mean']:.{digits}f} (1 fold)"
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
 
@@ -911,17 +913,22 @@ def cv_metrics(entry: Dict, args, n_frames: int) -> Dict:
             **{key: entry[key] for key in ("nerve_dice", "vessel_dice", "nerve_f1", "vessel_f1", "nerve_hd95_px",
                                            "vessel_hd95_px", "false_nerve_frame_rate", "nerve_presence_auc")
                if key in entry},
+            **({"coco": {kind: {key: stats([(f["coco"] or {}).get(kind, {}).get(key) for f in entry["folds"]])
+                                for key in ("AP50", "AP60", "AP70", "AP")} for kind in ("bbox", "segm")}}
+               if entry["task"] == "instance" else {}),
             "source": "benchmarks/compare_models.py (benchmarks/comparison.md)", "updated": today()}
 
 
 def update_cards(table: Dict[str, Dict], cards: Path, args, n_frames: int) -> None:
-    """Write the cross-validated figures into the cards in ``cards`` of every model scored on all folds."""
+    """Write the cross-validated figures into the cards in ``cards`` of every model scored on all folds (and of an
+    instance model scored on fewer, which its ``folds_scored`` says: BPMSegNet's folds take hours here)."""
     from NerveSegLogic.models.card import ModelCard
     from NerveSegLogic.train.evaluate import write_json
 
     for model, entry in table.items():
         path = cards / f"{model}.json"
-        if len(entry["folds"]) != args.folds or not path.is_file():
+        complete = len(entry["folds"]) == args.folds or (entry["task"] == "instance" and entry["folds"])
+        if not complete or not path.is_file():
             continue
         card = json.loads(path.read_text(encoding="utf-8"))
         card["metrics"] = dict(card.get("metrics") or {}, cross_validation=cv_metrics(entry, args, n_frames))
