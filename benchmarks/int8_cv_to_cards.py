@@ -7,8 +7,8 @@ For every semantic model the comparison scored on all its folds: ``int8.cross_va
 change INT8 makes to the cross-validated Dice (mean over folds of Dice INT8 - Dice float32 on the held-out block;
 the fold's float32 graph quantized as the live path does, calibrated on the fold's training frames), the largest
 |change| over classes as ``max_dice_change``, the stricter mean of each fold's largest |change| beside it, and the
-live path's ms/frame of fold 0 on ONNX Runtime float32 and INT8. That cross-validated change is what ``--backend auto`` decides by
-(NerveSegLogic.inference.backends.int8_measured_change); ``auto_uses_int8`` is set to what auto then picks, so the
+live path's ms/frame of fold 0 on ONNX Runtime float32 and INT8. That cross-validated change is what
+``--backend auto`` decides by (NerveSegLogic.inference.backends.int8_measured_change); ``auto_uses_int8`` is set to what auto then picks, so the
 card says it. A card without an ``int8`` block gets one from these figures alone.
 """
 
