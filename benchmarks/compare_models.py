@@ -105,8 +105,9 @@ def use_last_weights(model: str, run_dir: Path) -> Dict:
     """Make a fold's weights the model's state at the end of training, from the run's checkpoint.
 
     ``nerveseg train`` keeps the epoch with the best Dice on its validation block, and in a fold that block IS the
-    held-out block: scoring those weights on it would be a choice made on the test frames, which flatters every
-    model (most for the noisy, undertrained ones). A fixed budget, then the last state, chooses nothing. The run's
+    held-out block: scoring those weights on it would be a choice made on the test frames, which flatters the
+    figure it selects by (mean Dice), most for noisy, undertrained models. A fixed budget, then the last state,
+    chooses nothing. The run's
     ``<model>.safetensors`` and card.json (sha256, ``training.run.weights``, the notes) are rewritten to say so."""
     from NerveSegLogic.models import registry
     from NerveSegLogic.models.card import ModelCard
