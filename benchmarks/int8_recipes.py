@@ -56,41 +56,23 @@ RECIPES: Dict[str, Dict] = {
 
 
 def kept_convolutions(graph_path: Path, keep: str) -> List[str]:
-    """Names of the Conv nodes to leave in float32: ``head`` the last, ``ends`` the first (the stem) and the last."""
+    """Names of the Conv nodes to leave in float32: ``head`` the last, ``ends`` the first (the stem) and the last.
+    (The pre-processing before quantization keeps these names.)"""
     import onnx
 
     convs = [node.name for node in onnx.load(str(graph_path)).graph.node if node.op_type == "Conv"]
     return {"head": [convs[-1]], "ends": [convs[0], convs[-1]]}[keep]
 
 
-def quantize(fp32_path: Path, out_path: Path, card, frames: List[np.ndarray], recipe: Dict) -> Path:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def quantize(fp32_path: Path, out_path: Path, card, frames: List[np.ndarray], name: str) -> Path:
+    """The live path's quantizer (:func:`backends.quantize_int8`) with recipe ``name``'s settings."""
+    from NerveSegLogic.inference import backends
 
-    from NerveSegLogic.inference import preprocess as pp
-    from NerveSegLogic.inference.backends import _quiet_root_logger
-
-    batches = [pp.preprocess(frame, card.input)[0][np.newaxis] for frame in frames]
-
-    class _Frames(CalibrationDataReader):
-        def __init__(self):
-            self._items = iter(batches)
-
-        def get_next(self):
-            item = next(self._items, None)
-            return None if item is None else {"image": item}
-
-    with tempfile.TemporaryDirectory(prefix="int8-recipe-") as work:
-        prepared = Path(work) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        exclude = kept_convolutions(prepared, recipe["keep"]) if recipe.get("keep") else []
-        with _quiet_root_logger():
-            quantize_static(str(prepared), str(out_path), _Frames(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=getattr(CalibrationMethod, recipe["method"]),
-                            nodes_to_exclude=exclude, extra_options=dict(recipe.get("extra", {})))
-    return out_path
+    recipe = RECIPES[name]
+    return backends.quantize_int8(
+        fp32_path, out_path, card, frames=frames, calibrate_method=recipe["method"],
+        extra_options=recipe.get("extra"), recipe=f"recipes-{name}",
+        nodes_to_exclude=kept_convolutions(fp32_path, recipe["keep"]) if recipe.get("keep") else ())
 
 
 def main(argv=None) -> int:
@@ -145,7 +127,7 @@ def main(argv=None) -> int:
             calibration = [f.image for f in _frames(args.data, train_names, wanted).frames]
             start = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="int8-recipe-out-") as out:
-                graph = quantize(fp32_path, Path(out) / "int8.onnx", card, calibration, recipe)
+                graph = quantize(fp32_path, Path(out) / "int8.onnx", card, calibration, name)
                 int8 = Segmenter(card, backends.OnnxInt8Backend(graph, threads=args.threads))
                 scored = _scores(evaluate(int8, real, progress=False, keep_labelmaps=False).summary)
                 if fold == 0:

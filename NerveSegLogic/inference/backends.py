@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -235,7 +235,9 @@ def calibration_frames() -> List[np.ndarray]:
 
 
 def quantize_int8(fp32_path: Union[str, Path], int8_path: Union[str, Path], card,
-                  frames: Optional[List[np.ndarray]] = None) -> Path:
+                  frames: Optional[List[np.ndarray]] = None, *, calibrate_method: str = "MinMax",
+                  extra_options: Optional[dict] = None, nodes_to_exclude: Sequence[str] = (),
+                  recipe: str = INT8_RECIPE) -> Path:
     """Statically quantize the float32 graph at ``fp32_path`` to INT8 and write it to ``int8_path`` (atomically).
 
     ONNX Runtime's quantization tools: the graph is pre-processed (shape inference, Conv+BatchNorm fused), then
@@ -243,6 +245,10 @@ def quantize_int8(fp32_path: Union[str, Path], int8_path: Union[str, Path], card
     on ``frames`` (default :func:`calibration_frames`) preprocessed as the card's input says. Input and output
     stay float32, so the backend is a drop-in for the float32 one. Raises ValueError for an instance model or
     no frames, FileNotFoundError when ``fp32_path`` is missing.
+
+    The live path uses the defaults (the recipe :data:`INT8_RECIPE`). ``calibrate_method`` (a name of ONNX
+    Runtime's ``CalibrationMethod``), ``extra_options`` and ``nodes_to_exclude`` (nodes left in float32) are there
+    to compare other recipes (benchmarks/int8_recipes.py); ``recipe`` names the one used in the graph's metadata.
     """
     import tempfile
 
@@ -279,9 +285,10 @@ def quantize_int8(fp32_path: Union[str, Path], int8_path: Union[str, Path], card
         with _quiet_root_logger():
             quantize_static(str(prepared), str(quantized), _Frames(), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+                            calibrate_method=getattr(CalibrationMethod, calibrate_method),
+                            nodes_to_exclude=list(nodes_to_exclude), extra_options=dict(extra_options or {}))
         graph = onnx.load(str(quantized))
-        for key, value in (("nerveseg.precision", "int8"), ("nerveseg.int8_recipe", INT8_RECIPE),
+        for key, value in (("nerveseg.precision", "int8"), ("nerveseg.int8_recipe", recipe),
                            ("nerveseg.calibration_frames", str(len(batches)))):
             prop = graph.metadata_props.add()
             prop.key, prop.value = key, value
