@@ -5,6 +5,7 @@ One command:
 
     .venv/bin/python benchmarks/bench_vs_fast.py                      # 2 rounds of 300 frames, writes vs_fast.md
     .venv/bin/python benchmarks/bench_vs_fast.py --frames 900 --rounds 3 --model unet
+    .venv/bin/python benchmarks/bench_vs_fast.py --int8 --report benchmarks/vs_fast_int8.md   # the INT8 graph
 
 What it does:
 - installs what FAST (PyPI ``pyfast``) needs: the Debian packages in DEBIAN_PACKAGES (apt-get, as root, only when
@@ -404,7 +405,8 @@ def report(runs: List[Dict], summary: Dict, args, command: str, onnx_path: Path,
         f"bundled usgra-seg sample, resized) at {args.fps:g} fps over OpenIGTLink on 127.0.0.1; {args.rounds} "
         "rounds, the order of the systems alternating",
         f"- model: `{args.model}`, one exported graph (`{onnx_path.name}`) loaded by both",
-        f"- NerveSeg: `nerveseg serve --backend onnx --threads {args.threads}` (ONNX Runtime, "
+        f"- NerveSeg: `nerveseg serve --backend {'onnx-int8' if getattr(args, 'int8', False) else 'onnx'} "
+        f"--threads {args.threads}` (ONNX Runtime, "
         f"{args.threads} intra-op threads); latency until the labelmap came back to this script over IGTL",
         f"- FAST: pyfast {PYFAST_VERSION}, `OpenIGTLinkStreamer -> SegmentationNetwork` (ONNX Runtime engine, "
         "scale 1/255, OpenCL on the CPU through pocl), warmed up on one frame first; latency until the result "
@@ -465,6 +467,9 @@ def main(argv=None) -> int:
     parser.add_argument("--systems", default="nerveseg,fast", help="comma-separated: nerveseg, fast")
     parser.add_argument("--fast-venv", default=str(Path(tempfile.gettempdir()) / "nerveseg-fast-venv"),
                         help="FAST's virtual environment (made when missing; default: %(default)s)")
+    parser.add_argument("--int8", action="store_true",
+                        help="both systems load the model's INT8 graph (the one `--backend onnx-int8` and, where "
+                             "the card allows, `auto` run), NerveSeg with --backend onnx-int8")
     parser.add_argument("--report", default=str(HERE / "vs_fast.md"))
     parser.add_argument("--report-from", default=None, metavar="JSON",
                         help="only rewrite the report and plot from a finished run's JSON (vs_fast.json)")
@@ -489,7 +494,8 @@ def main(argv=None) -> int:
     if "fast" in systems:
         ensure_debian_packages()
         fast_py = ensure_fast_venv(Path(args.fast_venv))
-    onnx_path = load_segmenter(args.model, backend="onnx", threads=1).backend.path  # the cached export
+    backend = "onnx-int8" if args.int8 else "onnx"
+    onnx_path = load_segmenter(args.model, backend=backend, threads=1).backend.path  # the cached graph
 
     command = "benchmarks/bench_vs_fast.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                   else sys.argv[1:]))
@@ -504,10 +510,10 @@ def main(argv=None) -> int:
             for system in order:
                 print(f"round {round_index + 1}: {system}, load {load_average()}", flush=True)
                 try:
-                    run = run_system(system, args, frames_dir, onnx_path, fast_py, workdir)
+                    run = run_system(system, args, frames_dir, onnx_path, fast_py, workdir, backend)
                 except RuntimeError as error:  # FAST now and then aborts right after connecting: one retry
                     print(f"{system}: {error}\nretrying once", flush=True)
-                    run = run_system(system, args, frames_dir, onnx_path, fast_py, workdir)
+                    run = run_system(system, args, frames_dir, onnx_path, fast_py, workdir, backend)
                     run["retried"] = True
                 run["round"] = round_index + 1
                 runs.append(run)
@@ -523,7 +529,7 @@ def write_outputs(runs: List[Dict], args, command: str, onnx_path: Path) -> None
     plot_path = report_path.with_suffix(".png")
     plot(runs, plot_path)
     report_path.write_text(report(runs, summary, args, command, onnx_path, plot_path.name))
-    options = {k: getattr(args, k) for k in ("model", "frames", "fps", "rounds", "threads")}
+    options = {k: getattr(args, k) for k in ("model", "frames", "fps", "rounds", "threads", "int8")}
     report_path.with_suffix(".json").write_text(json.dumps(
         {"command": command, "options": options, "onnx": str(onnx_path.name), "summary": summary,
          "runs": [{k: v for k, v in run.items() if k != "log_tail"} for run in runs]},  # logs name local paths
