@@ -233,8 +233,8 @@ def smooth_labelmap(probabilities: np.ndarray, placement: pp.Placement) -> np.nd
 def smooth_labelmap_and_box(probabilities: np.ndarray, placement: pp.Placement
                             ) -> Tuple[np.ndarray, Optional[Tuple[int, int, int, int]]]:
     """(labelmap, box): the frame's labelmap ``(src_h, src_w)`` uint8: argmax of the ``(K, h, w)`` model-size
-    probabilities resampled bilinearly to the frame (as :func:`~.preprocess.restore`, cropped rows background), computed only where it can
-    differ from background.
+    probabilities resampled bilinearly to the frame (as :func:`~.preprocess.restore`, cropped rows background),
+    computed only where it can differ from background.
 
     Why only there: a bilinear sample is a convex combination of its 2x2 model-pixel neighbours, so where background
     is the argmax of all four it is the argmax of the sample too. The frame pixels whose neighbours include a
