@@ -188,41 +188,28 @@ class Segmenter:
         return f"{self.card.name} on {describe(self.backend)}"
 
 
-def _argmax_planes(planes, overwrite_first: bool = False) -> np.ndarray:
-    """argmax over a list of same-shape 2D float maps (one per class) as uint8, first class on ties (numpy's rule),
-    by K-1 comparisons: several times faster than ``np.argmax`` over a class axis for a small K, and one map per
-    class keeps each comparison on contiguous memory (on interleaved (h, w, K) maps it costs 3-5 times more).
-    ``overwrite_first``: the first map may be used as the running maximum (it is the caller's scratch)."""
-    best = planes[0] if overwrite_first else planes[0].copy()
-    labels = np.zeros(best.shape, dtype=np.uint8)
-    better = np.empty(best.shape, dtype=bool)
-    last = len(planes) - 1
-    for k in range(1, last + 1):
-        channel = planes[k]
-        np.greater(channel, best, out=better)
+def _argmax_above_background(margins) -> np.ndarray:
+    """uint8 labels from the K-1 margins ``p_k - p_0`` (k = 1..K-1) of each class over background: the argmax of
+    (0, margin_1, ..., margin_K-1), i.e. of (p_0, ..., p_K-1), first class on ties (numpy's rule; a tie with
+    background is background), by K-1 comparisons on contiguous per-class maps, several times faster than
+    ``np.argmax`` over a class axis for a small K. ``margins[0]`` is overwritten (the caller's scratch)."""
+    labels = np.zeros(margins[0].shape, dtype=np.uint8)
+    better = margins[0] > 0
+    labels[better] = 1
+    if len(margins) == 1:
+        return labels
+    best = np.maximum(margins[0], 0, out=margins[0])
+    last = len(margins)
+    for k in range(2, last + 1):
+        margin = margins[k - 1]
+        np.greater(margin, best, out=better)
         np.copyto(labels, k, where=better)
         if k < last:
-            np.maximum(best, channel, out=best)
+            np.maximum(best, margin, out=best)
     return labels
 
 
 _DILATE_3X3 = np.ones((3, 3), np.uint8)
-
-
-def _foreground_mask(planes) -> np.ndarray:
-    """uint8 map, 255 where the argmax of ``planes`` (first class on ties) is not the first class, else 0.
-
-    The argmax is not class 0 exactly when some later class's value is strictly above class 0's, i.e. when the
-    maximum of classes 1..K-1 is above class 0: one running maximum and one comparison (OpenCV), about a third of
-    :func:`_argmax_planes`'s cost, and no label map is built."""
-    import cv2
-
-    if len(planes) == 1:
-        return np.zeros(planes[0].shape, dtype=np.uint8)
-    best = planes[1]
-    for plane in planes[2:]:
-        best = cv2.max(best, plane)
-    return cv2.compare(best, planes[0], cv2.CMP_GT)
 
 
 def smooth_labelmap(probabilities: np.ndarray, placement: pp.Placement) -> np.ndarray:
@@ -242,9 +229,10 @@ def smooth_labelmap_and_box(probabilities: np.ndarray, placement: pp.Placement
     frame; only those boxes are resampled (with ``cv2.warpAffine``, the same pixel-centre mapping as
     ``cv2.resize``).
 
-    Each class map is resampled on its own, straight from the model's output (no interleaved copy of it), and the
-    argmax runs over contiguous per-class maps: the same numbers as warping the interleaved maps together (OpenCV
-    interpolates each channel alike), at about half the cost (benchmarks/serve_overhead.md, "Cuts").
+    What is resampled is each class's margin over background, p_k - p_0 (K-1 maps; resampling is linear, so these
+    are the margins of the resampled probabilities, and the argmax of (0, margins) is that of the probabilities):
+    one map fewer than the probabilities. Each is resampled on its own and the argmax runs over contiguous
+    per-class maps, at about half the cost of warping interleaved maps (benchmarks/serve_overhead.md, "Cuts").
 
     ``box`` = (top, bottom, left, right) in frame pixels holds every pixel that can be non-zero (the union of the
     resampled boxes), for :func:`~.preprocess.remove_small_components`'s ``within``; None when the model marked
@@ -254,17 +242,26 @@ def smooth_labelmap_and_box(probabilities: np.ndarray, placement: pp.Placement
 
     probabilities = np.asarray(probabilities, dtype=np.float32)
     channels = probabilities.shape[0]
-    valid = probabilities[:, :placement.valid_h, :placement.valid_w]
-    if (placement.valid_h, placement.valid_w) == (placement.scaled_h, placement.scaled_w):
-        planes = [valid[k] for k in range(channels)]  # views: OpenCV reads row-strided maps as they are
-    else:  # rows cropped away below the input are background, as in restore()
-        planes = []
-        for k in range(channels):
-            plane = np.full((placement.scaled_h, placement.scaled_w), 1.0 if k == 0 else 0.0, dtype=np.float32)
-            plane[:placement.valid_h, :placement.valid_w] = valid[k]
-            planes.append(plane)
     labelmap = np.zeros((placement.src_h, placement.src_w), dtype=np.uint8)
-    foreground = _foreground_mask(planes)
+    if channels < 2:
+        return labelmap, None
+    valid = probabilities[:, :placement.valid_h, :placement.valid_w]
+    # Each class's margin over background, p_k - p_0: bilinear resampling is linear, so the resampled margins are
+    # the margins of the resampled probabilities, and the argmax needs only these K-1 maps (one warp fewer per box).
+    # OpenCV reads the row-strided views as they are.
+    if (placement.valid_h, placement.valid_w) == (placement.scaled_h, placement.scaled_w):
+        margins = [cv2.subtract(valid[k], valid[0]) for k in range(1, channels)]
+    else:  # rows cropped away below the input are background (p_0 = 1, the others 0), as in restore()
+        margins = []
+        for k in range(1, channels):
+            margin = np.full((placement.scaled_h, placement.scaled_w), -1.0, dtype=np.float32)
+            np.subtract(valid[k], valid[0], out=margin[:placement.valid_h, :placement.valid_w])
+            margins.append(margin)
+    best = margins[0]
+    for margin in margins[1:]:
+        best = cv2.max(best, margin)
+    # the argmax is not background exactly where some margin is above 0 (a tie with background is background)
+    foreground = cv2.compare(best, 0.0, cv2.CMP_GT)
     if not cv2.countNonZero(foreground):
         return labelmap, None
     grown = cv2.dilate(foreground, _DILATE_3X3)
@@ -289,10 +286,10 @@ def smooth_labelmap_and_box(probabilities: np.ndarray, placement: pp.Placement
         # frame pixel (X, Y) of the box samples the model map at ((X + x0 + 0.5) sx - 0.5, (Y + y0 + 0.5) sy - 0.5);
         # border values replicated, as cv2.resize does
         inverse = np.array([[sx, 0.0, (x0 + 0.5) * sx - 0.5], [0.0, sy, (y0 + 0.5) * sy - 0.5]], dtype=np.float64)
-        box = [cv2.warpAffine(plane, inverse, (x1 - x0, y1 - y0), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-               for plane in planes]
+        box = [cv2.warpAffine(margin, inverse, (x1 - x0, y1 - y0), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+               for margin in margins]
         target = labelmap[y0:y1, x0:x1]
-        np.maximum(target, _argmax_planes(box, overwrite_first=True), out=target)
+        np.maximum(target, _argmax_above_background(box), out=target)
         top, bottom, left, right = min(top, y0), max(bottom, y1), min(left, x0), max(right, x1)
     return labelmap, ((top, bottom, left, right) if bottom > top and right > left else None)
 
