@@ -77,6 +77,37 @@ def test_quantize_refuses_instance_models_missing_graphs_and_no_frames(small_gra
     assert not (tmp_path / "x.onnx").exists()
 
 
+def _scales(path):
+    """Every initializer of the quantized graph whose name says it is a scale, as one flat float array."""
+    graph = onnx.load(str(path))
+    return np.concatenate([onnx.numpy_helper.to_array(t).ravel() for t in graph.graph.initializer
+                           if t.name.endswith("_scale")])
+
+
+def test_the_card_names_the_int8_recipe_and_the_graph_is_made_and_cached_with_it(small_graphs, tmp_path):
+    card, fp32, minmax = small_graphs
+    data = card.to_json()
+    data["int8"] = {"recipe": "qdq-perchannel-movavg-v1"}  # named before anything was measured: allowed
+    movavg_card = ModelCard.from_dict(data)
+    assert backends.int8_recipe_of(movavg_card) == "qdq-perchannel-movavg-v1"
+    assert backends.int8_recipe_of(card) == backends.INT8_RECIPE  # a card naming none
+    assert backends.resolve_backend(movavg_card, "auto", "cpu") == "onnx"  # nothing measured: float32
+    path = backends.int8_path_for(fp32, "qdq-perchannel-movavg-v1")
+    assert path != minmax and "movavg" in path.name
+    made = backends.quantize_int8(fp32, tmp_path / path.name, movavg_card, frames=_frames())
+    props = {p.key: p.value for p in onnx.load(str(made)).metadata_props}
+    assert props["nerveseg.int8_recipe"] == "qdq-perchannel-movavg-v1"
+    # averaged per-frame ranges are narrower than the min/max over all frames: other activation scales
+    assert not np.allclose(_scales(made), _scales(minmax))
+
+
+def test_an_unknown_int8_recipe_is_refused_naming_the_card_and_field(tmp_path):
+    data = registry.card("unet").to_json()
+    data["int8"] = {"recipe": "fp4-magic"}
+    with pytest.raises(ValueError, match=r"unet.json: field 'int8.recipe': expected one of .*minmax.*fp4-magic"):
+        ModelCard.from_dict(data, tmp_path / "unet.json")
+
+
 def test_load_segmenter_quantizes_once_and_reuses_the_cache(tmp_path):
     first = backends.load_segmenter("unet", backend="onnx-int8", threads=1, onnx_cache=tmp_path)
     path = first.backend.path
@@ -150,7 +181,7 @@ def test_shipped_int8_blocks_agree_with_what_auto_picks():
         if block is None:
             continue
         picked = backends.resolve_backend(card, "auto", "cpu") == "onnx-int8"
-        assert picked == block["auto_uses_int8"], card.name
+        assert picked == block.get("auto_uses_int8", False), card.name  # only a recipe named: nothing measured
 
 
 # ------------------------------------------------------------------------------------------------ commands

@@ -147,6 +147,7 @@ def bench(name: str, dataset, args, skip: set) -> Dict:
 
 def card_block(row: Dict, args, command: str, calibration: int) -> Dict:
     acc, spd = row["accuracy"], row["speed"]
+    recipe = backends.int8_recipe_of(registry.card(row["name"]))
     return {
         "max_dice_change": acc["max_dice_change"],
         "dice_change": acc["dice_change"],
@@ -160,8 +161,8 @@ def card_block(row: Dict, args, command: str, calibration: int) -> Dict:
         "evaluated_on": (f"usgra-seg, the {acc['frames']} frames not used for calibration; training frames of the "
                          "shipped weights (fold weights are not kept), so this measures what INT8 loses against "
                          "float32, not accuracy"),
-        "calibration": f"{calibration} bundled sample frames (Resources/Sample), min/max",
-        "recipe": backends.INT8_RECIPE,
+        "calibration": f"{calibration} bundled sample frames (Resources/Sample), recipe {recipe}",
+        "recipe": recipe,
         "auto_uses_int8": bool(acc["max_dice_change"] < backends.INT8_MAX_DICE_CHANGE
                                and acc["float32_segments_something"]
                                and spd["model_ms"]["onnx-int8"] < spd["model_ms"]["onnx"]),
@@ -198,8 +199,8 @@ def report(rows: List[Dict], args, command: str, calibration: int) -> str:
         f"{os.environ.get('OMP_WAIT_POLICY')}",
         f"- command: `{command}`",
         f"- INT8 graph: ONNX Runtime quantize_static after quant_pre_process; QDQ format, int8 weights per output "
-        f"channel, uint8 activations, min/max calibration on the {calibration} bundled sample frames "
-        f"(recipe `{backends.INT8_RECIPE}`); input and output stay float32",
+        f"channel, uint8 activations calibrated on the {calibration} bundled sample frames with each card's recipe "
+        f"(`int8.recipe`; without one `{backends.INT8_RECIPE}`: min/max); input and output stay float32",
         "- Dice: mean over frames of each class's Dice against the ground truth, through the live path's Segmenter "
         "(placement, argmax, small-region removal). The frames are **training frames** of the shipped weights (the "
         "cross-validation folds' weights are not kept), minus the calibration frames: the change measures what "

@@ -261,9 +261,10 @@ def fold_extras(model: str, data: Path, run_dir: Path, train_names: List[str], h
         registry.export_onnx(module, fp32_path, card=card)
     step = max(1, len(train_names) // INT8_CALIBRATION_FRAMES)
     calibration = [f.image for f in _frames(data, train_names, train_names[::step][:INT8_CALIBRATION_FRAMES]).frames]
-    int8_path = graphs / f"{model}.int8.onnx"
+    recipe = backends.int8_recipe_of(registry.card(model))  # the registered card's, as the live path will make it
+    int8_path = graphs / f"{model}.int8-{recipe}.onnx"
     if not int8_path.is_file():
-        backends.quantize_int8(fp32_path, int8_path, card, frames=calibration)
+        backends.quantize_int8(fp32_path, int8_path, card, frames=calibration, recipe=recipe)
     fp32 = Segmenter(card, backends.OnnxBackend(fp32_path, threads=threads))
     int8 = Segmenter(card, backends.OnnxInt8Backend(int8_path, threads=threads))
 
@@ -282,7 +283,7 @@ def fold_extras(model: str, data: Path, run_dir: Path, train_names: List[str], h
 
     return {"presence": {"negative_windows": len(windows), "false_nerve_frame_rate": presence["false_frame_rate"],
                          "false_nerve_frames": presence["false_frames"], "nerve_presence_auc": presence.get("auc")},
-            "int8": {"calibration": f"{len(calibration)} frames of the fold's training blocks",
+            "int8": {"calibration": f"{len(calibration)} frames of the fold's training blocks", "recipe": recipe,
                      "float32": scored["float32"], "int8": scored["int8"], "dice_change": change,
                      "max_dice_change": max(v for v in change.values() if v is not None)},
             "live_path_ms": _time_live_path({"onnx": fp32, "onnx-int8": int8}, real[0].image, threads),

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
             speed = {k: v for k, v in figures["segment_ms_per_frame"].items()
                      if k.startswith("onnx") and isinstance(v, (int, float))}
             block = {"max_dice_change": figures["max_dice_change"], "dice_change": figures["dice_change"],
-                     "ms_per_frame": speed, "recipe": backends.INT8_RECIPE,
+                     "ms_per_frame": speed, "recipe": backends.int8_recipe_of(ModelCard.from_dict(card, path)),
                      "evaluated_on": "cross-validation folds only (see cross_validation)"}
         block["cross_validation"] = figures
         card["int8"] = block

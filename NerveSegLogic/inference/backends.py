@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -35,8 +35,31 @@ def default_threads() -> int:
 
 
 DEFAULT_THREADS = default_threads()
-#: How the INT8 graph is made; part of its cache file name, so a changed recipe never reuses an old graph.
+#: How an INT8 graph is made, by name: ONNX Runtime's calibration method and extra options. The name is part of the
+#: graph's cache file name, so a changed recipe never reuses an old graph. A card picks one with ``int8.recipe``
+#: (:func:`int8_recipe_of`); benchmarks/int8_recipes.py compares them on the cross-validation folds.
+INT8_RECIPES: Dict[str, Dict[str, Any]] = {
+    # activation ranges: min and max over all calibration frames
+    "qdq-perchannel-minmax-v1": {"calibrate_method": "MinMax", "extra_options": {}},
+    # activation ranges: min and max of each calibration frame, averaged (one outlier frame no longer sets a range)
+    "qdq-perchannel-movavg-v1": {"calibrate_method": "MinMax", "extra_options": {"CalibMovingAverage": True}},
+}
+#: The recipe of a card that names none.
 INT8_RECIPE = "qdq-perchannel-minmax-v1"
+
+
+def int8_recipe_of(card) -> str:
+    """The INT8 recipe the card names in ``int8.recipe`` (one of :data:`INT8_RECIPES`), else :data:`INT8_RECIPE`.
+
+    Raises ValueError naming the card and the field for a recipe this version does not know."""
+    record = (getattr(card, "raw", None) or {}).get("int8")
+    recipe = record.get("recipe") if isinstance(record, dict) else None
+    if recipe is None:
+        return INT8_RECIPE
+    if recipe not in INT8_RECIPES:
+        raise ValueError(f"model card {card.name!r}: int8.recipe is {recipe!r}; expected one of "
+                         f"{', '.join(INT8_RECIPES)}")
+    return recipe
 
 
 @contextlib.contextmanager
@@ -235,9 +258,9 @@ def calibration_frames() -> List[np.ndarray]:
 
 
 def quantize_int8(fp32_path: Union[str, Path], int8_path: Union[str, Path], card,
-                  frames: Optional[List[np.ndarray]] = None, *, calibrate_method: str = "MinMax",
+                  frames: Optional[List[np.ndarray]] = None, *, calibrate_method: Optional[str] = None,
                   extra_options: Optional[dict] = None, nodes_to_exclude: Sequence[str] = (),
-                  recipe: str = INT8_RECIPE) -> Path:
+                  recipe: Optional[str] = None) -> Path:
     """Statically quantize the float32 graph at ``fp32_path`` to INT8 and write it to ``int8_path`` (atomically).
 
     ONNX Runtime's quantization tools: the graph is pre-processed (shape inference, Conv+BatchNorm fused), then
@@ -246,9 +269,10 @@ def quantize_int8(fp32_path: Union[str, Path], int8_path: Union[str, Path], card
     stay float32, so the backend is a drop-in for the float32 one. Raises ValueError for an instance model or
     no frames, FileNotFoundError when ``fp32_path`` is missing.
 
-    The live path uses the defaults (the recipe :data:`INT8_RECIPE`). ``calibrate_method`` (a name of ONNX
-    Runtime's ``CalibrationMethod``), ``extra_options`` and ``nodes_to_exclude`` (nodes left in float32) are there
-    to compare other recipes (benchmarks/int8_recipes.py); ``recipe`` names the one used in the graph's metadata.
+    The live path passes nothing but the card: the recipe is the card's (:func:`int8_recipe_of`), its settings
+    from :data:`INT8_RECIPES`, its name in the graph's metadata. ``calibrate_method`` (a name of ONNX Runtime's
+    ``CalibrationMethod``), ``extra_options`` and ``nodes_to_exclude`` (nodes left in float32) replace those
+    settings to compare other recipes (benchmarks/int8_recipes.py), with ``recipe`` naming the variant.
     """
     import tempfile
 
@@ -260,6 +284,13 @@ def quantize_int8(fp32_path: Union[str, Path], int8_path: Union[str, Path], card
     from . import preprocess as pp
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    if recipe is None:
+        recipe = int8_recipe_of(card)
+    settings = INT8_RECIPES.get(recipe, INT8_RECIPES[INT8_RECIPE])
+    if calibrate_method is None:
+        calibrate_method = settings["calibrate_method"]
+    if extra_options is None:
+        extra_options = settings["extra_options"]
     if card.task != "semantic":
         raise ValueError(f"model {card.name!r} is an {card.task} model; INT8 graphs are made for semantic models only")
     if not fp32_path.is_file():
@@ -310,10 +341,11 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def int8_path_for(fp32_path: Union[str, Path]) -> Path:
-    """Where the INT8 graph of the float32 graph ``fp32_path`` is cached: next to it, same weights key."""
+def int8_path_for(fp32_path: Union[str, Path], recipe: str = INT8_RECIPE) -> Path:
+    """Where the INT8 graph made with ``recipe`` from the float32 graph ``fp32_path`` is cached: next to it, same
+    weights key."""
     fp32_path = Path(fp32_path)
-    return fp32_path.with_name(f"{fp32_path.stem}.int8-{INT8_RECIPE}.onnx")
+    return fp32_path.with_name(f"{fp32_path.stem}.int8-{recipe}.onnx")
 
 
 def int8_measured_change(card) -> Optional[float]:
@@ -390,7 +422,7 @@ def load_segmenter(name: str, backend: str = "auto", device: str = "cpu", thread
         raise ValueError(f"model {name!r} is an {card.task} model; the onnx-int8 backend runs semantic models only")
     fp32 = Segmenter.from_name(name, backend="onnx", device="cpu", threads=1, onnx_cache=onnx_cache,
                                weights_path=weights_path, **kwargs)
-    int8_path = int8_path_for(fp32.backend.path)
+    int8_path = int8_path_for(fp32.backend.path, int8_recipe_of(fp32.card))
     if not int8_path.is_file():
         log.info("%s: quantizing %s to INT8 (once; cached as %s)", name, fp32.backend.path.name, int8_path.name)
         quantize_int8(fp32.backend.path, int8_path, fp32.card)

@@ -228,16 +228,22 @@ def _parse_classes(value: Any, fail) -> Tuple[SegmentClass, ...]:
 
 
 def _check_int8(record: Any, task: str, fail) -> None:
-    """The optional ``int8`` block: what was measured of the model's INT8 ONNX graph (benchmarks/bench_int8.py).
-    ``max_dice_change`` (the largest per-class |Dice int8 - Dice float32|) decides whether ``auto`` runs it."""
+    """The optional ``int8`` block: how the model's INT8 ONNX graph is made (``recipe``) and what was measured of it
+    (benchmarks/bench_int8.py). ``max_dice_change`` (the largest per-class |Dice int8 - Dice float32|) decides
+    whether ``auto`` runs it; a block that only names the recipe (nothing measured yet) keeps ``auto`` on float32."""
+    from ..inference.backends import INT8_RECIPES
+
     if record is None:
         return
     if task != "semantic":
         raise fail("int8", f"only semantic models have an INT8 graph; remove it from this {task} model's card")
     if not isinstance(record, dict):
-        raise fail("int8", "expected an object with max_dice_change, dice_change, ms_per_frame, ...")
+        raise fail("int8", "expected an object with recipe, max_dice_change, dice_change, ms_per_frame, ...")
+    recipe = record.get("recipe")
+    if recipe is not None and recipe not in INT8_RECIPES:
+        raise fail("int8.recipe", f"expected one of {', '.join(INT8_RECIPES)}, got {recipe!r}")
     change = record.get("max_dice_change")
-    if isinstance(change, bool) or not isinstance(change, (int, float)) or not change >= 0:
+    if change is not None and (isinstance(change, bool) or not isinstance(change, (int, float)) or not change >= 0):
         raise fail("int8.max_dice_change", f"expected a number >= 0, got {change!r}")
     for key in ("dice_change", "ms_per_frame"):
         value = record.get(key, {})
