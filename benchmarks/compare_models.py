@@ -308,10 +308,16 @@ def live_path_speed(model: str, data: Path, run_dir: Path, held_out: List[str], 
     from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.train.runs import card_for_weights
 
+    from NerveSegLogic.models import registry
+
     card, _, _ = card_for_weights(model, run_dir / f"{model}.safetensors")
+    recipe = backends.int8_recipe_of(registry.card(model))  # the graph fold_extras made and scored
+    int8_path = run_dir / "onnx" / f"{model}.int8-{recipe}.onnx"
+    legacy = run_dir / "onnx" / f"{model}.int8.onnx"  # folds scored before recipes had names: min/max, the default
+    if not int8_path.is_file() and recipe == backends.INT8_RECIPE and legacy.is_file():
+        int8_path = legacy
     segmenters = {"onnx": Segmenter(card, backends.OnnxBackend(run_dir / "onnx" / f"{model}.onnx", threads=threads)),
-                  "onnx-int8": Segmenter(card, backends.OnnxInt8Backend(run_dir / "onnx" / f"{model}.int8.onnx",
-                                                                         threads=threads))}
+                  "onnx-int8": Segmenter(card, backends.OnnxInt8Backend(int8_path, threads=threads))}
     return _time_live_path(segmenters, _frames(data, held_out, held_out[:1])[0].image, threads)
 
 
@@ -501,7 +507,8 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
         f"default needs <= {LIVE_MODEL_MS:g} ms here (the rest of the 25 ms p50 budget goes to transport and "
         "the scene; benchmarks/live_path.md measures the whole path). torch: the same on torch (`speed.json`). "
         "30 fps: whether the backend `auto` picks (INT8 where its cross-validated Dice change is under 0.01) takes "
-        "at most 33.3 ms, so that one core keeps up with a 30 fps stream while the other receives and applies.",
+        "at most 33.3 ms, so that one core keeps up with a 30 fps stream while the other receives and applies."
+        + _speed_provenance(table),
         f"- training budget: `train min/fold` is the wall time of one fold on {args.threads or os.cpu_count()} CPU "
         "thread(s) of this machine (no GPU), per-epoch validation included; runs that hit their time limit did "
         "fewer epochs than planned (listed below).",
@@ -902,6 +909,18 @@ def main(argv=None) -> int:
         print(f"model table: {args.readme}")
     print(f"report: {args.report}")
     return 0
+
+
+def _speed_provenance(table: Dict[str, Dict]) -> str:
+    """When the live-path ms were measured, and any row timed on another graph of the same network."""
+    measured = [entry["live_path_ms"] for entry in table.values() if entry.get("live_path_ms")]
+    dates = sorted(m["date"][:16].replace("T", " ") for m in measured if m.get("date"))
+    text = f" Measured {dates[0]}-{dates[-1][11:]} UTC." if dates else ""
+    for model, entry in table.items():
+        graph = (entry.get("live_path_ms") or {}).get("graph")
+        if graph:
+            text += f" {model}: timed on {graph}."
+    return text
 
 
 def cv_metrics(entry: Dict, args, n_frames: int) -> Dict:
