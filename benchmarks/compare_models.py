@@ -302,6 +302,23 @@ def _time_live_path(segmenters: Dict, frame: np.ndarray, threads: int) -> Dict:
                 date=today(), what="Segmenter.segment on one held-out frame: preprocess, ONNX Runtime, postprocess")
 
 
+def fold_int8_graph(model: str, run_dir: Path, recipe: str) -> Path:
+    """The INT8 graph :func:`fold_extras` made and scored for this fold with ``recipe`` (the registered card's).
+
+    Folds scored before recipes had names hold ``<model>.int8.onnx``, made with the default (min/max) recipe: that
+    file stands for the default recipe only. FileNotFoundError names the file expected."""
+    from NerveSegLogic.inference import backends
+
+    path = run_dir / "onnx" / f"{model}.int8-{recipe}.onnx"
+    legacy = run_dir / "onnx" / f"{model}.int8.onnx"
+    if not path.is_file() and recipe == backends.INT8_RECIPE and legacy.is_file():
+        return legacy
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no INT8 graph with recipe {recipe} for this fold; score the fold first "
+                                "(benchmarks/compare_models.py without --speed-again makes it)")
+    return path
+
+
 def live_path_speed(model: str, data: Path, run_dir: Path, held_out: List[str], threads: int) -> Dict:
     """:func:`_time_live_path` again on the graphs :func:`fold_extras` wrote (for a re-measurement when idle)."""
     from NerveSegLogic.inference import backends
@@ -311,13 +328,10 @@ def live_path_speed(model: str, data: Path, run_dir: Path, held_out: List[str], 
     from NerveSegLogic.models import registry
 
     card, _, _ = card_for_weights(model, run_dir / f"{model}.safetensors")
-    recipe = backends.int8_recipe_of(registry.card(model))  # the graph fold_extras made and scored
-    int8_path = run_dir / "onnx" / f"{model}.int8-{recipe}.onnx"
-    legacy = run_dir / "onnx" / f"{model}.int8.onnx"  # folds scored before recipes had names: min/max, the default
-    if not int8_path.is_file() and recipe == backends.INT8_RECIPE and legacy.is_file():
-        int8_path = legacy
+    recipe = backends.int8_recipe_of(registry.card(model))
     segmenters = {"onnx": Segmenter(card, backends.OnnxBackend(run_dir / "onnx" / f"{model}.onnx", threads=threads)),
-                  "onnx-int8": Segmenter(card, backends.OnnxInt8Backend(int8_path, threads=threads))}
+                  "onnx-int8": Segmenter(card, backends.OnnxInt8Backend(fold_int8_graph(model, run_dir, recipe),
+                                                                         threads=threads))}
     return _time_live_path(segmenters, _frames(data, held_out, held_out[:1])[0].image, threads)
 
 
