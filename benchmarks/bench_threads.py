@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     lines = [
         "# Inference threads in the live path (`nerveseg serve --threads N`)",
         "",
-        f"- machine: {os.cpu_count()} cores, no GPU; **shared with other jobs while measured** (other agents' tests "
-        "and training), load average per run below",
+        f"- machine: {os.cpu_count()} cores, no GPU; the load average before and after each run is below (above "
+        "the core count, other jobs competed for the CPU while it was measured)",
         f"- date (UTC): {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')}; model `{args.model}`, serve "
         f"`--backend {args.backend}`; {args.frames} grey 580x420 frames at {args.fps:g} fps per run, {args.rounds} "
         "rounds, thread counts interleaved",
