@@ -323,9 +323,8 @@ def live_path_speed(model: str, data: Path, run_dir: Path, held_out: List[str], 
     """:func:`_time_live_path` again on the graphs :func:`fold_extras` wrote (for a re-measurement when idle)."""
     from NerveSegLogic.inference import backends
     from NerveSegLogic.inference.segmenter import Segmenter
-    from NerveSegLogic.train.runs import card_for_weights
-
     from NerveSegLogic.models import registry
+    from NerveSegLogic.train.runs import card_for_weights
 
     card, _, _ = card_for_weights(model, run_dir / f"{model}.safetensors")
     recipe = backends.int8_recipe_of(registry.card(model))
