@@ -115,3 +115,14 @@ def test_the_report_says_when_speeds_were_measured_and_on_which_graph(compare_mo
     assert "Measured 2026-12-01 17:28-17:35 UTC." in text
     assert "b: timed on fold 0 of another run." in text
     assert compare_models._speed_provenance({"c": {}}) == ""
+
+
+def test_model_options_set_the_training_augmentations_and_refuse_unknown_names(compare_models):
+    parsed = compare_models.parse_model_options(
+        ["effnet2-unet:epochs=44,augment=flip+affine+gaussian_shadow", "unet:augment=none"])
+    assert parsed["effnet2-unet"] == {"epochs": 44, "augmentations": ["flip", "affine", "gaussian_shadow"]}
+    assert parsed["unet"] == {"augmentations": []}
+    with pytest.raises(SystemExit, match="sharpen"):
+        compare_models.parse_model_options(["unet:augment=flip+sharpen"])
+    with pytest.raises(SystemExit, match="augment"):
+        compare_models.parse_model_options(["unet:augment="])

@@ -55,12 +55,15 @@ FLOAT16_DICE_TOLERANCE = 0.005
 
 # ---------------------------------------------------------------------------------------------------- options
 def parse_model_options(items: List[str]) -> Dict[str, Dict]:
-    """``["bpmsegnet:epochs=10,input=320x320,minutes=120,batch=2"]`` -> {"bpmsegnet": {...}}."""
+    """``["bpmsegnet:epochs=10,input=320x320,minutes=120,batch=2"]`` -> {"bpmsegnet": {...}}.
+
+    ``augment=flip+affine+gamma`` replaces the card's training augmentations (``+`` between names, since ``,``
+    separates the keys; ``augment=none`` trains without any); unknown names are refused here, before any training."""
     out: Dict[str, Dict] = {}
     for item in items or []:
         if ":" not in item:
             raise SystemExit(f"--model-options {item!r}: expected MODEL:key=value,... (keys epochs, input, minutes, "
-                             f"batch, lr)")
+                             f"batch, lr, augment)")
         name, settings = item.split(":", 1)
         parsed: Dict = {}
         for pair in settings.split(","):
@@ -73,15 +76,29 @@ def parse_model_options(items: List[str]) -> Dict[str, Dict]:
                 parsed["batch_size" if key == "batch" else key] = int(value)
             elif key in ("minutes", "lr"):
                 parsed[key] = float(value)
+            elif key == "augment":
+                parsed["augmentations"] = _augmentation_names(item, value)
             else:
-                raise SystemExit(f"--model-options {item!r}: unknown key {key!r} (epochs, input, minutes, batch, lr)")
+                raise SystemExit(f"--model-options {item!r}: unknown key {key!r} "
+                                 "(epochs, input, minutes, batch, lr, augment)")
         out[name.strip()] = parsed
     return out
 
 
+def _augmentation_names(item: str, value: str) -> List[str]:
+    from NerveSegLogic.train.augment import AUGMENTATIONS
+
+    names = [] if value.strip().lower() == "none" else [n.strip() for n in value.split("+") if n.strip()]
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown or not value.strip():
+        raise SystemExit(f"--model-options {item!r}: augment={value!r}: unknown augmentation(s) {unknown or [value]}; "
+                         f"expected names from {sorted(AUGMENTATIONS)} joined by '+', or 'none'")
+    return names
+
+
 def settings_for(model: str, args) -> Dict:
     settings = {"epochs": args.epochs, "input_size": tuple(args.input_size) if args.input_size else None,
-                "minutes": args.minutes, "batch_size": None, "lr": None}
+                "minutes": args.minutes, "batch_size": None, "lr": None, "augmentations": None}
     settings.update(args.model_options.get(model, {}))
     return settings
 
@@ -93,8 +110,8 @@ def train_run(model: str, data: Path, out: Path, settings: Dict, folds: int, fol
     return train(TrainOptions(
         model=model, data=data, out=out, epochs=settings["epochs"], device=args.device,
         input_size=settings["input_size"], folds=folds, fold=fold, seed=args.seed, limit_minutes=settings["minutes"],
-        batch_size=settings["batch_size"], lr=settings["lr"], threads=args.threads, progress=args.progress,
-        checkpoint_minutes=args.checkpoint_minutes))
+        batch_size=settings["batch_size"], lr=settings["lr"], augmentations=settings["augmentations"],
+        threads=args.threads, progress=args.progress, checkpoint_minutes=args.checkpoint_minutes))
 
 
 #: card.json ``training.run.weights`` of a fold whose weights are the state at the end of training
@@ -782,7 +799,8 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=None,
                         help="training time limit per model and fold, summed over restarts (default: none)")
     parser.add_argument("--model-options", action="append", default=[], metavar="MODEL:key=v,...",
-                        help="per-model epochs, input (HxW), minutes, batch, lr; e.g. bpmsegnet:input=320x320,epochs=12")
+                        help="per-model epochs, input (HxW), minutes, batch, lr, augment (names joined by +); "
+                             "e.g. bpmsegnet:input=320x320,epochs=12")
     parser.add_argument("--cards", type=Path, default=None,
                         help="also write each fully cross-validated model's figures into its card in this folder "
                              "(metrics.cross_validation), e.g. Resources/Models")
