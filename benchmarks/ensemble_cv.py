@@ -2,6 +2,7 @@
 """What would an ensemble be worth? The mean of several models' class probabilities, cross-validated (issue 12).
 
     python benchmarks/ensemble_cv.py --data ../shared/data/usgra-seg --runs runs/cv5 --models effnet-unet,effnet2-unet
+    python benchmarks/ensemble_cv.py ... --models effnet2-unet,effnet2-unet@runs/variants/aug44  (two recipes)
 
 For every fold of a finished ``benchmarks/compare_models.py`` run, each named model's float32 ONNX graph of that fold
 (``<runs>/cv/<model>/fold<k>/onnx/<model>.onnx``, trained on the other blocks only) segments the fold's held-out
@@ -21,7 +22,7 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -49,6 +50,15 @@ class MeanBackend:
         return total / len(self.backends)
 
 
+def parse_member(entry: str, runs: Path) -> Tuple[str, str, Path]:
+    """``model`` (from ``--runs``) or ``model@FOLDER`` (from another compare_models ``--out`` folder, e.g. the same
+    architecture trained another way) -> (label in the report, registered model name, runs folder)."""
+    model, _, other = entry.partition("@")
+    if not other:
+        return model, model, runs
+    return f"{model}@{Path(other).name}", model, Path(other)
+
+
 def fold_scores(runs: Path, data: Path, models: List[str], fold: int, held_out: List[str], tta: bool,
                 threads: int) -> Dict[str, Dict[str, float]]:
     from NerveSegLogic.inference import backends
@@ -58,9 +68,11 @@ def fold_scores(runs: Path, data: Path, models: List[str], fold: int, held_out: 
 
     from compare_models import _frames, _scores
 
-    cards, singles = [], []
-    for model in models:
-        run_dir = runs / "cv" / model / f"fold{fold}"
+    cards, singles, labels = [], [], []
+    for entry in models:
+        label, model, member_runs = parse_member(entry, runs)
+        labels.append(label)
+        run_dir = member_runs / "cv" / model / f"fold{fold}"
         graph = run_dir / "onnx" / f"{model}.onnx"
         if not graph.is_file():
             raise SystemExit(f"{graph}: missing; score the fold with benchmarks/compare_models.py first")
@@ -74,11 +86,11 @@ def fold_scores(runs: Path, data: Path, models: List[str], fold: int, held_out: 
                              "one preprocessing cannot feed both")
     frames = _frames(data, held_out, held_out)
     scored = {}
-    variants = [(model, Segmenter(card, backend)) for model, card, backend in zip(models, cards, singles)]
-    variants.append(("+".join(models), Segmenter(cards[0], MeanBackend(singles))))
+    variants = [(label, Segmenter(card, backend)) for label, card, backend in zip(labels, cards, singles)]
+    variants.append(("+".join(labels), Segmenter(cards[0], MeanBackend(singles))))
     if tta:
-        variants.append(("+".join(models) + " + flip", Segmenter(cards[0], backends.FlipTTABackend(
-            MeanBackend(singles), model="+".join(models)))))
+        variants.append(("+".join(labels) + " + flip", Segmenter(cards[0], backends.FlipTTABackend(
+            MeanBackend(singles), model="+".join(labels)))))
     for name, segmenter in variants:
         scored[name] = _scores(evaluate(segmenter, frames, progress=False, keep_labelmaps=False).summary)
     return scored
@@ -88,7 +100,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--runs", type=Path, required=True, help="the --out folder of a compare_models run")
-    parser.add_argument("--models", required=True, help="comma-separated, at least two")
+    parser.add_argument("--models", required=True,
+                        help="comma-separated, at least two; MODEL@FOLDER takes MODEL's folds from another "
+                             "compare_models --out folder")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--tta", choices=("none", "flip"), default="none")
     parser.add_argument("--threads", type=int, default=1)
