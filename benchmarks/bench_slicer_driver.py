@@ -34,12 +34,13 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "Testing"))
 
 
-def run_once(mode: str, driver: str, source: Path, args) -> dict:
+def run_once(mode: str, driver: str, source: Path, args, threads: int = 0) -> dict:
     from slicerlike import GilHoldingDriver, slicer_scene
 
     from NerveSegLogic.controller import LiveController, run_sample_replay
 
     controller = LiveController(slicer_scene())
+    controller.threads = threads  # the panel's inference threads (0: the backend's default)
     applied = []
     controller.result_applied.connect(lambda r: applied.append((time.perf_counter(), r.stage_latencies_ms())))
     frames = int(round(args.fps * args.seconds))
@@ -51,7 +52,8 @@ def run_once(mode: str, driver: str, source: Path, args) -> dict:
     times = [t for t, _ in applied]
     total = np.array([lat["total"] for _, lat in applied if "total" in lat])
     fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-    return {"mode": mode, "driver": driver, "frames_sent": report.frames_sent, "received": report.frames_received,
+    return {"mode": mode, "driver": driver, "threads": threads, "frames_sent": report.frames_sent,
+            "received": report.frames_received,
             "applied": report.applied, "dropped": report.dropped, "errors": report.errors, "fps": round(fps, 2),
             "p50_ms": round(float(np.percentile(total, 50)), 1), "p95_ms": round(float(np.percentile(total, 95)), 1),
             "p99_ms": round(float(np.percentile(total, 99)), 1), "load_before": round(load, 2)}
@@ -66,6 +68,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--modes", nargs="+", default=["child-process", "in-process"])
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every row")
+    parser.add_argument("--threads", type=int, nargs="+", default=[0],
+                        help="inference threads, one row each, interleaved (0: the backend's default)")
     parser.add_argument("--report", default=str(HERE / "slicer_driver.md"))
     args = parser.parse_args()
     from NerveSegLogic.models import registry
@@ -77,10 +81,11 @@ def main() -> None:
         make_frames(source)
         for _ in range(args.rounds):
             for mode in args.modes:
-                for driver in ("free-running", "gil-holding"):
-                    row = run_once(mode, driver, source, args)
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+                for threads in args.threads:
+                    for driver in ("free-running", "gil-holding"):
+                        row = run_once(mode, driver, source, args, threads)
+                        print(json.dumps(row), flush=True)
+                        rows.append(row)
     lines = [f"# The live panel under a Slicer-like driver ({args.model}, {args.fps:g} fps, {args.seconds:g} s a run)",
              "",
              f"Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, no GPU, with "
@@ -89,22 +94,25 @@ def main() -> None:
              "Sequences logic and records every applied frame. Latency: received (in whichever process received "
              "the frame) to applied in the scene. GIL-holding: the main thread keeps the GIL 5 ms between ticks "
              "(ctypes.PyDLL usleep), as Slicer's Qt event loop does; free-running: it sleeps 2 ms instead.",
-             "", "| mode | driver | sent | applied | dropped | fps applied | p50 ms | p95 ms | p99 ms | load before |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| mode | driver | threads | sent | applied | dropped | fps applied | p50 ms | p95 ms | p99 ms | "
+             "load before |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['driver']} | {r['frames_sent']} | {r['applied']} | {r['dropped']} | "
+        lines.append(f"| {r['mode']} | {r['driver']} | {r['threads'] or 'default'} | {r['frames_sent']} | "
+                     f"{r['applied']} | {r['dropped']} | "
                      f"{r['fps']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
                      f"{r['load_before']:.2f} |")
     by = {}
     for r in rows:
-        by.setdefault((r["mode"], r["driver"]), []).append(r)
+        by.setdefault((r["mode"], r["threads"], r["driver"]), []).append(r)
     lines.append("")
     for mode in args.modes:
-        free, held = by.get((mode, "free-running")), by.get((mode, "gil-holding"))
-        if free and held:
-            ratio = np.median([h["p50_ms"] for h in held]) / np.median([f["p50_ms"] for f in free])
-            lines.append(f"- {mode}: GIL-holding p50 / free-running p50 = {ratio:.2f}; applied fps "
-                         f"{np.median([h['fps'] for h in held]):.1f} vs {np.median([f['fps'] for f in free]):.1f}.")
+        for threads in args.threads:
+            free, held = by.get((mode, threads, "free-running")), by.get((mode, threads, "gil-holding"))
+            if free and held:
+                ratio = np.median([h["p50_ms"] for h in held]) / np.median([f["p50_ms"] for f in free])
+                lines.append(f"- {mode}, threads {threads or 'default'}: GIL-holding p50 / free-running p50 = "
+                             f"{ratio:.2f}; applied fps {np.median([h['fps'] for h in held]):.1f} vs "
+                             f"{np.median([f['fps'] for f in free]):.1f}.")
     Path(args.report).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 

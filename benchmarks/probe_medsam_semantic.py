@@ -173,7 +173,7 @@ def main(argv=None) -> int:
         summary = evaluate(segmenter, frames, progress=False, keep_labelmaps=False).summary
         scores = _scores(summary)
         scores.update(fold=fold, held_out=len(held_out), train_minutes=round(train_minutes, 2),
-                      last_loss=round(float(loss), 4))
+                      last_loss=round(loss.item(), 4))
         rows.append(scores)
         print(json.dumps(scores), flush=True)
 
