@@ -25,7 +25,9 @@ defaults: --out runs/<model>, the card's epochs and input size, --folds 5 --fold
 examples:
   nerveseg train --model smistad-unet --data path/to/usgra-seg
   nerveseg train --model sa-unet --data path/to/usgra-seg --epochs 30 --input-size 128 128 --limit-minutes 60
-  nerveseg train --model unet --data path/to/usgra-seg --folds 1 --out runs/unet-all   # every frame, no validation"""
+  nerveseg train --model unet --data path/to/usgra-seg --folds 1 --out runs/unet-all   # every frame, no validation
+  nerveseg train --model effnet2-unet --data path/to/usgra-seg --fold 1 --out runs/distilled \
+      --teacher runs/cv/effnet2-unet/fold1 --teacher runs/other/effnet2-unet/fold1   # two teachers, same block"""
 
 
 def parse_mapping(text):
@@ -68,6 +70,13 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the card's recipe)")
     parser.add_argument("--augmentations", default=None,
                         help="comma-separated augmentation names, or 'none' (default: the card's recipe)")
+    parser.add_argument("--teacher", dest="teachers", action="append", default=[], metavar="[MODEL@]WEIGHTS",
+                        help="distil from this trained model (a .safetensors file or a training run's folder; "
+                             "repeat for an ensemble): its probabilities on each augmented batch are soft targets")
+    parser.add_argument("--distill-weight", type=float, default=0.5,
+                        help="share of the teachers' soft term in the loss, in (0, 1] (default: %(default)s)")
+    parser.add_argument("--distill-temperature", type=float, default=1.0,
+                        help="softmax temperature of teachers and student in the soft term (default: %(default)s)")
     parser.add_argument("--limit-images", type=int, default=None, help="use only the first N frames (smoke tests)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,6 +88,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..datasets.dataset import DatasetError
+    from ..models.weights import WeightsError
     from ..train.data import ClassMismatchError
     from ..train.loop import CheckpointError, TrainOptions, train
 
@@ -91,10 +101,12 @@ def run(args) -> int:
         epochs=args.epochs, device=args.device, input_size=tuple(args.input_size) if args.input_size else None,
         folds=args.folds, fold=args.fold, seed=args.seed, limit_minutes=args.limit_minutes,
         batch_size=args.batch_size, lr=args.lr, augmentations=augmentations, data_format=args.data_format,
-        mapping=args.mapping, limit_images=args.limit_images, threads=args.threads, progress=not args.no_progress)
+        mapping=args.mapping, limit_images=args.limit_images, threads=args.threads, progress=not args.no_progress,
+        teachers=list(args.teachers), distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature)
     try:
         result = train(options)
-    except (ClassMismatchError, CheckpointError, DatasetError, KeyError, ValueError) as error:
+    except (ClassMismatchError, CheckpointError, DatasetError, WeightsError, KeyError, ValueError) as error:
         # KeyError's str() quotes its message; show the message itself
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
         print(f"nerveseg train: {message}", file=sys.stderr)

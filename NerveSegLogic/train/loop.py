@@ -48,7 +48,7 @@ from .evaluate import json_ready, write_json
 #: card it starts from and writes its own.
 RUN_NOTE_PREFIXES = ("Trained on CPU", "Trained for ", "Input ", "batch_size ", "augmentations ", "learning rate ",
                      "Balanced (1:1", "The recipe's test-time", "Trained on every frame", "Weights of the epoch",
-                     "Negative frames: ", "Pretrained encoder (")
+                     "Negative frames: ", "Pretrained encoder (", "Distilled from ")
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,9 @@ class TrainOptions:
     progress: bool = True
     build_overrides: Dict[str, Any] = field(default_factory=dict)
     cards_dir: Optional[Path] = None
+    teachers: List[str] = field(default_factory=list)  # [MODEL@]WEIGHTS to distil from (train/distill.py)
+    distill_weight: float = 0.5  # share of the teachers' soft term in the loss
+    distill_temperature: float = 1.0
 
 
 @dataclass
@@ -347,11 +350,14 @@ class Trainer:
             from .losses import semantic_loss
 
             self.loss_fn = semantic_loss(self.recipe["loss"], l2=float(self.recipe.get("l2_lambda", 1e-3)))
+        self.teachers = self._load_teachers()
         self.setup = {"model": self.card.name, "architecture": self.card.architecture,
                       "input_size": [self.spec.height, self.spec.width], "recipe": self.recipe,
                       "seed": options.seed, "folds": options.folds, "fold": options.fold,
                       "train_names": self.train_names, "val_names": self.val_names,
                       "build_overrides": options.build_overrides}
+        # a resumed run must distil from the very same files, or not at all if it did not
+        self.setup["distillation"] = self.distillation_record() if self.teachers else None
         self.epoch = 0
         self.position = 0  # frames of the current epoch already trained on
         self.global_step = 0
@@ -361,6 +367,25 @@ class Trainer:
         self.elapsed = 0.0  # training seconds over every run of this out folder
         self.resumed_from: Optional[int] = None
         self._resume()
+
+    def _load_teachers(self):
+        options = self.options
+        if not options.teachers:
+            return []
+        if self.instance:
+            raise ValueError(f"{self.card.name} is an instance model: distillation (--teacher) needs a semantic "
+                             "student")
+        if not 0.0 < options.distill_weight <= 1.0:
+            raise ValueError(f"distillation weight must be in (0, 1], got {options.distill_weight}")
+        if options.distill_temperature <= 0:
+            raise ValueError(f"distillation temperature must be positive, got {options.distill_temperature}")
+        from .distill import load_teachers
+
+        return load_teachers(options.teachers, self.card, self.spec, self.device, options.cards_dir)
+
+    def distillation_record(self) -> Dict[str, Any]:
+        return {"teachers": [t.record() for t in self.teachers], "weight": self.options.distill_weight,
+                "temperature": self.options.distill_temperature}
 
     # -------------------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
@@ -426,7 +451,15 @@ class Trainer:
         if self.instance:
             loss = instance_loss(self.model(x, y))
         else:
-            loss = self.loss_fn(self.model(x), y, self.model)
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y, self.model)
+            if self.teachers:
+                from .distill import distillation_loss, teacher_probabilities
+
+                temperature = self.options.distill_temperature
+                soft = distillation_loss(logits, teacher_probabilities(self.teachers, x, temperature), temperature)
+                weight = self.options.distill_weight
+                loss = (1.0 - weight) * loss + weight * soft
         if not torch_isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.global_step} of {self.card.name}; "
                                      f"lower the learning rate (--lr) or check the data")
@@ -601,6 +634,12 @@ class Trainer:
             notes.append(f"Pretrained encoder ({self.pretrained['source']}): missing keys "
                          f"{self.pretrained['missing'] or 'none'}, unexpected keys "
                          f"{self.pretrained['unexpected'] or 'none'}.")
+        if self.teachers:
+            names = ", ".join(f"{t.model_name} {t.weights.parent.name}/{t.weights.name} ({t.sha256[:12]})"
+                              for t in self.teachers)
+            notes.append(f"Distilled from {len(self.teachers)} teacher(s), their mean probabilities as soft targets: "
+                         f"{names}; loss = {1 - self.options.distill_weight:g} x the recipe's loss + "
+                         f"{self.options.distill_weight:g} x T^2 KL at T = {self.options.distill_temperature:g}.")
         if self.recipe.get("tta"):
             notes.append("The recipe's test-time augmentation is not applied: validation, evaluation and the live "
                          "path segment each frame once.")
@@ -647,6 +686,7 @@ class Trainer:
                       "validation_first_last": [self.val_names[0], self.val_names[-1]] if self.val_names else None},
             "best_epoch": self.best.get("epoch"),
             "validation": self.best.get("val"),
+            **({"distillation": self.distillation_record()} if self.teachers else {}),
         })
         data["training"] = training
         ModelCard.from_dict(data)  # validate before writing

@@ -1,0 +1,124 @@
+"""Knowledge distillation: trained teachers' class probabilities as soft targets for the model being trained.
+
+Issue 12 asks for a real-time default distilled from the best model or an ensemble. ``nerveseg train --teacher
+[MODEL@]WEIGHTS`` (repeatable) loads each teacher once, runs them in eval mode on every training batch *after* its
+augmentation (so the soft targets follow the flips, warps and gamma the student sees) and mixes two terms:
+
+    loss = (1 - weight) * recipe_loss(student, labels) + weight * T^2 * KL(teachers || student, at temperature T)
+
+The teachers' probabilities are averaged over teachers (an ensemble teacher). T^2 keeps the gradient's scale of
+the soft term independent of T (Hinton et al., 2015). The KL term is averaged over pixels; it is written here
+because MONAI and torch have no per-pixel distillation loss (torch's ``kl_div`` does the arithmetic).
+
+A teacher must segment the student's classes (same labels and keys) from the same input (size, channels,
+normalisation); anything else is refused with a message naming the teacher. Teachers cost one forward pass each per
+step; on the CPU a run with two teachers takes about 1.5x as long.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..inference import preprocess as pp
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher: the model in eval mode, and where its weights came from (for the card and for resume)."""
+
+    model_name: str
+    weights: Path
+    sha256: str
+    module: torch.nn.Module
+
+    def record(self) -> Dict[str, Any]:
+        return {"model": self.model_name, "weights": str(self.weights), "sha256": self.sha256}
+
+
+def parse_teacher(text: str, student_model: str):
+    """``[MODEL@]WEIGHTS`` -> (model name, weights path). WEIGHTS is a .safetensors file or a training run's folder
+    (its ``<MODEL>.safetensors``); without MODEL the teacher is the student's architecture."""
+    model, at, rest = text.partition("@")
+    if not at:
+        model, rest = student_model, text
+    path = Path(rest)
+    if path.is_dir():
+        path = path / f"{model}.safetensors"
+    if not model or not rest:
+        raise ValueError(f"teacher {text!r}: expected [MODEL@]WEIGHTS (a .safetensors file or a run folder)")
+    if not path.is_file():
+        raise ValueError(f"teacher {text!r}: no weights file {path}")
+    return model, path
+
+
+def read_run_card(path: Path):
+    """A training run's ``card.json`` (named card.json, not after its model, so read without the name check)."""
+    import json
+
+    from ..models.card import ModelCard
+
+    try:
+        return ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable model card ({error})") from None
+
+
+def load_teachers(texts: Sequence[str], student_card, spec: pp.InputSpec, device: str,
+                  cards_dir=None) -> List[Teacher]:
+    """Load every teacher named in ``texts`` (see :func:`parse_teacher`) and check it fits the student.
+
+    A ``card.json`` next to the weights (a training run's folder) is the teacher's card, with the input size and
+    build it was trained with; otherwise the registered card of its model is."""
+    from ..models import registry
+    from ..models.weights import sha256_file
+
+    teachers = []
+    for text in texts:
+        model_name, path = parse_teacher(text, student_card.name)
+        run_card = path.parent / "card.json"  # a training run's own card: the input size and build it trained with
+        card = read_run_card(run_card) if run_card.is_file() else registry.card(model_name, cards_dir)
+        if card.name != model_name:
+            raise ValueError(f"teacher {text!r}: {run_card} is the card of {card.name}, not of {model_name}")
+        if card.task != "semantic":
+            raise ValueError(f"teacher {text!r}: model {model_name} is a {card.task} model; teachers must be "
+                             "semantic models (one probability per class and pixel)")
+        theirs = [(c.label, c.key) for c in card.classes]
+        ours = [(c.label, c.key) for c in student_card.classes]
+        if theirs != ours:
+            raise ValueError(f"teacher {text!r}: its classes {theirs} are not the student's "
+                             f"{student_card.name} classes {ours}")
+        their_input = (card.input.height, card.input.width, card.input.channels, card.input.resize,
+                       card.input.normalize)
+        our_input = (spec.height, spec.width, spec.channels, spec.resize, spec.normalize)
+        if their_input != our_input:
+            raise ValueError(f"teacher {text!r}: its input (height, width, channels, resize, normalize) "
+                             f"{their_input} differs from the student's {our_input}")
+        digest = sha256_file(path)
+        module = registry.load_from_card(card, device=device, weights_path=path, sha256=digest)
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+        teachers.append(Teacher(model_name, path, digest, module.eval()))
+    return teachers
+
+
+def teacher_probabilities(teachers: Sequence[Teacher], x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over ``teachers`` of softmax(logits / temperature): (B, K, H, W), no gradient."""
+    with torch.no_grad():
+        total = None
+        for teacher in teachers:
+            teacher.module.eval()
+            probabilities = torch.softmax(teacher.module(x) / temperature, dim=1)
+            total = probabilities if total is None else total + probabilities
+        return total / len(teachers)
+
+
+def distillation_loss(student_logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(soft_targets || softmax(student_logits / T)), summed over classes, averaged over pixels."""
+    log_student = F.log_softmax(student_logits / temperature, dim=1)
+    per_pixel = F.kl_div(log_student, soft_targets, reduction="none").sum(dim=1)
+    return per_pixel.mean() * temperature ** 2
