@@ -94,7 +94,8 @@ class Segmenter:
 
         Raises KeyError/ValueError for an unknown name (listing the valid ones) and the registry's WeightsError
         for missing or corrupt weights. The ONNX backend exports the loaded model once to ``onnx_cache``
-        (default: a folder in the system temp dir, keyed by the weights' sha256).
+        (default: a folder in the system temp dir, keyed by the weights' sha256 and
+        :data:`registry.ONNX_GRAPH_VERSION`).
         """
         from ..models import registry
         from .backends import resolve_device
@@ -114,7 +115,7 @@ class Segmenter:
         key = file_sha256(weights)[:16] if weights and Path(weights).is_file() else "random"
         cache = Path(onnx_cache) if onnx_cache else Path(tempfile.gettempdir()) / "nerveseg-onnx"
         cache.mkdir(parents=True, exist_ok=True)
-        onnx_path = cache / f"{card.name}-{key}.onnx"
+        onnx_path = cache / f"{card.name}-{key}-g{registry.ONNX_GRAPH_VERSION}.onnx"
         if not onnx_path.is_file():
             registry.export_onnx(module, onnx_path, card=card)
         return cls(card, OnnxBackend(onnx_path, threads=threads), **kwargs)

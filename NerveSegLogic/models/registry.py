@@ -251,8 +251,27 @@ def export_onnx(name_or_module: Union[str, "torch.nn.Module"], path: os.PathLike
                               do_constant_folding=True)
     finally:
         module.train(was_training)
+    _simplify(path)
     _add_metadata(path, model_card)
     return path
+
+
+#: Bumped when :func:`export_onnx` writes a different graph for the same weights (the live path's ONNX cache is
+#: keyed by it). 2: zero pads folded into the convolutions that follow them (models/onnx_graph.py).
+ONNX_GRAPH_VERSION = 2
+
+
+def _simplify(path: Path) -> None:
+    """Exact rewrites that make the exported graph cheaper to run (see :mod:`.onnx_graph`)."""
+    import onnx
+
+    from .onnx_graph import fold_pads_into_convs
+
+    graph = onnx.load(str(path))
+    folded = fold_pads_into_convs(graph)
+    if folded:
+        log.debug("%s: %d Pad nodes folded into the convolutions after them", path.name, folded)
+        onnx.save(graph, str(path))
 
 
 _INSTANCE_EXPORT_REFUSAL = ("instance models are not exported to ONNX: their output (proposals, NMS, per-instance "
