@@ -18,9 +18,12 @@ own reference evaluator, so this needs nothing beyond ``onnx``.
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Set
+from typing import TYPE_CHECKING, Dict, List, Set
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,6 @@ def _constant_ancestry(name: str, producers: Dict[str, "onnx.NodeProto"], initia
 
 def _evaluate(model: "onnx.ModelProto", names: List[str], nodes) -> Dict[str, np.ndarray]:
     """Values of the constant tensors ``names``, computed by ``nodes`` (a constant sub-graph of ``model``)."""
-    import onnx
     from onnx import helper
     from onnx.reference import ReferenceEvaluator
 

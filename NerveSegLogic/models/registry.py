@@ -197,14 +197,15 @@ def save_weights(model: "torch.nn.Module", path: os.PathLike, dtype: str = "floa
 
 # ---------------------------------------------------------------------------------------------------------- ONNX
 def export_onnx(name_or_module: Union[str, "torch.nn.Module"], path: os.PathLike, card: Optional[ModelCard] = None,
-                opset: int = 17, allow_random_weights: bool = False) -> Path:
+                opset: int = 17, allow_random_weights: bool = False, simplify: bool = True) -> Path:
     """Export a semantic model to ONNX: input ``image`` (B, C, H, W) float32, output ``probabilities``
     (B, K, H, W), softmax over the K classes, dynamic batch axis, H and W fixed to the card's input size.
 
     A name loads the card's weights (WeightsError when it ships none, unless ``allow_random_weights``); a module is
     exported as it is, with ``card`` giving the input size (default: the module's card name, else 1x256x256).
-    The card is stored in the graph's metadata (``nerveseg.card``). Raises ValueError for instance models, whose
-    two-stage, data-dependent output (proposals, NMS, per-instance masks) is not exported.
+    The card is stored in the graph's metadata (``nerveseg.card``). ``simplify`` applies the exact rewrites of
+    :mod:`.onnx_graph` (False: torch's graph as exported, for comparisons). Raises ValueError for instance models,
+    whose two-stage, data-dependent output (proposals, NMS, per-instance masks) is not exported.
     """
     import torch
 
@@ -251,7 +252,8 @@ def export_onnx(name_or_module: Union[str, "torch.nn.Module"], path: os.PathLike
                               do_constant_folding=True)
     finally:
         module.train(was_training)
-    _simplify(path)
+    if simplify:
+        _simplify(path)
     _add_metadata(path, model_card)
     return path
 
