@@ -356,8 +356,9 @@ class Trainer:
                       "seed": options.seed, "folds": options.folds, "fold": options.fold,
                       "train_names": self.train_names, "val_names": self.val_names,
                       "build_overrides": options.build_overrides}
-        # a resumed run must distil from the very same files, or not at all if it did not
-        self.setup["distillation"] = self.distillation_record() if self.teachers else None
+        # a resumed run must distil from the very same weights (by checksum, wherever they lie), or not at all
+        self.setup["distillation"] = None if not self.teachers else dict(
+            self.distillation_record(), teachers=[{"model": t.model_name, "sha256": t.sha256} for t in self.teachers])
         self.epoch = 0
         self.position = 0  # frames of the current epoch already trained on
         self.global_step = 0
