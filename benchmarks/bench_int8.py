@@ -174,11 +174,20 @@ def card_block(row: Dict, args, command: str, calibration: int) -> Dict:
 
 
 def write_card_block(name: str, block: Dict) -> None:
-    """Add or replace only the card's ``int8`` block; the card is read right before writing (others edit notes)."""
-    from NerveSegLogic.models.card import write_card
+    """Add or replace only the card's ``int8`` block; the card is read right before writing (others edit notes).
+
+    The block's ``cross_validation`` part (benchmarks/int8_cv_to_cards.py, from the folds) is kept, and with it
+    ``auto_uses_int8`` says what ``auto`` decides from the whole block, as int8_cv_to_cards.py writes it."""
+    from NerveSegLogic.models.card import ModelCard, write_card
 
     path = registry.card(name).path
     data = json.loads(path.read_text(encoding="utf-8"))
+    block = dict(block)
+    folds = (data.get("int8") or {}).get("cross_validation")
+    if folds is not None:
+        block["cross_validation"] = folds
+        data["int8"] = block
+        block["auto_uses_int8"] = bool(backends.int8_allowed(ModelCard.from_dict(data)))
     data["int8"] = block
     write_card(data, path)
 
@@ -289,9 +298,12 @@ def main(argv=None) -> int:
     dataset = open_dataset(args.data)
     skip = calibration_names()
     models = args.models or [c.name for c in registry.cards() if c.task == "semantic" and c.has_weights]
-    command = "benchmarks/bench_int8.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])
-                                                       if not a.startswith("/"))
-    command = command.replace("--data", "--data <usgra-seg>")
+    given = list(argv or sys.argv[1:])
+    # the data set's path says where it lies on this machine, not what was run: a placeholder stands for it
+    shown = ["<usgra-seg>" if i and given[i - 1] == "--data" else
+             "--data=<usgra-seg>" if a.startswith("--data=") else a for i, a in enumerate(given)]
+    command = "benchmarks/bench_int8.py " + " ".join(shlex.quote(a) if a[0] != "<" and "=<" not in a else a
+                                                       for a in shown)
     rows = []
     for name in models:
         print(f"{name}: load {load_average()}", flush=True)

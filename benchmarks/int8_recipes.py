@@ -18,6 +18,8 @@ Recipes (ONNX Runtime's static quantization, QDQ format, int8 weights per output
   entropy       ranges that minimise the KL divergence of the quantized histogram (TensorRT's method)
   keep-head     minmax, with the segmentation head (the last convolution) left in float32
   keep-ends     minmax, with the first convolution (the stem) and the segmentation head left in float32
+  movavg-float-softmax  movavg, with the final softmax left in float32 (QLinearSoftmax over the whole output is
+                a large share of an INT8 model's time)
 It writes a Markdown and a JSON report (``--report``). A benchmark, not a test: it takes minutes per fold.
 
 Found for effnet-unet (benchmarks/int8_recipes.md, 2026-12-01): none of the calibration choices moves the change
@@ -59,15 +61,20 @@ RECIPES: Dict[str, Dict] = {
     "entropy": {"method": "Entropy"},
     "keep-head": {"method": "MinMax", "keep": "head"},
     "keep-ends": {"method": "MinMax", "keep": "ends"},
+    # the live recipe with the final softmax left in float32: QLinearSoftmax over the whole output is slow
+    "movavg-float-softmax": {"method": "MinMax", "extra": {"CalibMovingAverage": True}, "keep": "softmax"},
 }
 
 
 def kept_convolutions(graph_path: Path, keep: str) -> List[str]:
-    """Names of the Conv nodes to leave in float32: ``head`` the last, ``ends`` the first (the stem) and the last.
-    (The pre-processing before quantization keeps these names.)"""
+    """Names of the nodes to leave in float32: ``head`` the last Conv, ``ends`` the first (the stem) and the last
+    Conv, ``softmax`` the Softmax nodes. (The pre-processing before quantization keeps these names.)"""
     import onnx
 
-    convs = [node.name for node in onnx.load(str(graph_path)).graph.node if node.op_type == "Conv"]
+    nodes = onnx.load(str(graph_path)).graph.node
+    if keep == "softmax":
+        return [node.name for node in nodes if node.op_type == "Softmax"]
+    convs = [node.name for node in nodes if node.op_type == "Conv"]
     return {"head": [convs[-1]], "ends": [convs[0], convs[-1]]}[keep]
 
 
