@@ -181,8 +181,9 @@ def write_report(report: Path, record: Dict) -> None:
     speed = record["speed_ms"]
     lines = [f"# INT8 recipes for {record['model']} on {record['folds']} cross-validation folds", "",
              f"Command: `{record['command']}`; finished {record['finished_utc']}, 1-minute load average at the end "
-             f"{record['load_average_at_end']:.2f} (a training job held the other core: the ms column is noisy, "
-             "+-30 % between runs of the same kind of graph).", "",
+             f"{record['load_average_at_end']:.2f} (the run itself keeps about one core busy; well above 1, other "
+             "processes competed; the ms column is noisy either way, +-30 % between runs of the same kind of graph).",
+             "",
              "Each fold's float32 graph quantized (calibrated on the fold's training frames), scored on its held-out "
              "block against the float32 graph. Cross-validated change: per class the mean over folds of Dice INT8 - "
              "Dice float32 (the change of the cross-validated Dice); `--backend auto` runs INT8 where the largest "

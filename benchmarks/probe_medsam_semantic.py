@@ -73,16 +73,6 @@ def _key(model_input: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(model_input, dtype=np.float32).tobytes()).hexdigest()
 
 
-def dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    ce = F.cross_entropy(logits, target)
-    probabilities = torch.softmax(logits, dim=1)
-    one_hot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
-    inter = (probabilities * one_hot).sum((0, 2, 3))
-    union = probabilities.sum((0, 2, 3)) + one_hot.sum((0, 2, 3))
-    dice = 1 - (2 * inter + 1) / (union + 1)
-    return ce + dice[1:].mean()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -108,6 +98,9 @@ def main(argv=None) -> int:
     from NerveSegLogic.models import registry
     from NerveSegLogic.train.data import FrameStore, split_indices
     from NerveSegLogic.train.evaluate import evaluate
+    from NerveSegLogic.train.losses import semantic_loss
+
+    dice_ce = semantic_loss("dice_ce")  # the trainer's: MONAI's DiceCELoss, Dice over the foreground classes + CE
 
     dataset = open_dataset(args.data)
     names = list(dataset.names())
@@ -162,7 +155,7 @@ def main(argv=None) -> int:
                 chosen = [keys[j] for j in order[start:start + args.batch]]
                 x = torch.from_numpy(np.stack([embeddings[k] for k in chosen]).astype(np.float32))
                 y = torch.from_numpy(np.stack([targets[k] for k in chosen]))
-                loss = dice_ce(head(x), y)
+                loss = dice_ce(head(x), y, head)
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
