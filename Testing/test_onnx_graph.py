@@ -95,3 +95,23 @@ def test_the_exported_effnet_unet_has_no_pads_left_and_segments_as_torch_does(tm
         expected = torch.softmax(module(torch.from_numpy(x)), dim=1).numpy()
     assert np.abs(got - expected).max() < 1e-4
     assert (got.argmax(1) == expected.argmax(1)).mean() > 0.999
+
+
+def test_a_failing_rewrite_keeps_the_exported_graph_and_says_so(tmp_path, monkeypatch, caplog):
+    torch = pytest.importorskip("torch")
+    from NerveSegLogic.models import onnx_graph as module
+    from NerveSegLogic.models import registry
+
+    def broken(model):
+        raise NotImplementedError("no reference implementation of Cast here")
+
+    monkeypatch.setattr(module, "fold_pads_into_convs", broken)
+    card = registry.card("effnet-unet")
+    torch.manual_seed(0)
+    path = registry.export_onnx(registry.build_from_card(card).eval(), tmp_path / "model.onnx", card=card)
+    graph = onnx.load(str(path)).graph
+    assert [n for n in graph.node if n.op_type == "Pad"]  # torch's graph, pads and all
+    assert "without folding its pads" in caplog.text and "NotImplementedError" in caplog.text
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.zeros((1, 1, card.input.height, card.input.width), np.float32)
+    assert session.run(None, {"image": x})[0].shape == (1, 3, card.input.height, card.input.width)
