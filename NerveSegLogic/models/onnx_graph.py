@@ -17,15 +17,12 @@ own reference evaluator, so this needs nothing beyond ``onnx``.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Dict, List, Set
 
 import numpy as np
 
 if TYPE_CHECKING:
     import onnx
-
-log = logging.getLogger(__name__)
 
 
 def _constant_ancestry(name: str, producers: Dict[str, "onnx.NodeProto"], initializers: Set[str],
@@ -81,7 +78,8 @@ def fold_pads_into_convs(model: "onnx.ModelProto") -> int:
     for pad in (n for n in graph.node if n.op_type == "Pad"):
         mode = next((helper.get_attribute_value(a) for a in pad.attribute if a.name == "mode"), b"constant")
         after = users.get(pad.output[0], [])
-        if (mode != b"constant" or (len(pad.input) > 3 and pad.input[3]) or pad.output[0] in graph_outputs
+        if (mode != b"constant" or len(pad.input) < 2 or (len(pad.input) > 3 and pad.input[3])  # < 2: opset < 11
+                or pad.output[0] in graph_outputs
                 or len(after) != 1 or after[0].op_type != "Conv" or after[0].input[0] != pad.output[0]):
             continue
         conv_attributes = {a.name: helper.get_attribute_value(a) for a in after[0].attribute}
