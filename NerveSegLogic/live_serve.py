@@ -62,8 +62,9 @@ class SegmentationServer:
     def _send(self, result) -> None:
         """Runs on the inference thread (see __init__)."""
         frame = result.frame
+        # copy=False: the segmenter makes a new labelmap for every frame and nothing writes to it afterwards
         self.sender.send_labelmap(result.labelmap, frame.geometry, igtl_timestamp=frame.igtl_timestamp,
-                                  device_name=LABEL_DEVICE_NAME)
+                                  device_name=LABEL_DEVICE_NAME, copy=False)
         self.results_sent += 1
 
     def start(self) -> None:

@@ -54,6 +54,23 @@ def test_frame_message_is_byte_for_byte_the_image_encoders(dtype, shape):
             assert bytes(encode_frame_message(frame, geo, "Image_Reference", 12.5)) == expected
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, ">u2"])
+@pytest.mark.parametrize("shape", [(420, 580), (6, 4, 3)])
+def test_frame_parts_are_the_image_encoders_bytes_and_refer_to_the_frame_when_they_can(dtype, shape):
+    """encode_frame_parts (what serve and the replay server send): headers + pixels, together the bytes of
+    encode_image; a C-contiguous little-endian frame's pixels are its own memory (no copy), others are converted."""
+    from NerveSegLogic.stream.codec import encode_frame_parts
+
+    image = (np.random.default_rng(3).random(shape) * 1000).astype(dtype)
+    geometry = ImageGeometry(spacing=(0.3, 0.3, 1.0), origin=(1.0, 2.0, -4.0))
+    for frame in (image, image[::-1, ::2]):
+        head, pixels = encode_frame_parts(frame, geometry, "Image_Reference", 12.5)
+        expected = encode_image(np.ascontiguousarray(frame), geometry, device_name="Image_Reference", timestamp=12.5)
+        assert bytes(head) + bytes(pixels) == expected
+        own = frame.flags.c_contiguous and frame.dtype.byteorder != ">"
+        assert np.shares_memory(np.frombuffer(pixels, np.uint8), frame) == own
+
+
 def test_frame_message_refuses_what_encode_image_refuses():
     from NerveSegLogic.stream.codec import encode_frame_message
 

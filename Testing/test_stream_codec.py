@@ -44,6 +44,15 @@ def test_crc64_agrees_with_crcmod_on_frame_sized_data():
         assert crc64(data) == reference(bytes(data)) == crc64(memoryview(data))
 
 
+def test_crc64_continues_over_a_message_in_parts_as_over_the_joined_bytes():
+    """A message written in parts (headers, then the frame's own pixels) is checksummed part after part."""
+    reference = codec.crcmod_crc64()
+    data = np.random.default_rng(5).integers(0, 256, 243_672, dtype=np.uint8).tobytes()
+    for cut in (0, 1, 72, 100_000, len(data)):
+        head, tail = data[:cut], data[cut:]
+        assert crc64(tail, crc64(head)) == crc64(data) == reference(tail, reference(head))
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32,
                                    np.float64])
 @pytest.mark.parametrize("components", [1, 3])

@@ -213,3 +213,65 @@ def _read_exactly(sock, size):
         assert chunk, "connection closed early"
         data += chunk
     return bytes(data)
+
+
+class _PartialSocket:
+    """Takes at most ``step`` bytes per sendmsg call, as a socket with little room does."""
+
+    def __init__(self, step):
+        self.step, self.data, self.calls = step, bytearray(), 0
+
+    def sendmsg(self, buffers):
+        self.calls += 1
+        taken = b"".join(bytes(b) for b in buffers)[:self.step]
+        self.data += taken
+        return len(taken)
+
+
+class _NoSendmsgSocket:
+    """A socket without sendmsg (Windows): parts go out with one sendall each."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def sendall(self, data):
+        self.data += bytes(data)
+
+
+def test_a_message_in_parts_is_written_whole_however_little_the_socket_takes_at_a_time():
+    from NerveSegLogic.stream.codec import encode_frame_parts
+    from NerveSegLogic.stream.sender import message_size, write_message
+
+    parts = encode_frame_parts(labelmap(shape=(30, 41)), GEOMETRY, "NerveSegLabel", 5.0)
+    whole = bytes(parts[0]) + bytes(parts[1])
+    assert message_size(parts) == len(whole)
+    for step in (1, 7, 130, 131, len(whole)):
+        sock = _PartialSocket(step)
+        write_message(sock, parts)
+        assert bytes(sock.data) == whole and sock.calls == -(-len(whole) // step)
+    plain = _NoSendmsgSocket()
+    write_message(plain, parts)
+    assert bytes(plain.data) == whole
+
+
+def test_labelmaps_sent_without_a_copy_arrive_as_sent_and_a_copied_one_does_not_see_later_writes(sender):
+    """copy=False (serve: a new labelmap per frame) sends the array's own pixels; the default copies them, so the
+    caller may write to its array as soon as send_labelmap returns."""
+    got = []
+    client = receiver_for(sender, got)
+    try:
+        assert sender.wait_for_clients(1, WAIT)
+        big = np.random.default_rng(1).integers(0, 3, (420, 580), dtype=np.uint8)
+        assert sender.send_labelmap(big, GEOMETRY, 1.0, copy=False) == 1
+        assert client.wait_for_frames(1, WAIT)
+        reused = labelmap(1)
+        sender.send_labelmap(reused, GEOMETRY, 2.0)
+        reused[:] = 7  # at once: the message must already hold its own copy
+        assert client.wait_for_frames(2, WAIT)
+        assert sender.flush(WAIT)
+        stats = sender.stats()
+    finally:
+        client.stop()
+    np.testing.assert_array_equal(got[0].image, big)
+    np.testing.assert_array_equal(got[1].image, labelmap(1))
+    assert stats.messages_written == 2 and stats.bytes_written == 2 * HEADER_SIZE + 2 * 72 + big.size + reused.size

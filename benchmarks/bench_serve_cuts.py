@@ -9,8 +9,11 @@ the two versions' outputs are compared on every frame (they must be equal).
     step      what serve runs                                           frames
     pre       preprocess.preprocess (grey uint8 -> model input)         the 24 sample frames at 580x420
     post      smooth_labelmap + remove_small_components                 their probabilities from unet (auto backend)
-    replay    the replay server's frame encoding (before: encode_image) the same frames
-    send      the labelmap's encoding (sender.encode_labelmap)          their labelmaps
+    replay    the replay server's frame encoding (before: encode_image,   the same frames
+              or encode_frame_message where --before has it;
+              now: codec.encode_frame_parts, headers + the frame's own pixels)
+    send      the labelmap's encoding (before: sender.encode_labelmap;  their labelmaps
+              now: codec.encode_frame_parts, as serve sends it)
 
     .venv/bin/python benchmarks/bench_serve_cuts.py --before ddce096 --rounds 7               # back to back
     .venv/bin/python benchmarks/bench_serve_cuts.py --before ddce096 --rounds 5 --gap-ms 10   # cold, as live
@@ -49,6 +52,12 @@ def load_version(commit: str, relative: str):
     sys.modules[module.__name__] = module  # dataclasses look their module up
     exec(compile(source, f"{commit}:{relative}", "exec"), module.__dict__)
     return module
+
+
+def joined(parts) -> bytes:
+    """A message in parts (codec.encode_frame_parts: what serve and the replay server send since 2026-12-02) as one
+    byte string, to compare with a one-buffer encoder's."""
+    return b"".join(bytes(part) for part in parts) if isinstance(parts, tuple) else bytes(parts)
 
 
 def frames():
@@ -103,11 +112,12 @@ def main(argv=None) -> int:
     from NerveSegLogic.inference import preprocess as pp
     from NerveSegLogic.inference import segmenter as seg
     from NerveSegLogic.inference.backends import load_segmenter
-    from NerveSegLogic.stream import codec, sender
+    from NerveSegLogic.stream import codec
 
     old_pp = load_version(args.before, "NerveSegLogic/inference/preprocess.py")
     old_seg = load_version(args.before, "NerveSegLogic/inference/segmenter.py")
     old_sender = load_version(args.before, "NerveSegLogic/stream/sender.py")
+    old_codec = load_version(args.before, "NerveSegLogic/stream/codec.py")
     segmenter = load_segmenter(args.model, backend="auto", threads=1)
     spec, area, labels = segmenter.spec, segmenter.min_component_area, [c.label for c in segmenter.classes]
     images = frames()
@@ -124,17 +134,21 @@ def main(argv=None) -> int:
         return pp.remove_small_components(seg.smooth_labelmap(*item), area, labels=labels, in_place=True)
 
     labelmaps = [post_after(item) for item in outputs]
+    if hasattr(old_codec, "encode_frame_message"):  # the replay server's encoder from 2026-12-01 to 2026-12-02
+        replay_before = old_codec.encode_frame_message
+    else:
+        def replay_before(image, geometry, device_name, timestamp):
+            return old_codec.encode_image(image, geometry, device_name=device_name, timestamp=timestamp)
     steps = {
         "pre": ({"before": lambda im: old_pp.preprocess(im, spec), "after": lambda im: pp.preprocess(im, spec)},
                 images, lambda a, b: np.array_equal(a[0], b[0]) and astuple(a[1]) == astuple(b[1])),
         "post": ({"before": post_before, "after": post_after}, outputs, np.array_equal),
-        "replay": ({"before": lambda im: codec.encode_image(im, geometry, device_name="Image_Reference",
-                                                            timestamp=1.0e9),
-                    "after": lambda im: codec.encode_frame_message(im, geometry, "Image_Reference", 1.0e9)},
-                   images, lambda a, b: bytes(a) == bytes(b)),
+        "replay": ({"before": lambda im: replay_before(im, geometry, "Image_Reference", 1.0e9),
+                    "after": lambda im: codec.encode_frame_parts(im, geometry, "Image_Reference", 1.0e9)},
+                   images, lambda a, b: bytes(a) == joined(b)),
         "send": ({"before": lambda lm: old_sender.encode_labelmap(lm, geometry, "NerveSegLabel", 1.0e9),
-                  "after": lambda lm: sender.encode_labelmap(lm, geometry, "NerveSegLabel", 1.0e9)},
-                 labelmaps, lambda a, b: bytes(a) == bytes(b)),
+                  "after": lambda lm: codec.encode_frame_parts(lm, geometry, "NerveSegLabel", 1.0e9)},
+                 labelmaps, lambda a, b: bytes(a) == joined(b)),
     }
     print(f"## Interleaved micro-benchmark, before {args.before} vs the working tree, {args.rounds} rounds x "
           f"{len(images)} frames (580x420), {args.model} on {segmenter.describe()}, {args.gap_ms:g} ms before each "

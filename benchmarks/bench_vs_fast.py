@@ -186,7 +186,7 @@ class SentLog:
         from NerveSegLogic.stream import replay
 
         self._replay = replay
-        self._original = replay.encode_frame_message
+        self._original = replay.encode_frame_parts
         self.timestamps: List[float] = []
 
     def __enter__(self):
@@ -194,11 +194,11 @@ class SentLog:
             self.timestamps.append(timestamp)
             return self._original(image, geometry, device_name, timestamp, *args, **kwargs)
 
-        self._replay.encode_frame_message = encode
+        self._replay.encode_frame_parts = encode
         return self
 
     def __exit__(self, *exc):
-        self._replay.encode_frame_message = self._original
+        self._replay.encode_frame_parts = self._original
 
 
 def match(sent: List[float], results: List[tuple]) -> Dict:

@@ -79,11 +79,13 @@ _crc64_impl = None
 crc64_library = ""
 
 
-def crc64(data) -> int:
+def crc64(data, crc: int = 0) -> int:
     """CRC-64 ECMA-182 (polynomial 0x42F0E1EBA9EA3693, initial value 0, no reflection, no final xor) of ``data``.
 
-    This is the checksum OpenIGTLink puts in every header. ``data`` is any bytes-like object. Uses anycrc when it is
-    installed, else crcmod (a dependency of pyigtl); both give the same value (Testing/test_stream_codec.py).
+    This is the checksum OpenIGTLink puts in every header. ``data`` is a one-dimensional bytes-like object. ``crc``
+    continues a checksum: ``crc64(b, crc64(a)) == crc64(a + b)``, so a message in several buffers needs no joining.
+    Uses anycrc when it is installed, else crcmod (a dependency of pyigtl); both give the same value
+    (Testing/test_stream_codec.py).
     """
     global _crc64_impl, crc64_library
     if _crc64_impl is None:
@@ -93,7 +95,7 @@ def crc64(data) -> int:
             _crc64_impl, crc64_library = anycrc.Model("CRC64-ECMA-182").calc, "anycrc"
         except ImportError:
             _crc64_impl, crc64_library = crcmod_crc64(), "crcmod"
-    return _crc64_impl(data)
+    return _crc64_impl(data, crc)
 
 
 def crcmod_crc64():
@@ -403,14 +405,16 @@ def encode_image(image: np.ndarray, geometry: Optional[ImageGeometry] = None, de
     return pack_message("IMAGE", device_name, timestamp, head + data, header_version, metadata)
 
 
-def encode_frame_message(image: np.ndarray, geometry: Optional[ImageGeometry], device_name: str,
-                         timestamp: float) -> bytearray:
-    """The IMAGE message of one 2D frame, ``(H, W)`` or ``(H, W, C)``, byte for byte what :func:`encode_image` makes
-    with header version 1 and RAS, built in one new buffer: the pixels are copied once, straight into the message
-    (converted to little-endian on the way), where encode_image copies them four times (contiguous array,
-    ``tobytes``, image header + pixels, header + body): 580x420 uint8, ~330 -> ~50 us. The sender's labelmaps and
-    the replay server's frames go out this way. A new buffer for every message: a queued message is never written
-    to again. Raises ValueError as encode_image does for an unsupported dtype, shape or size.
+def encode_frame_parts(image: np.ndarray, geometry: Optional[ImageGeometry], device_name: str,
+                       timestamp: float) -> Tuple[bytes, memoryview]:
+    """The IMAGE message of one 2D frame, ``(H, W)`` or ``(H, W, C)``, as two buffers to write one after the other:
+    the headers (OpenIGTLink's 58 bytes + the 72-byte image header) and the pixels. Together they are byte for byte
+    what :func:`encode_image` makes with header version 1 and RAS.
+
+    The pixels are ``image``'s own memory when it is C-contiguous and little-endian (a 580x420 uint8 frame or
+    labelmap): nothing is copied, so the caller must not write to ``image`` until the message has been sent.
+    Otherwise they are one converted copy. Raises ValueError as encode_image does for an unsupported dtype, shape
+    or size.
     """
     pixels = np.asarray(image)
     if pixels.ndim not in (2, 3):
@@ -425,14 +429,24 @@ def encode_frame_message(image: np.ndarray, geometry: Optional[ImageGeometry], d
     if max(height, width) > 0xFFFF or components > 0xFF or min(height, width, components) < 1:
         raise ValueError(f"IGTL image size (i, j, k, components) = {(width, height, 1, components)} outside 1..65535 "
                          "(components 1..255)")
+    wire = np.ascontiguousarray(pixels, dtype=np.dtype(dtype).newbyteorder("<"))  # no copy when already so
+    data = memoryview(wire.reshape(-1).view(np.uint8))
     matrix = _igtl_matrix(geometry or ImageGeometry(), (width, height, 1))
-    start = HEADER_SIZE + IMAGE_HEADER_SIZE
-    message = bytearray(start + pixels.nbytes)
-    _IMAGE_HEADER.pack_into(message, HEADER_SIZE, 1, components, code, ENDIAN_LITTLE, COORDINATE_RAS,
-                            width, height, 1, *matrix, 0, 0, 0, width, height, 1)
-    wire = np.frombuffer(message, dtype=np.dtype(dtype).newbyteorder("<"), count=pixels.size, offset=start)
-    wire.reshape(pixels.shape)[...] = pixels
-    message[:HEADER_SIZE] = pack_header("IMAGE", device_name, timestamp, memoryview(message)[HEADER_SIZE:])
+    image_header = _IMAGE_HEADER.pack(1, components, code, ENDIAN_LITTLE, COORDINATE_RAS, width, height, 1, *matrix,
+                                      0, 0, 0, width, height, 1)
+    seconds, frac = timestamp_to_igtl(timestamp)
+    header = _HEADER.pack(1, b"IMAGE", _ascii_field("device name", device_name, 20), seconds, frac,
+                          IMAGE_HEADER_SIZE + data.nbytes, crc64(data, crc64(image_header)))
+    return header + image_header, data
+
+
+def encode_frame_message(image: np.ndarray, geometry: Optional[ImageGeometry], device_name: str,
+                         timestamp: float) -> bytearray:
+    """The IMAGE message of one 2D frame in one new buffer (:func:`encode_frame_parts` joined): byte for byte what
+    :func:`encode_image` makes with header version 1 and RAS, with the pixels copied once."""
+    head, data = encode_frame_parts(image, geometry, device_name, timestamp)
+    message = bytearray(head)
+    message += data
     return message
 
 
