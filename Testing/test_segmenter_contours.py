@@ -59,6 +59,41 @@ def test_smooth_labelmap_box_holds_every_labelled_pixel_and_small_regions_go_ali
     assert not np.array_equal(pp.remove_small_components(labelmap, 400, labels=[1, 2]), labelmap)
 
 
+def _ring_with_a_region_in_its_hole_and_regions_on_every_edge(size=64):
+    """(3, size, size) probabilities: a class-1 ring with a class-2 disc inside its hole, and class-1 discs cut by
+    each edge and a corner of the map: regions whose outline lies inside another's hole, or on the map's border."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    r = np.hypot(x - size / 2, y - size / 2)
+    ring = 1.0 / (1.0 + np.exp(np.clip((np.abs(r - 20) - 3) / 0.8, -50, 50)))
+    disc = 1.0 / (1.0 + np.exp(np.clip((r - 5) / 0.8, -50, 50)))
+    edges = np.zeros_like(r)
+    for cx, cy in ((0, 32), (63, 20), (40, 0), (24, 63), (63, 63)):
+        edges = np.maximum(edges, 1.0 / (1.0 + np.exp(np.clip((np.hypot(x - cx, y - cy) - 4) / 0.8, -50, 50))))
+    one = np.maximum(ring, edges)
+    return np.stack([np.clip(1.0 - one - disc, 0, 1), one, disc]).astype(np.float32)
+
+
+@pytest.mark.parametrize("frame, size, mode", [((600, 600), (64, 64), "fit_width_pad_crop_bottom"),
+                                               ((300, 300), (64, 64), "resize"),
+                                               ((200, 90), (64, 64), "resize")])
+def test_smooth_labelmap_of_a_region_inside_a_hole_and_of_regions_on_the_edges(frame, size, mode):
+    """The resampled boxes come from the grown regions' outer outlines: a region inside another's hole has no outline
+    of its own (it is inside that region's box), and regions cut by the map's edges reach the frame's edges."""
+    import cv2
+
+    probabilities = _ring_with_a_region_in_its_hole_and_regions_on_every_edge()
+    _, placement = pp.place(np.zeros(frame, np.uint8), pp.InputSpec(*size, resize=mode))
+    valid = probabilities[:, :placement.valid_h, :placement.valid_w]
+    grown = cv2.dilate((valid[1:].max(axis=0) > valid[0]).astype(np.uint8), np.ones((3, 3), np.uint8))
+    regions = cv2.connectedComponents(grown, connectivity=8)[0] - 1
+    outlines = len(cv2.findContours(grown, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0])
+    assert outlines < regions  # the case has a region without an outer outline of its own
+    expected = pp.restore(probabilities, placement).argmax(axis=0).astype(np.uint8)
+    got = smooth_labelmap(probabilities, placement)
+    assert (expected == 2).any() and (expected[:, 0] == 1).any() and (expected[0] == 1).any()
+    assert np.array_equal(got, expected)
+
+
 @pytest.mark.parametrize("classes", [2, 3, 6])
 def test_argmax_of_the_margins_over_background_is_the_argmax_of_the_classes_ties_included(classes):
     rng = np.random.default_rng(classes)
