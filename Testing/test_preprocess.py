@@ -163,3 +163,19 @@ def test_preprocessed_inputs_do_not_share_the_reused_normalisation_buffer(frame_
     assert np.array_equal(first, kept) and not np.array_equal(first, second)
     reference, _ = pp.place(first_frame.astype(np.float32) / 255.0, spec)
     assert np.array_equal(first[0], reference)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_small_regions_are_cleared_alike_in_every_integer_labelmap_type(dtype):
+    """uint8 labelmaps (the segmenter's) are compared in OpenCV, other integer types in numpy: the same pixels go."""
+    rng = np.random.default_rng(7)
+    labelmap = np.zeros((90, 120), np.uint8)
+    labelmap[10:50, 10:60] = 1
+    labelmap[55:85, 70:115] = 2
+    for _ in range(25):
+        y, x = rng.integers(0, 86), rng.integers(0, 116)
+        labelmap[y:y + rng.integers(1, 4), x:x + rng.integers(1, 4)] = rng.integers(1, 3)
+    expected = _whole_frame_reference(labelmap, 12)
+    assert (expected != labelmap).any()
+    got = pp.remove_small_components(labelmap.astype(dtype), 12)
+    assert got.dtype == dtype and np.array_equal(got, expected)

@@ -273,14 +273,15 @@ def remove_small_components(labelmap: np.ndarray, min_area: int = MIN_COMPONENT_
         left = int(cols[0])
         foreground = labelmap[top:int(rows[-1]) + 1, left:int(cols[-1]) + 1]
     for value in present:
-        binary = foreground == value
-        rows = np.flatnonzero(binary.any(axis=1))
-        if rows.size == 0:
+        # the label's pixels (non-zero) and their box, in OpenCV: 374 -> 326 us for both labels of a 580x420
+        # labelmap with the memory cold, against numpy's compare and row / column scans (serve_overhead.md)
+        binary = cv2.compare(foreground, value, cv2.CMP_EQ) if foreground.dtype == np.uint8 else \
+            (foreground == value).view(np.uint8)
+        c0, r0, width, height = cv2.boundingRect(binary)
+        if width == 0:
             continue
-        r0, r1 = int(rows[0]), int(rows[-1]) + 1
-        cols = np.flatnonzero(binary[r0:r1].any(axis=0))
-        c0, c1 = int(cols[0]), int(cols[-1]) + 1
-        crop = np.ascontiguousarray(binary[r0:r1, c0:c1]).view(np.uint8)
+        r1, c1 = r0 + height, c0 + width
+        crop = binary[r0:r1, c0:c1]
         # 8-connected regions are at least one pixel apart: at most ceil(h / 2) * ceil(w / 2) of them, plus background
         most = ((r1 - r0 + 1) // 2) * ((c1 - c0 + 1) // 2) + 1
         label_type = cv2.CV_16U if most <= 0xFFFF else cv2.CV_32S
