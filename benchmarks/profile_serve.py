@@ -16,6 +16,8 @@ stamps (perf counter; wall clock where it crosses a process boundary):
     send      encode the labelmap as an IGTL IMAGE and queue it for the clients
     out       queued -> the client has the whole labelmap (writer thread, TCP, client decode and CRC check)
     total     IGTL timestamp -> client has the labelmap
+    around    total - model, frame by frame: the time around the model (its p50 is not total p50 - model p50,
+              which mixes the model's spread from frame to frame into the overhead)
 
 Part 2, functions: cProfile of ``Segmenter.segment`` and of the labelmap's encoding on one 580x420 frame, single
 threaded, the top entries by own time.
@@ -31,7 +33,6 @@ import io
 import json
 import os
 import pstats
-import statistics
 import sys
 import tempfile
 import time
@@ -47,7 +48,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-STAGES = ("in", "wait", "pre", "model", "post", "handoff", "send", "out", "total")
+STAGES = ("in", "wait", "pre", "model", "post", "handoff", "send", "out", "total", "around")
 
 
 def load_average() -> List[float]:
@@ -77,26 +78,30 @@ def stages(args) -> Dict:
                                          "send_start": start, "send_end": time.perf_counter()}
 
     server.pipeline.engine.on_result = timed_send  # serve sends from the inference thread
-    client = ImageReceiver("127.0.0.1", output_port, device_name="NerveSegLabel", idle_timeout_s=None,
-                           on_frame=lambda f: arrivals.__setitem__(f.igtl_timestamp, f.received_wall))
     load_before = load_average()
-    with tempfile.TemporaryDirectory() as tmp:
-        make_frames(Path(tmp))
-        replay = ReplayServer(Path(tmp), host="127.0.0.1", port=input_port, fps=args.fps, loop=True,
-                              max_frames=args.frames, wait_for_client=True)
-        server.start()
-        client.start()
-        client.connected.wait(10)
-        with SentLog():
-            replay.start()
-            deadline = time.perf_counter() + args.frames / args.fps + 30
-            while not replay.done.is_set() and time.perf_counter() < deadline:
-                server.pipeline.poll(timeout=0.05)
-            end = time.perf_counter() + 2.0
-            while time.perf_counter() < end:
-                server.pipeline.poll(timeout=0.05)
-            replay.stop()
-    client.stop()
+    if args.peers == "process":
+        frames_sent = peers_in_child(args, server, input_port, output_port, arrivals)
+    else:
+        client = ImageReceiver("127.0.0.1", output_port, device_name="NerveSegLabel", idle_timeout_s=None,
+                               on_frame=lambda f: arrivals.__setitem__(f.igtl_timestamp, f.received_wall))
+        with tempfile.TemporaryDirectory() as tmp:
+            make_frames(Path(tmp))
+            replay = ReplayServer(Path(tmp), host="127.0.0.1", port=input_port, fps=args.fps, loop=True,
+                                  max_frames=args.frames, wait_for_client=True)
+            server.start()
+            client.start()
+            client.connected.wait(10)
+            with SentLog():
+                replay.start()
+                deadline = time.perf_counter() + args.frames / args.fps + 30
+                while not replay.done.is_set() and time.perf_counter() < deadline:
+                    server.pipeline.poll(timeout=0.05)
+                end = time.perf_counter() + 2.0
+                while time.perf_counter() < end:
+                    server.pipeline.poll(timeout=0.05)
+                replay.stop()
+        client.stop()
+        frames_sent = replay.frames_sent
     server.close()
     per_stage = {k: [] for k in STAGES}
     for stamp, record in records.items():
@@ -114,10 +119,64 @@ def stages(args) -> Dict:
         per_stage["send"].append(ms(record["send_start"], record["send_end"]))
         per_stage["out"].append(ms(record["send_end"] + offset, arrivals[stamp]))
         per_stage["total"].append(ms(stamp, arrivals[stamp]))
+        per_stage["around"].append(per_stage["total"][-1] - per_stage["model"][-1])
     summary = {k: {"p50": round(float(np.percentile(v, 50)), 2), "p99": round(float(np.percentile(v, 99)), 2),
                    "mean": round(float(np.mean(v)), 2)} for k, v in per_stage.items() if v}
-    return {"frames_sent": replay.frames_sent, "frames_back": len(per_stage["total"]), "stages_ms": summary,
+    return {"frames_sent": frames_sent, "peers": args.peers, "frames_back": len(per_stage["total"]), "stages_ms": summary,
             "load_average_before": load_before, "load_average_after": load_average()}
+
+
+def peers_in_child(args, server, input_port: int, output_port: int, arrivals: Dict[float, float]) -> int:
+    """Run the replay server and the labelmap client in a child process (as PLUS and Slicer are separate
+    processes), so that their encoding, decoding and CRCs do not compete with serve for this process's GIL. The
+    child writes each labelmap's arrival (wall clock, which both processes share) to a JSON file; returns the
+    number of frames it sent."""
+    import subprocess
+
+    server.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "arrivals.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--peer-child", str(out), "--frames", str(args.frames),
+                   "--fps", str(args.fps), "--input-port", str(input_port), "--output-port", str(output_port)]
+        child = subprocess.Popen(command)
+        deadline = time.perf_counter() + args.frames / args.fps + 90
+        while child.poll() is None and time.perf_counter() < deadline:
+            server.pipeline.poll(timeout=0.05)
+        if child.poll() is None:
+            child.kill()
+            raise RuntimeError("the peer process did not finish in time")
+        if child.returncode != 0:
+            raise RuntimeError(f"the peer process failed (exit status {child.returncode})")
+        result = json.loads(out.read_text())
+    arrivals.update({float(k): v for k, v in result["arrivals"].items()})
+    return int(result["frames_sent"])
+
+
+def peer_child(args) -> int:
+    """The child of :func:`peers_in_child`: replay server on --input-port, labelmap client on --output-port."""
+    from bench_vs_fast import SentLog, make_frames  # noqa: E402  (same folder)
+
+    from NerveSegLogic.stream.receiver import ImageReceiver
+    from NerveSegLogic.stream.replay import ReplayServer
+
+    arrivals: Dict[str, float] = {}
+    client = ImageReceiver("127.0.0.1", args.output_port, device_name="NerveSegLabel", idle_timeout_s=None,
+                           on_frame=lambda f: arrivals.__setitem__(repr(f.igtl_timestamp), f.received_wall))
+    with tempfile.TemporaryDirectory() as tmp:
+        make_frames(Path(tmp))
+        replay = ReplayServer(Path(tmp), host="127.0.0.1", port=args.input_port, fps=args.fps, loop=True,
+                              max_frames=args.frames, wait_for_client=True)
+        client.start()
+        if not client.connected.wait(30):
+            raise RuntimeError("the peer client could not connect to serve's output port")
+        with SentLog():
+            replay.start()
+            replay.wait_done(args.frames / args.fps + 60)
+            time.sleep(2.0)  # the last labelmaps
+            replay.stop()
+        client.stop()
+    Path(args.peer_child).write_text(json.dumps({"frames_sent": replay.frames_sent, "arrivals": arrivals}))
+    return 0
 
 
 def functions(args) -> str:
@@ -157,6 +216,12 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-stages", action="store_true")
     parser.add_argument("--skip-functions", action="store_true")
     parser.add_argument("--json", default=None, help="also write the stage figures here")
+    parser.add_argument("--peers", choices=("in-process", "process"), default="in-process",
+                        help="where the replay server and the labelmap client run: in this process (threads sharing "
+                             "serve's GIL) or in a child process (as PLUS and Slicer are)")
+    parser.add_argument("--peer-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--input-port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--output-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--cv-threads", type=int, default=None,
                         help="cv2.setNumThreads for this process (default: OpenCV's own, one per core)")
     args = parser.parse_args(argv)
@@ -165,11 +230,13 @@ def main(argv=None) -> int:
 
         cv2.setNumThreads(args.cv_threads)
     sys.path.insert(0, str(HERE))
+    if args.peer_child:
+        return peer_child(args)
     if not args.skip_stages:
         result = stages(args)
         print(f"## Stages, {args.model} on {args.backend}, {args.threads} threads (OpenCV: "
               f"{'default' if args.cv_threads is None else args.cv_threads}), {args.frames} frames at "
-              f"{args.fps:g} fps (load {result['load_average_before']} -> {result['load_average_after']})\n")
+              f"{args.fps:g} fps, peers {args.peers} (load {result['load_average_before']} -> {result['load_average_after']})\n")
         print(f"frames sent {result['frames_sent']}, labelmaps back {result['frames_back']}\n")
         print("| stage | p50 ms | p99 ms | mean ms |\n|---|---|---|---|")
         for key, value in result["stages_ms"].items():
