@@ -55,6 +55,25 @@ def load_average() -> List[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def cpu_ticks() -> Dict[str, int]:
+    """All CPUs' tick counters since boot from /proc/stat (Linux; empty elsewhere): ``steal`` is time a virtual
+    machine's CPUs were ready but the host ran something else."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return {}
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return {name: int(value) for name, value in zip(names, fields)}
+
+
+def steal_percent(before: Dict[str, int], after: Dict[str, int]):
+    """Share of all CPU time stolen by the host between two cpu_ticks() readings, in %; None where unknown."""
+    if not before or not after:
+        return None
+    total = sum(after.values()) - sum(before.values())
+    return round(100.0 * (after["steal"] - before["steal"]) / total, 2) if total > 0 else None
+
+
 def stages(args) -> Dict:
     from bench_vs_fast import SentLog, free_port, make_frames  # noqa: E402  (same folder)
 
@@ -79,6 +98,7 @@ def stages(args) -> Dict:
 
     server.pipeline.engine.on_result = timed_send  # serve sends from the inference thread
     load_before = load_average()
+    ticks_before = cpu_ticks()
     if args.peers == "process":
         frames_sent = peers_in_child(args, server, input_port, output_port, arrivals)
     else:
@@ -122,7 +142,8 @@ def stages(args) -> Dict:
         per_stage["around"].append(per_stage["total"][-1] - per_stage["model"][-1])
     summary = {k: {"p50": round(float(np.percentile(v, 50)), 2), "p99": round(float(np.percentile(v, 99)), 2),
                    "mean": round(float(np.mean(v)), 2)} for k, v in per_stage.items() if v}
-    return {"frames_sent": frames_sent, "peers": args.peers, "frames_back": len(per_stage["total"]), "stages_ms": summary,
+    return {"frames_sent": frames_sent, "peers": args.peers, "steal_percent": steal_percent(ticks_before, cpu_ticks()),
+            "frames_back": len(per_stage["total"]), "stages_ms": summary,
             "load_average_before": load_before, "load_average_after": load_average()}
 
 
@@ -136,7 +157,8 @@ def peers_in_child(args, server, input_port: int, output_port: int, arrivals: Di
     server.start()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "arrivals.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--peer-child", str(out), "--frames", str(args.frames),
+        command = [sys.executable, str(Path(__file__).resolve()), "--peer-child", str(out),
+                   "--frames", str(args.frames),
                    "--fps", str(args.fps), "--input-port", str(input_port), "--output-port", str(output_port)]
         child = subprocess.Popen(command)
         deadline = time.perf_counter() + args.frames / args.fps + 90
@@ -236,8 +258,10 @@ def main(argv=None) -> int:
         result = stages(args)
         print(f"## Stages, {args.model} on {args.backend}, {args.threads} threads (OpenCV: "
               f"{'default' if args.cv_threads is None else args.cv_threads}), {args.frames} frames at "
-              f"{args.fps:g} fps, peers {args.peers} (load {result['load_average_before']} -> {result['load_average_after']})\n")
-        print(f"frames sent {result['frames_sent']}, labelmaps back {result['frames_back']}\n")
+              f"{args.fps:g} fps, peers {args.peers} (load {result['load_average_before']} -> "
+              f"{result['load_average_after']})\n")
+        print(f"frames sent {result['frames_sent']}, labelmaps back {result['frames_back']}, CPU time stolen by the "
+              f"host {result['steal_percent']} %\n")
         print("| stage | p50 ms | p99 ms | mean ms |\n|---|---|---|---|")
         for key, value in result["stages_ms"].items():
             print(f"| {key} | {value['p50']} | {value['p99']} | {value['mean']} |")
