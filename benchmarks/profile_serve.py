@@ -23,6 +23,8 @@ Part 2, functions: cProfile of ``Segmenter.segment`` and of the labelmap's encod
 threaded, the top entries by own time.
 
     .venv/bin/python benchmarks/profile_serve.py --frames 300            # prints a Markdown section
+    .venv/bin/python benchmarks/profile_serve.py --model effnet2-unet --backend auto --threads 1 --frames 300 \
+        --skip-functions --model-alone 300    # + the model alone at the frame period, and a clock-loop control
 """
 
 from __future__ import annotations
@@ -201,6 +203,35 @@ def peer_child(args) -> int:
     return 0
 
 
+def model_alone(args) -> Dict:
+    """The model by itself, one call per frame period as serve makes them (a sleep between calls), and a control: a
+    loop that only reads the clock for as long as the model's median. When the model alone has serve's tail and the
+    control has none, the tail is the machine's memory system (other tenants of the host), not serve's code and
+    not the CPU being taken away."""
+    from NerveSegLogic.inference.backends import load_segmenter
+
+    segmenter = load_segmenter(args.model, backend=args.backend, threads=args.threads)
+    spec = segmenter.spec
+    tensor = np.random.default_rng(0).random((1, spec.channels, spec.height, spec.width)).astype(np.float32)
+    segmenter.backend.run(tensor)
+    model, control = [], []
+    for _ in range(args.model_alone):
+        time.sleep(1.0 / args.fps - 0.012)
+        start = time.perf_counter()
+        segmenter.backend.run(tensor)
+        model.append((time.perf_counter() - start) * 1e3)
+    busy_s = float(np.median(model)) / 1e3
+    for _ in range(args.model_alone):
+        time.sleep(1.0 / args.fps - 0.012)
+        start = time.perf_counter()
+        while time.perf_counter() - start < busy_s:
+            pass
+        control.append((time.perf_counter() - start) * 1e3)
+    summary = lambda v: {"p50": round(float(np.percentile(v, 50)), 2),  # noqa: E731
+                         "p99": round(float(np.percentile(v, 99)), 2), "max": round(max(v), 2)}
+    return {"calls": args.model_alone, "model_ms": summary(model), "clock_loop_ms": summary(control)}
+
+
 def functions(args) -> str:
     from NerveSegLogic.inference.backends import load_segmenter
     from NerveSegLogic.stream.codec import encode_image
@@ -241,6 +272,9 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", choices=("in-process", "process"), default="in-process",
                         help="where the replay server and the labelmap client run: in this process (threads sharing "
                              "serve's GIL) or in a child process (as PLUS and Slicer are)")
+    parser.add_argument("--model-alone", type=int, default=0, metavar="CALLS",
+                        help="after the stages, time the model alone this many times at the frame period, with a "
+                             "clock-reading loop as control (is a tail the machine's or serve's?)")
     parser.add_argument("--peer-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--input-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--output-port", type=int, default=0, help=argparse.SUPPRESS)
@@ -265,6 +299,11 @@ def main(argv=None) -> int:
         print("| stage | p50 ms | p99 ms | mean ms |\n|---|---|---|---|")
         for key, value in result["stages_ms"].items():
             print(f"| {key} | {value['p50']} | {value['p99']} | {value['mean']} |")
+        if args.model_alone:
+            result["model_alone"] = alone = model_alone(args)
+            print(f"\nThe model alone, {alone['calls']} calls at the frame period: p50 {alone['model_ms']['p50']} ms, "
+                  f"p99 {alone['model_ms']['p99']} ms, max {alone['model_ms']['max']} ms; a loop reading the clock "
+                  f"for its median: p99 {alone['clock_loop_ms']['p99']} ms, max {alone['clock_loop_ms']['max']} ms")
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
     if not args.skip_functions:
