@@ -5,8 +5,9 @@
    ``sendall`` starts -> the other thread has every byte (``recv_into`` a preallocated buffer). serve's latency
    holds two such hops (replay server -> serve, serve -> client), each with its encode and checks on top.
 2. The same preprocessing call (``preprocess.preprocess``, a fresh 580x420 frame into the default model's input)
-   right after the previous one and after a sleep of 2, 10 and 20 ms: how much a step that runs once per frame,
-   after the thread slept, costs over its back-to-back time (serve's worker sleeps between frames).
+   right after the previous one, after a sleep of 2, 10 and 20 ms, and after 20 ms spent spinning: how much a step
+   that runs once per frame costs over its back-to-back time (serve's worker sleeps between frames), and whether
+   the CPU going idle is the reason.
 
     .venv/bin/python benchmarks/bench_machine_floor.py           # prints a Markdown section
 """
@@ -75,7 +76,8 @@ def loopback_hop(messages: int, fps: float, buffer_bytes: int = 0) -> np.ndarray
 
 
 def preprocess_after_sleep(gaps_ms, repeats: int) -> dict:
-    """{gap ms: per-call ms} of preprocess on fresh frames (copies of the sample frames at 580x420)."""
+    """{(gap ms, how): per-call ms} of preprocess on fresh frames (copies of the sample frames at 580x420), the gap
+    spent asleep (``sleep``) or reading the clock in a loop (``spin``: the CPU never goes idle)."""
     import cv2
 
     from NerveSegLogic.inference import preprocess as pp
@@ -90,8 +92,12 @@ def preprocess_after_sleep(gaps_ms, repeats: int) -> dict:
         for gap in gaps_ms:  # interleaved, so a slow spell of the machine falls on every gap alike
             for frame in frames:
                 fresh = frame.copy()
-                if gap:
-                    time.sleep(gap / 1000.0)
+                if gap[1] == "sleep":
+                    time.sleep(gap[0] / 1000.0)
+                else:
+                    end = time.perf_counter() + gap[0] / 1000.0
+                    while time.perf_counter() < end:
+                        pass
                 start = time.perf_counter()
                 pp.preprocess(fresh, spec)
                 out[gap].append((time.perf_counter() - start) * 1e3)
@@ -114,13 +120,15 @@ def main(argv=None) -> int:
         label = "the system's" if not buffer_bytes else f"{buffer_bytes >> 10} KiB asked"
         print(f"| {label} | {np.percentile(hop, 50):.3f} | {np.percentile(hop, 90):.3f} | "
               f"{np.percentile(hop, 99):.3f} |")
-    gaps = (0, 2, 10, 20)
+    gaps = ((0, "sleep"), (2, "sleep"), (10, "sleep"), (20, "sleep"), (20, "spin"))
     timings = preprocess_after_sleep(gaps, args.repeats)
-    print("\npreprocess.preprocess of a fresh 580x420 frame for the default model, after a sleep:\n")
-    print("| sleep before the call ms | calls | p50 ms | p90 ms |\n|---|---|---|---|")
+    print("\npreprocess.preprocess of a fresh 580x420 frame for the default model, after a gap spent asleep or "
+          "spinning (a loop reading the clock):\n")
+    print("| gap before the call | calls | p50 ms | p90 ms |\n|---|---|---|---|")
     for gap in gaps:
         values = np.asarray(timings[gap])
-        print(f"| {gap} | {values.size} | {np.percentile(values, 50):.3f} | {np.percentile(values, 90):.3f} |")
+        label = "none" if not gap[0] else f"{gap[0]} ms {'asleep' if gap[1] == 'sleep' else 'spinning'}"
+        print(f"| {label} | {values.size} | {np.percentile(values, 50):.3f} | {np.percentile(values, 90):.3f} |")
     return 0
 
 
