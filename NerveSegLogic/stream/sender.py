@@ -312,7 +312,7 @@ class ImageSender:
 
         ``copy=False``: the caller never writes to ``labelmap`` again (serve's labelmaps are new for every frame),
         so the message refers to its pixels instead of copying them (codec.encode_frame_parts): a 580x420
-        labelmap's encoding 0.15 -> 0.04 ms with the memory cold (benchmarks/serve_overhead.md).
+        labelmap's encoding 240 -> 210 us with a 10 ms sleep before each call (benchmarks/serve_overhead.md).
 
         Raises ValueError for a labelmap that is not a 2D uint8 array.
         """

@@ -43,7 +43,9 @@ class SourceFrame:
 
 
 class FrameSource(Protocol):
-    """What the replay server needs from a recording."""
+    """What the replay server needs from a recording. Each frame's ``image`` must not be written to after it was
+    yielded (a new array, or a view of data nothing changes): the replay server sends the array's own memory, and
+    a message may wait in a slow client's backlog for half a second."""
 
     description: str
     fps: Optional[float]  # the recording's own rate (frames/s) when it has one
