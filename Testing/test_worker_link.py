@@ -112,3 +112,28 @@ def test_outside_slicer_the_worker_runs_with_this_python(monkeypatch):
 
     assert not hasattr(slicer, "app")  # slicer-core: MRML without the application
     assert worker_python() == sys.executable
+
+
+def test_a_message_that_arrives_in_the_same_read_as_the_hello_is_not_lost():
+    """A worker that fails at once sends its hello and its error back to back; the error must reach the status."""
+    from NerveSegLogic.worker import link
+    from NerveSegLogic.worker.parent import WorkerProcess
+
+    process = WorkerProcess([])
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    process._listener, process._token = listener, "t0ken"
+    client = socket.create_connection(listener.getsockname())
+    try:
+        client.sendall(b"".join(link.encode("hello", {"token": "t0ken"}) + link.encode("error", {"message": "boom"})))
+        messages, deadline = [], time.monotonic() + 5
+        while not messages and time.monotonic() < deadline:
+            messages = process.read()
+            time.sleep(0.01)
+        assert process.hello["token"] == "t0ken"
+        assert [(m.kind, m.header.get("message")) for m in messages] == [("error", "boom")]
+    finally:
+        client.close()
+        process._close()

@@ -8,6 +8,13 @@ each ``poll`` reads whatever the link holds, applies only the newest result (the
 travel in one message and so always belong together), and keeps the process healthy: a worker that exits or goes
 silent is restarted (at most :data:`MAX_RESTARTS` times in a row) with the reason in the status line.
 
+Inside Slicer the child is ``PythonSlicer``, the CTK launcher: it starts the real interpreter as a child of its own
+and forwards no signal, so terminating or killing the launcher alone would leave a hung worker running. The worker is
+therefore started as the root of its own process tree (POSIX: a new session, so its own process group; Windows: a
+new process group) and a worker that does not stop when asked is ended tree and all (POSIX: SIGTERM, then SIGKILL to
+the group; Windows: ``taskkill /T /F``), by ``stop``, by the restart after a crash or a silence, and at exit. A
+healthy worker still ends by itself when its link closes, which is what happens when Slicer's process dies.
+
 No thread runs here: everything happens in the caller's ``poll``, so it works the same whether or not Python
 threads get the GIL (they do not, in Slicer, while the Qt event loop waits).
 """
@@ -19,6 +26,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -96,6 +104,7 @@ class WorkerProcess:
         self._sock: Optional[socket.socket] = None
         self._token = ""
         self._reader = link.MessageReader()
+        self._pending: List[link.Message] = []
         self.writer: Optional[link.MessageWriter] = None
         self.hello: Optional[dict] = None
         self.started_at = 0.0
@@ -120,16 +129,16 @@ class WorkerProcess:
         env["PYTHONUNBUFFERED"] = "1"
         command = [self.python or worker_python(), "-m", "NerveSegLogic.worker", "--connect", f"127.0.0.1:{port}",
                    "--token", self._token, *self.args]
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window on Windows
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                        stderr=subprocess.STDOUT, env=env, creationflags=flags)
+                                        stderr=subprocess.STDOUT, env=env, **_tree_root_options())
         self.started_at = self.last_message_at = time.monotonic()
         _live_processes.add(self)
         log.info("NerveSeg worker started (pid %s), log %s", self.process.pid, self.log_path)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> Optional[int]:
-        """Ask the worker to stop, wait up to ``timeout`` s, then terminate and kill it; closes the link. Returns
-        its exit code (None when it was never started). Idempotent."""
+        """Ask the worker to stop, wait up to ``timeout`` s, then terminate and kill its whole process tree (the
+        launcher and the interpreter it started); closes the link. Returns the started process's exit code (None
+        when it was never started). Idempotent."""
         process = self.process
         if self._sock is not None:
             try:
@@ -140,15 +149,11 @@ class WorkerProcess:
                 pass
         code = None
         if process is not None:
-            try:
-                code = process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.terminate()
-                try:
-                    code = process.wait(1.0)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    code = process.wait(5.0)
+            if os.name == "nt":
+                code = _end_tree_windows(process, timeout)
+            else:
+                worker_pid = (self.hello or {}).get("pid")
+                code = _end_tree_posix(process, timeout, worker_pid if isinstance(worker_pid, int) else None)
         self._close()
         _live_processes.discard(self)
         return code
@@ -168,8 +173,9 @@ class WorkerProcess:
 
     @property
     def exit_code(self) -> Optional[int]:
-        """The exit code once the process has ended, else None."""
-        return None if self.process is None else self.process.poll()
+        """The exit code once the process has ended, else None (where it can, without reaping it: see
+        :func:`_exit_status`)."""
+        return None if self.process is None else _exit_status(self.process)
 
     @property
     def connected(self) -> bool:
@@ -183,7 +189,8 @@ class WorkerProcess:
             self._accept()
             if self._sock is None:
                 return []
-        messages = self._reader.read(self._sock)
+        messages = self._pending + self._reader.read(self._sock)
+        self._pending = []
         if messages:
             self.last_message_at = time.monotonic()
         return messages
@@ -218,6 +225,7 @@ class WorkerProcess:
         self.writer = link.MessageWriter(sock)
         self.hello = messages[0].header
         self._reader = first  # keeps any bytes that came after the hello
+        self._pending = messages[1:]  # whole messages that came in the same read (a quick error): next read()
         self._listener.close()
         self._listener = None
         self.last_message_at = time.monotonic()
@@ -239,6 +247,105 @@ class WorkerProcess:
             f.seek(max(0, size - 64 * 1024))
             text = f.read().decode("utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------------------------------- ending the tree
+def _tree_root_options() -> dict:
+    """Popen options that make the worker the root of a process tree that can be ended as a whole."""
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP}
+    # A new session: its own process group, whose id is the started process's pid. It also keeps a Ctrl-C or a
+    # hang-up of Slicer's terminal from reaching the worker directly; it still ends when its link closes.
+    return {"start_new_session": True}
+
+
+def _exit_status(process: subprocess.Popen) -> Optional[int]:
+    """The exit code of ``process`` once it has ended, else None. On POSIX with ``os.waitid`` (Linux; macOS from
+    Python 3.13) an ended process is left unreaped (a zombie) until ``stop`` reaps it: while it is, its pid, and so
+    its process group's id, cannot be given to another process, so signalling the group cannot hit a stranger."""
+    if process.returncode is not None:
+        return process.returncode
+    if os.name != "nt" and hasattr(os, "waitid") and hasattr(os, "WNOWAIT"):
+        try:
+            info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped elsewhere
+            return process.poll()
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+    return process.poll()
+
+
+def _wait_for_exit(process: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _exit_status(process) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _signal_group(process: subprocess.Popen, sig: int, worker_pid: Optional[int]) -> None:
+    """POSIX: send ``sig`` to the worker's process group (started in a new session, its id is ``process.pid``).
+
+    While ``process`` is not reaped (running or a zombie) the group id is ours. Once it was reaped (no
+    ``os.waitid``, or reaped elsewhere) the id may belong to another process's group by now, so the group is
+    signalled only while the worker that said hello (the interpreter behind the launcher) is still a member. A
+    group that is already gone is fine."""
+    pgid = process.pid
+    if process.returncode is not None:
+        if not worker_pid or worker_pid == pgid:
+            return
+        try:
+            if os.getpgid(worker_pid) != pgid:
+                return  # the worker is gone and its pid reused: not ours
+        except OSError:
+            return  # the worker is gone; so is, or soon will be, the group
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # nothing of the group is left
+    except PermissionError:
+        log.warning("not allowed to signal the NerveSeg worker's process group %s", pgid)
+
+
+def _end_tree_posix(process: subprocess.Popen, timeout: float, worker_pid: Optional[int]) -> int:
+    """Wait up to ``timeout`` s for the started process to end (the polite path: it was sent "stop"); then SIGTERM
+    its group, 1 s more, then SIGKILL the group. The SIGKILL also goes, before the launcher is reaped, to a group
+    whose launcher ended by itself or on SIGTERM: what is left there is a worker that outlived its launcher (a hung
+    one behind ``PythonSlicer``, which forwards no signal, or one whose launcher crashed). A worker that ended
+    politely leaves nothing in the group, and the SIGKILL reaches no one."""
+    if not _wait_for_exit(process, timeout):
+        log.warning("NerveSeg worker (pid %s) did not stop within %.1f s: terminating its process group",
+                    process.pid, timeout)
+        _signal_group(process, signal.SIGTERM, worker_pid)
+        _wait_for_exit(process, 1.0)
+    _signal_group(process, signal.SIGKILL, worker_pid)
+    try:
+        return process.wait(5.0)
+    except subprocess.TimeoutExpired:  # only if signalling the group failed
+        process.kill()
+        return process.wait(5.0)
+
+
+def _end_tree_windows(process: subprocess.Popen, timeout: float) -> int:
+    """Windows: wait up to ``timeout`` s, then end the tree with ``taskkill /T /F``, which walks it from the started
+    process (the launcher, ``PythonSlicer.exe``) while that runs; Windows has no polite signal for a console-less
+    process. Not tested on Windows by the test suite."""
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    log.warning("NerveSeg worker (pid %s) did not stop within %.1f s: ending its process tree", process.pid, timeout)
+    try:
+        subprocess.run(["taskkill", "/PID", str(process.pid), "/T", "/F"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10.0,
+                       creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("taskkill of the NerveSeg worker's tree failed: %s", error)
+    if process.poll() is None:
+        process.kill()
+    return process.wait(5.0)
 
 
 def _last_line(text: str) -> str:
