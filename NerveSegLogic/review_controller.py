@@ -13,6 +13,44 @@ import numpy as np
 from .frame import ImageGeometry
 from .signals import Signal
 
+#: Qt widget classes that use Return/Enter themselves: text entry (line edits, the editor Qt opens in a table cell
+#: to rename a segment, the line edit inside a spin box, an editable combo box or a ctkPathLineEdit), and lists and
+#: tables (a combo box's drop-down list, a table that starts editing on Return on macOS). While one of them, or a
+#: widget inside one, has the keyboard focus, the review keys that are plain text keys (:data:`TEXT_KEYS`) are off.
+TEXT_ENTRY_CLASSES = ("QLineEdit", "QTextEdit", "QPlainTextEdit", "QAbstractSpinBox", "QComboBox",
+                      "QAbstractItemView", "QKeySequenceEdit")
+#: Review keys that a text-entry widget needs (Return/Enter end an entry or commit a table cell's edit).
+TEXT_KEYS = ("Return", "Enter")
+
+
+def focus_takes_text(widget, qt_module) -> bool:
+    """Whether ``widget`` (the widget with the keyboard focus, or None) or one of its parents is one of
+    :data:`TEXT_ENTRY_CLASSES`. ``qt_module``: Slicer's ``qt`` module (or anything that names those classes; classes
+    it lacks are skipped). Parents are followed with ``parentWidget()``, so a drop-down list counts as its combo box."""
+    classes = tuple(getattr(qt_module, name) for name in TEXT_ENTRY_CLASSES if getattr(qt_module, name, None))
+    seen = 0
+    while widget is not None and seen < 256:  # a bound, in case a stand-in's parents loop
+        if classes and isinstance(widget, classes):
+            return True
+        parent = getattr(widget, "parentWidget", None)
+        widget = parent() if callable(parent) else None
+        seen += 1
+    return False
+
+
+def review_key_enabled(key: str, review_open: bool, focus_in_text_entry: bool) -> bool:
+    """Whether the review shortcut on ``key`` (e.g. "Return", "Alt+R") may fire now: only while a store is open, and
+    for :data:`TEXT_KEYS` only while the focus is not in a text-entry widget (:func:`focus_takes_text`), so Return
+    in the Author or Server field, or while renaming a segment, does what it does there instead of Accept."""
+    if not review_open:
+        return False
+    return not (key in TEXT_KEYS and focus_in_text_entry)
+
+
+#: What each prompt placement puts into the views' clicks: the markups node (by position in
+#: ``start_prompts``' tuple) and whether place mode stays on after each click (persistent).
+PROMPT_PLACEMENTS = {"box": (0, False), "include": (1, True), "exclude": (2, True)}
+
 
 def _default_review_classes() -> Dict[int, str]:
     """Classes offered for frames that have no mask yet: the default model's ({label: key})."""
@@ -80,6 +118,7 @@ class ReviewController:
         self._scores: Dict[int, Optional[float]] = {}
         self.prompts = None  # a ReviewPrompt once start_prompts() was called
         self._prompt_nodes: Optional[Tuple[Any, Any, Any]] = None
+        self.placing: Optional[str] = None  # the prompt placement started last ("box", "include", "exclude")
         self.changed = Signal("review_changed")
 
     @property
@@ -193,17 +232,95 @@ class ReviewController:
             self.prompts.set_class(class_key)  # the prompts stay: run them for the new class
         else:
             self.prompts.class_key = class_key
-        if self._prompt_nodes is None:
+        if not self.prompt_nodes_in_scene():
+            # First use, or the scene was closed (File > Close Scene removes every node): the cached nodes are no
+            # longer in the scene, and placing into them would place nothing. Find or create them again.
             from .scene.annotation import prompt_nodes
 
             self._prompt_nodes = prompt_nodes(self.mrml_scene)
+            self.placing = None
         return self._prompt_nodes
+
+    def _scene(self):
+        if self.mrml_scene is not None:
+            return self.mrml_scene
+        from .scene.annotation import annotation_scene
+
+        return annotation_scene()
+
+    def prompt_nodes_in_scene(self) -> bool:
+        """Whether the prompt markups of :meth:`start_prompts` exist and are all still in the scene."""
+        if self._prompt_nodes is None:
+            return False
+        scene = self._scene()
+        return all(node is not None and node.GetScene() is not None and scene.IsNodePresent(node)
+                   for node in self._prompt_nodes)
+
+    def prompt_placement(self, kind: str = "auto") -> Tuple[Any, bool]:
+        """``(markups node, persistent)`` for the next placement in the views (after :meth:`start_prompts`).
+
+        kind: "box" (the ROI, placed once: place mode ends after it), "include" or "exclude" (that point list;
+        persistent: every click adds a point until the annotator leaves place mode with Esc or a right click), or
+        "auto": the box while none is placed, else include clicks."""
+        kind = self._placement_kind(kind)
+        index, persistent = PROMPT_PLACEMENTS[kind]
+        return self._prompt_nodes[index], persistent
+
+    def _placement_kind(self, kind: str) -> str:
+        if not self.prompt_nodes_in_scene():
+            raise RuntimeError("start the prompt tool first (start_prompts)")
+        if kind == "auto":
+            kind = "box" if self._prompt_nodes[0].GetNumberOfControlPoints() == 0 else "include"
+        if kind not in PROMPT_PLACEMENTS:
+            raise ValueError(f"prompt placement: expected one of auto, {', '.join(PROMPT_PLACEMENTS)}, got {kind!r}")
+        return kind
+
+    def place_prompts(self, kind: str, selection_node, interaction_node) -> str:
+        """Make the views' next clicks place ``kind`` (see :meth:`prompt_placement`); returns the kind started.
+
+        Does with MRML nodes what Slicer's Markups logic does (``SetActiveList`` and ``StartPlaceMode``): the
+        selection node's active place node class and id, then the interaction node's place-mode persistence and
+        mode. selection_node, interaction_node: the application's (``slicer.app.applicationLogic()``)."""
+        kind = self._placement_kind(kind)
+        node, persistent = self.prompt_placement(kind)
+        if selection_node.GetActivePlaceNodeClassName() != node.GetClassName():
+            selection_node.SetReferenceActivePlaceNodeClassName(node.GetClassName())
+        if selection_node.GetActivePlaceNodeID() != node.GetID():
+            selection_node.SetReferenceActivePlaceNodeID(node.GetID())
+        interaction_node.SetPlaceModePersistence(1 if persistent else 0)
+        interaction_node.SetCurrentInteractionMode(interaction_node.Place)
+        self.placing = kind
+        return kind
+
+    def end_placement(self, selection_node, interaction_node) -> bool:
+        """Leave place mode if it places into the prompt markups (the panel calls this after moving to another
+        frame: the prompts were cleared, and the next click there belongs to the annotator's next tool). Place-mode
+        persistence goes back to single, Slicer's default. Returns whether place mode was left."""
+        self.placing = None  # set first: the EndPlacementEvent this raises must not start the clicks
+        if not self.prompt_nodes_in_scene() or interaction_node.GetCurrentInteractionMode() != interaction_node.Place:
+            return False
+        if selection_node.GetActivePlaceNodeID() not in {node.GetID() for node in self._prompt_nodes}:
+            return False  # the annotator places something else (Markups module): not ours to end
+        interaction_node.SetPlaceModePersistence(0)
+        interaction_node.SetCurrentInteractionMode(interaction_node.ViewTransform)
+        return True
+
+    def placement_ended(self, selection_node, interaction_node) -> Optional[str]:
+        """The views left place mode (the interaction node's EndPlacementEvent). Right after the box was placed, go
+        on with include clicks (persistent), so one press of "Box and clicks" places the box and then the clicks;
+        returns the placement started then, else None (the annotator ended the clicks, or cancelled the box)."""
+        placing, self.placing = self.placing, None
+        if placing != "box" or not self.prompt_nodes_in_scene() or self.prompts is None:
+            return None
+        if self._prompt_nodes[0].GetNumberOfControlPoints() == 0:
+            return None  # the box was cancelled: nothing placed
+        return self.place_prompts("include", selection_node, interaction_node)
 
     def prompt_changed(self) -> Optional[np.ndarray]:
         """The annotator placed, moved or removed a box or click: run the prompt on what the markups hold now and
         show the class's new mask in the segmentation node (the other classes unchanged). Returns the labelmap
         shown, or None while there is neither a box nor an include click."""
-        if self.prompts is None or self._prompt_nodes is None or self.volume_node is None:
+        if self.prompts is None or not self.prompt_nodes_in_scene() or self.volume_node is None:
             raise RuntimeError("start the prompt tool first (start_prompts)")
         from .scene.annotation import read_prompts
 
@@ -216,7 +333,7 @@ class ReviewController:
         return preview
 
     def _clear_prompt_nodes(self) -> None:
-        if self._prompt_nodes is not None:
+        if self.prompt_nodes_in_scene():
             from .scene.annotation import clear_prompts
 
             clear_prompts(*self._prompt_nodes)
@@ -277,6 +394,7 @@ class ReviewController:
         """Close the session and its store (the annotation nodes stay in the scene)."""
         session, self.session = self.session, None
         self._shown = None
+        self.placing = None
         prompts, self.prompts = self.prompts, None
         if prompts is not None:
             prompts.close()

@@ -8,15 +8,20 @@ panel calls :func:`check` (reads package metadata only: nothing is imported, tor
   picks the build that matches the GPU driver (CPU-only when there is no NVIDIA GPU); a plain ``pip install
   torch`` would pull the wrong build.
 - everything else from ``Resources/requirements-slicer.txt`` with Slicer's own installer, newest API first:
-  ``slicer.packaging.pip_ensure`` (recent Slicer; ``slicer.pydeps.pip_ensure`` in the versions that named it so),
-  which asks, installs and offers a restart; else ``slicer.util.pip_install`` (every Slicer) after asking.
+  ``slicer.packaging.pip_ensure`` (Slicer 5.12 and later), which asks, installs and offers a restart; else
+  ``slicer.util.pip_install`` (Slicer 5.6 to 5.10) after asking.
 - packages that require torch (:data:`TORCH_DEPENDENT`: MONAI) only once torch is there, so pip never pulls torch
   itself (a bare ``torch`` requirement from the package index is the CUDA build on Linux).
 
 Every installation holds the packages Slicer already has at their installed versions (:data:`HELD`: numpy, and
 torch once the PyTorch extension installed it) through a pip constraints file: a requirement that would upgrade
-Slicer's numpy 1.26 inside a running session fails to resolve instead of damaging Slicer.
-Testing/test_slicer_requirements_resolve.py resolves the file for Slicer's Python 3.9 with numpy 1.26 held.
+Slicer's numpy (1.26 in Slicer 5.6/5.8, 2.0.2 in 5.10) inside a running session fails to resolve instead of damaging
+Slicer. Testing/test_slicer_requirements_resolve.py resolves the file for Python 3.9 with numpy 1.26.4 held and for
+Python 3.12 with numpy 2.0.2 held, on Linux, Windows and macOS.
+
+Slicer's testing mode (``slicer.app.testingEnabled()``: ctest runs Slicer with ``--testing``) never changes the Python
+environment: :func:`install` and :func:`ensure` install nothing there and return False, as Slicer's own
+``pip_ensure`` does (``skip_in_testing``); the module's test skips with :func:`testing_skip_message` instead.
 
 Nothing here imports ``qt``; the ``slicer`` module is passed in, so the logic is tested outside Slicer.
 """
@@ -224,22 +229,40 @@ def _write_constraints(lines: Sequence[str]) -> str:
     return path
 
 
+def testing_enabled(slicer) -> bool:
+    """Whether Slicer runs in testing mode (``slicer.app.testingEnabled()``, set by ``--testing`` as ctest does);
+    False outside Slicer (no ``app``) and for a stand-in without the method."""
+    app = getattr(slicer, "app", None)
+    check_function = getattr(app, "testingEnabled", None)
+    if not callable(check_function):
+        return False
+    try:
+        return bool(check_function())
+    except Exception:  # pragma: no cover (an application being torn down)
+        return False
+
+
+def testing_skip_message(missing: Sequence[Missing]) -> str:
+    """Why the module's test does not run in testing mode when packages are missing (what to install, and how)."""
+    return ("Slicer runs in testing mode, which never changes its Python environment, and NerveSeg's test needs "
+            "packages this Slicer lacks: " + "; ".join(m.describe() for m in missing) + ". Install them once "
+            "(open NerveSeg and press 'Install missing packages...', or run its test with Reload and Test outside "
+            "testing mode), then run the test again.")
+
+
 def _pip_ensure(slicer):
-    """Slicer's ``pip_ensure`` where this Slicer has one (``slicer.packaging``, or ``slicer.pydeps``), else None."""
-    for module_name in ("packaging", "pydeps"):
-        module = getattr(slicer, module_name, None)
-        if module is None:
-            try:
-                module = importlib.import_module(f"{slicer.__name__}.{module_name}")
-            except (ImportError, AttributeError):
-                continue
-        ensure_function = getattr(module, "pip_ensure", None)
-        if callable(ensure_function):
-            return ensure_function
-    return None
+    """``slicer.packaging.pip_ensure`` where this Slicer has it (5.12 and later), else None (5.6 to 5.10)."""
+    module = getattr(slicer, "packaging", None)
+    if module is None:
+        try:
+            module = importlib.import_module(f"{slicer.__name__}.packaging")
+        except (ImportError, AttributeError):
+            return None
+    ensure_function = getattr(module, "pip_ensure", None)
+    return ensure_function if callable(ensure_function) else None
 
 
-def _pip(slicer, texts: Sequence[str], ask: bool, testing: bool) -> bool:
+def _pip(slicer, texts: Sequence[str], ask: bool) -> bool:
     """Install ``texts`` with Slicer's installer, holding :data:`HELD`; False when the user declined."""
     constraints = _write_constraints(held_constraints())
     try:
@@ -249,7 +272,7 @@ def _pip(slicer, texts: Sequence[str], ask: bool, testing: bool) -> bool:
 
             try:
                 pip_ensure([PackagingRequirement(t) for t in texts], constraints=constraints, prompt_install=ask,
-                           requester="NerveSeg", skip_in_testing=not testing)
+                           requester="NerveSeg", skip_in_testing=True)
             except RuntimeError as error:  # pip_ensure raises RuntimeError when the user declines
                 log.info("package installation declined: %s", error)
                 return False
@@ -267,22 +290,24 @@ def _pip(slicer, texts: Sequence[str], ask: bool, testing: bool) -> bool:
             pass
 
 
-def install(slicer, missing: Optional[Sequence[Missing]] = None, ask: bool = True, testing: bool = False,
+def install(slicer, missing: Optional[Sequence[Missing]] = None, ask: bool = True,
             torch_installer: Optional[Callable[[], object]] = None) -> bool:
     """Install what is missing inside Slicer; returns True when everything needed is then present.
 
-    slicer: Slicer's ``slicer`` module (its ``packaging``/``pydeps`` or ``util`` installers are used).
+    slicer: Slicer's ``slicer`` module (its ``packaging`` or ``util`` installer is used).
     missing: from :func:`check` (default: check now). ask: confirm with the user first (both installers ask).
-    testing: install even in Slicer's testing mode (the module test needs the packages; pip_ensure skips them
-        in testing mode by default).
     torch_installer: returns the PyTorch extension's logic (default: ``PyTorchUtils.PyTorchUtilsLogic()``).
 
     Order: torch (PyTorch extension), then the plain packages, then those that require torch, each pip step with
-    numpy (and torch) held at the installed versions. Returns False when the user declined. Raises RuntimeError
-    when the PyTorch extension is absent, and the installers' own errors (``subprocess.CalledProcessError``, e.g.
-    when a package would need another numpy) when an installation fails.
+    numpy (and torch) held at the installed versions. Returns False when the user declined, and, without
+    installing anything, in Slicer's testing mode (:func:`testing_enabled`): tests never change Slicer's Python.
+    Raises RuntimeError when the PyTorch extension is absent, and the installers' own errors
+    (``subprocess.CalledProcessError``, e.g. when a package would need another numpy) when an installation fails.
     """
     missing = list(check() if missing is None else missing)
+    if missing and testing_enabled(slicer):
+        log.info("Slicer is in testing mode: not installing %s", ", ".join(m.requirement.text for m in missing))
+        return False
     torch_missing = [m for m in missing if m.is_torch]
     dependent_names = {canonical(parse_requirement(t).name) for t in TORCH_DEPENDENT}
     dependent = [m for m in missing if canonical(m.requirement.name) in dependent_names]
@@ -296,7 +321,7 @@ def install(slicer, missing: Optional[Sequence[Missing]] = None, ask: bool = Tru
             return False
         importlib.invalidate_caches()
     for group in (others, dependent):
-        if group and not _pip(slicer, [m.requirement.text for m in group], ask, testing):
+        if group and not _pip(slicer, [m.requirement.text for m in group], ask):
             return False
     importlib.invalidate_caches()
     return not check(version_of=installed_version, requirements=[m.requirement for m in others + dependent],
@@ -306,7 +331,8 @@ def install(slicer, missing: Optional[Sequence[Missing]] = None, ask: bool = Tru
 def ensure(slicer, include_torch: bool = True, ask: bool = True) -> bool:
     """Check, and install what is missing (asking first); True when everything needed is then present.
 
-    include_torch: False for remote mode, which runs no model on this computer."""
+    include_torch: False for remote mode, which runs no model on this computer. In Slicer's testing mode nothing is
+    installed (False when something is missing)."""
     missing = check(include_torch=include_torch)
     if missing and not install(slicer, missing, ask=ask):
         return False
@@ -319,5 +345,6 @@ def names(requirements: Iterable[Requirement]) -> List[str]:
 
 
 __all__ = ["Requirement", "Missing", "read_requirements", "check", "missing_summary", "install", "ensure",
+           "testing_enabled", "testing_skip_message",
            "installed_version", "requirements_path", "parse_requirement", "held_constraints", "TORCH_REQUIREMENT",
            "TORCH_DEPENDENT", "HELD", "FORBIDDEN", "canonical", "names"]

@@ -119,7 +119,9 @@ class FakePyTorchLogic:
         return self.returns
 
 
-def fake_slicer(with_pydeps=True, confirm=True):
+def fake_slicer(with_packaging=True, confirm=True, testing=False):
+    """A stand-in for Slicer's ``slicer`` module: ``packaging.pip_ensure`` (Slicer 5.12+) when ``with_packaging``,
+    else only ``util.pip_install`` (5.6-5.10); ``app.testingEnabled()`` returns ``testing``."""
     calls = []
     util = SimpleNamespace(pip_install=lambda texts: calls.append(("pip_install", list(texts))),
                            confirmOkCancelDisplay=lambda *args: calls.append(("confirm",)) or confirm)
@@ -127,9 +129,9 @@ def fake_slicer(with_pydeps=True, confirm=True):
     def pip_ensure(requirements, prompt_install=True, requester=None, skip_in_testing=True, **kwargs):
         calls.append(("pip_ensure", [str(r) for r in requirements], prompt_install, requester, skip_in_testing))
 
-    slicer = SimpleNamespace(util=util, calls=calls)
-    if with_pydeps:
-        slicer.pydeps = SimpleNamespace(pip_ensure=pip_ensure)
+    slicer = SimpleNamespace(util=util, calls=calls, app=SimpleNamespace(testingEnabled=lambda: testing))
+    if with_packaging:
+        slicer.packaging = SimpleNamespace(pip_ensure=pip_ensure)
     return slicer
 
 
@@ -147,7 +149,7 @@ def test_install_takes_torch_from_the_pytorch_extension_then_the_rest_with_pip_e
 
 def test_install_falls_back_to_pip_install_after_asking_on_older_slicer(monkeypatch):
     monkeypatch.setattr(slicer_setup, "check", lambda *a, **k: [])
-    slicer = fake_slicer(with_pydeps=False)
+    slicer = fake_slicer(with_packaging=False)
     assert install(slicer, MISSING[1:], ask=True, torch_installer=lambda: pytest.fail("torch is not missing"))
     (call, texts), = slicer.calls[1:]
     assert slicer.calls[0] == ("confirm",) and call == "pip_install"
@@ -161,7 +163,7 @@ def test_declining_torch_installs_nothing_else():
 
 
 def test_declining_pip_on_older_slicer_installs_nothing():
-    slicer = fake_slicer(with_pydeps=False, confirm=False)
+    slicer = fake_slicer(with_packaging=False, confirm=False)
     assert install(slicer, MISSING[1:], ask=True) is False
     assert slicer.calls == [("confirm",)]
 
@@ -180,3 +182,80 @@ def test_ensure_installs_only_when_something_is_missing(monkeypatch):
     monkeypatch.setattr(slicer_setup, "check", lambda *a, **k: [])
     quiet = fake_slicer()
     assert slicer_setup.ensure(quiet) and quiet.calls == []
+
+
+def test_slicer_pydeps_is_never_used_it_never_existed_in_a_release():
+    """Slicer 5.6-5.10 have slicer.util.pip_install only; slicer.packaging.pip_ensure arrives in 5.12. A pydeps
+    module on the stand-in (the name of a development branch) must not be taken for an installer."""
+    slicer = fake_slicer(with_packaging=False)
+    slicer.pydeps = SimpleNamespace(pip_ensure=lambda *a, **k: pytest.fail("slicer.pydeps must not be used"))
+    assert slicer_setup._pip_ensure(slicer) is None
+    text = (REPO / "NerveSegLogic" / "slicer_setup.py").read_text(encoding="utf-8")
+    assert "pydeps" not in text
+
+
+# ---------------------------------------------------------------------------------- Slicer's testing mode (issue 30)
+def test_testing_mode_installs_nothing_neither_torch_nor_pip(monkeypatch):
+    """ctest runs Slicer with --testing: like pip_ensure(skip_in_testing=True), nothing changes Slicer's Python."""
+    monkeypatch.setattr(slicer_setup, "check", lambda *a, **k: pytest.fail("nothing is checked after a refusal"))
+    for with_packaging in (True, False):
+        slicer = fake_slicer(with_packaging=with_packaging, testing=True)
+        assert install(slicer, MISSING, ask=False,
+                       torch_installer=lambda: pytest.fail("the PyTorch extension must not be asked")) is False
+        assert slicer.calls == []
+
+
+def test_testing_mode_ensure_returns_false_when_something_is_missing_and_true_when_nothing_is(monkeypatch):
+    slicer = fake_slicer(testing=True)
+    monkeypatch.setattr(slicer_setup, "check", lambda *a, **k: [MISSING[1]])
+    assert slicer_setup.ensure(slicer, include_torch=False) is False and slicer.calls == []
+    monkeypatch.setattr(slicer_setup, "check", lambda *a, **k: [])
+    assert slicer_setup.ensure(slicer) is True and slicer.calls == []
+
+
+def test_testing_enabled_reads_slicer_app_and_is_false_outside_slicer():
+    assert slicer_setup.testing_enabled(fake_slicer(testing=True))
+    assert not slicer_setup.testing_enabled(fake_slicer(testing=False))
+    assert not slicer_setup.testing_enabled(SimpleNamespace())  # slicer-core: no application
+    assert not slicer_setup.testing_enabled(SimpleNamespace(app=None))
+    import slicer  # the slicer-core wheel in this venv: no app, so never testing
+
+    assert not slicer_setup.testing_enabled(slicer)
+
+
+def test_the_skip_message_says_what_is_missing_and_how_to_install_it():
+    text = slicer_setup.testing_skip_message(MISSING)
+    assert "testing mode" in text and "PyTorch (torch>=2.1,<3) is not installed" in text
+    assert "onnxruntime>=1.17 is not installed" in text and "Install missing packages" in text
+
+
+def test_pip_ensure_is_always_asked_to_skip_in_testing(monkeypatch):
+    """Outside testing mode pip_ensure installs (its skip_in_testing only acts in testing mode, where NerveSeg
+    already installs nothing): NerveSeg never asks it to install in testing mode."""
+    monkeypatch.setattr(slicer_setup, "check", lambda *a, **k: [])
+    slicer = fake_slicer()
+    assert install(slicer, MISSING[1:], ask=False)
+    assert slicer.calls == [("pip_ensure", ["onnxruntime>=1.17"], False, "NerveSeg", True)]
+    import inspect
+
+    assert "testing" not in inspect.signature(install).parameters  # no way to ask for an install under testing
+
+
+def test_the_module_test_skips_under_testing_instead_of_installing():
+    """NerveSeg.py's ScriptedLoadableModuleTest: under --testing it checks, then skips with the message; it never
+    calls install there (it installs, asking, only in an interactive Reload and Test)."""
+    import ast
+
+    module = REPO / "NerveSeg" / "NerveSeg.py"
+    tree = ast.parse(module.read_text(encoding="utf-8"))
+    test_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "NerveSegTest")
+    method = next(n for n in test_class.body if isinstance(n, ast.FunctionDef)
+                  and n.name == "test_NerveSeg_replay_segmented_and_recorded")
+    source = ast.get_source_segment(module.read_text(encoding="utf-8"), method)
+    assert "testing=True" not in source and "ask=False" not in source
+    skip_at = source.index("self.skipTest(slicer_setup.testing_skip_message(missing))")
+    guard_at = source.index("slicer_setup.testing_enabled(slicer)")
+    install_at = source.index("slicer_setup.install(")
+    assert guard_at < skip_at < install_at
+    run_test = next(n for n in test_class.body if isinstance(n, ast.FunctionDef) and n.name == "runTest")
+    assert "unittest.SkipTest" in ast.get_source_segment(module.read_text(encoding="utf-8"), run_test)

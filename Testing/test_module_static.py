@@ -24,7 +24,8 @@ UI = REPO / "Resources" / "UI" / "NerveSeg.ui"
 #: What NerveSeg.py may import when Slicer loads it. torch (and anything that pulls it in) must wait for Start.
 ALLOWED_TOP_LEVEL = {"os", "sys", "pathlib", "typing", "logging", "enum", "qt", "ctk", "vtk", "slicer",
                      "slicer.i18n", "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "slicer.util",
-                     "NerveSegLogic", "NerveSegLogic.controller", "NerveSegLogic.slicer_setup"}
+                     "NerveSegLogic", "NerveSegLogic.controller", "NerveSegLogic.slicer_setup",
+                     "NerveSegLogic.review_controller"}
 HEAVY = ("torch", "onnxruntime", "onnx", "monai", "cv2", "scipy", "safetensors", "skimage", "SimpleITK")
 
 # Qt/CTK/MRML classes, and which ones have what the code uses (subclasses listed explicitly).
@@ -200,7 +201,8 @@ def test_module_imports_only_light_modules_at_load():
 
 
 def test_logic_modules_the_panel_loads_import_no_heavy_package():
-    code = ("import sys, NerveSegLogic.controller, NerveSegLogic.slicer_setup, NerveSegLogic.resources; "
+    code = ("import sys, NerveSegLogic.controller, NerveSegLogic.slicer_setup, NerveSegLogic.resources, "
+            "NerveSegLogic.review_controller; "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -320,3 +322,56 @@ def test_the_panel_defaults_to_the_worker_process_and_remote_mode_receives_there
     assert 'Choice(["child-process", "in-process", "remote"])] = "child-process"' in text
     assert "remote_via_worker=True" in text
     assert 'mode="child-process"' in text  # the module test replays through the worker
+
+
+# ------------------------------------------------------------------------------------------------ issue 30
+def test_the_store_field_offers_annotation_store_files():
+    widget = ui_widgets()["storePathLineEdit"]
+    assert widget.get("class") == "ctkPathLineEdit"
+    filters = [prop for prop in widget.findall("property") if prop.get("name") == "nameFilters"]
+    assert len(filters) == 1, "storePathLineEdit needs a nameFilters property"
+    entries = [e.text for e in filters[0].iter("string")]
+    assert len(entries) == 1 and "*.db" in entries[0] and "*.nsdb" in entries[0]
+    # ctk turns "Label (*.a *.b)" into the dialog filter and the completer's extensions: the pattern part must be
+    # in parentheses, extensions separated by spaces
+    assert entries[0].endswith("(*.db *.nsdb)")
+
+
+def test_review_keys_follow_the_focus_so_return_reaches_line_edits_and_cell_editors():
+    """Accept on Return/Enter must not fire while a text-entry widget has the focus: the shortcuts are enabled only
+    through review_key_enabled, on every focus change and whenever a store opens or the scene closes."""
+    text = MODULE.read_text(encoding="utf-8")
+    setup = ast.get_source_segment(text, _widget_method("setup"))
+    assert "slicer.app.focusChanged.connect(self.onFocusChanged)" in setup
+    assert "slicer.app.focusChanged.disconnect(self.onFocusChanged)" in ast.get_source_segment(
+        text, _widget_method("cleanup"))
+    update = ast.get_source_segment(text, _widget_method("_updateShortcuts"))
+    assert "review_key_enabled(key," in update and "focus_takes_text(focus, qt)" in update
+    for name in ("onOpenStore", "onSceneStartClose"):
+        assert "self._updateShortcuts()" in ast.get_source_segment(text, _widget_method(name)), name
+    enabling = [node for node in ast.walk(module_tree()) if isinstance(node, ast.Call)
+                and ast.unparse(node.func).endswith(".setEnabled") and "shortcut" in ast.unparse(node.func)]
+    for call in enabling:
+        assert ast.unparse(call.args[0]) in ("False", "review_key_enabled(key, isOpen, typing)"), \
+            f"NerveSeg.py line {call.lineno}: enable review shortcuts only through review_key_enabled"
+
+
+def test_prompt_buttons_start_placements_the_review_controller_knows():
+    from NerveSegLogic.review_controller import PROMPT_PLACEMENTS
+
+    tree = module_tree()
+    buttons = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                   and ast.unparse(n.targets[0]) == "PROMPT_BUTTONS")
+    assert set(buttons.values()) <= set(PROMPT_PLACEMENTS) | {"auto"}
+    assert "exclude" in buttons.values(), "the panel must let the annotator place exclude clicks"
+    widgets = ui_widgets()
+    for name in buttons:
+        assert widgets[name].get("class") == "QPushButton", name
+    text = MODULE.read_text(encoding="utf-8")
+    prompt = ast.get_source_segment(text, _widget_method("onPrompt"))
+    assert "review.place_prompts(kind, appLogic.GetSelectionNode(), interaction)" in prompt
+    assert "EndPlacementEvent" in prompt
+    assert "SetCurrentInteractionMode" not in prompt  # placement (and its persistence) is the controller's
+    closing = ast.get_source_segment(text, _widget_method("onSceneStartClose"))
+    assert "self._unobservePrompts()" in closing
+    assert "self.logic.review.end_placement(" in ast.get_source_segment(text, _widget_method("onReview"))

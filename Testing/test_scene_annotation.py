@@ -166,3 +166,43 @@ def test_read_mask_refuses_transformed_nodes(scene):
     segmentation.SetAndObserveTransformNodeID(transform.GetID())
     with pytest.raises(ValueError, match="under a transform"):
         read_mask(segmentation, volume, CLASSES)
+
+
+def test_looking_nodes_up_by_name_does_not_keep_them_alive(scene):
+    """vtkMRMLScene.GetNodesByClassByName returns a new collection its caller owns (issue 30 item 8): unreleased,
+    every look-up would keep the nodes it found alive for good, so a node removed from the scene, or a closed
+    scene's nodes, would never be freed. mrml releases it (as slicer.util.getNodesByClass does)."""
+    import gc
+
+    from vtkmodules.vtkCommonCore import vtkCommand
+
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "NerveSeg annotation image")
+    other = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "other")
+    references = node.GetReferenceCount()
+    for _ in range(5):
+        assert mrml.first_node_by_name(scene, "NerveSeg annotation image", "vtkMRMLScalarVolumeNode") is node
+        assert mrml.first_node_by_name(scene, "missing", "vtkMRMLScalarVolumeNode") is None
+        assert mrml.nodes_by_class(scene, "vtkMRMLScalarVolumeNode") == [node, other]
+        assert mrml.nodes_by_class(scene, "vtkMRMLScalarVolumeNode", "other") == [other]
+    assert node.GetReferenceCount() == references
+
+    deleted = []
+    node.AddObserver(vtkCommand.DeleteEvent, lambda caller, event: deleted.append(event))
+    other.AddObserver(vtkCommand.DeleteEvent, lambda caller, event: deleted.append(event))
+    scene.RemoveNode(node)
+    del node
+    gc.collect()
+    assert len(deleted) == 1, "the removed node is still pinned by a look-up's collection"
+    scene.Clear(0)  # a closed scene's nodes go too
+    del other
+    gc.collect()
+    assert len(deleted) == 2
+
+
+def test_a_collection_python_already_owns_alone_is_left_alone():
+    from vtkmodules.vtkCommonCore import vtkCollection
+
+    owned = vtkCollection()  # made in Python: one reference, Python's
+    mrml.release_collection(owned)
+    assert owned.GetReferenceCount() == 1 and owned.GetNumberOfItems() == 0
+    mrml.release_collection(None)

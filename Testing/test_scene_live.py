@@ -94,8 +94,8 @@ def test_applying_frames_creates_no_nodes(live):
         live.apply(synthetic_result(k))
     assert live.scene.GetNumberOfNodes() == nodes_after_first
     assert live.volume_node is volume and live.segmentation_node is segmentation
-    assert live.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 1
-    assert live.scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 1
+    assert len(mrml.nodes_by_class(live.scene, "vtkMRMLSegmentationNode")) == 1
+    assert len(mrml.nodes_by_class(live.scene, "vtkMRMLScalarVolumeNode")) == 1
 
 
 def test_empty_labelmap_keeps_every_segment_empty(live):
@@ -167,7 +167,7 @@ def test_without_recording_no_sequence_nodes_exist():
     try:
         scene.apply(synthetic_result(0))
         assert scene.sequence_browser_node is None and scene.recorded_count == 0
-        assert scene.scene.GetNodesByClass("vtkMRMLSequenceNode").GetNumberOfItems() == 0
+        assert mrml.nodes_by_class(scene.scene, "vtkMRMLSequenceNode") == []
     finally:
         scene.clear()
 
@@ -271,3 +271,14 @@ def test_class_names_stand_at_each_region_centroid_and_follow_every_frame(live):
     empty.labelmap[:] = 0
     live.apply(empty)
     assert live.region_names.positions(1) == [] and live.region_names.positions(2) == []
+
+
+def test_region_name_points_are_labelled_with_the_current_markups_api(live):
+    """SetMarkupLabelFormat is deprecated in Slicer 5 (SetControlPointLabelFormat replaced it): new points of a class
+    are labelled with the class name."""
+    from pathlib import Path
+
+    for c in CLASSES:
+        assert live.region_names.nodes[int(c.label)].GetControlPointLabelFormat() == c.name
+    source = (Path(__file__).resolve().parent.parent / "NerveSegLogic" / "scene" / "display.py").read_text()
+    assert "SetMarkupLabelFormat" not in source

@@ -97,7 +97,7 @@ class RegionNames:
             for index in range(node.GetNumberOfDisplayNodes()):
                 node.GetNthDisplayNode(index).SetSaveWithScene(False)
             node.SetLocked(True)
-            node.SetMarkupLabelFormat(c.name)
+            node.SetControlPointLabelFormat(c.name)
             if hasattr(node, "SetFixedNumberOfControlPoints"):
                 node.SetFixedNumberOfControlPoints(False)
             display = node.GetDisplayNode()

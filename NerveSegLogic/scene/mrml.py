@@ -235,10 +235,36 @@ def new_segment(segment_class: "SegmentClass"):
     return segment
 
 
+def release_collection(collection) -> None:
+    """Give up the reference a ``vtkMRMLScene.GetNodesByClass...`` collection came with.
+
+    Those methods return a new vtkCollection that the caller owns (C++ wraps it in ``vtkSmartPointer::Take``;
+    ``slicer.util.getNodesByClass`` calls ``UnRegister``). Python's wrapper adds its own reference and drops only
+    that one, so without this the collection, and every node in it, would live forever: a node removed from the
+    scene (or a closed scene's nodes) would never be freed. Only the owner's extra reference is dropped, so a build
+    that hands the collection to Python as a new instance (one reference) is left alone."""
+    if collection is not None and collection.GetReferenceCount() > 1:
+        collection.UnRegister(None)
+
+
+def nodes_by_class(scene, class_name: str, name: Optional[str] = None) -> list:
+    """The nodes of ``class_name`` in ``scene`` (only those named ``name`` when given), as a list; the collection
+    the scene returns is released (:func:`release_collection`)."""
+    collection = (scene.GetNodesByClass(class_name) if name is None
+                  else scene.GetNodesByClassByName(class_name, name))
+    try:
+        return [collection.GetItemAsObject(index) for index in range(collection.GetNumberOfItems())]
+    finally:
+        release_collection(collection)
+
+
 def first_node_by_name(scene, name: str, class_name: str) -> Optional[object]:
     """The first node of ``class_name`` named ``name`` in ``scene``, or None."""
     nodes = scene.GetNodesByClassByName(class_name, name)
-    return nodes.GetItemAsObject(0) if nodes.GetNumberOfItems() else None
+    try:
+        return nodes.GetItemAsObject(0) if nodes.GetNumberOfItems() else None
+    finally:
+        release_collection(nodes)
 
 
 def scalars_view_of_slice(image_data, k: int) -> np.ndarray:
