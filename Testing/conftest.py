@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Tests share two cores with each other's threads; one torch thread keeps timings and CPU use predictable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Tests never read or write the user's own models folder (fetched weights, site models): they get an empty one, so
+# a run sees what the repository ships, as CI does, whatever this machine has fetched. A release check that must see
+# fetched models names the folder in NERVESEG_TEST_MODELS_DIR (benchmarks/release/release_weights.py check).
+if os.environ.get("NERVESEG_TEST_MODELS_DIR"):
+    os.environ["NERVESEG_MODELS_DIR"] = os.environ["NERVESEG_TEST_MODELS_DIR"]
+else:
+    _EMPTY_MODELS_DIR = tempfile.mkdtemp(prefix="nerveseg-test-models-")
+    os.environ["NERVESEG_MODELS_DIR"] = _EMPTY_MODELS_DIR
+    atexit.register(shutil.rmtree, _EMPTY_MODELS_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +51,37 @@ def resources_without_weights(tmp_path, monkeypatch) -> Path:
     (root / "Sample").symlink_to(REPO / "Resources" / "Sample")
     monkeypatch.setenv("NERVESEG_RESOURCES", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def unet_random() -> str:
+    """The name of a site model with ``unet``'s card and random weights, registered in the tests' own models folder.
+
+    Only the default model's weights ship in the repository (the others are release downloads), and a test of the
+    live path's plumbing needs a quick model with weights, not a trained one: the same card (128x128 input, nerve and
+    vessel) with seeded random weights, added as a site model the way a user adds one (``models add``), so workers
+    started by the tests find it by name too."""
+    import json
+
+    import torch
+
+    from NerveSegLogic.models import registry, sites
+
+    name = "unet-random"
+    if name in registry.names():
+        return name
+    run = Path(tempfile.mkdtemp(prefix="nerveseg-test-run-"))
+    try:
+        torch.manual_seed(0)
+        card = registry.card("unet")
+        sha = registry.save_weights(registry.build_from_card(card), run / "unet.safetensors", dtype="float16")
+        data = card.to_json()
+        data["weights"] = {"file": "unet.safetensors", "sha256": sha, "dtype": "float16"}
+        for measured in ("metrics", "int8", "speed"):  # they describe the trained weights, not these
+            data.pop(measured, None)
+        data["summary"] = "unet's architecture with seeded random weights (tests only)"
+        (run / "card.json").write_text(json.dumps(data), encoding="utf-8")
+        sites.add(run, name)
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+    return name

@@ -108,12 +108,12 @@ def test_an_unknown_int8_recipe_is_refused_naming_the_card_and_field(tmp_path):
         ModelCard.from_dict(data, tmp_path / "unet.json")
 
 
-def test_load_segmenter_quantizes_once_and_reuses_the_cache(tmp_path):
-    first = backends.load_segmenter("unet", backend="onnx-int8", threads=1, onnx_cache=tmp_path)
+def test_load_segmenter_quantizes_once_and_reuses_the_cache(tmp_path, unet_random):
+    first = backends.load_segmenter(unet_random, backend="onnx-int8", threads=1, onnx_cache=tmp_path)
     path = first.backend.path
     assert isinstance(first.backend, backends.OnnxInt8Backend) and path.parent == tmp_path
     stamp = path.stat().st_mtime_ns
-    again = backends.load_segmenter("unet", backend="onnx-int8", threads=1, onnx_cache=tmp_path)
+    again = backends.load_segmenter(unet_random, backend="onnx-int8", threads=1, onnx_cache=tmp_path)
     assert again.backend.path == path and path.stat().st_mtime_ns == stamp
     result = first.segment(np.zeros((420, 580), dtype=np.uint8))
     assert result.labelmap.shape == (420, 580)

@@ -22,8 +22,10 @@ FRAMES = ("0194", "0201", "0209", "0218")
 
 
 def _shipped_live_models():
-    # Promptable models (LiteMedSAM) need a box or clicks and do not segment a live frame on their own.
-    return [card.name for card in registry.cards() if card.weights]
+    # Promptable models (LiteMedSAM) need a box or clicks and do not segment a live frame on their own. Weights that
+    # are a release download are checked where present (after 'nerveseg models fetch'; benchmarks/release/
+    # release_weights.py check fetches them all and runs this file).
+    return [card.name for card in registry.cards() if card.has_weights]
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +43,17 @@ def test_at_least_one_model_ships_weights():
     assert _shipped_live_models(), "no live model card in Resources/Models lists weights"
 
 
-def test_every_card_that_lists_weights_ships_the_file():
+def test_every_card_that_lists_weights_ships_them_or_says_where_to_fetch_them():
     missing = [f"{card.path}: weights.file {card.weights['file']!r}" for card in registry.cards(tasks=None)
-               if card.weights and not card.has_weights]
-    assert not missing, "cards list weights that are not shipped: " + "; ".join(missing)
+               if card.weights and not (card.path.parent / card.weights["file"]).is_file() and not card.weights_url]
+    assert not missing, "cards list weights that are neither in the repository nor a release download: " \
+        + "; ".join(missing)
+
+
+def test_the_default_live_model_ships_in_the_repository():
+    """``make demo`` and the tests run offline on a fresh machine: the default's weights are not a download."""
+    default = registry.card(registry.default_name())
+    assert (default.path.parent / default.weights["file"]).is_file(), default.path
 
 
 @pytest.mark.parametrize("name", _shipped_live_models())

@@ -135,12 +135,12 @@ def _pids_of_workers():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="process listing needs /proc")
-def test_a_crashed_worker_is_restarted_with_the_reason_shown_and_stop_leaves_no_process():
+def test_a_crashed_worker_is_restarted_with_the_reason_shown_and_stop_leaves_no_process(unet_random):
     from NerveSegLogic.stream.replay import ReplayServer
 
     before = _pids_of_workers()
     controller = LiveController(slicer_scene())
-    controller.select_model("unet")
+    controller.select_model(unet_random)
     replay = ReplayServer(None, fps=20.0, loop=True)
     replay.start()
     try:
@@ -174,11 +174,11 @@ def test_a_crashed_worker_is_restarted_with_the_reason_shown_and_stop_leaves_no_
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="process listing needs /proc")
-def test_a_worker_whose_parent_link_closes_exits_by_itself():
+def test_a_worker_whose_parent_link_closes_exits_by_itself(unet_random):
     """If Slicer dies (no stop message), the worker sees its link close and ends: no orphan process."""
     from NerveSegLogic.worker.parent import WorkerProcess
 
-    process = WorkerProcess(["--role", "segment", "--model", "unet", "--input", "parent"])
+    process = WorkerProcess(["--role", "segment", "--model", unet_random, "--input", "parent"])
     process.start()
     deadline = time.monotonic() + 120
     while not process.connected and time.monotonic() < deadline:
@@ -309,7 +309,7 @@ def test_recording_memory_stays_under_its_cap_and_stops_with_a_message(tmp_path)
 
 
 @pytest.mark.slow
-def test_remote_mode_pairs_the_servers_labelmaps_with_their_frames_in_the_worker():
+def test_remote_mode_pairs_the_servers_labelmaps_with_their_frames_in_the_worker(unet_random):
     """Remote mode in Slicer: the worker receives PLUS's images and a 'nerveseg serve''s labelmaps and pairs them by
     IGTL timestamp, so no receiver thread runs in Slicer's process; every shown labelmap is the one the serve made
     for that very frame (the serve runs the same model here, so it is recomputed and compared)."""
@@ -320,7 +320,7 @@ def test_remote_mode_pairs_the_servers_labelmaps_with_their_frames_in_the_worker
 
     replay = ReplayServer(None, fps=10.0, loop=True)
     replay.start()
-    server = SegmentationServer(ServeOptions(input_host="127.0.0.1", input_port=replay.port, port=0, model="unet",
+    server = SegmentationServer(ServeOptions(input_host="127.0.0.1", input_port=replay.port, port=0, model=unet_random,
                                              device_name="Image_Reference"))
     server.start()
     serving = threading.Thread(target=server.serve_forever, daemon=True)
@@ -328,7 +328,7 @@ def test_remote_mode_pairs_the_servers_labelmaps_with_their_frames_in_the_worker
     controller = LiveController(slicer_scene(), remote_via_worker=True)
     check = ContentCheck(controller)
     try:
-        controller.select_model("unet")
+        controller.select_model(unet_random)
         controller.connect("127.0.0.1", replay.port, "Image_Reference")
         controller.connect_remote("127.0.0.1", server.port)
         controller.start("remote")

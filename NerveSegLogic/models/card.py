@@ -22,6 +22,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from NerveSegLogic.classes import SegmentClass, segment_class
 from NerveSegLogic.inference.preprocess import InputSpec
 
+from .user_models import SITE_CARD_FILE, fetched_weights_path
+
 TASKS = ("semantic", "instance", "promptable")
 #: a promptable model (box / click -> one mask, for annotators) outputs mask logits for the prompted structure
 OUTPUT_FOR_TASK = {"semantic": "probabilities", "instance": "instances", "promptable": "mask_logits"}
@@ -85,8 +87,9 @@ class ModelCard:
         name = raw["name"]
         if not isinstance(name, str) or not _NAME.match(name):
             raise fail("name", f"expected lower-case letters, digits, '-' or '+', got {name!r}")
-        if path is not None and Path(path).stem != name:
-            raise fail("name", f"{name!r} must equal the file name stem {Path(path).stem!r}")
+        if path is not None and card_file_name(Path(path)) != name:
+            raise fail("name", f"{name!r} must equal the file name stem {card_file_name(Path(path))!r} (a site "
+                               f"model's card.json: its folder's name)")
         architecture = raw["architecture"]
         if not isinstance(architecture, str) or not architecture:
             raise fail("architecture", f"expected a non-empty string, got {architecture!r}")
@@ -138,6 +141,12 @@ class ModelCard:
                 raise fail("weights.sha256", "expected 64 lower-case hex digits")
             if weights.get("dtype", "float32") not in WEIGHT_DTYPES:
                 raise fail("weights.dtype", f"expected one of {WEIGHT_DTYPES}, got {weights.get('dtype')!r}")
+            url = weights.get("url")
+            if url is not None and (not isinstance(url, str) or not url.startswith(("https://", "http://"))):
+                raise fail("weights.url", f"expected an http(s) address of the released file, got {url!r}")
+            size = weights.get("size")
+            if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+                raise fail("weights.size", f"expected the file's size in bytes (a positive integer), got {size!r}")
 
         training = raw["training"]
         if not isinstance(training, dict):
@@ -151,6 +160,12 @@ class ModelCard:
             if not isinstance(value, dict):
                 raise fail(key, "expected an object")
         _check_int8(raw.get("int8"), task, fail)
+        if raw.get("presence") is not None:
+            from NerveSegLogic.inference.presence import check_block
+
+            problems = check_block(raw["presence"])
+            if problems:
+                raise fail("presence", "; ".join(problems))
         default = raw.get("default", False)
         if not isinstance(default, bool):
             raise fail("default", f"expected true or false, got {default!r}")
@@ -169,17 +184,28 @@ class ModelCard:
     # ---------------------------------------------------------------------------------------------------- properties
     @property
     def weights_path(self) -> Optional[Path]:
-        """The weights file, resolved next to the card; None when the card lists no weights."""
+        """The weights file: next to the card when it is there, else the copy fetched into the user models folder
+        (:mod:`.user_models`) when that exists, else the path next to the card (which does not exist: loading then
+        says how to fetch it). None when the card lists no weights."""
         if not self.weights:
             return None
         base = self.path.parent if self.path is not None else Path(".")
-        return base / self.weights["file"]
+        beside = base / self.weights["file"]
+        if beside.is_file():
+            return beside
+        fetched = fetched_weights_path(self.weights["file"], self.weights["sha256"])
+        return fetched if fetched.is_file() else beside
 
     @property
     def has_weights(self) -> bool:
         """True when the card lists weights and the file exists (its checksum is checked on load, not here)."""
         path = self.weights_path
         return path is not None and path.is_file()
+
+    @property
+    def weights_url(self) -> Optional[str]:
+        """Where the released weights can be downloaded from (``nerveseg models fetch``); None when not published."""
+        return (self.weights or {}).get("url")
 
     @property
     def labels(self) -> Dict[int, str]:
@@ -204,6 +230,11 @@ class ModelCard:
         data = self.to_json()
         data.update(copy.deepcopy(fields))
         return ModelCard.from_dict(data, self.path)
+
+
+def card_file_name(path: Path) -> str:
+    """The model name a card file stands for: ``<name>.json``, or ``<name>/card.json`` for a site model's folder."""
+    return path.parent.name if path.name == SITE_CARD_FILE else path.stem
 
 
 def _parse_classes(value: Any, fail) -> Tuple[SegmentClass, ...]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 from NerveSegLogic.resources import models_dir
 
 from .card import ModelCard, load_card
+from .user_models import site_card_files
 from .weights import WeightsError, apply_weights, read_weights, save_weights as _save_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,10 +58,16 @@ def _cards_dir(directory: Optional[os.PathLike]) -> Path:
 
 
 def _card_files(directory: Optional[os.PathLike]) -> Dict[str, Path]:
+    """{name: card file}: the shipped cards, plus (for the default folder) the site models of the user models
+    folder (:mod:`.user_models`; a site model never takes a shipped name, ``nerveseg models add`` refuses it)."""
     folder = _cards_dir(directory)
     if not folder.is_dir():
         raise FileNotFoundError(f"model card folder {folder} does not exist")
-    return {path.stem: path for path in sorted(folder.glob("*.json"))}
+    files = {path.stem: path for path in sorted(folder.glob("*.json"))}
+    if directory is None:
+        for name, path in site_card_files().items():
+            files.setdefault(name, path)
+    return dict(sorted(files.items()))
 
 
 #: Tasks of the models that segment a live frame on their own. A ``promptable`` model (LiteMedSAM: box or clicks
@@ -107,8 +114,19 @@ _card_by_name = card  # export_onnx has a parameter named ``card``
 
 
 def cards(directory: Optional[os.PathLike] = None, tasks: Optional[Tuple[str, ...]] = LIVE_TASKS) -> List[ModelCard]:
-    """The cards of :func:`names` (same ``tasks`` filter), sorted by name."""
-    return [card(name, directory) for name in names(directory, tasks)]
+    """The cards of :func:`names` (same ``tasks`` filter), sorted by name. A site model whose card cannot be read
+    is left out with a warning (``nerveseg models list`` says what is wrong with it), so the others still load; a
+    broken shipped card raises."""
+    out = []
+    files = _card_files(directory)
+    for name in names(directory, tasks):
+        try:
+            out.append(card(name, directory))
+        except ValueError as error:
+            if files[name].parent == _cards_dir(directory):  # a shipped card: a packaging error, never hidden
+                raise
+            log.warning("site model %s left out: %s", name, error)
+    return out
 
 
 def default_name(directory: Optional[os.PathLike] = None) -> str:
@@ -163,6 +181,8 @@ def load_from_card(model_card: ModelCard, device: str = "cpu", weights_path: Opt
         raise WeightsError(f"model {model_card.name!r} ships no weights (its card {model_card.path} has "
                            f"\"weights\": null); train it first or pass weights_path")
     card_file = model_card.weights_path
+    if weights_path is None and not path.is_file():
+        raise WeightsError(missing_weights_message(model_card))
     # The card's checksum describes the card's own file; another file (--weights FILE: a run's output, a
     # fine-tuned copy) is checked against ``sha256`` when the caller has one. Either way it is only ever read as
     # safetensors, never unpickled.
@@ -176,6 +196,17 @@ def load_from_card(model_card: ModelCard, device: str = "cpu", weights_path: Opt
     model = build_from_card(model_card)
     apply_weights(model, tensors, path)
     return model.to(device).eval()
+
+
+def missing_weights_message(model_card: ModelCard) -> str:
+    """Why a card's weights cannot be loaded on this machine, and how to get them."""
+    file_name = model_card.weights["file"]
+    if model_card.weights_url:
+        return (f"the weights of model {model_card.name!r} ({file_name}) are not on this machine: they are a "
+                f"release download; run 'nerveseg models fetch {model_card.name}' (from {model_card.weights_url}), "
+                f"or 'nerveseg models fetch {model_card.name} --from FILE' with a copy obtained another way")
+    return (f"weights file {model_card.weights_path} of model {model_card.name!r} does not exist and its card "
+            f"{model_card.path} gives no address to fetch it from")
 
 
 def load(name: str, device: str = "cpu", weights_path: Optional[os.PathLike] = None,
@@ -331,6 +362,8 @@ def describe(model_card: ModelCard) -> Dict[str, Any]:
         "classes": [c.key for c in model_card.classes],
         "parameters": parameter_count(model_card),
         "weights": model_card.has_weights,
+        "weights_url": model_card.weights_url,
+        "base_model": (model_card.raw.get("site") or {}).get("base_model"),
         "default": model_card.default,
         "cpu_ms_per_frame": copy.deepcopy(speed.get("cpu_ms_per_frame")),
         "input": [model_card.input.height, model_card.input.width],
