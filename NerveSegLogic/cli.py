@@ -13,7 +13,7 @@ import sys
 from typing import List, Optional
 
 # Order as shown in --help.
-COMMANDS = ["demo", "serve", "replay", "predict", "models", "train", "evaluate", "annotate", "export"]
+COMMANDS = ["demo", "serve", "replay", "predict", "models", "train", "evaluate", "calibrate", "annotate", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:
