@@ -141,7 +141,12 @@ class SegmentationResult:
     probabilities: ``(C, h, w)`` float32 class probabilities (C includes background) in the MODEL's input size,
         as the model saw the frame (padding included), when the model gives them; ``placement`` says where the
         frame lies in them (``inference.preprocess.restore(probabilities, placement)`` brings them to the frame).
-    instances: per-object results of an instance model, else None.
+        When ``region`` is set, the model saw only that part of the frame: ``probabilities`` and ``placement`` are
+        the region's, ``restore`` brings them to the region's size, and ``region.place_maps(maps, H, W)`` to the
+        frame's (background outside the region); ``frame_probabilities()`` does both.
+    instances: per-object results of an instance model, else None (boxes and masks in frame pixels).
+    region: the ``inference.region.Region`` (x, y, w, h in frame pixels) the model segmented, or None for the
+        whole frame. The labelmap is always the whole frame's, zero outside the region.
     """
 
     frame: Frame
@@ -153,7 +158,8 @@ class SegmentationResult:
     #: ``[(label, x, y, area), ...]``: each class's connected regions (centroid in pixels), where the labelmap was
     #: made (``regions.find_regions``); None when not computed (the scene then finds them itself).
     regions: Optional[list] = None
-    placement: Optional[object] = None  # inference.preprocess.Placement of the frame in the model input
+    placement: Optional[object] = None  # inference.preprocess.Placement of the frame (or region) in the model input
+    region: Optional[object] = None  # inference.region.Region the model saw; None: the whole frame
 
     def __post_init__(self):
         if self.labelmap.shape != self.frame.image.shape:
@@ -164,6 +170,21 @@ class SegmentationResult:
     @property
     def frame_id(self) -> int:
         return self.frame.frame_id
+
+    def frame_probabilities(self) -> Optional[np.ndarray]:
+        """``(C, H, W)`` float32 class probabilities in the frame's own size (the region's placed in the frame,
+        background outside it), or None when the model gave none or no placement says where the frame lies."""
+        if self.probabilities is None:
+            return None
+        height, width = self.labelmap.shape
+        if self.region is None and self.probabilities.shape[1:] == (height, width):
+            return self.probabilities
+        if self.placement is None:
+            return None
+        from .inference.preprocess import restore
+
+        maps = restore(self.probabilities, self.placement)
+        return maps if self.region is None else self.region.place_maps(maps, height, width)
 
     @property
     def geometry(self) -> ImageGeometry:

@@ -36,6 +36,8 @@ class DemoOptions:
     video: bool = True
     port: int = 0  # 0: an ephemeral port, so two demos never collide
     quiet: bool = False
+    #: the image region the model sees: None (whole frame), an inference.region.Region, "X,Y,W,H" or "auto"
+    region: object = None
 
 
 @dataclass
@@ -65,6 +67,8 @@ def run_demo(options: DemoOptions) -> dict:
 
     say(f"loading model {model_name} ...")
     segmenter = load_segmenter(model_name, backend=options.backend, device=options.device, threads=options.threads)
+    if options.region is not None:
+        segmenter.region = options.region
     source = Path(options.source) if options.source else sample_dir()
     replay = ReplayServer(source, host="127.0.0.1", port=options.port, fps=options.fps, loop=True,
                           max_frames=options.frames, wait_for_client=True)
@@ -195,7 +199,19 @@ def _summary(options, model_name, segmenter, replay, pipeline, scene, scene_path
     }
     if "receiver" in counters:
         summary["receiver"] = counters["receiver"]
+    if options.region is not None:
+        summary["region"] = _region_summary(segmenter)
     return summary
+
+
+def _region_summary(segmenter) -> dict:
+    """What ``--region`` did: the region given, or the one found and why (auto)."""
+    auto = getattr(segmenter, "auto_region", None)
+    if auto is None:
+        return {"given": str(segmenter.region)}
+    found = auto.region
+    return {"given": "auto", "found": found.text() if found is not None else None,
+            "why": auto.reason or f"still collecting frames ({auto.frames} so far): whole frames segmented"}
 
 
 def format_summary(summary: dict) -> str:
@@ -216,6 +232,10 @@ def format_summary(summary: dict) -> str:
         values = summary["latency_ms"].get(key)
         if values:
             lines.append(f"  {key:<14}{values['p50']:>9.1f}{values['p95']:>9.1f}{values['p99']:>9.1f}")
+    region = summary.get("region")
+    if region:
+        shown = region.get("found") or region["given"]
+        lines += ["", f"  image region (X,Y,W,H): {shown}" + (f"  ({region['why']})" if region.get("why") else "")]
     overlays = summary["overlays"]
     lines += [
         "",

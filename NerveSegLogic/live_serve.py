@@ -28,6 +28,8 @@ class ServeOptions:
     compute: str = "auto"
     threads: Optional[int] = None  # intra-op threads of ONNX Runtime and torch; None: the backend's default
     max_results: int = 0  # 0 = until stopped
+    #: the image region the model sees: None (whole frame), an inference.region.Region, "X,Y,W,H" or "auto"
+    region: object = None
 
 
 class SegmentationServer:
@@ -44,6 +46,8 @@ class SegmentationServer:
         name = options.model or registry.default_name()
         self.segmenter = segmenter or load_segmenter(name, backend=options.backend, device=options.compute,
                                                      threads=options.threads)
+        if options.region is not None:
+            self.segmenter.region = options.region
         self.sender = ImageSender(port=options.port, host=options.host, allowed_clients=options.allowed_clients)
         self.receiver = ImageReceiver(options.input_host, options.input_port, device_name=options.device_name,
                                       idle_timeout_s=options.input_idle_timeout_s)
@@ -100,10 +104,19 @@ class SegmentationServer:
         self.sender.stop()
 
 
+def _region_note(region) -> str:
+    if region is None:
+        return ""
+    if str(region) == "auto":
+        return "; image region: auto (found from the first second of frames, then logged; whole frames until then)"
+    return f"; image region {region} (X,Y,W,H)"
+
+
 def run_serve(options: ServeOptions) -> None:
     server = SegmentationServer(options)
     print(f"nerveseg serve: {server.segmenter.describe()}; input {options.input_host}:{options.input_port}"
-          f" (device {options.device_name or 'any'}); clients connect to port {options.port}. Ctrl-C stops.")
+          f" (device {options.device_name or 'any'}){_region_note(options.region)}; clients connect to port "
+          f"{options.port}. Ctrl-C stops.")
     server.start()
     try:
         server.serve_forever()

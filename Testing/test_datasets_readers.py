@@ -403,3 +403,28 @@ def test_unrecognised_folder_error_lists_what_is_there(tmp_path):
 
 def test_dataset_error_is_a_value_error():
     assert issubclass(DatasetError, ValueError)
+
+
+def test_an_annotation_store_is_recognised_by_its_application_id_not_its_name(tmp_path):
+    import sqlite3
+
+    from NerveSegLogic.annotate.store import AnnotationStore
+
+    with AnnotationStore(tmp_path / "project.db") as store:
+        record = store.add_frame(_image(), source="clip", index=0)
+        store.save_mask(record.id, _mask(), {1: "nerve", 2: "vessel"}, author="a", origin="manual", parent_id=None,
+                        status="accepted")
+    fmt, found = detect_format(tmp_path / "project.db")
+    assert fmt == "store" and "annotation store" in found
+    data = open_dataset(tmp_path / "project.db")
+    assert [c.key for c in data.classes] == ["nerve", "blood_vessel"] and data.names() == ["clip~000000"]
+    assert np.array_equal(data[0].mask, _mask()) and data[0].metadata["labelled"] == ("nerve", "blood_vessel")
+    renamed = open_dataset(tmp_path / "project.db", mapping={"vessel": "artery"})
+    assert [c.key for c in renamed.classes] == ["nerve", "artery"]
+    other = tmp_path / "other.nsdb"  # an SQLite file of some other program
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE t (x)")
+    with pytest.raises(DatasetError, match="no labelled data set format recognised"):
+        open_dataset(other)
+    with pytest.raises(DatasetError, match="choose frames of an annotation store"):
+        open_dataset(tmp_path / "project.db", format="folder", statuses=["accepted"])

@@ -34,10 +34,14 @@ def mean_entropy(probabilities: np.ndarray) -> float:
     return float(entropy.mean())
 
 
-def _valid_probabilities(segmenter, image: np.ndarray, probabilities: np.ndarray, shape) -> np.ndarray:
+def _valid_probabilities(segmenter, image: np.ndarray, probabilities: np.ndarray, shape,
+                         placement=None) -> np.ndarray:
     """The part of the probabilities that covers the frame. A Segmenter returns them in the model's input size,
     where zero padding (no tissue) surrounds the scaled frame; entropy over padding would dilute the score, so only
-    the frame's own area (the placement's valid region) is kept."""
+    the frame's own area (the placement's valid region) is kept. ``placement``: the result's own (that of the
+    image region when the segmenter has one), else the frame's is worked out here."""
+    if placement is not None:
+        return probabilities[:, :placement.valid_h, :placement.valid_w]
     if probabilities.shape[1:] == tuple(shape):
         return probabilities
     spec = getattr(segmenter, "spec", None)
@@ -97,7 +101,8 @@ def prelabel(store: AnnotationStore, segmenter, author: str, frame_ids: Optional
         report.model_name = model_name
         uncertainty = None
         if result.probabilities is not None:
-            uncertainty = mean_entropy(_valid_probabilities(segmenter, image, result.probabilities, image.shape))
+            uncertainty = mean_entropy(_valid_probabilities(segmenter, image, result.probabilities, image.shape,
+                                                            getattr(result, "placement", None)))
         try:
             version = store.save_mask(frame_id, result.labelmap, classes, author, "model", candidates[frame_id],
                                       model_name=model_name, model_sha256=card_sha, uncertainty=uncertainty,

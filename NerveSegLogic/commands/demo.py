@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..inference.backends import BACKEND_CHOICES, DEFAULT_THREADS, thread_count
+from ..inference.region import REGION_HELP, region_argument
 
 DESCRIPTION = """\
 Run the live path end to end on this machine:
@@ -22,7 +23,8 @@ defaults: --out nerveseg-demo, --frames 48 (two passes over the 24 sample frames
           --model: the registry's default model (see 'nerveseg models list').
 example:
   nerveseg demo
-  nerveseg demo --out /tmp/demo --frames 100 --fps 30 --model sa-unet --backend onnx"""
+  nerveseg demo --out /tmp/demo --frames 100 --fps 30 --model sa-unet --backend onnx
+  nerveseg demo --source grabber.mp4 --region auto   # segment only the image of a frame grabber's video"""
 
 
 def register(subparsers) -> None:
@@ -44,6 +46,7 @@ def register(subparsers) -> None:
     parser.add_argument("--source", default=None,
                         help="replay this image folder, video or .seq.nrrd instead of the bundled sample")
     parser.add_argument("--no-video", action="store_true", help="skip the overlay video")
+    parser.add_argument("--region", type=region_argument, default=None, metavar="X,Y,W,H|auto", help=REGION_HELP)
     parser.set_defaults(func=run)
 
 
@@ -53,7 +56,8 @@ def run(args) -> int:
     if args.frames <= 0 or args.fps <= 0:
         raise SystemExit("nerveseg demo: --frames and --fps must be positive")
     options = DemoOptions(out=args.out, frames=args.frames, fps=args.fps, model=args.model, backend=args.backend,
-                          threads=args.threads, device=args.device, source=args.source, video=not args.no_video)
+                          threads=args.threads, device=args.device, source=args.source, video=not args.no_video,
+                          region=args.region)
     summary = run_demo(options)
     return 0 if summary["frames_segmented"] > 0 else 1
 

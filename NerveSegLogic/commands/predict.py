@@ -15,7 +15,9 @@ defaults: --out predictions, --model the registry's default, --backend torch.
 example:
   nerveseg predict Resources/Sample/images --out /tmp/pred
   nerveseg predict frame1.png frame2.png --model sa-unet --backend onnx
-  nerveseg predict Resources/Sample/images --model effnet-unet --tta flip   # mean with the mirrored frame"""
+  nerveseg predict Resources/Sample/images --model effnet-unet --tta flip   # mean with the mirrored frame
+  nerveseg predict grabbed/ --region 120,80,640,480   # only the image inside the scanner's screen
+  nerveseg predict grabbed/ --region auto   # the region found from the folder's frames taken as a clip"""
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -29,6 +31,14 @@ def register(subparsers) -> None:
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="(default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     add_tta_argument(parser)
+    from ..inference.region import region_argument
+
+    parser.add_argument("--region", type=region_argument, default=None, metavar="X,Y,W,H|auto",
+                        help="the part of each image the model sees (frame-grabber video: the scanner's text, scales "
+                             "and logos stay out): X,Y,W,H in image pixels (left, top, width, height), or auto: found "
+                             "from the images of each input folder taken as a clip (the part that changes between "
+                             "them, else the largest bright area, else the whole image; printed). Masks keep the "
+                             "image's size, zero outside (default: the whole image)")
     parser.set_defaults(func=run)
 
 
@@ -59,12 +69,16 @@ def run(args) -> int:
     from ..overlay import render_overlay
 
     files = []
-    for item in args.inputs:
+    series = {}  # file -> the input it came from (a folder's frames are one clip for --region auto)
+    for index, item in enumerate(args.inputs):
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += found
+            series.update((p, index) for p in found)
         elif path.is_file():
             files.append(path)
+            series[path] = -1  # single files given one by one are one series together
         else:
             raise SystemExit(f"nerveseg predict: {path} is neither an image file nor a folder")
     if not files:
@@ -75,6 +89,10 @@ def run(args) -> int:
     except ValueError as error:
         raise SystemExit(f"nerveseg predict: {error}") from None
     segmenter = apply_tta(Segmenter.from_name(name, backend=args.backend, device=args.device), args.tta)
+    region = getattr(args, "region", None)
+    auto = AutoRegions(files, series) if region == "auto" else None
+    if region is not None and auto is None:
+        segmenter.region = region
     out = Path(args.out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -84,6 +102,8 @@ def run(args) -> int:
             image = read_image_file(path)
             if image.ndim == 3:
                 image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+            if auto is not None:
+                segmenter.region = auto.region_for(path, image)
             result = segmenter.segment(image)
         except (ImageFileError, ValueError, cv2.error) as error:  # this image is bad: say so, go on with the rest
             failed.append(path)
@@ -108,3 +128,47 @@ def run(args) -> int:
               file=sys.stderr)
     print(summary, file=sys.stderr if (failed or stopped) else sys.stdout)
     return 1 if (failed or stopped is not None) else 0
+
+
+class AutoRegions:
+    """``--region auto`` for files: the frames of each input (a folder, or the single files together) taken as a
+    clip, one region per frame size, found from at most :data:`~..inference.region.AUTO_MAX_FRAMES` frames spread
+    over the clip when the clip's first file is segmented, and printed with the reason."""
+
+    def __init__(self, files, series):
+        self.files = list(files)
+        self.series = dict(series)
+        self.found = {}
+
+    def region_for(self, path, image):
+        from ..inference.region import AUTO_MAX_FRAMES, find_region
+
+        shape = tuple(int(v) for v in image.shape[:2])
+        key = (self.series.get(path, -1), shape)
+        if key not in self.found:
+            clip = [p for p in self.files if self.series.get(p, -1) == key[0]]
+            picks = sorted({clip[int(i)] for i in _spread(len(clip), AUTO_MAX_FRAMES)} | {path})
+            frames = [_read_quietly(p) for p in picks]  # all read alike (colour order included)
+            frames = [f for f in frames if f is not None and tuple(f.shape[:2]) == shape] or [image]
+            region, why = find_region(frames)
+            where = path.parent if key[0] >= 0 else "the files given"
+            print(f"nerveseg predict: image region {region.text()} (X,Y,W,H) of the {shape[1]} x {shape[0]} frames "
+                  f"in {where}: {why}")
+            self.found[key] = region
+        return self.found[key]
+
+
+def _spread(count: int, most: int):
+    import numpy as np
+
+    return np.unique(np.linspace(0, count - 1, min(count, most)).astype(int)) if count else []
+
+
+def _read_quietly(path):
+    """The image, or None when it cannot be read (its own turn reports that)."""
+    from ..image_files import ImageFileError, read_image_file
+
+    try:
+        return read_image_file(path)
+    except ImageFileError:
+        return None

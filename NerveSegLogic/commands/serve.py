@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..inference.backends import BACKEND_CHOICES, DEFAULT_THREADS, thread_count
+from ..inference.region import REGION_HELP, region_argument
 
 DESCRIPTION = """\
 Headless form of the live path, for a GPU (or CPU) box serving Slicer laptops:
@@ -22,7 +23,9 @@ defaults: --port 18945 on --host 127.0.0.1 (this machine only; 0.0.0.0 serves th
 example:
   nerveseg serve --input 127.0.0.1:18944 --port 18945
   nerveseg serve --input plus-host:18944 --port 18945 --model smistad-unet --device Image_Reference
-  nerveseg serve --input 127.0.0.1:18944 --host 0.0.0.0 --allow 192.168.1.20,192.168.1.21"""
+  nerveseg serve --input 127.0.0.1:18944 --host 0.0.0.0 --allow 192.168.1.20,192.168.1.21
+  nerveseg serve --input 127.0.0.1:18944 --region 120,80,640,480   # only the image of a frame grabber's video
+  nerveseg serve --input 127.0.0.1:18944 --region auto"""
 
 
 def parse_host_port(text: str):
@@ -79,6 +82,7 @@ def register(subparsers) -> None:
                              "core less than this machine has: measured in benchmarks/threads.md)")
     parser.add_argument("--compute", default="auto", help="torch device: auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=0, help="stop after this many results (default: run forever)")
+    parser.add_argument("--region", type=region_argument, default=None, metavar="X,Y,W,H|auto", help=REGION_HELP)
     parser.set_defaults(func=run)
 
 
@@ -92,6 +96,6 @@ def run(args) -> int:
     options = ServeOptions(input_host=host, input_port=port, port=args.port, host=args.host, model=args.model,
                            allowed_clients=args.allow, input_idle_timeout_s=args.input_timeout or None,
                            device_name=args.device, backend=args.backend, compute=args.compute, threads=args.threads,
-                           max_results=args.frames)
+                           max_results=args.frames, region=args.region)
     run_serve(options)
     return 0

@@ -6,9 +6,19 @@ import argparse
 
 DESCRIPTION = """\
 Train a registered model on a labelled data set (image/mask folders like usgra-seg, Kaggle, COCO, Labelme, Slicer
-.seg.nrrd, nnU-Net), by default with the recipe in the model's card: loss, optimiser, learning-rate schedule, batch
-size, epochs, augmentations (Smistad's gamma, rotation, Gaussian shadows, depth cut, JPEG, elastic; Kim's shear),
-sampling and input size. Instance models (bpmsegnet) get one instance per connected region of each class.
+.seg.nrrd, nnU-Net, or an annotation store project.nsdb), by default with the recipe in the model's card: loss,
+optimiser, learning-rate schedule, batch size, epochs, augmentations (Smistad's gamma, rotation, Gaussian shadows,
+depth cut, JPEG, elastic; Kim's shear), sampling and input size. Instance models (bpmsegnet) get one instance per
+connected region of each class.
+
+Fine-tuning for a site: --init NAME|WEIGHTS|RUN_DIR starts from a registered model's weights, a .safetensors file
+or a training run's folder (same architecture, classes and input channels as --model, else refused) instead of
+random or ImageNet weights, with the site recipe (train/site.py SITE_RECIPE: a short schedule, the card's learning
+rate x 0.1 with cosine decay, the card's augmentations, batch-norm statistics frozen); --epochs, --lr,
+--batch-size, --augmentations and --[no-]freeze-encoder / --[no-]freeze-norm override it. An annotation store
+gives the current version of each accepted frame (--statuses widens it); its held-out block is contiguous within
+each recording. Data that labels only some of the model's classes (--format kaggle --map 255=nerve, or versions
+labelling the nerve only) trains only those: the others are left out of the loss, never taught as background.
 
 Validation is one contiguous block of frames (--folds blocks of the frames sorted by name; never random frames,
 since neighbouring frames come from the same scan). Every epoch is checkpointed (safetensors + JSON, nothing
@@ -26,8 +36,11 @@ examples:
   nerveseg train --model smistad-unet --data path/to/usgra-seg
   nerveseg train --model sa-unet --data path/to/usgra-seg --epochs 30 --input-size 128 128 --limit-minutes 60
   nerveseg train --model unet --data path/to/usgra-seg --folds 1 --out runs/unet-all   # every frame, no validation
-  nerveseg train --model effnet2-unet --data path/to/usgra-seg --fold 1 --out runs/distilled \
-      --teacher runs/cv/effnet2-unet/fold1 --teacher runs/other/effnet2-unet/fold1   # two teachers, same block"""
+  nerveseg train --model effnet2-unet --data path/to/usgra-seg --fold 1 --out runs/distilled \\
+      --teacher runs/cv/effnet2-unet/fold1 --teacher runs/other/effnet2-unet/fold1   # two teachers, same block
+  nerveseg train --model effnet2-unet --init effnet2-unet --data project.nsdb --out runs/site   # fine-tune a site
+  nerveseg train --model effnet2-unet --init runs/site --data kaggle/ --format kaggle --map 255=nerve \\
+      --folds 1 --epochs 10 --freeze-encoder --out runs/site-nerve   # nerve-only labels, from a run folder"""
 
 
 def parse_mapping(text):
@@ -44,9 +57,11 @@ def parse_mapping(text):
 
 
 def add_data_arguments(parser) -> None:
-    parser.add_argument("--data", required=True, help="data set folder (or file, for COCO / Labelme)")
+    parser.add_argument("--data", required=True,
+                        help="data set folder, or file (COCO / Labelme JSON, an annotation store .nsdb / .db)")
     parser.add_argument("--format", dest="data_format", default="auto",
-                        help="data set format: auto, folder, kaggle, coco, labelme, slicer, nnunet (default: auto)")
+                        help="data set format: auto, folder, kaggle, coco, labelme, slicer, nnunet, store "
+                             "(default: auto)")
     parser.add_argument("--map", dest="mapping", type=parse_mapping, default=None, metavar="V=CLASS,...",
                         help="the data's label values (or class names) to classes, e.g. 1=nerve,2=blood_vessel")
 
@@ -77,6 +92,18 @@ def register(subparsers) -> None:
                         help="share of the teachers' soft term in the loss, in (0, 1] (default: %(default)s)")
     parser.add_argument("--distill-temperature", type=float, default=1.0,
                         help="softmax temperature of teachers and student in the soft term (default: %(default)s)")
+    parser.add_argument("--init", default=None, metavar="NAME|WEIGHTS|RUN_DIR",
+                        help="fine-tune: start from a registered model's weights, a .safetensors file or a training "
+                             "run's folder ([MODEL@]WEIGHTS), with the site recipe (default: random / ImageNet "
+                             "weights and the card's recipe)")
+    parser.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
+                        help="do not train the encoder (architectures with one, e.g. effnet2-unet) (default: the "
+                             "site recipe's with --init, else no)")
+    parser.add_argument("--freeze-norm", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep batch-norm layers in eval mode with their statistics and scale/shift as "
+                             "initialised (default: the site recipe's with --init, else no)")
+    parser.add_argument("--statuses", default=None, metavar="accepted[,draft,...]",
+                        help="annotation store only: version statuses to train on (default: accepted)")
     parser.add_argument("--limit-images", type=int, default=None, help="use only the first N frames (smoke tests)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -92,6 +119,9 @@ def run(args) -> int:
     from ..train.data import ClassMismatchError
     from ..train.loop import CheckpointError, TrainOptions, train
 
+    statuses = None
+    if args.statuses:
+        statuses = [s.strip() for s in args.statuses.split(",") if s.strip()]
     augmentations = None
     if args.augmentations is not None:
         augmentations = [] if args.augmentations.strip().lower() == "none" else \
@@ -103,7 +133,8 @@ def run(args) -> int:
         batch_size=args.batch_size, lr=args.lr, augmentations=augmentations, data_format=args.data_format,
         mapping=args.mapping, limit_images=args.limit_images, threads=args.threads, progress=not args.no_progress,
         teachers=list(args.teachers), distill_weight=args.distill_weight,
-        distill_temperature=args.distill_temperature)
+        distill_temperature=args.distill_temperature, init=args.init, freeze_encoder=args.freeze_encoder,
+        freeze_norm=args.freeze_norm, statuses=statuses)
     try:
         result = train(options)
     except (ClassMismatchError, CheckpointError, DatasetError, WeightsError, KeyError, ValueError) as error:
@@ -117,4 +148,6 @@ def run(args) -> int:
     print(f"{result.stop_reason}: {result.epochs_done} epochs, {result.global_step} steps"
           + (f"; last validation Dice {summary}" if summary else ""))
     print(f"weights: {result.weights}\ncard: {result.card}\ncurve: {result.out / 'learning_curve.png'}")
+    if args.init:
+        print(f"fine-tuned from {args.init}; register it with: nerveseg models add {result.out}")
     return 0

@@ -11,9 +11,12 @@ coco      instance JSON (+ images), rasterised with pycocotools                 
 labelme   one JSON per image, polygons; image path relative to the JSON           :mod:`.labelme`
 slicer    ``NAME.seg.nrrd`` + its volume ``NAME.nrrd`` (2D or 2D+t)               :mod:`.slicer`
 nnunet    ``dataset.json`` + ``imagesTr/`` + ``labelsTr/``                        :mod:`.nnunet`
+store     an annotation store file (``project.nsdb`` / ``.db``): accepted frames   :mod:`.store_reader`
 ========  =====================================================================  ===========================
 
-Each of them also reads a NerveSeg export's split folders (``train/``, ``val/``, ``test/``), setting
+An annotation store gives the current version of each frame whose status is accepted (``statuses`` widens it), the
+classes each frame labels in ``Sample.metadata["labelled"]``, and its recordings (``sources()``) for splits.
+Each of the file formats also reads a NerveSeg export's split folders (``train/``, ``val/``, ``test/``), setting
 ``Sample.metadata["split"]``, and takes subject, spacing and metadata from its ``manifest.json``.
 
 Example::
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Tuple, Union
+from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
 
 from .dataset import DatasetError, LabelledDataset, Sample, SampleRef
 from .splits import block_splits, contiguous_folds
@@ -39,11 +42,14 @@ __all__ = ["open_dataset", "detect_format", "FORMATS", "Sample", "SampleRef", "L
 log = logging.getLogger(__name__)
 
 #: Format names in the order auto-detection tries them (the most specific first).
-FORMATS = ("nnunet", "coco", "slicer", "folder", "kaggle", "labelme")
+FORMATS = ("store", "nnunet", "coco", "slicer", "folder", "kaggle", "labelme")
 
 
 def _reader(format: str) -> Tuple[Callable, Callable]:
     """(looks_like, read) of a format; imported on demand so opening one format loads only its libraries."""
+    if format == "store":
+        from .store_reader import looks_like_store, read_store
+        return looks_like_store, read_store
     if format == "folder":
         from .pairs import looks_like_folder, read_folder
         return looks_like_folder, read_folder
@@ -82,11 +88,11 @@ def detect_format(path: Union[str, Path]) -> Tuple[str, str]:
         contents = f"a {path.suffix or 'plain'} file"
     raise DatasetError(f"{path}: no labelled data set format recognised (found {contents}); expected one of: "
                        "images/ + masks/ folders, N_M.tif + N_M_mask.tif, COCO JSON, Labelme JSON, .seg.nrrd + "
-                       ".nrrd, or an nnU-Net folder with dataset.json")
+                       ".nrrd, an nnU-Net folder with dataset.json, or a NerveSeg annotation store (.nsdb / .db)")
 
 
 def open_dataset(path: Union[str, Path], format: str = "auto", mapping: Optional[Mapping] = None,
-                 split: Optional[str] = None) -> LabelledDataset:
+                 split: Optional[str] = None, statuses: Optional[Sequence[str]] = None) -> LabelledDataset:
     """Open the labelled data set at ``path``.
 
     format: ``"auto"`` (detected; the data set's ``description`` says what was found) or one of :data:`FORMATS`.
@@ -95,6 +101,7 @@ def open_dataset(path: Union[str, Path], format: str = "auto", mapping: Optional
         ``classes.json`` / ``dataset.json`` beside the data when there is one. Keys may merge (several -> one class)
         or drop (``None`` -> background). The data set's classes are numbered 1..N.
     split: only this split (``train``, ``val``, ``test``) of a data set that has split folders or files.
+    statuses: an annotation store's version statuses to use (default: accepted only); refused for other formats.
 
     The pairing of files is checked now; pixels are read when an item is indexed (``validate()`` reads all).
     Raises DatasetError (a ValueError) naming the file, the field and what was expected."""
@@ -105,6 +112,12 @@ def open_dataset(path: Union[str, Path], format: str = "auto", mapping: Optional
         format, found = detect_format(path)
         log.info("%s: detected %s data set (%s)", path, format, found)
     _, read = _reader(format)
-    dataset = read(path, mapping=mapping, split=split)
+    if format == "store":
+        dataset = read(path, mapping=mapping, split=split, statuses=statuses)
+    elif statuses is not None:
+        raise DatasetError(f"{path}: statuses ({', '.join(statuses)}) choose frames of an annotation store, but this "
+                           f"is a {format} data set")
+    else:
+        dataset = read(path, mapping=mapping, split=split)
     log.info("%s", dataset.description)
     return dataset

@@ -19,6 +19,7 @@ import numpy as np
 from ..frame import Frame, Instance, SegmentationResult
 from . import preprocess as pp
 from .backends import OnnxBackend, TorchBackend
+from .region import AUTO, AutoRegion, Region, RegionChoice, parse_region
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,18 @@ class Segmenter:
     backend: a TorchBackend or OnnxBackend (anything with ``run(batch)`` and ``task``).
     min_component_area: connected regions smaller than this (pixels of the frame) are dropped; Smistad's rule.
     contours: ``smooth`` or ``fast`` (see :data:`CONTOURS`; benchmarks/contours.md measures both).
+    region: the image region (:mod:`.region`): None (the whole frame, the default), a :class:`~.region.Region`
+        or ``"X,Y,W,H"`` (frame pixels), or ``"auto"`` (found from the first second of frames; the whole frame is
+        segmented meanwhile). The model sees only the region; the labelmap is the full frame's, zero outside it.
+        Settable at any time through :attr:`region`.
     """
 
     def __init__(self, card, backend, min_component_area: int = pp.MIN_COMPONENT_AREA_PX,
-                 contours: str = DEFAULT_CONTOURS):
+                 contours: str = DEFAULT_CONTOURS, region: RegionChoice = None):
+        # (choice, auto-detector or None): replaced in one assignment, so the inference thread always sees a pair
+        self._region_state: Tuple[RegionChoice, Optional[AutoRegion]] = (None, None)
+        self._fitted: Optional[tuple] = None  # (choice, frame shape, the region clipped to that frame)
+        self.region = region
         if contours not in CONTOURS:
             raise ValueError(f"contours {contours!r} unknown; expected one of {', '.join(CONTOURS)}")
         self.contours = contours
@@ -79,6 +88,48 @@ class Segmenter:
         self.min_component_area = int(min_component_area)
         card_path = getattr(card, "path", None)
         self.card_sha256: Optional[str] = file_sha256(card_path) if card_path and Path(card_path).is_file() else None
+
+    # ----------------------------------------------------------------------------------------------- region
+    @property
+    def region(self) -> RegionChoice:
+        """The region choice: None (whole frame), a Region, or ``"auto"``. Set it to any of these, to
+        ``"X,Y,W,H"`` or to an ``(x, y, w, h)`` sequence; setting ``"auto"`` again starts the detection over."""
+        return self._region_state[0]
+
+    @region.setter
+    def region(self, choice) -> None:
+        if choice is None or isinstance(choice, str):
+            choice = parse_region(choice)
+        elif not isinstance(choice, Region):
+            choice = Region(*choice)  # an (x, y, w, h) sequence
+        self._region_state = (choice, AutoRegion() if choice == AUTO else None)
+
+    @property
+    def auto_region(self) -> Optional[AutoRegion]:
+        """The auto-detector (its ``region`` once found, ``reason``, ``frames`` collected) with ``region="auto"``,
+        else None."""
+        return self._region_state[1]
+
+    def region_for(self, image: np.ndarray, t: Optional[float] = None, learn: bool = True) -> Optional[Region]:
+        """The region this frame is segmented in (frame pixels), or None for the whole frame (no region, or
+        auto-detection still collecting frames: ``learn`` feeds this frame to it, at time ``t`` s). RegionError
+        (a ValueError) naming the frame size for a given region outside the frame."""
+        choice, auto = self._region_state
+        if choice is None:
+            return None
+        shape = tuple(int(v) for v in image.shape[:2])
+        if auto is not None:
+            if learn:
+                return auto.add(image, t)
+            return auto.region if auto.shape == shape else None
+        fitted = self._fitted
+        if fitted is None or fitted[0] is not choice or fitted[1] != shape:
+            box = choice.fit(*shape)
+            if box != choice:
+                log.warning("region %s reaches outside the %d x %d frame: using %s", choice.text(), shape[1],
+                            shape[0], box.text())
+            self._fitted = fitted = (choice, shape, box)
+        return fitted[2]
 
     # ----------------------------------------------------------------------------------------------- building
     @classmethod
@@ -122,22 +173,40 @@ class Segmenter:
 
     # ----------------------------------------------------------------------------------------------- running
     def warm_up(self, height: int = 420, width: int = 580) -> None:
-        """Run once on a blank frame so the first real frame is not slowed by lazy initialisation."""
-        self.segment(np.zeros((height, width), dtype=np.uint8))
+        """Run once on a blank frame so the first real frame is not slowed by lazy initialisation (the region is
+        not used, and auto-detection does not see the blank frame)."""
+        self._segment(np.zeros((height, width), dtype=np.uint8), Frame(image=np.zeros((height, width), np.uint8)),
+                      None)
 
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(K, H, W)`` float32 in the frame's own size (semantic models only)."""
+        """Class probabilities ``(K, H, W)`` float32 in the frame's own size (semantic models only); with a
+        region, the background class outside it. Auto-detection is not fed (its region once found is used)."""
         if self.card.task != "semantic":
             raise ValueError(f"{self.card.name} is an instance model; it gives instances, not probabilities")
-        tensor, placement = pp.preprocess(image, self.spec)
-        probabilities = self.backend.run(tensor[np.newaxis])[0]
-        return pp.restore(probabilities, placement)
+        box = self.region_for(image, learn=False)
+        tensor, placement = pp.preprocess(image if box is None else box.crop(image), self.spec)
+        probabilities = pp.restore(self.backend.run(tensor[np.newaxis])[0], placement)
+        return probabilities if box is None else box.place_maps(probabilities, *image.shape[:2])
 
     def segment(self, image: np.ndarray, frame: Optional[Frame] = None) -> SegmentationResult:
         """Segment one frame. ``image`` (H, W) grey or (H, W, 3); when ``frame`` is given its stage timestamps
-        (preprocessed, inferred, postprocessed) are stamped and the result refers to it."""
+        (preprocessed, inferred, postprocessed) are stamped and the result refers to it.
+
+        With a :attr:`region`, only the region is segmented: the labelmap is still the frame's (zero outside the
+        region), instance boxes and masks are in frame pixels, and ``result.probabilities`` / ``result.placement``
+        are those of the region's crop (``result.region`` says where it lies)."""
         if frame is None:
             frame = Frame(image=pp.to_grey(image))
+        box = None
+        choice, auto = self._region_state
+        if choice is not None:  # the detector reads the grey frame; a given region crops what came in
+            box = self.region_for(frame.image if auto is not None else image, t=frame.timestamps.get("received"))
+        return self._segment(image, frame, box)
+
+    def _segment(self, image: np.ndarray, frame: Frame, box: Optional[Region]) -> SegmentationResult:
+        if box is not None:
+            full_h, full_w = image.shape[:2]
+            image = box.crop(image)
         tensor, placement = pp.preprocess(image, self.spec)
         frame.stamp("preprocessed")
         output = self.backend.run(tensor[np.newaxis])
@@ -146,9 +215,15 @@ class Segmenter:
             labelmap, probabilities, instances = self._semantic(output[0], placement)
         else:
             labelmap, probabilities, instances = self._instances(output[0], placement)
+        if box is not None:
+            labelmap = box.place(labelmap, full_h, full_w)
+            if instances:
+                instances = [Instance(label=i.label, score=i.score, mask=box.place(i.mask, full_h, full_w),
+                                      box=(i.box[0] + box.x, i.box[1] + box.y, i.box[2] + box.x, i.box[3] + box.y))
+                             for i in instances]
         frame.stamp("postprocessed")
         return SegmentationResult(frame=frame, labelmap=labelmap, model_name=self.card.name, classes=self.classes,
-                                  probabilities=probabilities, instances=instances, placement=placement)
+                                  probabilities=probabilities, instances=instances, placement=placement, region=box)
 
     def _semantic(self, probabilities: np.ndarray, placement: pp.Placement):
         box = None

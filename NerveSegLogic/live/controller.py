@@ -190,6 +190,8 @@ class LiveController:
         self._recording_limit = recording_limit
         self.first_frame = Signal("first_frame")  # (volume node) when a new scene shows its first frame
         self._first_frame_pending = False
+        self._region = None  # the image region choice: None (whole frame), a Region or "auto"
+        self.region_in_use = None  # the Region of the newest applied result (None: the whole frame was segmented)
 
     # ------------------------------------------------------------------------------------------------ input
     def connect(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -268,6 +270,78 @@ class LiveController:
     def card(self):
         return self._card
 
+    # ------------------------------------------------------------------------------------------------ image region
+    @property
+    def region(self):
+        """The image region choice: None (the whole frame), an ``inference.region.Region`` or ``"auto"``."""
+        return self._region
+
+    def set_region(self, region=None) -> str:
+        """Segment only the image region of the frames: None or '' (the whole frame), ``"auto"`` (found from the
+        first second of frames, see :mod:`NerveSegLogic.inference.region`), ``"X,Y,W,H"``, an (x, y, w, h)
+        sequence or a Region, in frame pixels. In-process it applies from the next frame; a running worker process
+        restarts with it. Setting ``"auto"`` again finds the region again. In remote mode the server's own
+        ``--region`` applies (the choice is kept for the other modes).
+        Returns what the panel shows; RegionError (a ValueError) naming the value for a bad one."""
+        from ..inference.region import Region, parse_region
+
+        if region is None or isinstance(region, str):
+            choice = parse_region(region, what="image region")
+        else:
+            choice = region if isinstance(region, Region) else Region(*(int(v) for v in region))
+        changed = choice != self._region
+        self._region = choice
+        if self._segmenter is not None and hasattr(self._segmenter, "region"):
+            self._segmenter.region = choice  # the inference thread takes it from the next frame
+        if (changed or choice == "auto") and self.running and self._mode == "child-process":
+            self._restart()
+        return self.region_description()
+
+    def region_description(self) -> str:
+        """One line for the panel: the region chosen (and what auto-detection found, in-process)."""
+        choice = self._region
+        if choice is None:
+            return "Image region: the whole frame"
+        if choice == "auto":
+            auto = getattr(self._segmenter, "auto_region", None) if self._mode == "in-process" else None
+            if auto is not None and auto.region is not None:
+                return f"Image region: {auto.region.text()} (X,Y,W,H), found automatically: {auto.reason}"
+            found = self.region_in_use
+            return ("Image region: automatic" + (f", {found.text()} (X,Y,W,H)" if found is not None else
+                                                 " (found from the first second of frames)"))
+        return f"Image region: {choice.text()} (X,Y,W,H)"
+
+    def region_from_ras_bounds(self, bounds, volume_node=None):
+        """The pixel Region of the frames covered by a box of RAS mm (a markups ROI's ``GetRASBounds``), through
+        the IJK-to-RAS geometry of ``volume_node`` (default: NerveSeg's live volume, which shows the frames with
+        their own geometry, else the input volume). ValueError when no volume with an image is there yet, or the
+        box holds too few of its pixels."""
+        from ..inference.region import region_from_ras_bounds
+        from ..scene import mrml
+
+        node = volume_node
+        if node is None:
+            for candidate in (self.volume_node, self._volume_node):
+                if candidate is not None and candidate.GetImageData() is not None:
+                    node = candidate
+                    break
+        if node is None or node.GetImageData() is None:
+            raise ValueError("no frame is shown yet: start (or choose the input volume) so that a frame is there, "
+                             "then draw the region on it")
+        width, height, _ = mrml.image_dimensions(node.GetImageData())
+        if width == 0:
+            raise ValueError(f"volume {node.GetName()!r} holds no image yet")
+        return region_from_ras_bounds(bounds, mrml.volume_geometry(node).ijk_to_ras(), height, width)
+
+    def set_region_from_roi(self, roi_node, volume_node=None) -> str:
+        """:meth:`set_region` with the frame pixels inside a markups ROI node (drawn on the live view), see
+        :meth:`region_from_ras_bounds`. Returns what the panel shows."""
+        if roi_node is None:
+            raise ValueError("choose a ROI (markups ROI node) drawn over the image")
+        bounds = [0.0] * 6
+        roi_node.GetRASBounds(bounds)
+        return self.set_region(self.region_from_ras_bounds(bounds, volume_node))
+
     # ------------------------------------------------------------------------------------------------ run
     @property
     def running(self) -> bool:
@@ -344,6 +418,10 @@ class LiveController:
         volume_input = None
         if role == "segment":
             args += ["--backend", self.backend, "--compute", self.compute_device, "--threads", str(int(self.threads))]
+            if self._region is not None:
+                from ..inference.region import region_text
+
+                args += ["--region", region_text(self._region)]
         if self._input.kind == "igtl":
             args += ["--input", f"{self._input.host}:{self._input.port}",
                      "--device-name", self._input.device_name or ""]
@@ -387,6 +465,8 @@ class LiveController:
             segmenter = self._segmenter_factory(*key)
             segmenter.warm_up()
             self._segmenter, self._segmenter_key = segmenter, key
+        if hasattr(self._segmenter, "region"):
+            self._segmenter.region = self._region  # each run finds an automatic region afresh
         return self._segmenter
 
     def _ensure_scene(self, classes) -> LiveSceneLike:
@@ -433,6 +513,7 @@ class LiveController:
                     log.exception("NerveSeg: applying a result failed")
                 self._message = str(error)
         if result is not None:
+            self.region_in_use = getattr(result, "region", None)
             if self._first_frame_pending and self._scene is not None:
                 self._first_frame_pending = False
                 self.first_frame.emit(self._scene.volume_node)  # the panel fits the views to it

@@ -8,6 +8,8 @@
   targets.
 - :mod:`.loop`: :func:`~.loop.train` (``nerveseg train``): the card's recipe, resumable safetensors checkpoints,
   learning curve, trained weights and card.
+- :mod:`.site`: fine-tuning for a site (``--init``): the site recipe, the init's checks, frozen encoder and
+  normalisation, the data fingerprint.
 - :mod:`.evaluate` and :mod:`.runs`: scoring through the live path's Segmenter (``nerveseg evaluate``), metrics.json
   and a Markdown report with overlay pictures.
 

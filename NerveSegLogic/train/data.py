@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,15 +34,18 @@ def label_translation(model_classes: Sequence[SegmentClass], data_classes: Seque
                       model_name: str = "the model", data_name: str = "the data") -> Optional[Dict[int, int]]:
     """How the data's label values become the model's: None when they are already the same, else {data: model}.
 
-    The same classes under other label values are translated; any class on one side only raises
-    :class:`ClassMismatchError` naming both mappings and the ``--map`` that would make them agree.
+    The same classes under other label values are translated. Data that labels only some of the model's classes
+    (a nerve-only set) is accepted: :func:`labelled_classes` says which, and training leaves the others out of the
+    loss. A class the model lacks, or data sharing no class with the model, raises :class:`ClassMismatchError`
+    naming both mappings and the ``--map`` that would make them agree.
     """
     model = {c.key: c.label for c in model_classes}
     data = {c.key: c.label for c in data_classes}
     if model == data:
         return None
-    if set(model) == set(data):
-        return {data[key]: model[key] for key in data}
+    if data and set(data) <= set(model):
+        translation = {data[key]: model[key] for key in data}
+        return None if all(a == b for a, b in translation.items()) else translation
     expected = _describe({label: key for key, label in model.items()})
     found = _describe({label: key for key, label in data.items()})
     example = ",".join(f"{label}={key}" for key, label in sorted(model.items(), key=lambda kv: kv[1]))
@@ -51,6 +54,13 @@ def label_translation(model_classes: Sequence[SegmentClass], data_classes: Seque
         f"missing {sorted(set(model) - set(data)) or 'nothing'}, extra {sorted(set(data) - set(model)) or 'nothing'}. "
         f"Give the data's label values the model's classes with --map (for example --map {example}), "
         f"or pick a model trained on these classes.")
+
+
+def labelled_classes(model_classes: Sequence[SegmentClass], keys) -> Optional[FrozenSet[int]]:
+    """The model's label values of the class ``keys`` a frame labels; None when it labels every model class."""
+    model = {c.key: c.label for c in model_classes}
+    labels = frozenset(model[key] for key in keys if key in model)
+    return None if labels == frozenset(model.values()) else labels
 
 
 def translate_mask(mask: np.ndarray, translation: Optional[Mapping[int, int]]) -> np.ndarray:
@@ -79,47 +89,113 @@ def block_folds(names: Sequence[str], folds: int) -> List[List[int]]:
     return [list(test) for _, test in contiguous_folds(list(names), folds)]
 
 
-def split_indices(names: Sequence[str], folds: int, fold: Optional[int]) -> Tuple[List[int], List[int]]:
+def split_indices(names: Sequence[str], folds: int, fold: Optional[int],
+                  groups: Optional[Sequence[str]] = None) -> Tuple[List[int], List[int]]:
     """(train, validation) indices: validation is block ``fold`` (default: the last) of ``folds`` contiguous
-    blocks; ``fold=None`` with ``folds <= 1`` means no validation (train on everything)."""
+    blocks; ``fold=None`` with ``folds <= 1`` means no validation (train on everything).
+
+    groups: the recording each item comes from (an annotation store's frame source), with ``names`` sorting the
+    items of one recording in acquisition order. Then the held-out block is block ``fold`` of each recording (a
+    recording of n < folds frames gives frame i to block i * folds // n), so every recording is held out at the
+    same place and no block mixes neighbouring frames into training."""
     if folds <= 1:
         return list(range(len(names))), []
-    blocks = block_folds(names, folds)
     index = folds - 1 if fold is None else int(fold)
     if not 0 <= index < folds:
         raise ValueError(f"--fold must be 0..{folds - 1} for {folds} folds, got {fold}")
-    validation = sorted(blocks[index])
+    if groups is None or len(set(groups)) <= 1:
+        blocks = block_folds(names, folds)
+        validation = sorted(blocks[index])
+    else:
+        from ..datasets.splits import block_splits
+
+        members: Dict[str, List[int]] = {}
+        for item, group in enumerate(groups):
+            members.setdefault(group, []).append(item)
+        validation = []
+        for group in sorted(members):
+            items = sorted(members[group], key=lambda i: names[i])
+            n = len(items)
+            if n >= folds:
+                validation.extend(items[i] for i in block_splits(n, folds)[index])
+            else:
+                validation.extend(item for position, item in enumerate(items) if position * folds // n == index)
+        validation.sort()
     chosen = set(validation)
     return [i for i in range(len(names)) if i not in chosen], validation
 
 
 @dataclass
 class Frame:
-    """One frame held for training: grey uint8 image and label mask (model labels) in the frame's own size."""
+    """One frame held for training: grey uint8 image and label mask (model labels) in the frame's own size.
+
+    labelled: the model's label values this frame labels, None when it labels every class. Pixels of a class it
+    does not label are 0 in ``mask`` and mean "unknown", not background (training leaves that class out of the
+    loss for this frame)."""
 
     name: str
     image: np.ndarray
     mask: np.ndarray
     spacing: Optional[Tuple[float, float]] = None
+    labelled: Optional[FrozenSet[int]] = None
 
 
 class FrameStore:
-    """The frames of a data set, read once and kept in memory, masks translated to the model's labels."""
+    """The frames of a data set, read once and kept in memory, masks translated to the model's labels.
+
+    model_classes: the model's classes; given, each frame's labelled classes are recorded (a sample's
+    ``metadata["labelled"]``, the class keys its annotation labels, else every class of the data set), and a mask
+    value that maps to none of the model's classes is an error naming the values and the model's classes."""
 
     def __init__(self, dataset, translation: Optional[Mapping[int, int]] = None,
-                 indices: Optional[Sequence[int]] = None):
+                 indices: Optional[Sequence[int]] = None, model_classes: Optional[Sequence[SegmentClass]] = None,
+                 model_name: str = "the model"):
         chosen = range(len(dataset)) if indices is None else indices
         self.frames: List[Frame] = []
+        data_keys = [c.key for c in getattr(dataset, "classes", ())]
+        allowed = None if model_classes is None else np.array([0] + [c.label for c in model_classes])
         for index in chosen:
-            sample = dataset[index]
-            self.frames.append(Frame(name=sample.name, image=to_uint8(sample.image),
-                                     mask=translate_mask(sample.mask, translation), spacing=sample.spacing))
+            sample = self._read(dataset, index, model_classes, model_name)
+            mask = translate_mask(sample.mask, translation)
+            labelled = None
+            if model_classes is not None:
+                keys = sample.metadata.get("labelled") if isinstance(sample.metadata, dict) else None
+                labelled = labelled_classes(model_classes, data_keys if keys is None else keys)
+                unknown = np.setdiff1d(np.unique(mask), allowed)
+                if unknown.size:
+                    inverse = {int(t): int(s) for s, t in (translation or {}).items()}
+                    values = sorted(inverse.get(int(v), int(v)) for v in unknown)
+                    raise ClassMismatchError(
+                        f"frame {sample.name}: label value(s) {values} in its mask map to none of {model_name}'s "
+                        f"classes {_describe({c.label: c.key for c in model_classes})}; map them with --map "
+                        f"(VALUE=CLASS, or VALUE=background)")
+            self.frames.append(Frame(name=sample.name, image=to_uint8(sample.image), mask=mask,
+                                     spacing=sample.spacing, labelled=labelled))
+
+    @staticmethod
+    def _read(dataset, index, model_classes, model_name):
+        if model_classes is None:
+            return dataset[index]
+        from ..datasets.dataset import DatasetError
+
+        try:
+            return dataset[index]
+        except DatasetError as error:
+            if "unknown label value" not in str(error):
+                raise
+            raise DatasetError(f"{error}. {model_name} segments "
+                               f"{_describe({c.label: c.key for c in model_classes})}") from None
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def __getitem__(self, index: int) -> Frame:
         return self.frames[index]
+
+    @property
+    def partial(self) -> bool:
+        """Whether some frame labels only some of the model's classes."""
+        return any(frame.labelled is not None for frame in self.frames)
 
 
 def has_foreground(frame: Frame) -> bool:

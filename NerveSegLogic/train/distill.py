@@ -42,17 +42,9 @@ class Teacher:
 
 def parse_teacher(text: str, student_model: str):
     """``[MODEL@]WEIGHTS`` -> (model name, weights path). WEIGHTS is a .safetensors file or a training run's folder
-    (its ``<MODEL>.safetensors``); without MODEL the teacher is the student's architecture."""
-    model, at, rest = text.partition("@")
-    if not at:
-        model, rest = student_model, text
-    path = Path(rest)
-    if path.is_dir():
-        path = path / f"{model}.safetensors"
-    if not model or not rest:
-        raise ValueError(f"teacher {text!r}: expected [MODEL@]WEIGHTS (a .safetensors file or a run folder)")
-    if not path.is_file():
-        raise ValueError(f"teacher {text!r}: no weights file {path}")
+    (its ``<MODEL>.safetensors``); without MODEL the model is the one the run's ``card.json`` names, else
+    ``student_model``."""
+    model, path, _ = resolve_weights(text, student_model)
     return model, path
 
 
@@ -68,9 +60,42 @@ def read_run_card(path: Path):
         raise ValueError(f"{path}: not a readable model card ({error})") from None
 
 
+def resolve_weights(text: str, default_model: str, cards_dir=None):
+    """``[MODEL@]WEIGHTS`` -> (model name, weights path, card): the one resolution of trained weights that
+    ``--teacher`` and ``--init`` share.
+
+    WEIGHTS is a .safetensors file or a training run's folder (its ``card.json`` and ``<MODEL>.safetensors``, as
+    ``nerveseg train`` writes them). The card is the run's ``card.json`` beside the weights when there is one (the
+    input size and build the weights were trained with), else the registered card of MODEL. MODEL defaults to the
+    model that ``card.json`` names, else ``default_model``. Raises ValueError naming ``text`` when a part is
+    missing, or the run's card belongs to another model than the MODEL given."""
+    from ..models import registry
+
+    model, at, rest = text.partition("@")
+    if not at:
+        model, rest = "", text
+    if not rest or (at and not model):
+        raise ValueError(f"{text!r}: expected [MODEL@]WEIGHTS (a .safetensors file or a run folder)")
+    path = Path(rest)
+    folder = path if path.is_dir() else path.parent
+    run_card_path = folder / "card.json"  # a training run's own card: the input size and build it trained with
+    run_card = read_run_card(run_card_path) if run_card_path.is_file() else None
+    if not model:
+        model = run_card.name if run_card is not None else default_model
+    if path.is_dir():
+        named = (run_card.weights or {}).get("file") if run_card is not None and run_card.name == model else None
+        path = path / (named or f"{model}.safetensors")
+    if not path.is_file():
+        raise ValueError(f"{text!r}: no weights file {path}")
+    card = run_card if run_card is not None else registry.card(model, cards_dir)
+    if card.name != model:
+        raise ValueError(f"{text!r}: {run_card_path} is the card of {card.name}, not of {model}")
+    return model, path, card
+
+
 def load_teachers(texts: Sequence[str], student_card, spec: pp.InputSpec, device: str,
                   cards_dir=None) -> List[Teacher]:
-    """Load every teacher named in ``texts`` (see :func:`parse_teacher`) and check it fits the student.
+    """Load every teacher named in ``texts`` (see :func:`resolve_weights`) and check it fits the student.
 
     A ``card.json`` next to the weights (a training run's folder) is the teacher's card, with the input size and
     build it was trained with; otherwise the registered card of its model is."""
@@ -79,11 +104,10 @@ def load_teachers(texts: Sequence[str], student_card, spec: pp.InputSpec, device
 
     teachers = []
     for text in texts:
-        model_name, path = parse_teacher(text, student_card.name)
-        run_card = path.parent / "card.json"  # a training run's own card: the input size and build it trained with
-        card = read_run_card(run_card) if run_card.is_file() else registry.card(model_name, cards_dir)
-        if card.name != model_name:
-            raise ValueError(f"teacher {text!r}: {run_card} is the card of {card.name}, not of {model_name}")
+        try:
+            model_name, path, card = resolve_weights(text, student_card.name, cards_dir)
+        except ValueError as error:
+            raise ValueError(f"teacher {error}") from None
         if card.task != "semantic":
             raise ValueError(f"teacher {text!r}: model {model_name} is a {card.task} model; teachers must be "
                              "semantic models (one probability per class and pixel)")

@@ -142,7 +142,9 @@ def _presence_scores(result, classes) -> Dict[str, float]:
         score = 0.0
         if result.probabilities is not None:
             channel = result.probabilities[cls.label]
-            if placement is not None and channel.shape != result.labelmap.shape:
+            # in the model's input (of the frame, or of its region when one was set): its part the image fills
+            if placement is not None and (channel.shape != result.labelmap.shape
+                                          or getattr(result, "region", None) is not None):
                 channel = channel[:placement.valid_h, :placement.valid_w]
             score = float(channel.max()) if channel.size else 0.0
         elif result.instances is not None:
@@ -167,10 +169,13 @@ def _class_probabilities(result, classes) -> Optional[Dict[str, np.ndarray]]:
     height, width = result.labelmap.shape
     if result.probabilities is not None:
         probabilities = result.probabilities
-        if probabilities.shape[1:] != (height, width):
+        region = getattr(result, "region", None)  # the model saw only this part of the frame
+        if probabilities.shape[1:] != (height, width) or region is not None:
             if getattr(result, "placement", None) is None:
                 return None
             probabilities = pp.restore(probabilities, result.placement)
+            if region is not None:
+                probabilities = region.place_maps(probabilities, height, width)
         return {c.key: probabilities[c.label] for c in classes}
     if result.instances is not None:
         maps = {c.key: np.zeros((height, width), dtype=np.float32) for c in classes}
@@ -188,7 +193,8 @@ def evaluate(segmenter, frames: FrameStore, progress: bool = False, auc: bool = 
     """Segment every frame of ``frames`` with ``segmenter`` and score it against the truth.
 
     scored: the model's classes the data labels (default: all of them; see :func:`evaluation_classes`); the
-    others are listed in ``not_labelled`` and scored nowhere.
+    others are listed in ``not_labelled`` and scored nowhere. A frame whose ``labelled`` names only some classes
+    is scored on those only.
 
     Returns an :class:`Evaluation` whose ``summary`` holds ``model``, ``n_images``, ``classes`` ({key: label} of
     the scored classes), ``not_labelled`` (the model's class keys the data does not label), ``presence`` ({key:
@@ -220,15 +226,19 @@ def evaluate(segmenter, frames: FrameStore, progress: bool = False, auc: bool = 
         result = segmenter.segment(frame.image)
         timings.append((time.perf_counter() - start) * 1000.0)
         probabilities = _class_probabilities(result, classes) if auc else None
-        scores = metrics.frame_metrics(result.labelmap, frame.mask, labels, probabilities,
+        # a frame that labels only some classes (an annotation store's nerve-only version) is scored on those
+        frame_labels = labels
+        if getattr(frame, "labelled", None) is not None:
+            frame_labels = {key: label for key, label in labels.items() if label in frame.labelled}
+        scores = metrics.frame_metrics(result.labelmap, frame.mask, frame_labels, probabilities,
                                        _spacing_rc(frame.spacing))
-        dices = [scores["per_class"][c.key]["dice"] for c in classes]
+        dices = [scores["per_class"][key]["dice"] for key in frame_labels]
         finite = [d for d in dices if not math.isnan(d)]
         results.append(FrameResult(frame.name, scores, result.labelmap if keep_labelmaps else None,
                                    float(np.mean(finite)) if finite else math.nan))
         frame_scores = _presence_scores(result, classes)
         presence_scores.append(frame_scores)
-        for key, label in labels.items():
+        for key, label in frame_labels.items():
             area = int(np.count_nonzero(result.labelmap == label))
             present[key].append((bool((frame.mask == label).any()), area > 0, frame_scores[key], area))
         if instance_model:
@@ -236,6 +246,14 @@ def evaluate(segmenter, frames: FrameStore, progress: bool = False, auc: bool = 
             found_objects.append([metrics.InstanceMask(int(i.label), i.mask, float(i.score), tuple(i.box))
                                   for i in (result.instances or [])])
     summary = metrics.summarize([r.scores for r in results])
+    for key in labels:  # a class no frame here labels (frames that label only some classes): NaN, n = 0
+        if key not in summary["per_class"]:
+            summary["per_class"][key] = {m: math.nan for m in metrics.SEGMENTATION_METRICS}
+            summary["detection"][key] = dict({m: math.nan for m in metrics.DETECTION_METRICS},
+                                             pooled=metrics.DetectionCounts(0, 0, 0).as_dict())
+            summary["spread"][key] = {m: {"std": math.nan, "n": 0} for m in
+                                      list(metrics.SEGMENTATION_METRICS)
+                                      + ["detection_" + d for d in metrics.DETECTION_METRICS]}
     out: Dict = {
         "model": card.name,
         "task": card.task,

@@ -17,8 +17,14 @@ learning-rate schedule, batch size, epochs, augmentations, sampling and input si
   the same data order and augmentations as an uninterrupted run (both are functions of seed, epoch and position).
   Checkpoints are also written mid-epoch every ``checkpoint_minutes`` and when ``limit_minutes`` (training time
   summed over all runs of this ``out``) is reached.
+- ``init`` (``--init NAME|WEIGHTS|RUN_DIR``, :mod:`.site`): start from a trained model's weights instead of
+  random or ImageNet ones, with the site recipe (short schedule, lower learning rate, optionally frozen encoder
+  and batch-norm statistics); the init's sha256 is part of what a resumed run must match.
+- Data that labels only some of the model's classes (per data set, or per frame of an annotation store) trains
+  those only: :func:`.losses.marginal_loss` merges the other classes into "not labelled here" for that frame.
 - At the end: ``<out>/card.json`` (the card with the weights file and sha256, the recipe and input size used, the
-  data, epochs, device, wall time and notes such as training on CPU with fewer epochs than the paper) and
+  data (its fingerprint, the frames used and held out, the classes labelled), the init, epochs, steps, threads,
+  device, wall time and notes such as training on CPU with fewer epochs than the paper) and
   ``<out>/learning_curve.png`` (train loss and validation Dice per epoch).
 """
 
@@ -48,7 +54,8 @@ from .evaluate import json_ready, write_json
 #: card it starts from and writes its own.
 RUN_NOTE_PREFIXES = ("Trained on CPU", "Trained for ", "Input ", "batch_size ", "augmentations ", "learning rate ",
                      "Balanced (1:1", "The recipe's test-time", "Trained on every frame", "Weights of the epoch",
-                     "Negative frames: ", "Pretrained encoder (", "Distilled from ")
+                     "Negative frames: ", "Pretrained encoder (", "Distilled from ", "Fine-tuned from ", "Frozen ",
+                     "Partial labels: ", "Batch size ")
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +95,11 @@ class TrainOptions:
     teachers: List[str] = field(default_factory=list)  # [MODEL@]WEIGHTS to distil from (train/distill.py)
     distill_weight: float = 0.5  # share of the teachers' soft term in the loss
     distill_temperature: float = 1.0
+    init: Optional[str] = None  # NAME|[MODEL@]WEIGHTS|RUN_DIR to start from (train/site.py); the site recipe applies
+    site: Optional[Dict[str, Any]] = None  # the site recipe's values (default train.site.SITE_RECIPE)
+    freeze_encoder: Optional[bool] = None  # None: the site recipe's with --init, else False
+    freeze_norm: Optional[bool] = None  # None: the site recipe's with --init, else False
+    statuses: Optional[List[str]] = None  # an annotation store's version statuses to train on (default: accepted)
 
 
 @dataclass
@@ -104,8 +116,14 @@ class TrainResult:
 
 # ------------------------------------------------------------------------------------------------------ recipe
 def resolve_recipe(card, options: TrainOptions) -> Dict[str, Any]:
-    """The recipe this run uses: the card's ``training.recipe`` with the options' overrides applied."""
-    recipe = copy.deepcopy(card.training["recipe"])
+    """The recipe this run uses: the card's ``training.recipe`` (with ``--init``: the site recipe derived from it,
+    :func:`.site.site_recipe`) with the options' overrides applied."""
+    if options.init:
+        from .site import site_recipe
+
+        recipe = site_recipe(card.training["recipe"], options.site)
+    else:
+        recipe = copy.deepcopy(card.training["recipe"])
     if options.epochs is not None:
         recipe["epochs"] = int(options.epochs)
     if options.batch_size is not None:
@@ -114,6 +132,10 @@ def resolve_recipe(card, options: TrainOptions) -> Dict[str, Any]:
         recipe["optimizer"]["lr"] = float(options.lr)
     if options.augmentations is not None:
         recipe["augmentations"] = list(options.augmentations)
+    for key in ("freeze_encoder", "freeze_norm"):
+        value = getattr(options, key)
+        if value is not None:
+            recipe[key] = bool(value)
     recipe.setdefault("augmentations", [])
     recipe.setdefault("sampling", "uniform")
     return recipe
@@ -295,8 +317,15 @@ class Trainer:
         self.out = Path(options.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.base_card = card if card is not None else registry.card(options.model, options.cards_dir)
+        self.init = None
+        if options.init:
+            from .site import resolve_init
+
+            # before the data is read: a wrong --init fails at once, naming both models
+            self.init = resolve_init(options.init, self.base_card, options.build_overrides, options.cards_dir)
         self.recipe = resolve_recipe(self.base_card, options)
-        size = options.input_size or (self.base_card.input.height, self.base_card.input.width)
+        size = options.input_size or ((self.init.card.input.height, self.init.card.input.width) if self.init
+                                      else (self.base_card.input.height, self.base_card.input.width))
         self.spec = pp.InputSpec(int(size[0]), int(size[1]), self.base_card.input.channels,
                                  self.base_card.input.resize, self.base_card.input.normalize)
         self.card = run_card(self.base_card, self.spec)
@@ -306,20 +335,31 @@ class Trainer:
         if dataset is None:
             from ..datasets.readers import open_dataset
 
-            dataset = open_dataset(options.data, format=options.data_format, mapping=options.mapping)
+            extra = {"statuses": list(options.statuses)} if options.statuses else {}
+            dataset = open_dataset(options.data, format=options.data_format, mapping=options.mapping, **extra)
         self.dataset = dataset
+        # data that labels only some of the model's classes is accepted: the others are left out of its loss
         translation = td.label_translation(self.card.classes, dataset.classes, f"model {self.card.name}",
                                            f"the data set {getattr(dataset, 'root', options.data)}")
         names = list(dataset.names())
         count = len(names) if options.limit_images is None else min(len(names), int(options.limit_images))
         order = sorted(range(len(names)), key=lambda i: names[i])[:count]
         sorted_names = [names[i] for i in order]
-        train_idx, val_idx = td.split_indices(sorted_names, options.folds, options.fold)
+        # an annotation store's recordings: each holds out its own contiguous block
+        sources = dataset.sources() if hasattr(dataset, "sources") else None
+        groups = [sources[i] for i in order] if sources is not None else None
+        train_idx, val_idx = td.split_indices(sorted_names, options.folds, options.fold, groups)
+        self.split_kind = ("contiguous blocks of each recording (frame source) sorted by index"
+                           if groups is not None and len(set(groups)) > 1 else
+                           "contiguous blocks of frames sorted by name")
         self.train_names = [sorted_names[i] for i in train_idx]
         self.val_names = [sorted_names[i] for i in val_idx]
+        self.train_items = [order[i] for i in train_idx]
+        self.val_items = [order[i] for i in val_idx]
         if not train_idx:
             raise ValueError(f"no training frames left in {options.data} (folds={options.folds})")
-        self.store = td.FrameStore(dataset, translation, [order[i] for i in train_idx])
+        model_name = f"model {self.card.name}"
+        self.store = td.FrameStore(dataset, translation, self.train_items, self.card.classes, model_name)
         self.negatives = 0
         if self.recipe.get("negatives"):
             # frames without a nerve, cut from training frames only (never from the validation block)
@@ -328,8 +368,19 @@ class Trainer:
             extra = negative_frames(self.store.frames, seed=options.seed, **self.recipe["negatives"])
             self.store.frames.extend(extra)
             self.negatives = len(extra)
-        self.val_store = td.FrameStore(dataset, translation, [order[i] for i in val_idx]) if val_idx else None
+        self.val_store = (td.FrameStore(dataset, translation, self.val_items, self.card.classes, model_name)
+                          if val_idx else None)
+        self.partial = self.store.partial
+        if self.partial and self.instance:
+            raise ValueError(f"{self.card.name} is an instance model: it cannot train on frames that label only some "
+                             f"of its classes ({self.labelled_summary()}); give every frame all its classes")
+        # the batch never exceeds the frames there are (a site may have 5 of them); no frame is dropped
+        self.batch_size = max(1, min(int(self.recipe["batch_size"]), len(self.store)))
         self.augmenter = Augmenter.from_recipe(self.recipe)
+        # what identifies the frames used, taken as they were read (a store may gain versions while this runs)
+        from .site import data_fingerprint
+
+        self.data_fingerprint = data_fingerprint(dataset, self.train_items + self.val_items, self.data_frames())
 
         self.device = resolve_device(options.device)
         if self.device == "cpu":
@@ -337,25 +388,45 @@ class Trainer:
         torch.manual_seed(options.seed)
         self.model = registry.build_from_card(self.card, **options.build_overrides)
         self.pretrained = None
-        if self.recipe.get("pretrained"):
+        if self.init is not None:
+            # the init's weights replace random and ImageNet ones (a checkpoint, if any, replaces them in turn)
+            from .site import load_init
+
+            load_init(self.model, self.init)
+        elif self.recipe.get("pretrained"):
             # ImageNet weights from an installed package, at training time only (a checkpoint, if any, replaces them)
             if not hasattr(self.model, "load_pretrained"):
                 raise ValueError(f"{self.card.name}: the recipe asks for pretrained weights "
                                  f"({self.recipe['pretrained']!r}) but the model has no load_pretrained()")
             missing, unexpected = self.model.load_pretrained()
             self.pretrained = {"source": self.recipe["pretrained"], "missing": missing, "unexpected": unexpected}
-        self.model = self.model.to(self.device)
-        self.optimizer = make_optimizer(self.model, self.recipe)
-        if not self.instance:
-            from .losses import semantic_loss
+        self.frozen: Dict[str, int] = {}
+        if self.recipe.get("freeze_encoder"):
+            from .site import freeze_encoder
 
-            self.loss_fn = semantic_loss(self.recipe["loss"], l2=float(self.recipe.get("l2_lambda", 1e-3)))
+            self.frozen["encoder_tensors"] = freeze_encoder(self.model, self.card.architecture)
+        if self.recipe.get("freeze_norm"):
+            from .site import freeze_norm
+
+            self.frozen["norm_layers"] = freeze_norm(self.model)
+        self.model = self.model.to(self.device)
+        self.optimizer = make_optimizer(self.model, self.recipe)  # the parameters still trained
+        self.batch_labelled: Optional[List[Any]] = None  # the labelled classes of the batch's frames (step)
+        if not self.instance:
+            from .losses import marginal_loss, semantic_loss
+
+            l2 = float(self.recipe.get("l2_lambda", 1e-3))
+            self.loss_fn = semantic_loss(self.recipe["loss"], l2=l2)
+            # frames that label only some classes: the others are left out of their loss (marginal loss)
+            self.partial_loss = marginal_loss(self.recipe["loss"], l2=l2) if self.partial else None
         self.teachers = self._load_teachers()
         self.setup = {"model": self.card.name, "architecture": self.card.architecture,
                       "input_size": [self.spec.height, self.spec.width], "recipe": self.recipe,
                       "seed": options.seed, "folds": options.folds, "fold": options.fold,
                       "train_names": self.train_names, "val_names": self.val_names,
                       "build_overrides": options.build_overrides}
+        # a resumed run must start from the very same weights (by checksum, wherever they lie)
+        self.setup["init"] = None if self.init is None else {"model": self.init.model, "sha256": self.init.sha256}
         # a resumed run must distil from the very same weights (by checksum, wherever they lie), or not at all
         self.setup["distillation"] = None if not self.teachers else dict(
             self.distillation_record(), teachers=[{"model": t.model_name, "sha256": t.sha256} for t in self.teachers])
@@ -383,6 +454,29 @@ class Trainer:
         from .distill import load_teachers
 
         return load_teachers(options.teachers, self.card, self.spec, self.device, options.cards_dir)
+
+    def labelled_record(self) -> Dict[str, Any]:
+        """The classes the training data labels: every class of the model, and how many frames label each set."""
+        keys = {c.label: c.key for c in self.card.classes}
+        counts: Dict[str, int] = {}
+        labelled = set()
+        for frame in self.data_frames():
+            labels = sorted(keys) if frame.labelled is None else sorted(frame.labelled)
+            labelled.update(labels)
+            name = "+".join(keys[label] for label in labels) or "none"
+            counts[name] = counts.get(name, 0) + 1
+        return {"classes": [keys[label] for label in sorted(labelled)],
+                "not_labelled": [keys[label] for label in sorted(set(keys) - labelled)],
+                "frames_per_label_set": counts}
+
+    def data_frames(self) -> List[td.Frame]:
+        """The frames of the data set this run uses (training, then held out), without the negative windows."""
+        frames = list(self.store.frames[:len(self.train_items)])
+        return frames + (list(self.val_store.frames) if self.val_store is not None else [])
+
+    def labelled_summary(self) -> str:
+        record = self.labelled_record()
+        return ", ".join(f"{n} frame(s) label {name}" for name, n in record["frames_per_label_set"].items())
 
     def distillation_record(self) -> Dict[str, Any]:
         return {"teachers": [t.record() for t in self.teachers], "weight": self.options.distill_weight,
@@ -448,12 +542,20 @@ class Trainer:
         from .losses import instance_loss
 
         self.model.train()
+        if self.recipe.get("freeze_norm"):
+            from .site import keep_norm_frozen
+
+            keep_norm_frozen(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         if self.instance:
             loss = instance_loss(self.model(x, y))
         else:
             logits = self.model(x)
-            loss = self.loss_fn(logits, y, self.model)
+            labelled = self.batch_labelled
+            if self.partial_loss is not None and labelled is not None and any(s is not None for s in labelled):
+                loss = self.partial_loss(logits, y, self.model, labelled)
+            else:
+                loss = self.loss_fn(logits, y, self.model)
             if self.teachers:
                 from .distill import distillation_loss, teacher_probabilities
 
@@ -484,6 +586,8 @@ class Trainer:
             for frame in self.val_store.frames:
                 labelmap = segmenter.segment(frame.image).labelmap
                 for c in self.card.classes:
+                    if frame.labelled is not None and c.label not in frame.labelled:
+                        continue  # the frame does not label this class: nothing to score
                     pred, truth = labelmap == c.label, frame.mask == c.label
                     dice[c.key].append(metrics.dice(pred, truth))
                     f1[c.key].append(metrics.match_regions(pred, truth).f1)
@@ -510,7 +614,7 @@ class Trainer:
     def run(self) -> TrainResult:
         options = self.options
         epochs = int(self.recipe["epochs"])
-        batch_size = int(self.recipe["batch_size"])
+        batch_size = self.batch_size
         limit_s = options.limit_minutes * 60.0 if options.limit_minutes is not None else math.inf
         session_start = time.perf_counter()
         elapsed_at_start = self.elapsed
@@ -541,6 +645,7 @@ class Trainer:
             while self.position < len(order):
                 chunk = order[self.position:self.position + batch_size]
                 x, y = self._batch(chunk, self.epoch, self.position)
+                self.batch_labelled = [self.store[i].labelled for i in chunk]
                 loss = self.step(x, y)
                 self.position += len(chunk)
                 self.global_step += 1
@@ -607,7 +712,17 @@ class Trainer:
     def notes(self, stop_reason: str) -> List[str]:
         """What this run did differently from the card's recipe; every note starts with one of RUN_NOTE_PREFIXES."""
         paper_recipe = self.base_card.training["recipe"]
+        if self.init is not None:  # the reference is the site recipe: say what differs from it
+            from .site import site_recipe
+
+            paper_recipe = site_recipe(paper_recipe, self.options.site)
         notes = []
+        if self.init is not None:
+            init = self.init
+            notes.append(f"Fine-tuned from {init.model} ({init.kind} {init.weights}, sha256 {init.sha256[:12]}) with "
+                         f"the site recipe: {self.recipe['epochs']} epochs at learning rate "
+                         f"{self.recipe['optimizer']['lr']:g} ({self.recipe['schedule'].get('name')}); the weights "
+                         "of the init replace random and ImageNet initialisation.")
         if self.device == "cpu":
             notes.append(f"Trained on CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
                          "not on the GPU the paper used.")
@@ -615,15 +730,31 @@ class Trainer:
             why = "chosen with --epochs" if stop_reason == "finished" else f"stopped at the {stop_reason}"
             notes.append(f"Trained for {self.epoch} epochs, fewer than the recipe's {paper_recipe['epochs']} "
                          f"({why}).")
+        if self.frozen:
+            parts = []
+            if "encoder_tensors" in self.frozen:
+                parts.append(f"the encoder ({self.frozen['encoder_tensors']} parameter tensors not trained)")
+            if "norm_layers" in self.frozen:
+                parts.append(f"normalisation ({self.frozen['norm_layers']} batch-norm layers in eval mode with the "
+                             "init's statistics, their scale and shift not trained)")
+            notes.append("Frozen: " + " and ".join(parts) + ".")
+        if self.batch_size < int(self.recipe["batch_size"]):
+            notes.append(f"Batch size {self.batch_size}: the recipe's {self.recipe['batch_size']} is more than the "
+                         f"{len(self.store)} training frames.")
+        if self.partial or (self.val_store is not None and self.val_store.partial):
+            notes.append(f"Partial labels: {self.labelled_summary()}. A class a frame does not label is left out of "
+                         "its loss (its probability counts as 'not the labelled classes'), never taught as "
+                         "background; validation scores each frame on the classes it labels.")
         if (self.spec.height, self.spec.width) != (self.base_card.input.height, self.base_card.input.width):
             notes.append(f"Input {self.spec.height}x{self.spec.width} instead of the card's "
                          f"{self.base_card.input.height}x{self.base_card.input.width} (smaller, for CPU training); "
                          "the live path feeds this size.")
+        which = "the site recipe's" if self.init is not None else "the recipe's"
         for key in ("batch_size", "augmentations"):
             if self.recipe.get(key) != paper_recipe.get(key):
-                notes.append(f"{key} {self.recipe.get(key)} instead of the recipe's {paper_recipe.get(key)}.")
+                notes.append(f"{key} {self.recipe.get(key)} instead of {which} {paper_recipe.get(key)}.")
         if self.recipe["optimizer"]["lr"] != paper_recipe["optimizer"]["lr"]:
-            notes.append(f"learning rate {self.recipe['optimizer']['lr']} instead of the recipe's "
+            notes.append(f"learning rate {self.recipe['optimizer']['lr']} instead of {which} "
                          f"{paper_recipe['optimizer']['lr']}.")
         if self.recipe.get("sampling") == "balanced" and all(td.has_foreground(f) for f in self.store.frames):
             notes.append("Balanced (1:1 positive/negative) sampling had no negative frames to draw (every training "
@@ -657,6 +788,12 @@ class Trainer:
         from ..models.card import ModelCard
 
         data = self.card.to_json()
+        if self.init is not None:
+            # What was measured on the base model's weights (its cross-validated figures, its speed, its INT8 check,
+            # its presence calibration) does not describe these: dropped, so that a site model is never run as
+            # INT8 or drawn with thresholds on the base model's evidence. ``nerveseg calibrate`` fits its own.
+            for measured in ("metrics", "speed", "int8", "presence"):
+                data.pop(measured, None)
         data["build"] = dict(data["build"], **copy.deepcopy(self.options.build_overrides))
         data["weights"] = {"file": f"{self.card.name}.safetensors", "sha256": self.best["sha256"], "dtype": "float32"}
         training = dict(data.get("training", {}))
@@ -667,6 +804,12 @@ class Trainer:
                             + f" ({getattr(dataset, 'format', 'data set')}; classes "
                             + ", ".join(f"{c.label}={c.key}" for c in self.card.classes) + ")")
         training["recipe"] = copy.deepcopy(self.recipe)
+        if self.init is not None:
+            training["init"] = self.init.record()
+        else:
+            training.pop("init", None)  # a base card that was itself fine-tuned: that was another run's start
+        training["data_fingerprint"] = self.data_fingerprint
+        training["labelled_classes"] = self.labelled_record()
         # The base card may be a shipped one, whose notes already describe the run that made its weights: keep the
         # notes about the model and its paper, replace those about a run with this run's.
         kept = [note for note in training.get("notes", []) if not note.startswith(RUN_NOTE_PREFIXES)]
@@ -680,13 +823,22 @@ class Trainer:
             "stop_reason": stop_reason,
             "input_size": [self.spec.height, self.spec.width],
             "seed": self.options.seed,
-            "split": {"kind": "contiguous blocks of frames sorted by name", "folds": self.options.folds,
+            "split": {"kind": self.split_kind, "folds": self.options.folds,
                       "validation_fold": (self.options.folds - 1 if self.options.fold is None else self.options.fold)
                       if self.val_names else None,
                       "train_first_last": [self.train_names[0], self.train_names[-1]],
                       "validation_first_last": [self.val_names[0], self.val_names[-1]] if self.val_names else None},
+            "frames": {"train": self.train_names, "held_out": self.val_names},
+            "budget": {"epochs": self.epoch, "steps": self.global_step, "wall_time_s": round(self.elapsed, 1),
+                       "threads": torch.get_num_threads() if self.device == "cpu" else None,
+                       "batch_size": self.batch_size, "frames": len(self.train_names)},
             "best_epoch": self.best.get("epoch"),
             "validation": self.best.get("val"),
+            "validation_data": (
+                f"held-out frames of this run's own data ({len(self.val_names)} frames, {self.split_kind}, block "
+                f"{self.options.folds - 1 if self.options.fold is None else self.options.fold} of "
+                f"{self.options.folds}), never trained on; the weights are those of the epoch that scored best on "
+                "them" if self.val_names else None),
             **({"distillation": self.distillation_record()} if self.teachers else {}),
         })
         data["training"] = training

@@ -14,11 +14,15 @@ label maps. Every loss takes ``(logits, target, model)`` and returns a scalar te
   convolution and linear layers (the paper's L2 term; biases and normalisation parameters are left out).
 - ``maskrcnn`` (BPMSegNet): the instance model returns its own loss terms (RPN objectness and box, class, box,
   mask) from ``model(images, targets)``; their sum is the loss (see :func:`instance_loss`).
+
+Partial labels (:func:`marginal_loss`): a frame that labels only some of the model's classes (a nerve-only set) is
+scored on its marginal distribution: the probabilities of the classes it does not label are summed into the
+background's ("not nerve" = background + vessel), so the loss never teaches an unlabelled class as background.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import AbstractSet, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -73,3 +77,78 @@ def instance_loss(terms: Dict[str, torch.Tensor]) -> torch.Tensor:
     if not terms:
         raise ValueError("the instance model returned no loss terms")
     return torch.stack([value.reshape(()) for value in terms.values()]).sum()
+
+
+# ------------------------------------------------------------------------------------------------ partial labels
+def reduce_to_labelled(logits: torch.Tensor, target: torch.Tensor, labelled: Sequence[int]
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The marginal distribution of a frame that labels only the classes ``labelled`` (label values >= 1).
+
+    Channel 0 of the result is "none of the labelled classes": the logsumexp of the background's and every
+    unlabelled class's logits, so its softmax probability is the sum of theirs (softmax is shift-invariant, so the
+    reduced logits' softmax is exactly the merged distribution). Channels 1..|L| are the labelled classes in label
+    order, and the target is renumbered to match (0 stays 0). With every class labelled nothing is merged: the
+    logits and target come back unchanged (the standard loss, exactly).
+
+    Raises ValueError for a target value that is neither 0 nor a labelled class (the data contradicts its own
+    label set)."""
+    classes = logits.shape[1]
+    kept = sorted(int(c) for c in labelled)
+    if any(not 1 <= c < classes for c in kept):
+        raise ValueError(f"labelled classes {kept} are not label values 1..{classes - 1} of the model's output")
+    if kept == list(range(1, classes)):
+        return logits, target
+    merged = [c for c in range(classes) if c not in kept]  # background and the unlabelled classes
+    rest = logits[:, merged].logsumexp(dim=1, keepdim=True)
+    reduced = torch.cat([rest, logits[:, kept]], dim=1)
+    table = torch.full((classes,), -1, dtype=target.dtype, device=target.device)
+    table[0] = 0
+    for index, label in enumerate(kept, start=1):
+        table[label] = index
+    mapped = table[target]
+    if bool((mapped < 0).any()):
+        found = sorted(int(v) for v in torch.unique(target[mapped < 0]).tolist())
+        raise ValueError(f"target holds label value(s) {found} of classes the frame does not label (labelled: {kept})")
+    return reduced, mapped
+
+
+#: Losses a partially labelled batch may use: each applies unchanged to the reduced (marginal) distribution.
+PARTIAL_LOSSES = ("dice", "dice_ce", "bce_dice_l2")
+
+
+def marginal_loss(name: str, l2: float = 1e-3):
+    """The recipe's loss for frames that may label only some classes: ``loss(logits, target, model, labelled)``.
+
+    ``labelled``: one entry per frame of the batch, None (the frame labels every class) or the set of label values
+    it labels. Frames are grouped by label set; each group's loss is the recipe's loss on its marginal distribution
+    (:func:`reduce_to_labelled`: the unlabelled classes' probabilities are merged into "not labelled here", so
+    they are never taught as background), and the groups' losses are averaged weighted by their frame counts. A
+    batch whose frames all label every class gets the recipe's loss itself. ``labelled=None`` means all frames
+    label every class."""
+    if name not in PARTIAL_LOSSES:
+        raise ValueError(f"loss {name!r} cannot train on partially labelled data (classes a frame does not label "
+                         f"left out of the loss); the losses that can: {', '.join(PARTIAL_LOSSES)}")
+    base = semantic_loss(name, l2=l2)
+
+    def loss(logits: torch.Tensor, target: torch.Tensor, model: torch.nn.Module,
+             labelled: Optional[Sequence[Optional[AbstractSet[int]]]] = None) -> torch.Tensor:
+        full = tuple(range(1, logits.shape[1]))
+        if labelled is None:
+            return base(logits, target, model)
+        if len(labelled) != logits.shape[0]:
+            raise ValueError(f"{len(labelled)} label sets for a batch of {logits.shape[0]} frames")
+        groups: Dict[Tuple[int, ...], List[int]] = {}
+        for index, classes in enumerate(labelled):
+            key = full if classes is None else tuple(sorted(int(c) for c in classes))
+            groups.setdefault(key, []).append(index)
+        if list(groups) == [full]:
+            return base(logits, target, model)
+        total = None
+        for key, members in groups.items():
+            rows = torch.as_tensor(members, device=logits.device)
+            reduced, mapped = reduce_to_labelled(logits.index_select(0, rows), target.index_select(0, rows), key)
+            term = base(reduced, mapped, model) * (len(members) / logits.shape[0])
+            total = term if total is None else total + term
+        return total
+
+    return loss

@@ -26,7 +26,8 @@ def negative_windows(frame: Frame, count: int, rng: np.random.Generator, min_sid
     ``min_tissue`` of their pixels brighter than 10 (not the black outside the ultrasound fan).
 
     Returns fewer (maybe none) when ``tries`` random windows do not yield enough. Names are
-    ``<frame>~negative<k>``; masks are all 0; the spacing is the frame's (a window is not resampled here)."""
+    ``<frame>~negative<k>``; masks are all 0; the spacing and labelled classes are the frame's (a window is not
+    resampled here; a window of a nerve-only frame says only that no nerve is there)."""
     if not 0.0 < min_side <= max_side <= 1.0:
         raise ValueError(f"negatives: expected 0 < min_side <= max_side <= 1, got {min_side}, {max_side}")
     height, width = frame.image.shape[:2]
@@ -49,7 +50,8 @@ def negative_windows(frame: Frame, count: int, rng: np.random.Generator, min_sid
         if float((window > 10).mean()) < min_tissue:
             continue
         found.append(Frame(name=f"{frame.name}~negative{len(found)}", image=np.ascontiguousarray(window),
-                           mask=np.zeros((h, w), dtype=frame.mask.dtype), spacing=frame.spacing))
+                           mask=np.zeros((h, w), dtype=frame.mask.dtype), spacing=frame.spacing,
+                           labelled=frame.labelled))  # absent here of what the frame labels, nothing more
     return found
 
 

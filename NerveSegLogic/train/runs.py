@@ -74,7 +74,8 @@ def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path]
         order = [i for i in order if all_names[i] in wanted]
     if limit_images is not None:
         order = order[:int(limit_images)]
-    frames = FrameStore(dataset, translation, order)
+    # each frame's labelled classes (a store mixes nerve-only and full versions); unknown mask values name the model's
+    frames = FrameStore(dataset, translation, order, card.classes, f"model {card.name}")
     if negatives:
         from .negatives import negative_frames
 

@@ -44,6 +44,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--device-name", default="", help="IGTL image device name to take ('' = any)")
     p.add_argument("--remote", default="", help="HOST:PORT of a 'nerveseg serve' (role remote)")
     p.add_argument("--min-region-area", type=int, default=50, help="regions smaller than this get no name label")
+    p.add_argument("--region", default="", metavar="X,Y,W,H|auto",
+                   help="the image region the model sees (role segment): X,Y,W,H frame pixels, auto, or '' for the "
+                        "whole frame (a bad value is reported to the parent as the worker's start error)")
     return p.parse_args(argv)
 
 
@@ -113,8 +116,15 @@ def result_message(result, counters: dict, min_region_area: int):
               "device_name": frame.device_name, "received_wall": float(frame.received_wall),
               "sent_wall": time.time(), "sent_perf_offset": time.perf_counter() - received if received else 0.0,
               "offsets": offsets, "geometry": link.geometry_to_json(frame.geometry),
-              "model_name": result.model_name, "regions": regions, "counters": counters}
+              "model_name": result.model_name, "regions": regions, "counters": counters,
+              # the image region the model saw ([x, y, w, h] frame pixels), None for the whole frame
+              "image_region": _region_box(result)}
     return header, [frame.image, np.asarray(result.labelmap, dtype=np.uint8)]
+
+
+def _region_box(result):
+    region = getattr(result, "region", None)
+    return None if region is None else [region.x, region.y, region.w, region.h]
 
 
 class _Counters:
@@ -221,11 +231,15 @@ def _build(args, parent: ParentLink):
         return None, f"{card.name} on the server {args.remote}", card.classes, run
 
     from ..inference.backends import default_threads, load_segmenter, resolve_device
+    from ..inference.region import parse_region
 
+    region = parse_region(getattr(args, "region", ""))  # a bad value fails here, before the model is loaded
     # 0: as serve (one thread less than the cores, measured best on 2 cores), leaving a core to Slicer's GUI.
     threads = args.threads or default_threads()
     segmenter = load_segmenter(args.model, backend=args.backend, device=resolve_device(args.compute),
                                threads=threads)
+    if region is not None:
+        segmenter.region = region
     segmenter.warm_up()
     if args.input == "parent":
         frames = NewestSlot()
