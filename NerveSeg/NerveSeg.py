@@ -240,6 +240,46 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Cannot read the card of model {name}.").format(name=name)):
             p = self._parameterNode
             self.ui.modelCardTextBrowser.setPlainText(self.logic.controller.select_model(name, p.backend, p.compute))
+        self.offerWeightsDownload()
+
+    def offerWeightsDownload(self) -> None:
+        """The chosen model's weights are a release download not on this machine: ask, then fetch them with a
+        progress dialog (the download resumes where it stopped if cancelled or cut)."""
+        controller = self.logic.controller
+        need = controller.weights_to_fetch()
+        if need is None:
+            return
+        size = f" ({need['size'] / 1e6:.0f} MB)" if need["size"] else ""
+        if not slicer.util.confirmOkCancelDisplay(
+                _("The weights of {name}{size} are not on this computer. Download them now from {url}?").format(
+                    name=need["name"], size=size, url=need["url"])):
+            return
+        dialog = qt.QProgressDialog(_("Downloading {name}...").format(name=need["name"]), _("Cancel"), 0, 1000,
+                                    slicer.util.mainWindow())
+        dialog.setWindowModality(qt.Qt.WindowModal)
+        dialog.minimumDuration = 0
+
+        class Cancelled(Exception):
+            pass
+
+        def progress(done, total):
+            dialog.setValue(int(1000 * done / total) if total else 0)
+            slicer.app.processEvents()
+            if dialog.wasCanceled:
+                raise Cancelled()
+
+        with slicer.util.tryWithErrorDisplay(_("Could not download the weights of {name}.").format(
+                name=need["name"])):
+            try:
+                path = controller.fetch_weights(progress)
+                slicer.util.showStatusMessage(_("Weights of {name} saved in {path}").format(name=need["name"],
+                                                                                          path=path), 5000)
+            except Cancelled:
+                slicer.util.showStatusMessage(_("Download cancelled; it resumes where it stopped next time."), 5000)
+            finally:
+                dialog.close()
+        self.ui.modelCardTextBrowser.setPlainText(
+            self.logic.controller.select_model(need["name"], self._parameterNode.backend, self._parameterNode.compute))
 
     def onReload(self) -> None:
         """Developer-mode Reload: reload the NerveSegLogic package too, not only this file."""

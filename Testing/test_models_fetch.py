@@ -208,3 +208,36 @@ def test_cli_fetch_list_and_errors(release, capsys, tmp_path):
     assert "is not a file" in capsys.readouterr().err
     assert cli.main(["models", "fetch"]) == 1
     assert "or --all" in capsys.readouterr().err
+
+
+def test_the_panel_controller_offers_and_fetches_the_chosen_models_weights(release):
+    """What the Slicer panel does when a model whose weights are a download is chosen (NerveSeg.py shows the
+    question and a progress dialog around these two calls)."""
+    from NerveSegLogic.live.controller import LiveController
+
+    card, server, body = release
+    controller = LiveController()
+    summary = controller.select_model(NAME)
+    assert "a release download" in summary and f"{len(body) / 1e6:.1f} MB" in summary
+    assert controller.weights_to_fetch() == {"name": NAME, "url": server.url, "size": len(body)}
+    seen = []
+    path = controller.fetch_weights(lambda done, total: seen.append((done, total)))
+    assert path.read_bytes() == body and seen[-1] == (len(body), len(body))
+    assert controller.weights_to_fetch() is None and controller.card.has_weights
+
+    class Stop(Exception):
+        pass
+
+    server.cut_after = None
+    destination(card).unlink()
+    controller.select_model(NAME)
+
+    def cancel(done, total):
+        if done > 100_000:
+            raise Stop()
+
+    with pytest.raises(Stop):  # the panel's Cancel: the part stays for the next try, nothing final appears
+        controller.fetch_weights(cancel)
+    assert not destination(card).exists()
+    assert destination(card).with_name(destination(card).name + ".part").stat().st_size > 100_000
+    assert controller.fetch_weights().read_bytes() == body

@@ -266,6 +266,27 @@ class LiveController:
     def model_name(self) -> Optional[str]:
         return self._model_name
 
+    def weights_to_fetch(self) -> Optional[Dict[str, Any]]:
+        """For the chosen model whose weights are a release download not on this machine: {name, url, size (bytes
+        or None)}; None when its weights are here or it names no address."""
+        card = self._card
+        if card is None or getattr(card, "has_weights", True) or not getattr(card, "weights_url", None):
+            return None
+        return {"name": card.name, "url": card.weights_url, "size": (card.weights or {}).get("size")}
+
+    def fetch_weights(self, progress=None):
+        """Download the chosen model's weights into the user models folder (sha256-checked, resumable; see
+        :mod:`NerveSegLogic.models.fetch`), calling ``progress(done, total)`` as bytes arrive (the panel keeps its
+        window alive from there; raising in it stops the download, which a later fetch resumes). Returns the
+        file's path; FetchError naming the address on failure. The card is read again so it finds the file."""
+        from ..models.fetch import fetch_weights
+
+        if self._card is None:
+            raise ValueError("choose a model first")
+        path = fetch_weights(self._card, progress=progress)
+        self._card = self._card_reader(self._card.name)
+        return path
+
     @property
     def card(self):
         return self._card
@@ -719,8 +740,17 @@ def card_summary(card) -> str:
     if data:
         lines.append(f"Trained on: {data}")
     has_weights = getattr(card, "has_weights", None)
-    if has_weights is False:
+    if has_weights is False and getattr(card, "weights_url", None):
+        size = (card.weights or {}).get("size")
+        lines.append("Weights: a release download" + (f" ({size / 1e6:.1f} MB)" if size else "")
+                     + ", not on this machine yet; NerveSeg offers to fetch them (or: nerveseg models fetch "
+                     + f"{card.name}).")
+    elif has_weights is False:
         lines.append("Weights: none shipped yet; this model cannot segment until it is trained.")
+    site = (getattr(card, "raw", None) or {}).get("site")
+    if site:
+        lines.append(f"Site model (fine-tuned from {site.get('base_model') or 'an unrecorded model'}, added "
+                     f"{site.get('added', '?')}).")
     lines.append(getattr(card, "intended_use", None) or INTENDED_USE)
     return "\n".join(lines)
 
