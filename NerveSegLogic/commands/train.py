@@ -27,7 +27,15 @@ pickled); running the same command again RESUMES from the checkpoint in --out. W
   card.json             the model card with those weights' sha256, the recipe and input size used, data, epochs,
                         device, wall time and notes (copy both into Resources/Models to ship them)
   learning_curve.png    train loss and validation Dice per epoch
-Uses CUDA when torch sees a GPU (--device auto), else all CPU cores."""
+Uses CUDA when torch sees a GPU (--device auto), else all CPU cores.
+
+Several GPUs or nodes: torchrun starts one process per GPU (or per share of the CPU cores) and each runs the same
+recipe with DistributedDataParallel (NCCL on GPUs, gloo on CPUs): the global batch stays the card's (each process
+takes batch / processes frames; a process count that does not divide the batch is refused), batch norm is
+synchronised over the processes (--no-sync-batchnorm: each process's own statistics), rank 0 validates and writes
+the checkpoints and the card (which records the world size), and running again resumes:
+  torchrun --nproc-per-node 4 -m NerveSegLogic.train --model unet --data DATA --out runs/unet-4gpu
+(--distributed is the same through 'nerveseg train' started by torchrun; without torchrun it prints the command)."""
 
 EPILOG = """\
 defaults: --out runs/<model>, the card's epochs and input size, --folds 5 --fold 4 (last block validates),
@@ -40,7 +48,10 @@ examples:
       --teacher runs/cv/effnet2-unet/fold1 --teacher runs/other/effnet2-unet/fold1   # two teachers, same block
   nerveseg train --model effnet2-unet --init effnet2-unet --data project.nsdb --out runs/site   # fine-tune a site
   nerveseg train --model effnet2-unet --init runs/site --data kaggle/ --format kaggle --map 255=nerve \\
-      --folds 1 --epochs 10 --freeze-encoder --out runs/site-nerve   # nerve-only labels, from a run folder"""
+      --folds 1 --epochs 10 --freeze-encoder --out runs/site-nerve   # nerve-only labels, from a run folder
+  torchrun --nproc-per-node 4 -m NerveSegLogic.train --model unet --data path/to/usgra-seg   # 4 GPUs, one node
+  torchrun --nnodes 2 --nproc-per-node 4 --node-rank 0 --rdzv-backend c10d --rdzv-endpoint node0:29400 \\
+      -m NerveSegLogic.train --model unet --data /shared/usgra-seg --out /shared/runs/unet   # on each node"""
 
 
 def parse_mapping(text):
@@ -69,6 +80,11 @@ def add_data_arguments(parser) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a model on a labelled data set", description=DESCRIPTION,
                                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+
+
+def add_arguments(parser) -> None:
+    """The arguments of ``nerveseg train`` (also those of ``python -m NerveSegLogic.train``, which torchrun starts)."""
     parser.add_argument("--model", required=True, help="registered model name (see 'nerveseg models list')")
     add_data_arguments(parser)
     parser.add_argument("--out", default=None, help="output folder (default: runs/<model>)")
@@ -107,7 +123,21 @@ def register(subparsers) -> None:
     parser.add_argument("--limit-images", type=int, default=None, help="use only the first N frames (smoke tests)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--distributed", action="store_true",
+                        help="one of the processes torchrun started: DistributedDataParallel over all of them "
+                             "(without torchrun: prints the torchrun command)")
+    parser.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=True,
+                        help="distributed: batch-norm statistics of the global batch, as one process computes them "
+                             "(--no-sync-batchnorm: each process's own frames) (default: yes)")
     parser.set_defaults(func=run)
+
+
+def _arguments_after_command() -> list:
+    """This command's arguments as typed (for the torchrun command line shown to the user)."""
+    import sys
+
+    argv = sys.argv[1:]
+    return argv[argv.index("train") + 1:] if "train" in argv else argv
 
 
 def run(args) -> int:
@@ -117,7 +147,21 @@ def run(args) -> int:
     from ..datasets.dataset import DatasetError
     from ..models.weights import WeightsError
     from ..train.data import ClassMismatchError
+    from ..train.distributed import DistributedError, launched_by_torchrun, not_launched_message, world_from_env
     from ..train.loop import CheckpointError, TrainOptions, train
+
+    distributed = bool(getattr(args, "distributed", False))
+    under_torchrun = launched_by_torchrun()
+    if distributed and not under_torchrun:
+        print(f"nerveseg train: {not_launched_message(_arguments_after_command())}", file=sys.stderr)
+        return 2
+    rank = world_from_env()["rank"] if under_torchrun else 0
+    if under_torchrun and not distributed and world_from_env()["world_size"] > 1:
+        if rank == 0:
+            print(f"nerveseg train: started by torchrun as one of {world_from_env()['world_size']} processes, "
+                  "without --distributed: each would train alone into the same --out. Add --distributed (or start "
+                  "python -m NerveSegLogic.train, which implies it).", file=sys.stderr)
+        return 2
 
     statuses = None
     if args.statuses:
@@ -134,14 +178,26 @@ def run(args) -> int:
         mapping=args.mapping, limit_images=args.limit_images, threads=args.threads, progress=not args.no_progress,
         teachers=list(args.teachers), distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature, init=args.init, freeze_encoder=args.freeze_encoder,
-        freeze_norm=args.freeze_norm, statuses=statuses)
+        freeze_norm=args.freeze_norm, statuses=statuses, distributed=distributed,
+        sync_batchnorm=getattr(args, "sync_batchnorm", True))
     try:
         result = train(options)
-    except (ClassMismatchError, CheckpointError, DatasetError, WeightsError, KeyError, ValueError) as error:
+    except (ClassMismatchError, CheckpointError, DatasetError, WeightsError, DistributedError, KeyError,
+            ValueError) as error:
         # KeyError's str() quotes its message; show the message itself
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        print(f"nerveseg train: {message}", file=sys.stderr)
+        # distributed: an error every rank meets alike (a batch the world size does not divide) is told once
+        if rank == 0 or not getattr(error, "same_on_every_rank", False):
+            print(f"nerveseg train{f' (rank {rank})' if rank else ''}: {message}", file=sys.stderr)
+        else:
+            # torchrun stops every process once one exits: leave rank 0 the time to say why (it exits first and
+            # is named as the root cause)
+            import time
+
+            time.sleep(3)
         return 2
+    if rank != 0:
+        return 0  # rank 0 reports
     last = result.history[-1] if result.history else {}
     val = (last.get("val") or {}).get("dice") or {}
     summary = ", ".join(f"{k} {v:.3f}" for k, v in val.items() if v is not None)

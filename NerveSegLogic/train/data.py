@@ -224,6 +224,72 @@ def epoch_order(store: FrameStore, indices: Sequence[int], seed: int, epoch: int
     return [int(v) for v in rng.permutation(indices)]
 
 
+def shard_batch(batch_length: int, per_rank: int, rank: int) -> Tuple[int, int]:
+    """The positions ``[lo, hi)`` of a global batch of ``batch_length`` frames that process ``rank`` trains on, when
+    each process takes ``per_rank`` frames of a full batch: process r takes ``r * per_rank .. (r + 1) * per_rank``.
+    A short last batch of an epoch fills the processes in rank order, so a late rank may get none (it still takes
+    part in the step, with an empty shard)."""
+    lo = min(batch_length, rank * per_rank)
+    return lo, min(batch_length, lo + per_rank)
+
+
+class ShardedEpoch:
+    """The distributed sampler of a training run on several processes: the trainer's own :func:`epoch_order`
+    (a function of seed and epoch, so every process derives the same order without talking to the others), cut into
+    global batches of ``global_batch`` frames, of which process ``rank`` takes its slice (:func:`shard_batch`).
+
+    Over the processes the slices of a batch are the single-process batch, position for position, so each frame
+    keeps the position it has in a single-process epoch and with it its augmentation (:func:`augmentation_rng` of
+    seed, epoch and position): a frame is augmented the same whichever process trains on it. Raises ValueError when
+    ``world_size`` does not divide ``global_batch``."""
+
+    def __init__(self, store: "FrameStore", indices: Sequence[int], seed: int, sampling: str, global_batch: int,
+                 rank: int = 0, world_size: int = 1):
+        if global_batch < 1 or world_size < 1 or global_batch % world_size:
+            raise ValueError(f"a global batch of {global_batch} frames does not divide among {world_size} processes")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        self.store, self.indices, self.seed, self.sampling = store, list(indices), int(seed), sampling
+        self.global_batch, self.rank, self.world_size = int(global_batch), int(rank), int(world_size)
+        self.per_rank = self.global_batch // self.world_size
+
+    def order(self, epoch: int) -> List[int]:
+        """The epoch's order over every process (the single-process order)."""
+        return epoch_order(self.store, self.indices, self.seed, epoch, self.sampling)
+
+    def shard(self, batch_length: int, rank: Optional[int] = None) -> Tuple[int, int]:
+        """``[lo, hi)`` of a global batch of ``batch_length`` frames for ``rank`` (default: this process)."""
+        return shard_batch(batch_length, self.per_rank, self.rank if rank is None else rank)
+
+    def shard_sizes(self, batch_length: int) -> List[int]:
+        """How many frames of a global batch each process takes, in rank order."""
+        return [hi - lo for lo, hi in (self.shard(batch_length, r) for r in range(self.world_size))]
+
+    def batches(self, epoch: int, start: int = 0):
+        """``(position, global batch, lo, hi)`` for the batches of ``epoch`` from position ``start`` on: the global
+        batch is ``order[position:position + global_batch]`` and this process trains on ``batch[lo:hi]``, whose
+        first frame is at position ``position + lo`` of the epoch."""
+        order = self.order(epoch)
+        for position in range(int(start), len(order), self.global_batch):
+            batch = order[position:position + self.global_batch]
+            lo, hi = self.shard(len(batch))
+            yield position, batch, lo, hi
+
+    def positions(self, epoch: int) -> List[int]:
+        """The epoch positions this process trains on (the union over ranks is ``range(len(order))``)."""
+        return [position + offset for position, _, lo, hi in self.batches(epoch) for offset in range(lo, hi)]
+
+    def __iter__(self):
+        """This process's frame indices for the epoch set by :meth:`set_epoch` (a torch Sampler's interface)."""
+        return iter([index for _, batch, lo, hi in self.batches(getattr(self, "epoch", 0)) for index in batch[lo:hi]])
+
+    def __len__(self) -> int:
+        return len(self.positions(getattr(self, "epoch", 0)))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+
 def augmentation_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
     """The generator for one frame's augmentation: a function of (seed, epoch, position in the epoch) only, so a
     resumed run draws exactly what an uninterrupted one would."""

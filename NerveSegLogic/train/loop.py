@@ -26,6 +26,9 @@ learning-rate schedule, batch size, epochs, augmentations, sampling and input si
   data (its fingerprint, the frames used and held out, the classes labelled), the init, epochs, steps, threads,
   device, wall time and notes such as training on CPU with fewer epochs than the paper) and
   ``<out>/learning_curve.png`` (train loss and validation Dice per epoch).
+- ``distributed`` (``torchrun --nproc-per-node N -m NerveSegLogic.train``, ``nerveseg train --distributed``, and
+  :mod:`.distributed`): the same recipe on several processes with DistributedDataParallel, the global batch the
+  card's, one step the single-process step on it; rank 0 validates and writes, and the card records the world size.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from .evaluate import json_ready, write_json
 RUN_NOTE_PREFIXES = ("Trained on CPU", "Trained for ", "Input ", "batch_size ", "augmentations ", "learning rate ",
                      "Balanced (1:1", "The recipe's test-time", "Trained on every frame", "Weights of the epoch",
                      "Negative frames: ", "Pretrained encoder (", "Distilled from ", "Fine-tuned from ", "Frozen ",
-                     "Partial labels: ", "Batch size ")
+                     "Partial labels: ", "Batch size ", "Distributed ")
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,8 @@ class TrainOptions:
     freeze_encoder: Optional[bool] = None  # None: the site recipe's with --init, else False
     freeze_norm: Optional[bool] = None  # None: the site recipe's with --init, else False
     statuses: Optional[List[str]] = None  # an annotation store's version statuses to train on (default: accepted)
+    distributed: bool = False  # one of the processes torchrun started (train/distributed.py)
+    sync_batchnorm: bool = True  # distributed: batch-norm statistics of the global batch, not of each process's
 
 
 @dataclass
@@ -308,14 +313,16 @@ def plot_learning_curve(history: Sequence[Mapping[str, Any]], path: Path, title:
 class Trainer:
     """One training run; see the module docstring. Build with :func:`train` or directly for tests."""
 
-    def __init__(self, options: TrainOptions, dataset=None, card=None):
+    def __init__(self, options: TrainOptions, dataset=None, card=None, dist=None):
         import torch
 
         from ..models import registry
+        from .distributed import context
 
         self.options = options
+        # one process (distributed.Single), or this process's place among those torchrun started (distributed.Group)
+        self.dist = dist if dist is not None else context(options.distributed)
         self.out = Path(options.out)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.base_card = card if card is not None else registry.card(options.model, options.cards_dir)
         self.init = None
         if options.init:
@@ -324,6 +331,10 @@ class Trainer:
             # before the data is read: a wrong --init fails at once, naming both models
             self.init = resolve_init(options.init, self.base_card, options.build_overrides, options.cards_dir)
         self.recipe = resolve_recipe(self.base_card, options)
+        # a world size that does not divide the batch fails before the data is read
+        self.dist.split_batch(int(self.recipe["batch_size"]),
+                              "--batch-size" if options.batch_size is not None else "the recipe's batch_size")
+        self.out.mkdir(parents=True, exist_ok=True)
         size = options.input_size or ((self.init.card.input.height, self.init.card.input.width) if self.init
                                       else (self.base_card.input.height, self.base_card.input.width))
         self.spec = pp.InputSpec(int(size[0]), int(size[1]), self.base_card.input.channels,
@@ -376,15 +387,22 @@ class Trainer:
                              f"of its classes ({self.labelled_summary()}); give every frame all its classes")
         # the batch never exceeds the frames there are (a site may have 5 of them); no frame is dropped
         self.batch_size = max(1, min(int(self.recipe["batch_size"]), len(self.store)))
+        # distributed: the global batch stays the card's, each process takes its share
+        self.per_rank_batch = self.dist.split_batch(
+            self.batch_size, f"the recipe's {self.recipe['batch_size']} cut to the {len(self.store)} training frames"
+            if self.batch_size < int(self.recipe["batch_size"]) else
+            "--batch-size" if options.batch_size is not None else "the recipe's batch_size")
+        self.shard_sizes: Optional[List[int]] = None  # frames of the current global batch per process (step)
+        self.shard_share = 1.0  # this process's share of the current global batch (instance models' loss)
         self.augmenter = Augmenter.from_recipe(self.recipe)
         # what identifies the frames used, taken as they were read (a store may gain versions while this runs)
         from .site import data_fingerprint
 
         self.data_fingerprint = data_fingerprint(dataset, self.train_items + self.val_items, self.data_frames())
 
-        self.device = resolve_device(options.device)
+        self.device = self.dist.start(resolve_device(options.device))  # distributed: joins the process group
         if self.device == "cpu":
-            torch.set_num_threads(int(options.threads or os.cpu_count() or 1))
+            torch.set_num_threads(self.dist.threads(options.threads))
         torch.manual_seed(options.seed)
         self.model = registry.build_from_card(self.card, **options.build_overrides)
         self.pretrained = None
@@ -409,6 +427,9 @@ class Trainer:
             from .site import freeze_norm
 
             self.frozen["norm_layers"] = freeze_norm(self.model)
+        self.sync_batchnorm: Optional[str] = None
+        if self.dist.world_size > 1:
+            self.sync_batchnorm = self._synchronise_batchnorm()
         self.model = self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, self.recipe)  # the parameters still trained
         self.batch_labelled: Optional[List[Any]] = None  # the labelled classes of the batch's frames (step)
@@ -438,7 +459,40 @@ class Trainer:
         self.best = {"epoch": None, "score": -math.inf, "val": None, "sha256": None}
         self.elapsed = 0.0  # training seconds over every run of this out folder
         self.resumed_from: Optional[int] = None
+        self.sessions: List[Dict[str, Any]] = []  # the world size each run of this out folder trained with
         self._resume()
+        session = {"world_size": self.dist.world_size, "backend": self.dist.backend,
+                   "batch_norm": self.sync_batchnorm, "from_step": self.global_step}
+        if not self.sessions or {k: v for k, v in self.sessions[-1].items() if k != "from_step"} != \
+                {k: v for k, v in session.items() if k != "from_step"}:
+            self.sessions.append(session)
+        # distributed: every rank found the same checkpoint, read the same frames and runs the same setup
+        self.dist.check_agree({
+            "checkpoint": (f"step {self.global_step} (epoch {self.epoch + 1}, {self.position} frames into it)"
+                           if self.resumed_from is not None else "no checkpoint"),
+            "data": {k: v for k, v in self.data_fingerprint.items() if k != "root"}, "setup": self.setup})
+        self.forward_model = self.dist.wrap(self.model)  # DistributedDataParallel, or the model itself
+        if self.dist.rank > 0:
+            # the model is initialised alike on every rank (same seed); from here each rank's torch stream differs
+            torch.manual_seed(int(np.random.SeedSequence([options.seed, self.dist.rank, self.global_step])
+                                  .generate_state(1)[0]))
+
+    def _synchronise_batchnorm(self) -> Optional[str]:
+        """Distributed: batch norm over the global batch (options.sync_batchnorm), else per-process statistics;
+        a description for the card, None without batch norm in training mode."""
+        from .distributed import convert_batchnorm
+        from .site import norm_layers
+
+        if not norm_layers(self.model) or self.recipe.get("freeze_norm"):
+            return None
+        if not self.options.sync_batchnorm:
+            return (f"per-process statistics ({self.per_rank_batch} frames each; --no-sync-batchnorm), running "
+                    "statistics of rank 0's frames")
+        device = self.device
+        self.model, count = convert_batchnorm(self.model, device)
+        kind = "torch.nn.SyncBatchNorm" if str(device).startswith("cuda") else "GlobalBatchNorm (gloo all-reduce)"
+        return f"synchronised over the {self.dist.world_size} processes ({count} layers, {kind}): statistics of " \
+               f"the global batch of {self.batch_size}"
 
     def _load_teachers(self):
         options = self.options
@@ -501,27 +555,39 @@ class Trainer:
         self.epoch, self.position = int(record["epoch"]), int(record["position"])
         self.global_step = int(record["global_step"])
         self.history = list(record["history"])
+        self.sessions = list(record.get("sessions") or [])
         self.epoch_loss = list(record["epoch_loss"])
         self.best = dict(record["best"])
         self.best["score"] = -math.inf if self.best.get("score") is None else float(self.best["score"])
         self.elapsed = float(record["elapsed_s"])
         self.resumed_from = self.global_step
-        log.info("resuming %s from %s: epoch %d, %d frames into it, step %d", self.card.name, self.out,
-                 self.epoch + 1, self.position, self.global_step)
+        if self.dist.writer:
+            log.info("resuming %s from %s: epoch %d, %d frames into it, step %d", self.card.name, self.out,
+                     self.epoch + 1, self.position, self.global_step)
 
     def _progress_record(self) -> Dict[str, Any]:
         return {"model": self.card.name, "setup": self.setup, "epoch": self.epoch, "position": self.position,
                 "global_step": self.global_step, "history": self.history, "epoch_loss": self.epoch_loss,
-                "best": self.best, "elapsed_s": self.elapsed,
+                "best": self.best, "elapsed_s": self.elapsed, "sessions": self.sessions,
                 "saved": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
-    def checkpoint(self) -> Path:
-        return save_checkpoint(self.out, self.model, self.optimizer, self._progress_record())
+    def checkpoint(self) -> Optional[Path]:
+        """Write a checkpoint (distributed: rank 0 writes, between two barriers; the others return None)."""
+        self.dist.barrier()
+        path = save_checkpoint(self.out, self.model, self.optimizer, self._progress_record()) \
+            if self.dist.writer else None
+        self.dist.barrier()
+        return path
 
     # -------------------------------------------------------------------------------------------------- steps
     def _batch(self, indices: Sequence[int], epoch: int, first_position: int):
         import torch
 
+        if not indices:  # distributed: a process whose shard of a short last batch is empty
+            height, width = self.spec.height, self.spec.width
+            x = torch.zeros((0, self.spec.channels, height, width), dtype=torch.float32, device=self.device)
+            return x, (torch.zeros((0, height, width), dtype=torch.int64, device=self.device) if not self.instance
+                       else [])
         images, targets = [], []
         for offset, index in enumerate(indices):
             rng = td.augmentation_rng(self.options.seed, epoch, first_position + offset)
@@ -538,7 +604,11 @@ class Trainer:
         return x, instance_targets
 
     def step(self, x, y) -> float:
-        """One optimiser step on a batch; returns the loss."""
+        """One optimiser step on a batch; returns the loss.
+
+        Distributed: ``x, y`` are this process's shard of the global batch (``shard_sizes``); the semantic loss is
+        the recipe's loss on the global batch (every process's logits and targets gathered), so the step is the
+        single-process step; an instance model's loss is weighted by the process's share and DDP averages it."""
         from .losses import instance_loss
 
         self.model.train()
@@ -547,33 +617,50 @@ class Trainer:
 
             keep_norm_frozen(self.model)
         self.optimizer.zero_grad(set_to_none=True)
+        model = self.forward_model
+        scale = 1.0  # the factor of the loss that is backpropagated (instance models, distributed)
         if self.instance:
-            loss = instance_loss(self.model(x, y))
+            loss = instance_loss(model(x, y))
+            scale = self.shard_share * self.dist.world_size
         else:
-            logits = self.model(x)
+            logits = model(x)
+            soft = None
+            if self.teachers:
+                from .distill import teacher_probabilities
+
+                soft = teacher_probabilities(self.teachers, x, self.options.distill_temperature)
+            if self.dist.distributed and self.shard_sizes is not None:
+                logits = self.dist.gather_rows(logits, self.shard_sizes)
+                y = self.dist.gather_rows(y, self.shard_sizes)
+                if soft is not None:
+                    soft = self.dist.gather_rows(soft, self.shard_sizes)
             labelled = self.batch_labelled
             if self.partial_loss is not None and labelled is not None and any(s is not None for s in labelled):
                 loss = self.partial_loss(logits, y, self.model, labelled)
             else:
                 loss = self.loss_fn(logits, y, self.model)
-            if self.teachers:
-                from .distill import distillation_loss, teacher_probabilities
+            if soft is not None:
+                from .distill import distillation_loss
 
-                temperature = self.options.distill_temperature
-                soft = distillation_loss(logits, teacher_probabilities(self.teachers, x, temperature), temperature)
                 weight = self.options.distill_weight
-                loss = (1.0 - weight) * loss + weight * soft
+                loss = (1.0 - weight) * loss + weight * distillation_loss(logits, soft,
+                                                                          self.options.distill_temperature)
         if not torch_isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.global_step} of {self.card.name}; "
                                      f"lower the learning rate (--lr) or check the data")
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         self.optimizer.step()
+        if self.instance and self.dist.distributed:
+            return self.dist.weighted_mean(float(loss.item()), self.shard_share)
         return float(loss.item())
 
     def validate(self) -> Optional[Dict[str, Any]]:
         """Mean Dice and detection F1 per class over the validation frames, segmented through the live path
         (None without validation). HD95 and AUC are left to ``nerveseg evaluate``: they cost more than an epoch of
-        a small model."""
+        a small model. Distributed: rank 0 validates, every rank gets its result."""
+        return self.dist.from_writer(self._validate_here)
+
+    def _validate_here(self) -> Optional[Dict[str, Any]]:
         if self.val_store is None:
             return None
         from ..inference.segmenter import Segmenter
@@ -604,8 +691,10 @@ class Trainer:
 
         path = self.out / f"{self.card.name}.safetensors"
         temporary = self.out / f".{self.card.name}.safetensors.tmp"
-        sha256 = registry.save_weights(self.model, temporary)
-        os.replace(temporary, path)
+        sha256 = None  # distributed: rank 0 alone writes (and knows) the weights
+        if self.dist.writer:
+            sha256 = registry.save_weights(self.model, temporary)
+            os.replace(temporary, path)
         score = (val or {}).get("mean_dice")
         self.best = {"epoch": epoch, "score": score if score is not None else -math.inf, "val": val,
                      "sha256": sha256}
@@ -621,21 +710,24 @@ class Trainer:
         last_checkpoint = session_start
         stop_reason = "finished"
         train_indices = list(range(len(self.store)))
+        dist = self.dist  # distributed: rank 0 decides what depends on its clock, and alone writes and shows
+        sampler = td.ShardedEpoch(self.store, train_indices, options.seed, self.recipe["sampling"], batch_size,
+                                  dist.rank, dist.world_size)
 
         def over_limit() -> bool:
             return elapsed_at_start + (time.perf_counter() - session_start) >= limit_s
 
         while self.epoch < epochs:
-            if over_limit():
+            if dist.decide(over_limit())[0]:
                 stop_reason = f"time limit of {options.limit_minutes:g} minutes"
                 break
             lr = learning_rate(self.recipe, self.epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            order = td.epoch_order(self.store, train_indices, options.seed, self.epoch, self.recipe["sampling"])
+            order = sampler.order(self.epoch)  # td.epoch_order: the same on every process
             total_batches = math.ceil(len(order) / batch_size)
             bar = None
-            if options.progress:
+            if options.progress and dist.writer:
                 from tqdm import tqdm
 
                 bar = tqdm(total=total_batches, initial=self.position // batch_size, unit="batch", leave=False,
@@ -644,8 +736,15 @@ class Trainer:
             stopped = False
             while self.position < len(order):
                 chunk = order[self.position:self.position + batch_size]
-                x, y = self._batch(chunk, self.epoch, self.position)
-                self.batch_labelled = [self.store[i].labelled for i in chunk]
+                lo, hi = sampler.shard(len(chunk))  # this process's frames of the global batch (all of it alone)
+                self.shard_sizes = sampler.shard_sizes(len(chunk))
+                self.shard_share = (hi - lo) / len(chunk)
+                if hi == lo and self.instance:
+                    # an instance model cannot run on no frame: a stand-in frame whose loss counts for nothing
+                    x, y = self._batch(chunk[:1], self.epoch, self.position)
+                else:
+                    x, y = self._batch(chunk[lo:hi], self.epoch, self.position + lo)
+                self.batch_labelled = [self.store[i].labelled for i in chunk]  # the global batch's
                 loss = self.step(x, y)
                 self.position += len(chunk)
                 self.global_step += 1
@@ -655,10 +754,12 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{self.epoch_loss[0] / self.epoch_loss[1]:.4f}", lr=f"{lr:.2g}")
                 if self.position < len(order):
-                    if over_limit():
+                    stop_now, save_now = dist.decide(
+                        over_limit(), time.perf_counter() - last_checkpoint >= options.checkpoint_minutes * 60.0)
+                    if stop_now:
                         stopped = True
                         break
-                    if time.perf_counter() - last_checkpoint >= options.checkpoint_minutes * 60.0:
+                    if save_now:
                         self.checkpoint()
                         last_checkpoint = time.perf_counter()
             if bar is not None:
@@ -679,18 +780,21 @@ class Trainer:
             if improved:
                 self._save_best(val, self.epoch)
             self.elapsed = elapsed_at_start + (time.perf_counter() - session_start)
-            log.info("%s epoch %d/%d: loss %.4f%s (%.0f s)", self.card.name, self.epoch, epochs,
-                     record["train_loss"], "" if val is None else
-                     ", val Dice " + ", ".join(f"{k} {v:.3f}" for k, v in val["dice"].items() if v is not None),
-                     record["seconds"])
+            if dist.writer:
+                log.info("%s epoch %d/%d: loss %.4f%s (%.0f s)", self.card.name, self.epoch, epochs,
+                         record["train_loss"], "" if val is None else
+                         ", val Dice " + ", ".join(f"{k} {v:.3f}" for k, v in val["dice"].items() if v is not None),
+                         record["seconds"])
             self.checkpoint()
             last_checkpoint = time.perf_counter()
-            plot_learning_curve(self.history, self.out / "learning_curve.png", self._curve_title())
+            if dist.writer:
+                plot_learning_curve(self.history, self.out / "learning_curve.png", self._curve_title())
 
         finished = self.epoch >= epochs or stop_reason != "finished"
         weights = card_path = None
         if finished:
             weights, card_path = self._finish(stop_reason)
+        dist.barrier()  # the others leave once rank 0 has written everything
         return TrainResult(out=self.out, weights=weights, card=card_path, finished=finished,
                            epochs_done=self.epoch, global_step=self.global_step, history=self.history,
                            stop_reason=stop_reason)
@@ -699,12 +803,15 @@ class Trainer:
         return (f"{self.card.name}: {len(self.train_names)} train / {len(self.val_names)} val frames, "
                 f"input {self.spec.height}x{self.spec.width}, {self.device}")
 
-    def _finish(self, stop_reason: str) -> Tuple[Path, Path]:
-        """Best (or, without validation, last) weights, card.json and the learning curve."""
+    def _finish(self, stop_reason: str) -> Tuple[Optional[Path], Optional[Path]]:
+        """Best (or, without validation, last) weights, card.json and the learning curve (distributed: rank 0
+        writes them; the others return None, None)."""
         weights = self.out / f"{self.card.name}.safetensors"
-        if self.val_store is None or self.best.get("sha256") is None or not weights.is_file():
+        if self.dist.decide(self.val_store is None or self.best.get("sha256") is None or not weights.is_file())[0]:
             # No validation, or stopped before the first epoch ended: keep the model as it is now.
             self._save_best(self.validate(), self.epoch)
+        if not self.dist.writer:  # distributed: rank 0 writes the card and the curve
+            return None, None
         if self.history:
             plot_learning_curve(self.history, self.out / "learning_curve.png", self._curve_title())
         return weights, self.write_card(stop_reason)
@@ -723,6 +830,11 @@ class Trainer:
                          f"the site recipe: {self.recipe['epochs']} epochs at learning rate "
                          f"{self.recipe['optimizer']['lr']:g} ({self.recipe['schedule'].get('name')}); the weights "
                          "of the init replace random and ImageNet initialisation.")
+        if self.dist.distributed:
+            notes.append(f"Distributed over {self.dist.world_size} processes (torchrun, {self.dist.backend}): global "
+                         f"batch {self.batch_size} = {self.dist.world_size} x {self.per_rank_batch} per process, the "
+                         "recipe's loss on the gathered global batch, gradients averaged by DistributedDataParallel; "
+                         "batch norm " + (self.sync_batchnorm or "not in training") + ".")
         if self.device == "cpu":
             notes.append(f"Trained on CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
                          "not on the GPU the paper used.")
@@ -840,6 +952,10 @@ class Trainer:
                 f"{self.options.folds}), never trained on; the weights are those of the epoch that scored best on "
                 "them" if self.val_names else None),
             **({"distillation": self.distillation_record()} if self.teachers else {}),
+            "world_size": self.dist.world_size,
+            **({"distributed": dict(self.dist.record(self.per_rank_batch, self.sync_batchnorm),
+                                    sessions=self.sessions)} if self.dist.distributed or len(self.sessions) > 1
+               else {}),
         })
         data["training"] = training
         ModelCard.from_dict(data)  # validate before writing
@@ -860,4 +976,10 @@ def train(options: TrainOptions, dataset=None, card=None) -> TrainResult:
     Raises ClassMismatchError when the data's classes are not the model's, CheckpointError when ``out`` holds a
     checkpoint of a different run, and the data set readers' DatasetError for bad data.
     """
-    return Trainer(options, dataset=dataset, card=card).run()
+    from .distributed import context
+
+    dist = context(options.distributed)  # distributed: torchrun's environment; raises when it lacks one
+    try:
+        return Trainer(options, dataset=dataset, card=card, dist=dist).run()
+    finally:
+        dist.close()
