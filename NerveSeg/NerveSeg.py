@@ -85,6 +85,7 @@ class NerveSegParameterNode:
     fill: bool = True
     outline: bool = True
     showNames: bool = True
+    steady: bool = True
     storePath: Path
     author: str = ""
     reviewOrder: Annotated[str, Choice(["uncertainty", "index"])] = "uncertainty"
@@ -138,7 +139,7 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # the focus (a disabled QShortcut lets the key through to the focused widget).
         slicer.app.focusChanged.connect(self.onFocusChanged)
 
-        controller.status_changed.connect(lambda status: setattr(self.ui.statusLabel, "text", status.text()))
+        controller.status_changed.connect(self.onStatusChanged)
         controller.running_changed.connect(self.onRunningChanged)
         controller.first_frame.connect(self._showInViews)  # fit the views once the first image exists
         self.ui.workerLogButton.clicked.connect(self.onShowWorkerLog)
@@ -288,6 +289,11 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name in [n for n in sys.modules if n == "NerveSegLogic" or n.startswith("NerveSegLogic.")]:
             del sys.modules[name]
         ScriptedLoadableModuleWidget.onReload(self)
+
+    def onStatusChanged(self, status) -> None:
+        self.ui.statusLabel.text = status.text(confidence=False)  # the confidence has its own label
+        confidence = status.confidence_text()
+        self.ui.confidenceLabel.text = _("Confidence: {classes}").format(classes=confidence) if confidence else ""
 
     def onShowWorkerLog(self) -> None:
         text = self.logic.controller.worker_log(60) or _("No worker process is running.")
@@ -457,6 +463,7 @@ class NerveSegLogic(ScriptedLoadableModuleLogic):
         c.set_fill_outline(p.fill, p.outline)
         c.set_names_visible(p.showNames)
         c.set_opacity(p.opacity)
+        c.set_steady(p.steady)  # unchanged: nothing; changed while running: from the next frame (worker: restarts)
 
     def cleanup(self) -> None:
         self.controller.cleanup()
@@ -507,5 +514,6 @@ class NerveSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(report.errors, 0, report.status)
         self.assertEqual(report.applied + report.dropped, report.frames_received, "every frame accounted for")
         self.assertEqual(report.recorded, report.applied, "one recorded item per applied frame")
+        self.assertIn("%", report.confidence, "the status shows each class's confidence")
         logic.cleanup()
         self.delayDisplay(f"Test passed: {report.status}")

@@ -93,6 +93,8 @@ class Frame:
     received_wall: ``time.time()`` when the whole message had arrived, to compare with ``igtl_timestamp`` (only
         meaningful when sender and receiver share a clock, as in the demo).
     timestamps: ``perf_counter()`` seconds at each stage of :data:`STAGES` reached so far.
+    metadata: the IGTL message's metadata (header version 2 key/value pairs; empty for version 1), e.g. the
+        ``NerveSeg.presence.<class>`` / ``NerveSeg.state.<class>`` entries of a ``nerveseg serve`` labelmap.
     """
 
     image: np.ndarray
@@ -102,6 +104,7 @@ class Frame:
     igtl_timestamp: float = 0.0
     received_wall: float = 0.0
     timestamps: Dict[str, float] = field(default_factory=dict)
+    metadata: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.image, np.ndarray) or self.image.ndim != 2:
@@ -147,6 +150,11 @@ class SegmentationResult:
     instances: per-object results of an instance model, else None (boxes and masks in frame pixels).
     region: the ``inference.region.Region`` (x, y, w, h in frame pixels) the model segmented, or None for the
         whole frame. The labelmap is always the whole frame's, zero outside the region.
+    presence: {class key: how sure the model is that the class is in this frame, 0..1}: the calibrated presence
+        where the model card has a ``presence`` block, else the raw score (the class's highest probability); see
+        ``inference.presence``. Set by the live path (``inference.steady.SteadyOverlay.gate``); None elsewhere.
+    states: {class key: ``shown`` / ``uncertain`` / ``hidden``}: how the live view draws each class (filled,
+        outline only, not at all); a ``hidden`` class has no pixels in ``labelmap``. None outside the live path.
     """
 
     frame: Frame
@@ -160,6 +168,8 @@ class SegmentationResult:
     regions: Optional[list] = None
     placement: Optional[object] = None  # inference.preprocess.Placement of the frame (or region) in the model input
     region: Optional[object] = None  # inference.region.Region the model saw; None: the whole frame
+    presence: Optional[Dict[str, float]] = None
+    states: Optional[Dict[str, str]] = None
 
     def __post_init__(self):
         if self.labelmap.shape != self.frame.image.shape:

@@ -38,6 +38,8 @@ class DemoOptions:
     quiet: bool = False
     #: the image region the model sees: None (whole frame), an inference.region.Region, "X,Y,W,H" or "auto"
     region: object = None
+    #: the steady overlay (inference.steady): on (the default, as the live panel) or off (each frame on its own)
+    steady: bool = True
 
 
 @dataclass
@@ -45,9 +47,11 @@ class _Kept:
     """What the overlay sink keeps of each applied result (references, no copies: frames are not reused)."""
 
     items: List[tuple] = field(default_factory=list)
+    confidence: List[tuple] = field(default_factory=list)  # (presence, states) of each applied result
 
     def __call__(self, result) -> None:
         self.items.append((result.frame_id, result.frame.image, result.labelmap))
+        self.confidence.append((result.presence, result.states))
 
 
 def run_demo(options: DemoOptions) -> dict:
@@ -80,7 +84,9 @@ def run_demo(options: DemoOptions) -> dict:
     replay.start()
     receiver = ImageReceiver("127.0.0.1", replay.port, device_name="Image_Reference")
     pipeline = LivePipeline(receiver, segmenter, sinks=[scene.apply, kept])
-    say(f"replaying {options.frames} frames from {source} at {options.fps:g} fps on 127.0.0.1:{replay.port}")
+    pipeline.engine.set_steady(bool(options.steady))  # one stream: one filter, inside the segmenter
+    say(f"replaying {options.frames} frames from {source} at {options.fps:g} fps on 127.0.0.1:{replay.port}"
+        f" (steady overlay {'on' if options.steady else 'off'})")
 
     started = time.perf_counter()
     interrupted = False
@@ -103,10 +109,13 @@ def run_demo(options: DemoOptions) -> dict:
     wall_s = time.perf_counter() - started
 
     say("saving the scene and overlays ...")
+    scene.reset_states()  # every class drawn filled in the saved scene (the live view's last states are gone)
     scene_path = scene.save(out / "scene")
     pictures = _write_overlays(out, kept.items, segmenter.classes, options.video)
     summary = _summary(options, model_name, segmenter, replay, pipeline, scene, scene_path, pictures, wall_s,
                        interrupted)
+    summary["steady"] = _steady_summary(options, pipeline.engine)
+    summary["confidence"] = _confidence_summary(kept.confidence, segmenter.classes)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if not options.quiet:
         print(format_summary(summary))
@@ -204,6 +213,34 @@ def _summary(options, model_name, segmenter, replay, pipeline, scene, scene_path
     return summary
 
 
+def _steady_summary(options, engine) -> dict:
+    """The steady setting: on or off, its options, and how often the stream started again (cuts noticed)."""
+    import dataclasses
+
+    steady = engine.steady
+    out = {"on": bool(options.steady)}
+    if steady is not None:
+        out["options"] = {k: (round(v, 4) if isinstance(v, float) else v)
+                          for k, v in dataclasses.asdict(steady.options).items()}
+        out["restarts"] = int(steady.resets)
+    return out
+
+
+def _confidence_summary(confidence, classes) -> dict:
+    """Per class over the applied frames: mean and range of its presence, frames by display state."""
+    out = {}
+    for c in classes:
+        values = [p[c.key] for p, _ in confidence if p and c.key in p]
+        states = [s[c.key] for _, s in confidence if s and c.key in s]
+        if not values and not states:
+            continue
+        out[c.key] = {"presence_mean": round(float(np.mean(values)), 3) if values else None,
+                      "presence_min": round(float(np.min(values)), 3) if values else None,
+                      "presence_max": round(float(np.max(values)), 3) if values else None,
+                      "frames": {state: states.count(state) for state in ("shown", "uncertain", "hidden")}}
+    return out
+
+
 def _region_summary(segmenter) -> dict:
     """What ``--region`` did: the region given, or the one found and why (auto)."""
     auto = getattr(segmenter, "auto_region", None)
@@ -232,6 +269,18 @@ def format_summary(summary: dict) -> str:
         values = summary["latency_ms"].get(key)
         if values:
             lines.append(f"  {key:<14}{values['p50']:>9.1f}{values['p95']:>9.1f}{values['p99']:>9.1f}")
+    steady = summary.get("steady")
+    if steady is not None:
+        restarts = steady.get("restarts")
+        lines += ["", "  steady overlay: " + ("on" if steady.get("on") else "off (each frame on its own)")
+                  + (f", started again {restarts} times (cuts between views)" if steady.get("on") and restarts
+                     is not None else "")]
+    confidence = summary.get("confidence") or {}
+    for key, c in confidence.items():
+        frames = c["frames"]
+        mean = f"{100 * c['presence_mean']:.0f} %" if c.get("presence_mean") is not None else "-"
+        lines.append(f"  {key:<14}presence mean {mean}; drawn in {frames['shown']} frames, outlined (uncertain) in "
+                     f"{frames['uncertain']}, not drawn in {frames['hidden']}")
     region = summary.get("region")
     if region:
         shown = region.get("found") or region["given"]

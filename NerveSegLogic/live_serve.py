@@ -1,4 +1,5 @@
-"""The run behind ``nerveseg serve``: receiver -> engine -> IGTL sender, driven from the calling thread."""
+"""The run behind ``nerveseg serve``: receiver -> engine (with the stream's steady overlay) -> IGTL sender, driven from
+the calling thread. Each labelmap carries every class's presence and display state as IGTL metadata."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
+
+from .stream.sender import confidence_metadata
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,13 @@ class ServeOptions:
     max_results: int = 0  # 0 = until stopped
     #: the image region the model sees: None (whole frame), an inference.region.Region, "X,Y,W,H" or "auto"
     region: object = None
+    #: the steady overlay (inference.steady): on (the default) or off (each frame's own answer); each labelmap
+    #: carries every class's presence and display state in its IGTL metadata either way
+    steady: bool = True
+    #: send each labelmap's confidence as IGTL metadata (header version 2, which OpenIGTLink 3 and later read, Slicer's
+    #: OpenIGTLinkIF included); False: version 1 messages, for clients built on an older OpenIGTLink, which cannot
+    #: read version 2 (measured with the OpenIGTLink 1.11 ReceiveClient example: the stream goes out of step)
+    metadata: bool = True
 
 
 class SegmentationServer:
@@ -56,6 +66,11 @@ class SegmentationServer:
         # with the one-copy encoder; benchmarks/serve_overhead.md). The sender is thread-safe; this thread only
         # counts and reports.
         self.pipeline = LivePipeline(self.receiver, self.segmenter, worker_sink=self._send)
+        # One input stream: one steady overlay, run inside the segmenter on the inference thread.
+        self.pipeline.engine.set_steady(bool(options.steady))
+        from .inference.engine import ReconnectWatch
+
+        self._reconnects = ReconnectWatch(self.receiver, self.pipeline.engine)
         self._stop = threading.Event()
         self.results_sent = 0
 
@@ -67,8 +82,12 @@ class SegmentationServer:
         """Runs on the inference thread (see __init__)."""
         frame = result.frame
         # copy=False: the segmenter makes a new labelmap for every frame and nothing writes to it afterwards
+        # metadata: each class's presence and display state (IGTL header version 2), read back by the panel's
+        # remote mode (live.runs.RemoteRun); none for a stand-in segmenter that gives no confidence
         self.sender.send_labelmap(result.labelmap, frame.geometry, igtl_timestamp=frame.igtl_timestamp,
-                                  device_name=LABEL_DEVICE_NAME, copy=False)
+                                  device_name=LABEL_DEVICE_NAME, copy=False,
+                                  metadata=confidence_metadata(result.presence, result.states)
+                                  if self.options.metadata else None)
         self.results_sent += 1
 
     def start(self) -> None:
@@ -86,6 +105,7 @@ class SegmentationServer:
             if time.perf_counter() - last_status >= STATUS_INTERVAL_S:
                 last_status = time.perf_counter()
                 log.info("%s", self.status_line())
+            self._reconnects.check()  # a reconnection to the input is a new stream for the steady overlay
 
     def status_line(self) -> str:
         c = self.pipeline.counters()
@@ -115,8 +135,8 @@ def _region_note(region) -> str:
 def run_serve(options: ServeOptions) -> None:
     server = SegmentationServer(options)
     print(f"nerveseg serve: {server.segmenter.describe()}; input {options.input_host}:{options.input_port}"
-          f" (device {options.device_name or 'any'}){_region_note(options.region)}; clients connect to port "
-          f"{options.port}. Ctrl-C stops.")
+          f" (device {options.device_name or 'any'}){_region_note(options.region)}; steady overlay "
+          f"{'on' if options.steady else 'off'}; clients connect to port {options.port}. Ctrl-C stops.")
     server.start()
     try:
         server.serve_forever()

@@ -76,3 +76,18 @@ def test_demo_writes_overlays_and_a_video(demo_run):
     video = cv2.VideoCapture(str(out / "overlay.mp4"))
     ok, frame = video.read()
     assert ok and frame.shape[2] == 3
+
+
+def test_demo_reports_the_steady_setting_and_each_class_confidence(demo_run):
+    """The steady overlay is on by default (as in the panel) and summary.json says so, with its options, how often
+    the stream started again, and per class its presence and the frames it was drawn, outlined or not drawn in."""
+    _, out = demo_run
+    summary = json.loads((out / "summary.json").read_text())
+    steady = summary["steady"]
+    assert steady["on"] is True
+    assert steady["options"]["appear_frames"] == 2 and steady["options"]["disappear_frames"] == 5
+    assert 0 <= steady["restarts"] < summary["frames_segmented"]
+    assert set(summary["confidence"]) == {"nerve", "blood_vessel"}
+    for figures in summary["confidence"].values():
+        assert sum(figures["frames"].values()) == summary["frames_applied"]
+        assert 0.0 <= figures["presence_min"] <= figures["presence_mean"] <= figures["presence_max"] <= 1.0

@@ -67,7 +67,9 @@ class ContentCheck:
         """Each applied labelmap is what ``model`` on the backend `auto` picks (as the panel runs it; for the
         default: its INT8 graph) answers for that very frame, computed here again, and it marks the nerve: an empty
         or a neighbour's labelmap would pass the checks above. ONNX Runtime may sum in another order in another
-        process, so a few pixels at a boundary may differ: at most 0.1 % of a frame."""
+        process, so a few pixels at a boundary may differ: at most 0.1 % of a frame. The steady overlay is on (the
+        panel's default); the sample's 24 frames are unrelated views, each a cut it notices and starts again at,
+        so each labelmap is still the frame's own answer (a moving probe's are checked in test_live_steady.py)."""
         from NerveSegLogic.inference.backends import load_segmenter
 
         segmenter = load_segmenter(model, backend="auto", threads=1)
@@ -327,6 +329,8 @@ def test_remote_mode_pairs_the_servers_labelmaps_with_their_frames_in_the_worker
     serving.start()
     controller = LiveController(slicer_scene(), remote_via_worker=True)
     check = ContentCheck(controller)
+    results = []
+    controller.result_applied.connect(results.append)
     try:
         controller.select_model(unet_random)
         controller.connect("127.0.0.1", replay.port, "Image_Reference")
@@ -347,4 +351,8 @@ def test_remote_mode_pairs_the_servers_labelmaps_with_their_frames_in_the_worker
     assert check.mismatches == []
     for image, labelmap in check.applied[:3]:
         assert np.array_equal(server.segmenter.segment(image).labelmap, labelmap)  # the serve's own model
+    # the serve's confidence (IGTL metadata) crosses the worker to the panel: each class's presence and state
+    keys = {c.key for c in registry.card(unet_random).classes}
+    for result in results:
+        assert set(result.presence) == keys and set(result.states) == keys
     controller.scene.clear()

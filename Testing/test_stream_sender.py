@@ -275,3 +275,40 @@ def test_labelmaps_sent_without_a_copy_arrive_as_sent_and_a_copied_one_does_not_
     np.testing.assert_array_equal(got[0].image, big)
     np.testing.assert_array_equal(got[1].image, labelmap(1))
     assert stats.messages_written == 2 and stats.bytes_written == 2 * HEADER_SIZE + 2 * 72 + big.size + reused.size
+
+
+def test_a_labelmap_with_metadata_is_a_version_2_message_that_pyigtl_and_our_receiver_read(sender):
+    """``nerveseg serve`` sends each class's presence and state as IGTL metadata (header version 2): byte for byte
+    what the codec's general encoder makes, with or without a copy of the pixels; pyigtl (an independent reader of
+    OpenIGTLink 3) and our receiver read the labelmap and the metadata; without metadata the message stays version 1
+    (which clients built on OpenIGTLink 2 or older can read)."""
+    import pyigtl
+
+    from NerveSegLogic.stream import codec
+    from NerveSegLogic.stream.sender import confidence_metadata, encode_labelmap, encode_labelmap_parts
+
+    meta = confidence_metadata({"nerve": 0.93, "blood_vessel": 0.4123}, {"nerve": "shown", "blood_vessel": "uncertain"})
+    assert meta == {"NerveSeg.presence.nerve": "0.930", "NerveSeg.presence.blood_vessel": "0.412",
+                    "NerveSeg.state.nerve": "shown", "NerveSeg.state.blood_vessel": "uncertain"}
+    expected = codec.encode_image(labelmap(), GEOMETRY, "NerveSegLabel", 1234.5, header_version=2, metadata=meta)
+    assert b"".join(bytes(p) for p in encode_labelmap_parts(labelmap(), GEOMETRY, "NerveSegLabel", 1234.5, meta)) \
+        == expected == bytes(encode_labelmap(labelmap(), GEOMETRY, "NerveSegLabel", 1234.5, meta))
+    assert bytes(encode_labelmap(labelmap(), GEOMETRY, "NerveSegLabel", 1234.5, {})) == \
+        codec.encode_image(labelmap(), GEOMETRY, "NerveSegLabel", 1234.5)  # no metadata: version 1 as before
+
+    frames = []
+    ours = receiver_for(sender, frames)
+    client = pyigtl.OpenIGTLinkClient(host="127.0.0.1", port=sender.port)
+    try:
+        assert sender.wait_for_clients(2, WAIT)
+        sender.send_labelmap(labelmap(), GEOMETRY, igtl_timestamp=1234.5, copy=False, metadata=meta)
+        message = client.wait_for_message("NerveSegLabel", timeout=WAIT)
+        assert ours.wait_for_frames(1, WAIT)
+    finally:
+        client.stop()
+        ours.stop()
+    assert message is not None, "pyigtl received nothing"
+    np.testing.assert_array_equal(message.image[0], labelmap())
+    assert message.metadata == meta
+    assert frames[0].metadata == meta
+    np.testing.assert_array_equal(frames[0].image, labelmap())

@@ -11,7 +11,8 @@ DESCRIPTION = """\
 Run the live path end to end on this machine:
   1. a replay server (the stand-in for PLUS) streams the bundled sample frames over OpenIGTLink on 127.0.0.1
      (IMAGE messages, device name Image_Reference, pixel spacing in the message matrix);
-  2. the receiver takes them in; the background engine segments the newest frame with the chosen model;
+  2. the receiver takes them in; the background engine segments the newest frame with the chosen model and keeps
+     the overlay steady across frames (--no-steady: each frame on its own), with each class's presence;
   3. each result is written into a real MRML scene (slicer-core): a scalar volume node for the image, a
      segmentation node with one named, coloured segment per class, both recorded as Slicer sequences;
   4. on exit the scene is saved (open DIR/scene/NerveSeg.mrml in 3D Slicer), with overlay pictures, an overlay
@@ -24,7 +25,8 @@ defaults: --out nerveseg-demo, --frames 48 (two passes over the 24 sample frames
 example:
   nerveseg demo
   nerveseg demo --out /tmp/demo --frames 100 --fps 30 --model sa-unet --backend onnx
-  nerveseg demo --source grabber.mp4 --region auto   # segment only the image of a frame grabber's video"""
+  nerveseg demo --source grabber.mp4 --region auto   # segment only the image of a frame grabber's video
+  nerveseg demo --no-steady                          # each frame's own answer, no smoothing across frames"""
 
 
 def register(subparsers) -> None:
@@ -47,6 +49,10 @@ def register(subparsers) -> None:
                         help="replay this image folder, video or .seq.nrrd instead of the bundled sample")
     parser.add_argument("--no-video", action="store_true", help="skip the overlay video")
     parser.add_argument("--region", type=region_argument, default=None, metavar="X,Y,W,H|auto", help=REGION_HELP)
+    parser.add_argument("--steady", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the overlay steady across frames: a short motion-compensated moving average of "
+                             "the class probabilities, sticky outlines, a structure shown after 2 frames and hidden "
+                             "after 5 (--no-steady: each frame's own answer) (default: on)")
     parser.set_defaults(func=run)
 
 
@@ -57,7 +63,7 @@ def run(args) -> int:
         raise SystemExit("nerveseg demo: --frames and --fps must be positive")
     options = DemoOptions(out=args.out, frames=args.frames, fps=args.fps, model=args.model, backend=args.backend,
                           threads=args.threads, device=args.device, source=args.source, video=not args.no_video,
-                          region=args.region)
+                          region=args.region, steady=args.steady)
     summary = run_demo(options)
     return 0 if summary["frames_segmented"] > 0 else 1
 

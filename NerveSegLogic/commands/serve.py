@@ -11,8 +11,8 @@ DESCRIPTION = """\
 Headless form of the live path, for a GPU (or CPU) box serving Slicer laptops:
 receives OpenIGTLink IMAGE messages from PLUS (or any IGTL server) at --input, segments the newest frame with the
 chosen model, and sends every segmentation out as an IGTL IMAGE message (device name NerveSegLabel, same geometry
-and the same IGTL timestamp as the frame it was computed from, one label value per class) to every client
-connected on --port. In 3D Slicer, connect OpenIGTLinkIF as a client to this port to see the labelmap.
+and the same IGTL timestamp as the frame it was computed from, one label value per class, each class's presence
+and display state in the message's metadata) to every client connected on --port. In 3D Slicer, connect OpenIGTLinkIF as a client to this port to see the labelmap.
 Reconnects to the input with backoff when it goes away; Ctrl-C stops cleanly.
 Research use only, not for clinical decisions."""
 
@@ -25,7 +25,8 @@ example:
   nerveseg serve --input plus-host:18944 --port 18945 --model smistad-unet --device Image_Reference
   nerveseg serve --input 127.0.0.1:18944 --host 0.0.0.0 --allow 192.168.1.20,192.168.1.21
   nerveseg serve --input 127.0.0.1:18944 --region 120,80,640,480   # only the image of a frame grabber's video
-  nerveseg serve --input 127.0.0.1:18944 --region auto"""
+  nerveseg serve --input 127.0.0.1:18944 --region auto
+  nerveseg serve --input 127.0.0.1:18944 --no-steady   # each frame's own answer, no smoothing across frames"""
 
 
 def parse_host_port(text: str):
@@ -83,6 +84,17 @@ def register(subparsers) -> None:
     parser.add_argument("--compute", default="auto", help="torch device: auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=0, help="stop after this many results (default: run forever)")
     parser.add_argument("--region", type=region_argument, default=None, metavar="X,Y,W,H|auto", help=REGION_HELP)
+    parser.add_argument("--steady", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the overlay steady across frames: a short motion-compensated moving average of "
+                             "the class probabilities, sticky outlines, a structure shown after 2 frames and hidden "
+                             "after 5 (--no-steady: each frame's own answer). Either way each labelmap carries every "
+                             "class's presence and display state as IGTL metadata (NerveSeg.presence.<class>, "
+                             "NerveSeg.state.<class>) (default: on)")
+    parser.add_argument("--metadata", action=argparse.BooleanOptionalAction, default=True,
+                        help="send each class's presence and state with every labelmap as IGTL metadata (OpenIGTLink "
+                             "header version 2, read by OpenIGTLink 3 and later, e.g. Slicer's OpenIGTLinkIF and "
+                             "NerveSeg's remote mode); --no-metadata sends version 1 messages for clients built on "
+                             "an older OpenIGTLink, which cannot read version 2 (default: on)")
     parser.set_defaults(func=run)
 
 
@@ -96,6 +108,7 @@ def run(args) -> int:
     options = ServeOptions(input_host=host, input_port=port, port=args.port, host=args.host, model=args.model,
                            allowed_clients=args.allow, input_idle_timeout_s=args.input_timeout or None,
                            device_name=args.device, backend=args.backend, compute=args.compute, threads=args.threads,
-                           max_results=args.frames, region=args.region)
+                           max_results=args.frames, region=args.region, steady=args.steady,
+                           metadata=args.metadata)
     run_serve(options)
     return 0

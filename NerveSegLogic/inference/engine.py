@@ -3,6 +3,12 @@
 It never touches MRML or Qt: results go into a :class:`~NerveSegLogic.slot.NewestSlot` that the main thread
 empties (in Slicer from a ``qt.QTimer``, headless from the driver loop). A frame that arrives while the worker is
 busy replaces the waiting one; the replaced frame is dropped and counted by the frame slot, never queued.
+
+The engine owns the stream's steady overlay (:mod:`.steady`, one filter per stream, run inside the segmenter on this
+thread so no extra hand-over is added): :meth:`InferenceEngine.set_steady` switches it on, off (per-frame gating:
+every result still carries ``presence`` and ``states``) or away (None: the segmenter's plain answer). It starts
+again by itself when the stream does: another device or frame size, or a gap of :data:`STREAM_GAP_S` between two
+frames (a reconnection, a frozen scanner); large image changes within the stream it notices itself.
 """
 
 from __future__ import annotations
@@ -18,6 +24,32 @@ log = logging.getLogger(__name__)
 
 #: How often the idle worker re-checks the stop flag (s). Waiting is on a condition, not a spin.
 _POLL_S = 0.05
+#: Frames received this far apart (s) belong to a new stretch of the stream: the steady overlay starts again.
+STREAM_GAP_S = 1.0
+
+
+class ReconnectWatch:
+    """Starts the engine's steady overlay again when the receiver has made a new connection since the last
+    :meth:`check` (a reconnection is a new stream). Call ``check`` from the loop that polls the pipeline."""
+
+    def __init__(self, receiver, engine: "InferenceEngine"):
+        self.receiver = receiver if receiver is not None and hasattr(receiver, "stats") else None
+        self.engine = engine
+        self._connects: Optional[int] = None
+
+    def check(self) -> None:
+        if self.receiver is None:
+            return
+        connects = getattr(self.receiver.stats(), "connects", None)
+        if self._connects is not None and connects != self._connects:
+            self.engine.reset_steady()
+        self._connects = connects
+
+
+def takes_steady(segmenter) -> bool:
+    """Whether ``segmenter`` can run a steady overlay: a Segmenter (a model card with classes, postprocessing
+    settings); stand-ins without them get none."""
+    return all(hasattr(segmenter, name) for name in ("card", "min_component_area", "contours"))
 
 
 class InferenceEngine:
@@ -29,8 +61,15 @@ class InferenceEngine:
     """
 
     def __init__(self, segmenter, frames: NewestSlot, results: Optional[NewestSlot] = None,
-                 name: str = "nerveseg-inference", on_result: Optional[Callable[[SegmentationResult], None]] = None):
+                 name: str = "nerveseg-inference", on_result: Optional[Callable[[SegmentationResult], None]] = None,
+                 steady=None):
         self.segmenter = segmenter
+        #: the stream's SteadyOverlay, or None (see set_steady); replaced, never changed, from other threads
+        self.steady = None
+        self._stream_key = None  # (device name, frame shape) of the last frame, for the steady overlay
+        self._last_received: Optional[float] = None
+        if steady is not None:
+            self.set_steady(steady)
         self.frames = frames
         self.results: NewestSlot = results if results is not None else NewestSlot()
         self.name = name
@@ -67,6 +106,48 @@ class InferenceEngine:
                 log.warning("inference worker did not stop within %.1f s", timeout)
         self._thread = None
 
+    # ------------------------------------------------------------------------------------------- steady overlay
+    def set_steady(self, options) -> None:
+        """The steady overlay from the next frame on: ``SteadyOptions()`` (the live default), ``SteadyOptions.off()``
+        (per-frame gating, presence and states only), ``True`` / ``False`` for those two, or None (none: the
+        segmenter's plain answer, no presence). A new filter each call, so it also starts the stream again. Any
+        thread: the worker takes the new filter with its next frame."""
+        from .steady import SteadyOptions, SteadyOverlay
+
+        if options is True:
+            options = SteadyOptions()
+        elif options is False:
+            options = SteadyOptions.off()
+        if options is not None and not takes_steady(self.segmenter):
+            options = None  # a stand-in without a model card (tests): its plain answers
+        self.steady = None if options is None else SteadyOverlay.for_segmenter(self.segmenter, options)
+
+    @property
+    def steady_options(self):
+        """The steady overlay's options, or None when there is none."""
+        steady = self.steady
+        return None if steady is None else steady.options
+
+    def reset_steady(self) -> None:
+        """Start the stream again (a new input, a reconnection): a fresh filter with the same options."""
+        steady = self.steady
+        if steady is not None:
+            self.set_steady(steady.options)
+
+    def _steady_for(self, frame: Frame):
+        """The filter for this frame, started again when the stream did (worker thread only)."""
+        steady = self.steady
+        if steady is None:
+            return None
+        key = (frame.device_name, frame.image.shape)
+        received = frame.timestamps.get("received")
+        gap = (received is not None and self._last_received is not None
+               and received - self._last_received > STREAM_GAP_S)
+        if (self._stream_key is not None and key != self._stream_key) or gap:
+            steady.reset()
+        self._stream_key, self._last_received = key, received
+        return steady
+
     @property
     def running(self) -> bool:
         thread = self._thread
@@ -80,7 +161,11 @@ class InferenceEngine:
                 continue
             try:
                 frame.stamp("started")
-                result: SegmentationResult = self.segmenter.segment(frame.image, frame)
+                steady = self._steady_for(frame)
+                if steady is None:
+                    result: SegmentationResult = self.segmenter.segment(frame.image, frame)
+                else:
+                    result = self.segmenter.segment(frame.image, frame, steady=steady)
             except Exception as error:  # keep the live path alive; the error is counted and shown
                 with self._lock:
                     self.errors += 1

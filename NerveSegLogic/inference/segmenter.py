@@ -188,22 +188,27 @@ class Segmenter:
         probabilities = pp.restore(self.backend.run(tensor[np.newaxis])[0], placement)
         return probabilities if box is None else box.place_maps(probabilities, *image.shape[:2])
 
-    def segment(self, image: np.ndarray, frame: Optional[Frame] = None) -> SegmentationResult:
+    def segment(self, image: np.ndarray, frame: Optional[Frame] = None, steady=None) -> SegmentationResult:
         """Segment one frame. ``image`` (H, W) grey or (H, W, 3); when ``frame`` is given its stage timestamps
         (preprocessed, inferred, postprocessed) are stamped and the result refers to it.
 
         With a :attr:`region`, only the region is segmented: the labelmap is still the frame's (zero outside the
         region), instance boxes and masks are in frame pixels, and ``result.probabilities`` / ``result.placement``
-        are those of the region's crop (``result.region`` says where it lies)."""
+        are those of the region's crop (``result.region`` says where it lies).
+
+        ``steady``: the stream's :class:`~.steady.SteadyOverlay` (the live path; one per stream, so a segmenter can
+        serve several): the labelmap is then made once, from the steadied probabilities, and the result carries
+        ``presence`` and ``states`` (see :mod:`.steady`). None (``predict``, ``evaluate``, pre-labelling): the
+        frame's own answer, as always."""
         if frame is None:
             frame = Frame(image=pp.to_grey(image))
         box = None
         choice, auto = self._region_state
         if choice is not None:  # the detector reads the grey frame; a given region crops what came in
             box = self.region_for(frame.image if auto is not None else image, t=frame.timestamps.get("received"))
-        return self._segment(image, frame, box)
+        return self._segment(image, frame, box, steady)
 
-    def _segment(self, image: np.ndarray, frame: Frame, box: Optional[Region]) -> SegmentationResult:
+    def _segment(self, image: np.ndarray, frame: Frame, box: Optional[Region], steady=None) -> SegmentationResult:
         if box is not None:
             full_h, full_w = image.shape[:2]
             image = box.crop(image)
@@ -211,8 +216,12 @@ class Segmenter:
         frame.stamp("preprocessed")
         output = self.backend.run(tensor[np.newaxis])
         frame.stamp("inferred")
+        raw = None
         if self.card.task == "semantic":
-            labelmap, probabilities, instances = self._semantic(output[0], placement)
+            raw = output[0]
+            # The stream's moving average, before the labelmap is made: the postprocessing runs once, on what is drawn
+            probabilities = raw if steady is None else steady.average(raw, placement, frame.image, box)
+            labelmap, probabilities, instances = self.semantic(probabilities, placement)
         else:
             labelmap, probabilities, instances = self._instances(output[0], placement)
         if box is not None:
@@ -221,11 +230,17 @@ class Segmenter:
                 instances = [Instance(label=i.label, score=i.score, mask=box.place(i.mask, full_h, full_w),
                                       box=(i.box[0] + box.x, i.box[1] + box.y, i.box[2] + box.x, i.box[3] + box.y))
                              for i in instances]
+        result = SegmentationResult(frame=frame, labelmap=labelmap, model_name=self.card.name, classes=self.classes,
+                                    probabilities=probabilities, instances=instances, placement=placement, region=box)
+        if steady is not None:  # presence (from this frame's own probabilities), hysteresis, hiding, holding
+            result = steady.gate(result, raw_probabilities=raw)
         frame.stamp("postprocessed")
-        return SegmentationResult(frame=frame, labelmap=labelmap, model_name=self.card.name, classes=self.classes,
-                                  probabilities=probabilities, instances=instances, placement=placement, region=box)
+        return result
 
-    def _semantic(self, probabilities: np.ndarray, placement: pp.Placement):
+    def semantic(self, probabilities: np.ndarray, placement: pp.Placement):
+        """(labelmap, probabilities, None): the labelmap of ``(K, h, w)`` model-size probabilities in the frame's
+        (or region's) own size, as :attr:`contours` says, regions under :attr:`min_component_area` dropped. Reads
+        only ``contours``, ``min_component_area`` and ``classes`` (the steady overlay calls it with its own)."""
         box = None
         if self.contours == "smooth":
             labelmap, box = smooth_labelmap_and_box(probabilities, placement)
@@ -236,6 +251,8 @@ class Segmenter:
         labelmap = pp.remove_small_components(labelmap, self.min_component_area, labels=[c.label for c in self.classes],
                                               in_place=True, within=box)  # made here
         return labelmap, probabilities, None
+
+    _semantic = semantic  # the name used before it was public (benchmarks)
 
     def _instances(self, output: dict, placement: pp.Placement):
         sx = placement.src_w / placement.scaled_w

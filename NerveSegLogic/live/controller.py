@@ -34,7 +34,7 @@ from ..slot import NewestSlot
 from .choices import (BACKENDS, DEFAULT_DEVICE_NAME, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_REMOTE_PORT, INTENDED_USE,
                       MODES, STATUS_INTERVAL_S, InputChoice, _check_host_port)
 from .runs import InProcessRun, RemoteRun, VolumeNodeInput
-from .status import DisplaySettings, LiveStatus
+from .status import ClassConfidence, DisplaySettings, LiveStatus, confidence_of
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,8 @@ class LiveController:
         self._first_frame_pending = False
         self._region = None  # the image region choice: None (whole frame), a Region or "auto"
         self.region_in_use = None  # the Region of the newest applied result (None: the whole frame was segmented)
+        self._steady = True  # the steady overlay (inference.steady), on by default in the live path
+        self._confidence: Tuple[ClassConfidence, ...] = ()  # of the newest applied result
 
     # ------------------------------------------------------------------------------------------------ input
     def connect(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -318,6 +320,41 @@ class LiveController:
             self._restart()
         return self.region_description()
 
+    # ------------------------------------------------------------------------------------------------ steady overlay
+    @property
+    def steady(self) -> bool:
+        """Whether the steady overlay is on (see :meth:`set_steady`)."""
+        return self._steady
+
+    def set_steady(self, on: bool = True) -> str:
+        """Keep the overlay steady across frames (on, the default): a short motion-compensated moving average of
+        the class probabilities, sticky outlines, and a structure that appears after 2 frames and disappears after
+        5 (:mod:`NerveSegLogic.inference.steady`); off: each frame's own answer. Either way a structure whose
+        presence is below the card's thresholds is drawn as uncertain (outline) or not at all, and the status shows
+        each class's confidence. In-process it applies from the next frame; a running worker process restarts
+        with it; in remote mode the server's own ``--steady`` applies (the choice is kept for the other modes).
+        Setting the value it has does nothing. Returns what the panel shows."""
+        on = bool(on)
+        changed = on != self._steady
+        self._steady = on
+        run = self._run
+        if changed and run is not None:
+            if self._mode == "in-process" and hasattr(run, "set_steady"):
+                run.set_steady(on)  # the inference thread takes it with its next frame
+            elif self._mode == "child-process":
+                self._restart()
+        return self.steady_description()
+
+    def steady_description(self) -> str:
+        if self._mode == "remote" and self.running:
+            return "Steady overlay: as the server runs it (nerveseg serve --steady / --no-steady)"
+        return "Steady overlay: " + ("on" if self._steady else "off (each frame on its own)")
+
+    @property
+    def confidence(self) -> Tuple[ClassConfidence, ...]:
+        """Each class's presence and display state in the newest applied result (empty before one)."""
+        return self._confidence
+
     def region_description(self) -> str:
         """One line for the panel: the region chosen (and what auto-detection found, in-process)."""
         choice = self._region
@@ -407,7 +444,7 @@ class LiveController:
                 receiver = self._receiver_factory(self._input.host, self._input.port, self._input.device_name)
             else:
                 volume_input = VolumeNodeInput(self._volume_node)
-            run = InProcessRun(receiver, volume_input, segmenter, sinks=[scene.apply])
+            run = InProcessRun(receiver, volume_input, segmenter, sinks=[scene.apply], steady=self._steady)
         else:
             if self._remote is None:
                 raise ValueError("choose the segmentation server (host, port of 'nerveseg serve') for remote mode")
@@ -426,6 +463,7 @@ class LiveController:
             run.stop()
             raise
         self._run, self._mode = run, mode
+        self._confidence = ()
         log.info("NerveSeg started: %s, %s, input %s", mode, self._model_name, self._input.describe())
         self.running_changed.emit(True)
         self._emit_status()
@@ -438,7 +476,8 @@ class LiveController:
         args = ["--role", role, "--model", self._model_name]
         volume_input = None
         if role == "segment":
-            args += ["--backend", self.backend, "--compute", self.compute_device, "--threads", str(int(self.threads))]
+            args += ["--backend", self.backend, "--compute", self.compute_device, "--threads", str(int(self.threads)),
+                     "--steady", "on" if self._steady else "off"]
             if self._region is not None:
                 from ..inference.region import region_text
 
@@ -470,9 +509,20 @@ class LiveController:
             run.stop()
         finally:
             self._final_counters = run.counters()
+            self._confidence = ()
+            self._reset_segment_states()
             log.info("NerveSeg stopped")
             self.running_changed.emit(False)
             self._emit_status()
+
+    def _reset_segment_states(self) -> None:
+        """Every class drawn as shown again once the run stopped (the recording is browsed and edited as it is)."""
+        scene = self._scene
+        if scene is not None and hasattr(scene, "reset_states"):
+            try:
+                scene.reset_states()
+            except Exception:  # a scene being closed: its nodes go anyway
+                log.debug("resetting the segments' display failed", exc_info=True)
 
     def _restart(self) -> None:
         mode = self._mode
@@ -535,6 +585,7 @@ class LiveController:
                 self._message = str(error)
         if result is not None:
             self.region_in_use = getattr(result, "region", None)
+            self._confidence = confidence_of(result)
             if self._first_frame_pending and self._scene is not None:
                 self._first_frame_pending = False
                 self.first_frame.emit(self._scene.volume_node)  # the panel fits the views to it
@@ -564,7 +615,7 @@ class LiveController:
                       model=self._model_name or "", recording=bool(scene is not None and scene.recording),
                       recorded=int(scene.recorded_count) if scene is not None else 0,
                       recording_detail=scene.recording_text() if hasattr(scene, "recording_text") else "",
-                      remote=f"{self._remote[0]}:{self._remote[1]}" if self._remote else "")
+                      remote=f"{self._remote[0]}:{self._remote[1]}" if self._remote else "", steady=self._steady)
         if run is None:
             c = self._final_counters
             return LiveStatus(running=False, frames_received=c.get("received", 0), frames_applied=c.get("applied", 0),
@@ -581,7 +632,7 @@ class LiveController:
                           frames_applied=counters["applied"], frames_dropped=counters["dropped"],
                           errors=counters["errors"] + self._tick_errors,
                           message=self._message or self._limit_message() or counters.get("last_error") or "",
-                          **common)
+                          confidence=self._confidence, **common)
 
     def _limit_message(self) -> str:
         return getattr(self._scene, "limit_message", "") or "" if self._scene is not None else ""

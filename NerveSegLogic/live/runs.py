@@ -127,15 +127,28 @@ class ConnectionWatch:
 
 
 class InProcessRun:
-    """Frames -> LivePipeline (inference thread) -> scene, polled from tick()."""
+    """Frames -> LivePipeline (inference thread) -> scene, polled from tick().
 
-    def __init__(self, receiver, volume_input: Optional[VolumeNodeInput], segmenter, sinks):
+    steady: the steady overlay (:mod:`NerveSegLogic.inference.steady`) on (True, the default), off (False:
+    per-frame answers, still with presence and states), or a SteadyOptions; see :meth:`set_steady`.
+    """
+
+    def __init__(self, receiver, volume_input: Optional[VolumeNodeInput], segmenter, sinks, steady=True):
         from ..pipeline import LivePipeline
 
         self.volume_input = volume_input
         self.pipeline = LivePipeline(receiver, segmenter, sinks=sinks, frames=None if receiver else NewestSlot())
         self.stats = self.pipeline.stats
         self.watch = ConnectionWatch(receiver)
+        from ..inference.engine import ReconnectWatch
+
+        self._reconnects = ReconnectWatch(receiver, self.pipeline.engine)
+        self.set_steady(steady)
+
+    def set_steady(self, steady) -> None:
+        """Switch the steady overlay on (True or a SteadyOptions) or off (False); it applies from the next frame
+        and starts the stream's filter afresh."""
+        self.pipeline.engine.set_steady(bool(steady) if isinstance(steady, bool) else steady)
 
     def start(self) -> None:
         self.pipeline.start()
@@ -148,6 +161,7 @@ class InProcessRun:
             frame = self.volume_input.poll()
             if frame is not None:
                 self.pipeline.frames.put(frame)
+        self._reconnects.check()  # a new connection to the input is a new stream for the steady overlay
         return self.pipeline.poll(timeout=0.0)
 
     def all_accounted(self) -> bool:
@@ -236,8 +250,9 @@ class RemoteRun:
             labelmap = np.where(np.isin(labelmap, list(self.labels)), labelmap, 0).astype(np.uint8)
         if "received" in label.timestamps:
             frame.stamp("postprocessed", label.timestamps["received"])  # when its result came back here
+        presence, states = confidence_from_metadata(getattr(label, "metadata", None), self.classes)
         result = SegmentationResult(frame=frame, labelmap=labelmap, model_name=f"{self.model_name} (remote)",
-                                    classes=self.classes)
+                                    classes=self.classes, presence=presence, states=states)
         for sink in self.sinks:
             try:
                 sink(result)
@@ -258,6 +273,31 @@ class RemoteRun:
         return {"received": self.memory.added, "applied": self.stats.applied, "dropped": dropped,
                 "errors": self.errors, "last_error": self.last_error}
 
+
+
+def confidence_from_metadata(metadata, classes) -> Tuple[Optional[dict], Optional[dict]]:
+    """(presence, states) of the classes from a ``nerveseg serve`` labelmap's IGTL metadata
+    (``NerveSeg.presence.<key>`` = "0.930", ``NerveSeg.state.<key>`` = "shown"; see
+    :func:`NerveSegLogic.stream.sender.confidence_metadata`); (None, None) when it carries none (an older serve, or
+    another IGTL server). Unreadable values are skipped."""
+    from ..stream.sender import PRESENCE_KEY, STATE_KEY
+
+    if not metadata:
+        return None, None
+    presence, states = {}, {}
+    for c in classes:
+        value = metadata.get(PRESENCE_KEY + c.key)
+        if value is not None:
+            try:
+                number = float(value)
+            except ValueError:
+                number = float("nan")
+            if 0.0 <= number <= 1.0:
+                presence[c.key] = number
+        state = metadata.get(STATE_KEY + c.key)
+        if state in ("shown", "uncertain", "hidden"):
+            states[c.key] = state
+    return presence or None, states or None
 
 
 # Names used before the split of controller.py.

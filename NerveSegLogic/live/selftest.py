@@ -45,6 +45,8 @@ class ReplayReport:
     segment_names: Tuple[str, ...]
     latency_p50_ms: Optional[float]
     status: str
+    #: each class's presence and display state in the last applied result (``Nerve 93 % | ...``; see LiveStatus)
+    confidence: str = ""
 
 
 def run_sample_replay(controller: "LiveController", frames: int = 12, fps: float = 15.0, source=None,
@@ -83,6 +85,7 @@ def run_sample_replay(controller: "LiveController", frames: int = 12, fps: float
             else:
                 pause(0.002)  # the panel's timer period, roughly; progress is checked each time, not assumed
         latency = controller.status().latency_p50_ms
+        confidence = controller.status().confidence_text()
     finally:
         controller.stop()
         replay.stop()
@@ -93,5 +96,6 @@ def run_sample_replay(controller: "LiveController", frames: int = 12, fps: float
     return ReplayReport(frames_sent=int(replay.frames_sent), frames_received=status.frames_received,
                         applied=status.frames_applied, dropped=status.frames_dropped, errors=status.errors,
                         recorded=status.recorded,
-                        segment_ids=ids, segment_names=names, latency_p50_ms=latency, status=status.text())
+                        segment_ids=ids, segment_names=names, latency_p50_ms=latency, status=status.text(),
+                        confidence=confidence)
 

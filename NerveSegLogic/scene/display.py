@@ -4,13 +4,17 @@ Class names are drawn at each region (:class:`RegionNames`): one locked markups 
 labelled with the class name in the class's colour. A segmentation display node has no colour node, so Slicer's
 colour legend cannot name segments there (it stays hidden and logs an error); markups labels show in every view.
 
+A class the live view is unsure of (display state ``uncertain``, see ``inference.steady``) is drawn as an outline only,
+one it considers absent (``hidden``) not at all: :func:`set_segment_state`, called by LiveScene only when a class's
+state changes.
+
 Functions of a segmentation node (not of LiveScene) so that the Slicer module's live panel and the annotation
 panel bind the same code. All of it is MRML display-node state; Slicer's views follow it, and a saved scene keeps it.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 
 def _display_node(segmentation_node):
@@ -63,6 +67,47 @@ def set_fill_outline(segmentation_node, fill: bool, outline: bool) -> None:
     node = _display_node(segmentation_node)
     node.SetVisibility2DFill(bool(fill))
     node.SetVisibility2DOutline(bool(outline))
+
+
+#: How a segment is drawn in slice views per display state of its class (``inference.steady``): (fill, outline).
+#: ``uncertain``: outline only; ``hidden``: neither (its labelmap holds none of it anyway).
+STATE_FILL_OUTLINE = {"shown": (True, True), "uncertain": (False, True), "hidden": (False, False)}
+#: With the outline switched off for all segments (fill only), an uncertain segment keeps its fill at this fraction
+#: of its own opacity instead, so it is still seen, fainter.
+UNCERTAIN_FILL_FRACTION = 0.35
+
+
+def set_segment_state(segmentation_node, segment_id: str, state: str, outlines: bool = True,
+                      fill_opacity: Optional[float] = None) -> None:
+    """Draw one segment as its class's display state says: ``shown`` filled and outlined, ``uncertain`` outline only
+    (or, when ``outlines`` is False because the panel draws no outlines, filled at :data:`UNCERTAIN_FILL_FRACTION`
+    of ``fill_opacity``), ``hidden`` not at all. Per-segment 2D fill / outline flags (and, for an uncertain segment
+    without outlines, its 2D fill opacity): its visibility and opacity, which the user sets in the segments
+    table, are left alone; ``fill_opacity`` is the opacity to restore (or to scale). KeyError for an unknown
+    segment, ValueError for an unknown state."""
+    if state not in STATE_FILL_OUTLINE:
+        raise ValueError(f"segment state must be one of {', '.join(STATE_FILL_OUTLINE)}, got {state!r}")
+    _check_segment(segmentation_node, segment_id)
+    node = _display_node(segmentation_node)
+    fill, outline = STATE_FILL_OUTLINE[state]
+    faint = state == "uncertain" and not outlines
+    if faint:
+        fill = True
+    was = node.StartModify()
+    try:
+        node.SetSegmentVisibility2DFill(segment_id, fill)
+        node.SetSegmentVisibility2DOutline(segment_id, outline)
+        if fill_opacity is not None:
+            node.SetSegmentOpacity2DFill(segment_id, float(fill_opacity) * (UNCERTAIN_FILL_FRACTION if faint else 1.0))
+    finally:
+        node.EndModify(was)
+
+
+def segment_fill_outline(segmentation_node, segment_id: str):
+    """``(fill, outline)`` of one segment in slice views (its own flags; the display node's apply on top)."""
+    _check_segment(segmentation_node, segment_id)
+    node = _display_node(segmentation_node)
+    return bool(node.GetSegmentVisibility2DFill(segment_id)), bool(node.GetSegmentVisibility2DOutline(segment_id))
 
 
 def fill_outline(segmentation_node):

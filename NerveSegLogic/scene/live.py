@@ -1,7 +1,8 @@
 """LiveScene: where the live path's results reach MRML (the main thread's sink).
 
 One scalar volume node shows the newest frame, one segmentation node its segments (one per class), both updated
-in place. When recording, every applied result is also appended to an image sequence and a segmentation sequence,
+in place. A class the live view is unsure of (the result's ``states``, from ``inference.steady``) is drawn as an
+outline only, one it considers absent not at all; a segment's display changes only when its class's state does. When recording, every applied result is also appended to an image sequence and a segmentation sequence,
 browsed together by one sequence browser whose proxy nodes ARE the live nodes, so after a run Slicer's sequence
 toolbar replays exactly what was shown.
 
@@ -139,6 +140,12 @@ class LiveScene:
         self.limit_message = ""  # why recording stopped by itself (empty while within the limit)
         self.dropped_from_recording = 0  # oldest items removed by the drop-oldest policy
         self.applied_count = 0
+        # display state of each class (inference.steady): shown / uncertain (outline only) / hidden; segments are
+        # created shown, and their display changes only when a state changes
+        self._states = {c.key: "shown" for c in self.classes}
+        self._outlines = True  # whether segments are outlined in slice views (set_fill_outline)
+        self._faint_opacity: dict = {}  # class key -> its fill opacity, while drawn faint (uncertain, no outlines)
+        self.state_changes = 0  # segment display changes made for state changes (for checks)
         self._model_name: Optional[str] = None
         self._model_sha256: Optional[str] = None
         if record:
@@ -288,6 +295,7 @@ class LiveScene:
             self._reference_geometry = geometry
         if result.model_name != self._model_name:
             self.set_model_identity(result.model_name)  # another model: its sha256 is unknown until told
+        self._show_states(result.states)
         if self._names.visible:
             regions = result.regions
             if regions is None:  # not found where the labelmap was made (e.g. a result built here)
@@ -364,10 +372,53 @@ class LiveScene:
     def set_class_opacity(self, key: str, opacity: float) -> None:
         """Opacity (0..1) of one class's segment: 2D fill, 2D outline and 3D alike."""
         display.set_segment_opacity(self._segmentation, self._segment_id(key), opacity)
+        if key in self._faint_opacity:  # drawn faint (uncertain without outlines): fainter than the new opacity
+            self._faint_opacity[key] = float(opacity)
+            display.set_segment_state(self._segmentation, key, "uncertain", outlines=False, fill_opacity=opacity)
 
     def set_fill_outline(self, fill: bool, outline: bool) -> None:
-        """Draw the segments in slice views filled, outlined, both or (both False) not at all."""
+        """Draw the segments in slice views filled, outlined, both or (both False) not at all. An uncertain class is
+        drawn as an outline, or, without outlines, as a fainter fill."""
         display.set_fill_outline(self._segmentation, fill, outline)
+        if bool(outline) != self._outlines:
+            self._outlines = bool(outline)
+            for key, state in self._states.items():
+                if state == "uncertain":
+                    self._draw_state(key, state)
+
+    # -------------------------------------------------------------------------------------------- confidence
+
+    @property
+    def class_states(self) -> dict:
+        """{class key: display state now drawn}: ``shown``, ``uncertain`` (outline only) or ``hidden``."""
+        return dict(self._states)
+
+    def reset_states(self) -> None:
+        """Draw every class as shown again (the live run stopped): the display of a class that was last uncertain
+        or hidden would otherwise stay outline-only or off while the recording is browsed, edited or saved."""
+        for key, state in list(self._states.items()):
+            if state != "shown":
+                self._draw_state(key, "shown")
+
+    def _show_states(self, states: Optional[dict]) -> None:
+        """Draw each class as its state in this result says (a result without states: every class shown), changing
+        a segment's display only when its class's state changed."""
+        states = states or {}
+        for key, before in self._states.items():
+            state = states.get(key, "shown")
+            if state != before and state in display.STATE_FILL_OUTLINE:
+                self._draw_state(key, state)
+
+    def _draw_state(self, key: str, state: str) -> None:
+        faint_now = state == "uncertain" and not self._outlines
+        opacity = None
+        if faint_now:
+            opacity = self._faint_opacity.setdefault(key, display.segment_opacity(self._segmentation, key))
+        elif key in self._faint_opacity:
+            opacity = self._faint_opacity.pop(key)  # its own opacity back
+        display.set_segment_state(self._segmentation, key, state, outlines=self._outlines, fill_opacity=opacity)
+        self._states[key] = state
+        self.state_changes += 1
 
     def set_names_visible(self, visible: bool) -> None:
         """Show or hide the class names at each region (markups points labelled with the class name)."""

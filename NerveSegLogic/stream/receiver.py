@@ -9,7 +9,7 @@ It connects to PLUS, to ``nerveseg replay`` or to any OpenIGTLink server, on a b
   body, and skips every other message type (and IMAGEs from other devices when ``device_name`` is set) by reading
   their body into a small scratch buffer;
 - turns each accepted IMAGE into a :class:`~NerveSegLogic.frame.Frame` (RGB made grey, geometry in RAS with the
-  origin at the centre of pixel 0) and puts it in ``frames``, a :class:`~NerveSegLogic.slot.NewestSlot`: the
+  origin at the centre of pixel 0, the metadata of a header version 2 message in ``Frame.metadata``) and puts it in ``frames``, a :class:`~NerveSegLogic.slot.NewestSlot`: the
   consumer ``take()``s the newest, older untaken frames are dropped and counted there;
 - counts everything in :class:`ReceiverStats`.
 
@@ -477,7 +477,7 @@ class ImageReceiver:
             self._next_frame_id += 1
         frame = Frame(image=pixels, geometry=message.geometry, frame_id=frame_id,
                       device_name=header.device_name, igtl_timestamp=header.timestamp, received_wall=received_wall,
-                      timestamps={"received": received_perf})
+                      timestamps={"received": received_perf}, metadata=message.metadata)
         self.frames.put(frame)
         with self._cond:
             self._stats.frames += 1

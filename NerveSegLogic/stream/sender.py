@@ -1,7 +1,7 @@
 """ImageSender: an OpenIGTLink server that sends IMAGE messages to every connected client.
 
 ``nerveseg serve`` sends each segmentation as a uint8 labelmap (device ``NerveSegLabel``, the frame's geometry and
-IGTL timestamp); the replay server sends ultrasound frames through the same class.
+IGTL timestamp, and each class's presence and display state as IGTL metadata: :func:`confidence_metadata`); the replay server sends ultrasound frames through the same class.
 
 The caller is never blocked by a client: each client has its own backlog and writer thread. The backlog holds at
 most ``backlog`` messages (1 by default: newest wins, what a live segmentation wants); when a client reads slower
@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Deque, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -90,11 +90,58 @@ def is_allowed(address: str, networks: Optional[Sequence[Network]]) -> bool:
 
 
 def encode_labelmap(labelmap: np.ndarray, geometry: Optional[ImageGeometry], device_name: str,
-                    timestamp: float) -> bytearray:
+                    timestamp: float, metadata: Optional[Mapping[str, str]] = None) -> bytearray:
     """The IGTL IMAGE message of a 2D uint8 labelmap in one new buffer, byte for byte what ``codec.encode_image``
-    makes (header version 1, RAS); the pixels are copied once. Raises ValueError for a labelmap larger than IGTL
-    allows."""
+    makes (header version 1, RAS; with ``metadata``, header version 2 carrying it); the pixels are copied once.
+    Raises ValueError for a labelmap larger than IGTL allows."""
+    if metadata:
+        return bytearray(b"".join(bytes(part) for part in encode_labelmap_parts(labelmap, geometry, device_name,
+                                                                                timestamp, metadata)))
     return codec.encode_frame_message(labelmap, geometry, device_name, timestamp)
+
+
+#: IGTL metadata keys of a ``nerveseg serve`` labelmap: ``NerveSeg.presence.<class key>`` = "0.930" (how sure the
+#: model is that the class is in the frame, 0..1) and ``NerveSeg.state.<class key>`` = "shown" / "uncertain" /
+#: "hidden" (how the live view draws it: filled, outline only, not at all; a hidden class has no pixels).
+PRESENCE_KEY = "NerveSeg.presence."
+STATE_KEY = "NerveSeg.state."
+
+
+def confidence_metadata(presence: Optional[Mapping[str, float]], states: Optional[Mapping[str, str]]
+                        ) -> Dict[str, str]:
+    """The IGTL metadata of a labelmap's confidence (see :data:`PRESENCE_KEY`); empty when there is none."""
+    out: Dict[str, str] = {}
+    for key, value in (presence or {}).items():
+        out[PRESENCE_KEY + key] = f"{float(value):.3f}"
+    for key, value in (states or {}).items():
+        out[STATE_KEY + key] = str(value)
+    return out
+
+
+def encode_labelmap_parts(labelmap: np.ndarray, geometry: Optional[ImageGeometry], device_name: str,
+                          timestamp: float, metadata: Optional[Mapping[str, str]] = None) -> tuple:
+    """The IMAGE message of a 2D labelmap as buffers to write one after the other, the pixels not copied (see
+    ``codec.encode_frame_parts``). With ``metadata``: an OpenIGTLink header version 2 message (the 58-byte header,
+    the 12-byte extended header and the 72-byte image header, then the pixels, then the metadata), byte for byte
+    what ``codec.encode_image(..., header_version=2, metadata=...)`` makes; without, the version 1 message."""
+    head, pixels = codec.encode_frame_parts(labelmap, geometry, device_name, timestamp)
+    if not metadata:
+        return head, pixels
+    image_header = head[codec.HEADER_SIZE:]
+    # extended header + metadata header + metadata body, around empty content: split after the extended header
+    around = codec.pack_body(b"", header_version=2, metadata=metadata)
+    extended, meta = around[:codec.EXTENDED_HEADER_SIZE], around[codec.EXTENDED_HEADER_SIZE:]
+    first = extended + image_header
+    size = len(first) + pixels.nbytes + len(meta)
+    crc = codec.crc64(meta, codec.crc64(pixels, codec.crc64(first)))
+    return _pack_header(device_name, timestamp, size, crc) + first, pixels, meta
+
+
+def _pack_header(device_name: str, timestamp: float, body_size: int, crc: int) -> bytes:
+    """The 58-byte OpenIGTLink header (version 2) of an IMAGE body of ``body_size`` bytes whose CRC-64 is ``crc``."""
+    seconds, frac = codec.timestamp_to_igtl(timestamp)
+    return codec._HEADER.pack(2, b"IMAGE", codec._ascii_field("device name", device_name, 20), seconds, frac,
+                              body_size, crc)
 
 
 #: What a backlog holds: one encoded message, or a message in parts written one after the other (headers, pixels).
@@ -306,13 +353,18 @@ class ImageSender:
         return self.send_message(message)
 
     def send_labelmap(self, labelmap: np.ndarray, geometry: ImageGeometry, igtl_timestamp: float,
-                      device_name: Optional[str] = None, copy: bool = True) -> int:
+                      device_name: Optional[str] = None, copy: bool = True,
+                      metadata: Optional[Mapping[str, str]] = None) -> int:
         """Send a segmentation: ``labelmap`` (H, W) uint8 (0 background, one value per class), with the geometry and
         the IGTL timestamp (s since the epoch) of the frame it was computed from. Returns the number of clients.
 
         ``copy=False``: the caller never writes to ``labelmap`` again (serve's labelmaps are new for every frame),
         so the message refers to its pixels instead of copying them (codec.encode_frame_parts): a 580x420
         labelmap's encoding 240 -> 210 us with a 10 ms sleep before each call (benchmarks/serve_overhead.md).
+
+        ``metadata``: string key/value pairs sent with it (OpenIGTLink header version 2 metadata; ``nerveseg serve``
+        sends each class's presence and display state, :func:`confidence_metadata`). None or empty: a version 1
+        message, as before.
 
         Raises ValueError for a labelmap that is not a 2D uint8 array.
         """
@@ -324,8 +376,8 @@ class ImageSender:
             raise RuntimeError("ImageSender.send_labelmap called before start() or after stop()")
         device_name = device_name or self.device_name
         if copy:
-            return self.send_message(encode_labelmap(labelmap, geometry, device_name, igtl_timestamp))
-        return self.send_message(codec.encode_frame_parts(labelmap, geometry, device_name, igtl_timestamp))
+            return self.send_message(encode_labelmap(labelmap, geometry, device_name, igtl_timestamp, metadata))
+        return self.send_message(encode_labelmap_parts(labelmap, geometry, device_name, igtl_timestamp, metadata))
 
     # ---------------------------------------------------------------------------------------------- observing
 

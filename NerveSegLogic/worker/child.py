@@ -4,8 +4,9 @@ for Python's GIL in the GUI (PythonQt keeps it while Slicer's main thread sits i
 Started by :class:`~NerveSegLogic.worker.parent.WorkerProcess` as ``python -m NerveSegLogic.worker ...`` with
 Slicer's own Python (``PythonSlicer``). It connects back to the parent over loopback, says hello with the token it
 was given, loads the model, then runs the live path's own pieces here: an OpenIGTLink receiver thread (or frames
-the parent sends), the inference thread, and this main loop, which sends each newest result (the frame, its
-labelmap, its stage times and the regions of each class) to the parent, plus a status message four times a second.
+the parent sends), the inference thread (with the stream's steady overlay, ``--steady on|off``), and this main loop,
+which sends each newest result (the frame, its labelmap, its stage times, the regions of each class and each class's
+presence and display state) to the parent, plus a status message four times a second.
 It imports neither ``slicer`` nor Qt. It exits when the parent says stop or the link closes (the parent died), so
 it never outlives Slicer.
 """
@@ -44,6 +45,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--device-name", default="", help="IGTL image device name to take ('' = any)")
     p.add_argument("--remote", default="", help="HOST:PORT of a 'nerveseg serve' (role remote)")
     p.add_argument("--min-region-area", type=int, default=50, help="regions smaller than this get no name label")
+    p.add_argument("--steady", choices=("on", "off"), default="on",
+                   help="the steady overlay (role segment): on (moving average, sticky labels, presence hysteresis) "
+                        "or off (per-frame answers); both send each class's presence and state")
     p.add_argument("--region", default="", metavar="X,Y,W,H|auto",
                    help="the image region the model sees (role segment): X,Y,W,H frame pixels, auto, or '' for the "
                         "whole frame (a bad value is reported to the parent as the worker's start error)")
@@ -118,8 +122,15 @@ def result_message(result, counters: dict, min_region_area: int):
               "offsets": offsets, "geometry": link.geometry_to_json(frame.geometry),
               "model_name": result.model_name, "regions": regions, "counters": counters,
               # the image region the model saw ([x, y, w, h] frame pixels), None for the whole frame
-              "image_region": _region_box(result)}
+              "image_region": _region_box(result),
+              # how sure the model is of each class, and how it is drawn (the steady overlay runs here, so the
+              # probabilities never cross the link): {key: 0..1}, {key: shown/uncertain/hidden}, or None
+              "presence": _floats(getattr(result, "presence", None)), "states": getattr(result, "states", None)}
     return header, [frame.image, np.asarray(result.labelmap, dtype=np.uint8)]
+
+
+def _floats(values):
+    return None if values is None else {str(k): round(float(v), 4) for k, v in values.items()}
 
 
 def _region_box(result):
@@ -175,10 +186,14 @@ def run(args: argparse.Namespace) -> int:
         header, arrays = result_message(result, status(), args.min_region_area)
         parent.send("result", header, arrays)
 
+    reconnects = None
     if remote_run is not None:
         remote_run.sinks = [send_result]
         remote_run.start()
     else:
+        from ..inference.engine import ReconnectWatch
+
+        reconnects = ReconnectWatch(pipeline.receiver, pipeline.engine)
         pipeline.sinks = [send_result]
         pipeline.start()
     try:
@@ -191,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
             now = time.monotonic()
             if now - last_status >= STATUS_INTERVAL_S:
                 last_status = now
+                if reconnects is not None:
+                    reconnects.check()  # a reconnection to PLUS is a new stream: the steady overlay starts again
                 parent.send("status", status())
     except OSError as error:
         log.info("the parent link closed: %s", error)
@@ -248,6 +265,9 @@ def _build(args, parent: ParentLink):
     else:
         input_host, input_port = _host_port(args.input, "--input")
         pipeline = LivePipeline(ImageReceiver(input_host, input_port, device_name=device), segmenter)
+    # The stream's steady overlay runs here, inside the segmenter on the inference thread: only the labelmap and
+    # each class's presence and state go to the parent.
+    pipeline.engine.set_steady(getattr(args, "steady", "on") != "off")
     return pipeline, segmenter.describe(), segmenter.classes, None
 
 

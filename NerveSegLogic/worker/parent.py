@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..frame import Frame, SegmentationResult
+from ..inference.region import Region
 from . import link
 
 log = logging.getLogger(__name__)
@@ -561,8 +562,12 @@ class WorkerRun:
         for stage, offset in (h.get("offsets") or {}).items():
             frame.stamp(stage, received_here + float(offset))
         self.latest_regions = [tuple(r) for r in h.get("regions") or []]
-        return SegmentationResult(frame=frame, labelmap=labelmap, model_name=str(h.get("model_name", "")),
-                                  classes=self.classes, regions=self.latest_regions)
+        presence, states = h.get("presence"), h.get("states")
+        return SegmentationResult(
+            frame=frame, labelmap=labelmap, model_name=str(h.get("model_name", "")), classes=self.classes,
+            regions=self.latest_regions, region=Region(*h["image_region"]) if h.get("image_region") else None,
+            presence={str(k): float(v) for k, v in presence.items()} if isinstance(presence, dict) else None,
+            states={str(k): str(v) for k, v in states.items()} if isinstance(states, dict) else None)
 
     # ------------------------------------------------------------------------------------------------ counters
     def _worker_counts(self) -> Dict[str, int]:
