@@ -79,7 +79,8 @@ def base_run(tmp_path_factory, frames):
 def test_the_site_recipe_is_derived_from_the_cards_recipe_in_one_place():
     card = registry.card("effnet2-unet")
     recipe = site.site_recipe(card.training["recipe"])
-    assert recipe["optimizer"]["lr"] == pytest.approx(card.training["recipe"]["optimizer"]["lr"] * 0.1)
+    factor = site.SITE_RECIPE["lr_factor"]
+    assert recipe["optimizer"]["lr"] == pytest.approx(card.training["recipe"]["optimizer"]["lr"] * factor)
     assert recipe["epochs"] == site.SITE_RECIPE["epochs"] == 15
     assert recipe["schedule"]["name"] == "cosine"
     assert recipe["augmentations"] == card.training["recipe"]["augmentations"]
@@ -98,7 +99,8 @@ def test_init_from_a_weights_file_replaces_the_initialisation_with_the_site_reci
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, expected[key]), key
     card_recipe = registry.card("unet").training["recipe"]
-    assert trainer.recipe["optimizer"]["lr"] == pytest.approx(card_recipe["optimizer"]["lr"] * 0.1)
+    factor = site.SITE_RECIPE["lr_factor"]
+    assert trainer.recipe["optimizer"]["lr"] == pytest.approx(card_recipe["optimizer"]["lr"] * factor)
     assert trainer.recipe["epochs"] == 15 and trainer.recipe["freeze_norm"] is True
     assert trainer.init.kind == "weights file" and trainer.init.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     # batch-norm frozen: its scale and shift are not trained, and a step leaves its statistics as initialised

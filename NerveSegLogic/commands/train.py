@@ -14,7 +14,7 @@ connected region of each class.
 Fine-tuning for a site: --init NAME|WEIGHTS|RUN_DIR starts from a registered model's weights, a .safetensors file
 or a training run's folder (same architecture, classes and input channels as --model, else refused) instead of
 random or ImageNet weights, with the site recipe (train/site.py SITE_RECIPE: a short schedule, the card's learning
-rate x 0.1 with cosine decay, the card's augmentations, batch-norm statistics frozen); --epochs, --lr,
+rate x 0.03 with cosine decay, the card's augmentations, batch-norm statistics frozen); --epochs, --lr,
 --batch-size, --augmentations and --[no-]freeze-encoder / --[no-]freeze-norm override it. An annotation store
 gives the current version of each accepted frame (--statuses widens it); its held-out block is contiguous within
 each recording. Data that labels only some of the model's classes (--format kaggle --map 255=nerve, or versions
