@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -30,6 +30,10 @@ for _folder in (_HERE, os.path.dirname(_HERE)):
 from NerveSegLogic import slicer_setup  # noqa: E402 (needs the path above; imports no torch, no qt)
 from NerveSegLogic.controller import LiveController, ReviewController  # noqa: E402
 from NerveSegLogic.review_controller import focus_takes_text, review_key_enabled  # noqa: E402
+
+#: The image region choices of the panel (see LiveController.set_region): the whole frame, found automatically, or
+#: the pixels inside a markups ROI the user draws over the live image.
+REGION_MODES = ["Whole frame", "Automatic", "Drawn ROI"]
 
 #: Review keys: they work in the slice views (where the annotator paints) and in this panel. Return/Enter (Accept)
 #: yield to a focused text-entry widget (review_key_enabled): Return in the Author field, or while renaming a
@@ -86,6 +90,8 @@ class NerveSegParameterNode:
     outline: bool = True
     showNames: bool = True
     steady: bool = True
+    regionMode: Annotated[str, Choice(REGION_MODES)] = "Whole frame"
+    regionRoi: vtkMRMLMarkupsROINode
     storePath: Path
     author: str = ""
     reviewOrder: Annotated[str, Choice(["uncertainty", "index"])] = "uncertainty"
@@ -143,6 +149,8 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         controller.running_changed.connect(self.onRunningChanged)
         controller.first_frame.connect(self._showInViews)  # fit the views once the first image exists
         self.ui.workerLogButton.clicked.connect(self.onShowWorkerLog)
+        self.ui.regionComboBox.currentIndexChanged.connect(self.onRegionChanged)
+        self.ui.regionRoiSelector.currentNodeChanged.connect(self.onRegionRoiChanged)
         self.logic.review.changed.connect(self.onReviewChanged)
         # Results reach MRML only here, on the main thread; 5 ms keeps up with any scanner frame rate.
         self._timer = qt.QTimer()
@@ -294,6 +302,28 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = status.text(confidence=False)  # the confidence has its own label
         confidence = status.confidence_text()
         self.ui.confidenceLabel.text = _("Confidence: {classes}").format(classes=confidence) if confidence else ""
+
+    def onRegionRoiChanged(self, node=None) -> None:
+        """A ROI chosen or moved: follow its edits (end of each drag), then apply it."""
+        if getattr(self, "_observedRoi", None) is not None:
+            self.removeObserver(self._observedRoi, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
+                                self.onRegionChanged)
+        self._observedRoi = node
+        if node is not None:
+            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onRegionChanged)
+        self.onRegionChanged()
+
+    def onRegionChanged(self, *unused) -> None:
+        """Segment only the image region: the whole frame, found automatically, or the drawn ROI."""
+        p = self._parameterNode
+        if p is None:
+            return
+        try:
+            text = self.logic.applyRegion(p)
+        except ValueError as error:
+            slicer.util.errorDisplay(str(error))
+            return
+        self.ui.regionLabel.text = text or _("Draw a ROI over the image (Markups ROI), then choose it here.")
 
     def onShowWorkerLog(self) -> None:
         text = self.logic.controller.worker_log(60) or _("No worker process is running.")
@@ -452,7 +482,21 @@ class NerveSegLogic(ScriptedLoadableModuleLogic):
         if p.mode == "remote":
             c.connect_remote(p.remoteHost, p.remotePort)
         self.applyDisplay(p)
+        self.applyRegion(p)
         c.start(p.mode)
+
+    def applyRegion(self, p: NerveSegParameterNode) -> Optional[str]:
+        """The image region from the parameters; returns what the panel shows (None: Drawn ROI without a ROI yet,
+        which keeps the whole frame). ValueError names a bad ROI."""
+        c = self.controller
+        if p.regionMode == "Automatic":
+            return c.set_region("auto")
+        if p.regionMode == "Drawn ROI":
+            if p.regionRoi is None:
+                c.set_region(None)
+                return None
+            return c.set_region_from_roi(p.regionRoi)
+        return c.set_region(None)
 
     def applyDisplay(self, p: NerveSegParameterNode) -> None:
         """Pass the display settings on; the controller ignores unchanged values, so per-class opacities set in

@@ -34,6 +34,7 @@ TEXT_HOLDERS = {"QLabel", "QLineEdit"} | BUTTONS | {"ctkCollapsibleButton"}
 ATTRIBUTE_CLASSES: Dict[str, Set[str]] = {
     "clicked": BUTTONS | {"ctkCollapsibleButton"},
     "currentIndexChanged": {"QComboBox", "ctkComboBox"},
+    "currentNodeChanged": {"qMRMLNodeComboBox"},
     "addItems": {"QComboBox", "ctkComboBox"},
     "currentText": {"QComboBox", "ctkComboBox"},
     "count": {"QComboBox", "ctkComboBox"},
