@@ -4,7 +4,7 @@ The panel (markups ROI for the box, a markups point list for the clicks) calls t
 shows the returned labelmap; Accept saves it through the review session's store as a ``prompt`` version (the
 prompts kept with it) and moves on, exactly like the session's own accept. No Qt and no MRML here.
 
-    prompts = ReviewPrompt(session, PromptableSegmenter.from_name("litemedsam"), class_key="nerve")
+    prompts = ReviewPrompt(session, PromptableSegmenter.from_name(), class_key="nerve")
     labelmap = prompts.set_box(120, 80, 210, 150)         # (H, W) uint8: the shown mask with "nerve" replaced
     index, labelmap = prompts.add_point(160, 120, include=True)
     labelmap = prompts.move_point(index, 162, 118)

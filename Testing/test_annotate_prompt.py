@@ -120,6 +120,8 @@ def test_cli_prompt_end_to_end(store, tiny, tmp_path, capsys):
     ([], 1, "give --box X0,Y0,X1,Y1 and/or at least one --point X,Y,+"),
     (["--point", "30,12,-"], 1, "give --box"),
     (["--point", "300,12,+"], 1, "lies outside the 48x40 frame"),
+    (["--box", "100,100,120,120"], 1, "lies outside the 48x40 frame"),
+    (["--box", "10,10,10,10"], 1, "has zero size"),
 ])
 def test_cli_prompt_refuses_an_unusable_prompt(store, tiny, capsys, extra, code, message):
     record = store.add_frame(frame(), "clip", 0)

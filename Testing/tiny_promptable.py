@@ -59,3 +59,58 @@ class CountingModel:
     def embed(self, image):
         self.embeds += 1
         return self.inner.embed(image)
+
+
+class ScriptedPromptable:
+    """A promptable model whose answer a test can work out by hand (for tests of what refinement, propagation and
+    the panel SAVE, which a random tiny LiteMedSAM cannot predict): its "embedding" is the frame itself, and a
+    prompt's mask is the bright pixels (> ``threshold``) inside the box. Its predicted IoU is ``sure`` when every
+    bright structure the box holds part of lies wholly inside it, else ``unsure`` (the box cuts it, as when the
+    structure moved out of it). ``calls`` records each (box, points)."""
+
+    click_mode = "model"
+    backend = "scripted"
+
+    def __init__(self, name: str = "scripted-sam", threshold: int = 128, sure: float = 0.95, unsure: float = 0.5,
+                 classes=None):
+        from types import SimpleNamespace
+
+        labels = dict(classes or {1: "nerve", 2: "blood_vessel"})
+        self.card = SimpleNamespace(name=name, labels=labels, raw={})
+        self.model_sha256 = "5c" * 32
+        self.threshold, self.sure, self.unsure = threshold, sure, unsure
+        self.calls = []
+        self.embeds = 0
+
+    def embed(self, image):
+        self.embeds += 1
+        return np.asarray(image, dtype=np.float32)[np.newaxis]
+
+    def predict(self, embedding, image_shape, box=None, points=()):
+        image = np.asarray(embedding, dtype=np.float32)[0]
+        height, width = int(image_shape[0]), int(image_shape[1])
+        self.calls.append((None if box is None else tuple(float(v) for v in box), tuple(points)))
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        inside = np.zeros((height, width), bool)
+        inside[y0:y1 + 1, x0:x1 + 1] = True
+        bright = image > self.threshold
+        mask = bright & inside
+        if not mask.any():
+            return mask, self.unsure
+        import cv2
+
+        _, components = cv2.connectedComponents(bright.astype(np.uint8), connectivity=8)
+        met = np.isin(components, np.unique(components[mask]))  # the bright structures the box holds part of
+        return mask, self.unsure if (met & ~inside).any() else self.sure
+
+    def mask(self, embedding, image_shape, box=None, points=()):
+        return self.predict(embedding, image_shape, box, points)[0]
+
+
+def disc_frame(cx: float, cy: float, radius: float = 6, height: int = 40, width: int = 48) -> np.ndarray:
+    """A dark uint8 frame with one bright disc (value 220) centred at (cx, cy); none when cx is None."""
+    image = np.full((height, width), 30, dtype=np.uint8)
+    if cx is not None:
+        yy, xx = np.mgrid[:height, :width]
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = 220
+    return image

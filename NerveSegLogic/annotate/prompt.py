@@ -6,7 +6,7 @@ costs only the model's decoder. The result replaces one class of the current mas
 with origin ``prompt``, the prompts kept with it (``store.prompts(version_id)``); like every save it is undone by
 restoring the parent version.
 
-    prompter = FramePrompter(store, PromptableSegmenter.from_name("litemedsam"))
+    prompter = FramePrompter(store, PromptableSegmenter.from_name())
     version = prompter.correct(frame_id, "nerve", author="ana", parent_id=current.id,
                                box=(120, 80, 210, 150), points=[(160, 120, True)])
 """

