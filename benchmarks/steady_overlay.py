@@ -36,7 +36,7 @@ live path adds).
 the frames the sequences are made from, e.g. a cross-validation fold's model on its held-out block::
 
     .venv/bin/python benchmarks/steady_overlay.py --data ../shared/data/usgra-seg             # writes steady_overlay.md
-    .venv/bin/python benchmarks/steady_overlay.py --weights /work/runs/adapt/base/fold2 --block 2 \\
+    .venv/bin/python benchmarks/steady_overlay.py --weights runs/adapt/base/fold2 --block 2 \\
         --out benchmarks/steady_overlay_fold2
 """
 
