@@ -7,8 +7,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nerveseg-installed
-# Debian packages the tests use as real peers: the OpenIGTLink C++ reference implementation and its examples.
-TEST_DEBS := libopenigtlink-dev openigtlink-examples cmake g++ make
+# Debian packages the tests use as real peers: the OpenIGTLink C++ reference implementation and its examples, and
+# PostgreSQL's server (the annotation store's team engine; the tests start a throwaway cluster of their own).
+TEST_DEBS := libopenigtlink-dev openigtlink-examples cmake g++ make postgresql
 
 .PHONY: demo test setup test-debs clean
 
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# Pinned first: a bare 'torch' requirement would pull several GB of CUDA packages.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[standalone,train,test]'
+	$(PY) -m pip install --quiet -e '.[standalone,train,test,team]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -130,6 +130,9 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.stopButton.clicked.connect(self.onStop)
         self.ui.openStoreButton.clicked.connect(self.onOpenStore)
         self.ui.promptClassComboBox.addItems(["nerve", "blood_vessel"])
+        self.ui.refineButton.clicked.connect(self.onRefine)
+        self.ui.propagateButton.clicked.connect(self.onPropagate)
+        self.ui.mergeButton.clicked.connect(self.onMerge)
         for name in PROMPT_BUTTONS:
             getattr(self.ui, name).clicked.connect(lambda checked=False, k=PROMPT_BUTTONS[name]: self.onPrompt(k))
         for action in REVIEW_KEYS:
@@ -400,6 +403,28 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._observePrompt(interaction, interaction.EndPlacementEvent, self.onPlacementEnded)
             review.place_prompts(kind, appLogic.GetSelectionNode(), interaction)
 
+    def onRefine(self) -> None:
+        """Refine the shown pre-label's outlines with the promptable model (a draft version on top of it)."""
+        with slicer.util.tryWithErrorDisplay(_("The pre-label could not be refined."), waitCursor=True):
+            decisions = self.logic.review.refine_shown()
+            replaced = sum(1 for d in decisions if d.replaced)
+            self.ui.reviewPositionLabel.text = _("{replaced} of {regions} regions redrawn by the promptable model; "
+                                                 "{position}").format(replaced=replaced, regions=len(decisions),
+                                                                      position=self.logic.review.position_text())
+
+    def onPropagate(self) -> None:
+        """Carry the accepted mask through the next frames of the recording (draft 'propagated' versions)."""
+        with slicer.util.tryWithErrorDisplay(_("The mask could not be propagated."), waitCursor=True):
+            report = self.logic.review.propagate_shown(count=self.ui.propagateCountSpinBox.value)
+            slicer.util.showStatusMessage(report.summary(), 10000)
+            slicer.util.infoDisplay(report.summary(), windowTitle=_("Propagation"))
+
+    def onMerge(self) -> None:
+        """Merge the annotators' accepted labels of the shown frame into a consensus version."""
+        with slicer.util.tryWithErrorDisplay(_("The annotators' labels could not be merged."), waitCursor=True):
+            report = self.logic.review.merge_authors("staple")
+            slicer.util.infoDisplay(report.table(), windowTitle=_("Consensus"))
+
     def _observePrompt(self, node, event, method) -> None:
         if not self.hasObserver(node, event, method):
             self.addObserver(node, event, method)
@@ -436,6 +461,8 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.reviewPositionLabel.text = review.position_text()
         self._fillTable(self.ui.queueTableWidget, review.queue_rows())
         self._fillTable(self.ui.historyTableWidget, review.history_rows())
+        self.ui.agreementLabel.text = review.agreement_text()
+        self._fillTable(self.ui.labelledByTableWidget, review.labelled_by_rows())
         self._showInViews(review.volume_node)
 
     @staticmethod

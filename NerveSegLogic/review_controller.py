@@ -117,6 +117,7 @@ class ReviewController:
         self._shown_classes: Tuple[Any, ...] = ()
         self._scores: Dict[int, Optional[float]] = {}
         self.prompts = None  # a ReviewPrompt once start_prompts() was called
+        self._promptable = None  # the promptable model of refine / propagate when the prompt tool is not started
         self._prompt_nodes: Optional[Tuple[Any, Any, Any]] = None
         self.placing: Optional[str] = None  # the prompt placement started last ("box", "include", "exclude")
         self.changed = Signal("review_changed")
@@ -129,9 +130,12 @@ class ReviewController:
         """Open the store at ``store_path`` for ``author`` (frames in ``order``: uncertainty or index) and show the
         first frame. ValueError for no store or an empty author (every save records who made it); the store's
         own errors (not a NerveSeg store, unreadable) pass through."""
-        path = str(store_path or "").strip()
+        from .annotate.backends import store_location
+
+        path = store_location(store_path or "")  # the panel's path field hands a URL over as a Path: postgresql:/...
         if not path or path == ".":
-            raise ValueError("choose an annotation store file (.db)")
+            raise ValueError("choose an annotation store file (.db), or enter a team store's address "
+                             "(postgresql://USER@HOST[:PORT]/DB)")
         if not str(author or "").strip():
             raise ValueError("enter your name as the author: every saved mask records who made it")
         self.close()
@@ -218,15 +222,13 @@ class ReviewController:
     def start_prompts(self, class_key: str, model=None):
         """Correct the current frame's ``class_key`` with a box and clicks (issue 15): returns the prompt markups
         ``(roi, include points, exclude points)`` the annotator places on the frame. ``model``: a promptable
-        model (default: LiteMedSAM on ONNX Runtime, loaded once; needs torch and onnxruntime)."""
+        model (default: the default promptable model on ONNX Runtime, loaded once; needs torch and
+        onnxruntime)."""
         session = self._require()
         if self.prompts is None:
             from .review_prompt import ReviewPrompt
 
-            if model is None:
-                from .inference.promptable import PromptableSegmenter
-
-                model = PromptableSegmenter.from_name("litemedsam")
+            model = model or self._promptable_model()
             self.prompts = ReviewPrompt(session, model, class_key=class_key)
         if self.prompts.box or self.prompts.points:
             self.prompts.set_class(class_key)  # the prompts stay: run them for the new class
@@ -337,6 +339,169 @@ class ReviewController:
             from .scene.annotation import clear_prompts
 
             clear_prompts(*self._prompt_nodes)
+
+    # ----------------------------------------------------------------------- refine, propagate (issue 26)
+    def _promptable_model(self, model=None):
+        """``model``, else the prompt tool's model, else the default promptable model (loaded once)."""
+        if model is not None:
+            return model
+        if self.prompts is not None:
+            return self.prompts.prompter.model
+        if self._promptable is None:
+            from .inference.promptable import PromptableSegmenter
+
+            self._promptable = PromptableSegmenter.from_name()
+        return self._promptable
+
+    def refine_shown(self, model=None, min_iou: Optional[float] = None, grow: Optional[float] = None):
+        """The panel's "Refine" button: each region of the shown mask (a model's pre-label, say) prompts the
+        promptable model with its box, grown a little, and its mask replaces the region where the model's predicted
+        IoU reaches ``min_iou`` (default :data:`~NerveSegLogic.annotate.prelabel.REFINE_MIN_IOU`), as
+        ``nerveseg annotate prelabel --refine`` does. Saved as a draft version on top of the shown one (origin and
+        model of the shown version, the promptable model and each region's decision in its comment) and shown.
+        Returns the decisions; nothing is saved when no region changed. An edit painted but not saved is refined
+        and saved with it. ConflictError (as :class:`ReviewConflict`) when someone saved the frame meanwhile."""
+        from .annotate.prelabel import REFINE_GROW, REFINE_MIN_IOU, PrelabelRefiner
+        from .annotate.store import ConflictError
+
+        session = self._require()
+        item = session.current()
+        if item is None:
+            raise IndexError("the review session is finished: no frame to refine")
+        model = self._promptable_model(model)
+        refiner = PrelabelRefiner(session.store, model, grow=REFINE_GROW if grow is None else grow,
+                                  min_iou=REFINE_MIN_IOU if min_iou is None else min_iou)
+        edited = self.edited_mask()
+        base = item.mask if edited is None else edited
+        refined, decisions = refiner.refine(item.frame_id, base, item.classes)
+        if np.array_equal(refined, item.mask):
+            return decisions
+        shown = item.version
+        from_model = shown is not None and shown.origin == "model"  # a pre-label keeps its model's name and sha256
+        name = shown.model_name if from_model else model.card.name
+        sha = shown.model_sha256 if from_model else model.model_sha256
+        try:
+            session.store.save_mask(item.frame_id, refined, item.classes, session.author, "model",
+                                    None if shown is None else shown.id, model_name=name, model_sha256=sha,
+                                    uncertainty=None if shown is None else shown.uncertainty,
+                                    comment=refiner.note(decisions))
+        except ConflictError as conflict:
+            session.reload()
+            self.show(mask=base)
+            raise ReviewConflict(f"{conflict} Their version is now the base; press Refine again to refine it.") \
+                from conflict
+        session.reload()
+        self.show()
+        return decisions
+
+    def propagate_shown(self, count: Optional[int] = None, to_frame: Optional[int] = None, model=None,
+                        min_iou: Optional[float] = None):
+        """The panel's "Propagate" button: carry an accepted mask through the next frames of the recording
+        (``nerveseg annotate propagate``) as draft ``propagated`` versions, stopping where the promptable model is
+        unsure or the structure leaves the view. It starts from the shown frame when its mask is accepted, else
+        from the nearest earlier frame of the same recording whose mask is (the one just accepted: Accept moves on,
+        so Propagate then fills the shown frame and those after it). Returns the
+        :class:`~NerveSegLogic.annotate.propagate.PropagationReport` (its ``summary()`` is the panel's message);
+        PropagationError names the shown frame when no accepted mask precedes it. The shown frame is re-read."""
+        from .annotate.propagate import MIN_IOU, PropagationError, propagate
+
+        session = self._require()
+        item = session.current()
+        if item is None:
+            raise IndexError("the review session is finished: no frame to propagate from")
+        store = session.store
+        start = item.frame_id if item.version is not None and item.version.status == "accepted" else None
+        if start is None:
+            record = item.record
+            current = {v.frame_id: v for v in store.summaries(current_only=True)}
+            earlier = sorted((f for f in store.frames() if f.source == record.source and f.index < record.index),
+                             key=lambda f: f.index, reverse=True)
+            start = next((f.id for f in earlier if f.id in current and current[f.id].status == "accepted"), None)
+            if start is None:
+                raise PropagationError(f"frame {record.id} has no accepted mask, and no earlier frame of its "
+                                       f"recording ({record.source}) has one: accept a frame's mask first")
+        report = propagate(store, self._promptable_model(model), start, session.author, to_frame=to_frame,
+                           count=count, min_iou=MIN_IOU if min_iou is None else min_iou)
+        session.reload()
+        self.show()
+        return report
+
+    def merge_authors(self, method: str = "staple", whole_store: bool = False):
+        """The panel's "Merge annotators" button: ``nerveseg annotate consensus`` on the shown frame (or on the
+        whole store): the latest accepted labels of two or more authors merged per class (STAPLE or majority) into
+        an accepted ``consensus`` version recording its sources. Returns the
+        :class:`~NerveSegLogic.annotate.consensus.ConsensusReport` (its ``table()`` is the panel's message: frames
+        merged, frames with one author left alone, each annotator's sensitivity and specificity). The shown frame
+        is re-read."""
+        from .annotate.consensus import consensus
+
+        session = self._require()
+        item = session.current()
+        if item is None and not whole_store:
+            raise IndexError("the review session is finished: no frame to merge")
+        report = consensus(session.store, session.author, method=method,
+                           frame_ids=None if whole_store else [item.frame_id])
+        session.reload()
+        self.show()
+        return report
+
+    def labelled_by_rows(self) -> List[Tuple[str, ...]]:
+        """Header, then who labelled the shown frame: each author's own label (their latest manual or corrected
+        mask, or any mask they accepted; a later rejection withdraws it, as ``annotate agreement`` counts), its
+        version and status, and its mean Dice with the other authors' labels (per class key, averaged over the
+        classes either drew); then the frame's consensus version, if any."""
+        from .annotate.agreement import class_dice, labels_by_author
+
+        rows = [("Who", "Version", "Status", "Dice with the others")]
+        item = self._shown
+        if item is None or self.session is None:
+            return rows
+        store = self.session.store
+        history = store.summaries(frame_id=item.frame_id)
+        labels = {a: v for a, v in labels_by_author([v for v in history if v.origin != "consensus"]).items()}
+        masks = {a: store.mask(v.mask_sha256) for a, v in labels.items()}
+        for author, version in sorted(labels.items()):
+            scores = []
+            for other, other_version in labels.items():
+                if other == author:
+                    continue
+                dice = class_dice(masks[author], version.classes, masks[other], other_version.classes)
+                scores.extend(d for d in dice.values() if d is not None)
+            rows.append((author, f"v{version.id}", version.status, f"{np.mean(scores):.3f}" if scores else ""))
+        from .annotate.consensus import consensus_sources
+
+        merged = [v for v in history if consensus_sources(v)]
+        if merged:
+            sources = consensus_sources(merged[-1])
+            rows.append((f"consensus ({sources.get('method', '?')})", f"v{merged[-1].id}", merged[-1].status,
+                         f"of {len(sources.get('sources', []))} authors"))
+        return rows
+
+    def agreement_text(self) -> str:
+        """One line for the panel: who labelled the shown frame and their mean Dice with each other per class."""
+        from .annotate.agreement import class_dice, labels_by_author
+
+        item = self._shown
+        if item is None or self.session is None:
+            return ""
+        store = self.session.store
+        history = [v for v in store.summaries(frame_id=item.frame_id) if v.origin != "consensus"]
+        labels = labels_by_author(history)
+        if not labels:
+            return "No annotator's label yet"
+        if len(labels) == 1:
+            return f"Labelled by {next(iter(labels))} only"
+        authors = sorted(labels)
+        per_class: Dict[str, List[float]] = {}
+        for i, a in enumerate(authors):
+            for b in authors[i + 1:]:
+                dice = class_dice(store.mask(labels[a].mask_sha256), labels[a].classes,
+                                  store.mask(labels[b].mask_sha256), labels[b].classes)
+                for key, value in dice.items():
+                    if value is not None:
+                        per_class.setdefault(key, []).append(value)
+        parts = ", ".join(f"{key} {np.mean(v):.2f}" for key, v in sorted(per_class.items()))
+        return f"Labelled by {', '.join(authors)}; mean Dice between them: {parts or '-'}"
 
     def reject(self) -> None:
         """Mark the frame rejected (keeping any edit as its mask); next frame."""

@@ -1,7 +1,8 @@
 """Two annotator processes on one store, and a writer killed mid-save: nothing is lost, nothing is corrupted.
 
-The children are started with the "spawn" method, so each is a fresh interpreter with its own SQLite connection
-(what two annotators' Slicer sessions are).
+The children are started with the "spawn" method, so each is a fresh interpreter with its own connection (what two
+annotators' Slicer sessions are). Each test runs on both engines: an SQLite file, and a PostgreSQL database on the
+tests' throwaway server (the ``store_location`` fixture of conftest.py).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def _racer(path, frame_id, author, parent_id, barrier, results):
             results.put(("error", author, None, repr(error)))
 
 
-def test_two_processes_saving_on_the_same_parent_exactly_one_wins(tmp_path):
-    path = str(tmp_path / "shared.nsdb")
+def test_two_processes_saving_on_the_same_parent_exactly_one_wins(store_location):
+    path = store_location
     with AnnotationStore(path) as store:
         frame = store.add_frame(np.zeros(SHAPE, np.uint8), "s", 0)
         head = store.save_mask(frame.id, _mask(0), CLASSES, "model", "model", None, model_name="m").id
@@ -87,8 +88,8 @@ def _persistent_writer(path, frame_id, author, saves, results):
     results.put(("done", author, conflicts))
 
 
-def test_two_processes_saving_in_a_loop_lose_no_update_and_keep_one_line_of_history(tmp_path):
-    path = str(tmp_path / "shared.nsdb")
+def test_two_processes_saving_in_a_loop_lose_no_update_and_keep_one_line_of_history(store_location):
+    path = store_location
     with AnnotationStore(path) as store:
         frame = store.add_frame(np.zeros(SHAPE, np.uint8), "s", 0)
         first = store.save_mask(frame.id, _mask(0), CLASSES, "model", "model", None, model_name="m")
@@ -128,8 +129,8 @@ def _looping_writer(path, frame_id, connection):
             n += 1
 
 
-def test_a_writer_killed_mid_save_leaves_a_readable_store_with_every_reported_save(tmp_path):
-    path = str(tmp_path / "crash.nsdb")
+def test_a_writer_killed_mid_save_leaves_a_readable_store_with_every_reported_save(store_location):
+    path = store_location
     with AnnotationStore(path) as store:
         frame = store.add_frame(np.zeros(SHAPE, np.uint8), "s", 0)
     chooser = random.Random(20240607)

@@ -1,6 +1,8 @@
 """SIGKILL during saves: a child process saves mask versions to the store as fast as it can and is killed at a
 random moment, 50 times over. Every save the child saw acknowledged (save_mask returned) must be in the store with
-its exact pixels afterwards, and the store must pass SQLite's integrity check."""
+its exact pixels afterwards, and the store must pass its integrity check (SQLite's own, and the history's shape).
+On both engines: an SQLite file, and a PostgreSQL database (where the server rolls back the killed client's open
+transaction and releases its frame lock)."""
 
 import multiprocessing
 import os
@@ -29,8 +31,8 @@ def _save_until_killed(db, frame_id, seed, ack_fd):
             os.write(ack_fd, f"{version.id} {pixel_sha256(mask)}\n".encode())  # < PIPE_BUF: atomic
 
 
-def test_no_acknowledged_save_is_lost_across_50_sigkills(tmp_path):
-    db = tmp_path / "store.nsdb"
+def test_no_acknowledged_save_is_lost_across_50_sigkills(store_location):
+    db = store_location
     with AnnotationStore(db) as store:
         frame_id = store.add_frame(np.zeros((H, W), np.uint8), "scan", 0).id
         # one save here first, so whatever it imports lazily is imported once, not again in every forked child

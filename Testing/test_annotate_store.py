@@ -1,4 +1,7 @@
-"""The annotation store: versions, history, restore, append-only, conflicts, dedup, bad files."""
+"""The annotation store: versions, history, restore, append-only, conflicts, dedup, bad files.
+
+The store's semantics are tested on both engines (the ``store_location`` fixture of conftest.py: an SQLite file, then
+a database on a throwaway PostgreSQL server); what only one engine has (SQLite's file checks, WAL) once."""
 
 from __future__ import annotations
 
@@ -15,9 +18,19 @@ CLASSES = {1: "nerve", 2: "blood_vessel"}
 
 
 @pytest.fixture
-def store(tmp_path):
-    with AnnotationStore(tmp_path / "project.nsdb") as s:
+def store(store_location):
+    with AnnotationStore(store_location) as s:
         yield s
+
+
+def _raw_connection(store):
+    """A plain driver connection to the store's database, as another tool would open it: (connection, placeholder,
+    the driver's IntegrityError)."""
+    if store.engine == "sqlite":
+        return sqlite3.connect(str(store.path)), "?", sqlite3.IntegrityError
+    import psycopg
+
+    return psycopg.connect(str(store.path), autocommit=True), "%s", psycopg.IntegrityError
 
 
 def _image(seed=0, shape=(24, 32), dtype=np.uint8):
@@ -34,7 +47,7 @@ def _mask(shape=(24, 32), box=(2, 2, 6, 6), label=1):
 
 def test_constants_match_the_api():
     assert STATUSES == ("draft", "accepted", "rejected", "needs-review")
-    assert ORIGINS == ("model", "manual", "corrected", "prompt")
+    assert ORIGINS[:4] == ("model", "manual", "corrected", "prompt")  # later origins are added after these
 
 
 def test_frame_round_trip_keeps_pixels_geometry_and_metadata(store):
@@ -119,21 +132,26 @@ def test_stale_save_is_refused_naming_who_saved_the_newer_version(store):
 def test_history_cannot_be_updated_or_deleted_even_with_raw_sql(store):
     frame = store.add_frame(_image(), "s", 0)
     version = store.save_mask(frame.id, _mask(), CLASSES, "alice", "manual", None)
-    raw = sqlite3.connect(str(store.path))
+    store.save_embedding(frame.id, "ab" * 32, np.ones((2, 3)))
+    raw, mark, integrity_error = _raw_connection(store)
+    statements = ["UPDATE versions SET author = 'mallory'", "DELETE FROM versions", "UPDATE frames SET subject = 'x'",
+                  "DELETE FROM frames", "DELETE FROM masks", "UPDATE masks SET width = 1", "DELETE FROM meta",
+                  "UPDATE schema_version SET version = 9", "UPDATE embeddings SET shape = '[6]'"]
+    if store.engine == "postgresql":  # TRUNCATE skips DELETE's row triggers; a statement trigger refuses it
+        statements += ["TRUNCATE versions CASCADE", "TRUNCATE frames CASCADE"]
     try:
-        for statement in ("UPDATE versions SET author = 'mallory'", "DELETE FROM versions",
-                          "UPDATE frames SET subject = 'x'", "DELETE FROM frames", "DELETE FROM masks",
-                          "UPDATE masks SET png = x'00'"):
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        for statement in statements:
+            with pytest.raises(integrity_error, match="append-only|never updated"):
                 raw.execute(statement)
         # Two children of one parent would fork the history: the unique index refuses it.
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(integrity_error):
             raw.execute("INSERT INTO versions (frame_id, parent_id, mask_sha256, classes, author, created, origin, "
                         "status) SELECT frame_id, parent_id, mask_sha256, classes, 'x', created, origin, status "
-                        "FROM versions WHERE id = ?", (version.id,))
+                        f"FROM versions WHERE id = {mark}", (version.id,))
     finally:
         raw.close()
     assert store.current(frame.id).author == "alice"
+    assert store.integrity_check() == "ok"
 
 
 def test_bad_masks_and_fields_are_refused_with_a_clear_error(store):
@@ -206,3 +224,62 @@ def test_store_is_in_wal_mode_with_full_sync_and_reopens(tmp_path):
             s.backup(copy)
     with AnnotationStore(copy) as c:
         assert c.current(frame.id).author == "alice" and c.integrity_check() == "ok"
+
+
+def test_a_store_of_a_newer_schema_is_refused_with_its_version(store_location):
+    with AnnotationStore(store_location) as s:
+        frame = s.add_frame(_image(), "s", 0)
+    with AnnotationStore(store_location) as s:  # a newer NerveSeg upgraded it (inserting is not rewriting history)
+        raw, mark, _ = _raw_connection(s)
+        try:
+            raw.execute(f"INSERT INTO schema_version VALUES ({mark}, {mark})", (2, "2031-01-01T00:00:00+00:00"))
+            if s.engine == "sqlite":
+                raw.commit()
+        finally:
+            raw.close()
+    with pytest.raises(NotAStoreError, match=r"schema 2; this NerveSeg reads schema 1"):
+        AnnotationStore(store_location)
+    assert frame.id == 1
+
+
+def test_ids_order_and_values_read_back_alike_on_both_engines(store):
+    """What differs between engines stays inside the backend: ids from 1, text times, None for NULL, floats kept
+    to the last bit, bytes of uint16 images."""
+    frame = store.add_frame(_image(3, dtype=np.uint16), "s", -1, subject=None, metadata={"ü": "ß"})
+    v = store.save_mask(frame.id, _mask(), CLASSES, "zoë", "model", None, model_name="m", uncertainty=1 / 3)
+    assert (frame.id, v.id) == (1, 1)
+    again = store.version(v.id)
+    assert again.uncertainty == 1 / 3 and again.comment is None and again.parent_id is None
+    assert store.frame(frame.id).metadata == {"ü": "ß"} and store.frame(frame.id).index == -1
+    assert store.image(frame.id).dtype == np.uint16
+    assert [f.id for f in store.frames(statuses=[])] == []
+    assert store.summaries(current_only=True)[0].author == "zoë"
+
+
+def test_a_store_made_before_an_origin_existed_takes_it_once_opened(store_location, monkeypatch):
+    """ORIGINS is the one definition: a store whose versions table predates an origin is widened when opened (a
+    CHECK that only grows: no stored row becomes invalid), on both engines."""
+    import NerveSegLogic.annotate.store as store_module
+
+    newest = ORIGINS[-1]
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "_SCHEMA", store_module._SCHEMA.replace(f", '{newest}'", ""))
+        patch.setattr(store_module, "ORIGINS", ORIGINS[:-1])
+        with AnnotationStore(store_location) as old:
+            frame = old.add_frame(_image(), "s", 0)
+            first = old.save_mask(frame.id, _mask(), CLASSES, "alice", "manual", None)
+            with old._read() as conn:
+                assert newest not in old._backend.origins_allowed(conn)
+    with AnnotationStore(store_location) as s:
+        with s._read() as conn:
+            assert list(s._backend.origins_allowed(conn)) == list(ORIGINS)
+        raw, mark, integrity_error = _raw_connection(s)
+        try:
+            with pytest.raises(integrity_error):  # the CHECK is still there for what is no origin at all
+                raw.execute("INSERT INTO versions (frame_id, parent_id, mask_sha256, classes, author, created, "
+                            "origin, status) SELECT frame_id, id, mask_sha256, classes, 'x', created, 'guessed', "
+                            f"status FROM versions WHERE id = {mark}", (first.id,))
+        finally:
+            raw.close()
+        assert s.set_status(frame.id, "accepted", "bob", first.id).origin == "manual"
+        assert s.integrity_check() == "ok"

@@ -247,3 +247,134 @@ def test_moving_to_another_frame_ends_the_prompt_placement_but_not_someone_elses
     assert interaction.GetCurrentInteractionMode() == interaction.Place
     assert isinstance(ruler, slicer.vtkMRMLMarkupsLineNode)
     review.close()
+
+
+# ------------------------------------------------------------------ issue 26: refine, propagate, who labelled
+def disc_store(tmp_path, centres, draft_square=False, accept_first=False):
+    """One recording of disc frames; optionally a model's square pre-label on the first, or its disc accepted."""
+    from tiny_promptable import disc_frame
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "discs.nsdb"
+    with AnnotationStore(path) as store:
+        ids = [store.add_frame(disc_frame(cx, cy), "clip", i).id for i, (cx, cy) in enumerate(centres)]
+        if draft_square:
+            square = np.zeros((40, 48), np.uint8)
+            square[11:30, 11:30] = 1
+            store.save_mask(ids[0], square, {1: "nerve"}, "model", "model", None, model_name="square-net",
+                            model_sha256="ab" * 32)
+        if accept_first:
+            truth = (store.image(ids[0]) > 128).astype(np.uint8)
+            v = store.save_mask(ids[0], truth, {1: "nerve"}, "ana", "manual", None)
+            store.set_status(ids[0], "accepted", "ana", v.id)
+    return path, ids
+
+
+def test_refine_replaces_the_shown_pre_label_by_the_promptable_mask_and_shows_it(tmp_path):
+    from tiny_promptable import ScriptedPromptable
+
+    path, ids = disc_store(tmp_path, [(20, 20), (22, 20)], draft_square=True)
+    review = ReviewController(slicer_scene(), session_factory=session_factory)
+    review.open(str(path), "ana", order="index")
+    decisions = review.refine_shown(model=ScriptedPromptable())
+    assert [(d.class_key, d.replaced) for d in decisions] == [("nerve", True)]
+    store = review.session.store
+    version = store.current(ids[0])
+    disc = store.image(ids[0]) > 128
+    np.testing.assert_array_equal(version.mask == 1, disc)  # saved: the disc, not the square
+    assert version.status == "draft" and version.model_name == "square-net" and version.author == "ana"
+    assert version.comment.startswith("refined by scripted-sam")
+    np.testing.assert_array_equal(review.edited_mask() == 1, disc)  # and shown
+    review.refine_shown(model=ScriptedPromptable())  # refining again changes nothing: no new version
+    assert len(store.history(ids[0])) == 2
+
+
+def test_propagate_carries_the_shown_accepted_mask_and_refuses_a_draft(tmp_path):
+    from NerveSegLogic.annotate.propagate import PropagationError
+    from tiny_promptable import ScriptedPromptable
+
+    path, ids = disc_store(tmp_path, [(14, 20), (15, 20), (16, 20)], accept_first=True)
+    review = ReviewController(slicer_scene(), session_factory=session_factory)
+    review.open(str(path), "ana", order="index")
+    assert review.current().frame_id == ids[1]  # the accepted frame is not in the queue: the one after it is shown
+    report = review.propagate_shown(model=ScriptedPromptable(), count=2)
+    assert report.from_frame == ids[0]  # the nearest earlier accepted frame of the recording
+    assert [f.frame_id for f in report.frames] == ids[1:] and "carried frame" in report.summary()
+    store = review.session.store
+    for frame_id in ids[1:]:
+        version = store.current(frame_id)
+        assert version.origin == "propagated" and version.status == "draft"
+        np.testing.assert_array_equal(version.mask == 1, store.image(frame_id) > 128)
+    np.testing.assert_array_equal(review.edited_mask() == 1, store.image(ids[1]) > 128)  # shown now
+    assert [row[2] for row in review.queue_rows()[1:]] == ["draft", "draft"]
+
+    path, ids = disc_store(tmp_path / "none", [(14, 20), (16, 20)])
+    review.open(str(path), "ana", order="index")
+    with pytest.raises(PropagationError, match=f"frame {ids[0]} has no accepted mask, and no earlier frame"):
+        review.propagate_shown(model=ScriptedPromptable())
+
+
+def test_the_panel_says_who_labelled_the_frame_and_how_much_they_agree(tmp_path):
+    from NerveSegLogic.annotate.consensus import consensus
+
+    path, ids = disc_store(tmp_path, [(20, 20)])
+    with AnnotationStore(path) as store:
+        a = np.zeros((40, 48), np.uint8)
+        a[10:20, 10:20] = 1
+        b = np.zeros((40, 48), np.uint8)
+        b[10:20, 12:22] = 1
+        v = store.save_mask(ids[0], a, {1: "nerve"}, "alice", "manual", None)
+        v = store.set_status(ids[0], "accepted", "alice", v.id)
+        store.save_mask(ids[0], b, {1: "nerve"}, "bob", "manual", v.id)  # bob's draft: in the review queue
+    review = ReviewController(slicer_scene(), session_factory=session_factory)
+    review.open(str(path), "lead", order="index")
+    rows = review.labelled_by_rows()
+    assert rows[0] == ("Who", "Version", "Status", "Dice with the others")
+    assert [(r[0], r[2], r[3]) for r in rows[1:]] == [("alice", "accepted", "0.800"), ("bob", "draft", "0.800")]
+    assert review.agreement_text() == "Labelled by alice, bob; mean Dice between them: nerve 0.80"
+    review.close()
+    with AnnotationStore(path) as store:
+        store.set_status(ids[0], "accepted", "bob", store.current(ids[0]).id)
+        consensus(store, "lead", method="majority")
+        store.set_status(ids[0], "needs-review", "lead", store.current(ids[0]).id)  # back into the queue
+    review.open(str(path), "lead", order="index")
+    rows = review.labelled_by_rows()
+    assert [r[0] for r in rows[1:]] == ["alice", "bob", "consensus (majority)"] and rows[-1][3] == "of 2 authors"
+    review.close()
+    path, ids = disc_store(tmp_path / "one", [(20, 20)], draft_square=True)
+    review.open(str(path), "lead", order="index")
+    assert review.agreement_text() == "No annotator's label yet"  # a model's draft is nobody's label
+
+
+def test_merge_button_saves_the_consensus_of_the_shown_frame_only(tmp_path):
+    path, ids = disc_store(tmp_path, [(20, 20), (24, 20)])
+    a = np.zeros((40, 48), np.uint8)
+    a[10:20, 10:20] = 1
+    b = np.zeros((40, 48), np.uint8)
+    b[10:20, 12:22] = 1
+    c = np.zeros((40, 48), np.uint8)
+    c[10:20, 11:21] = 1
+    with AnnotationStore(path) as store:
+        for frame_id in ids:  # two frames, each labelled and accepted by alice, bob and carol in turn
+            parent = None
+            for author, mask in (("alice", a), ("bob", b), ("carol", c)):
+                v = store.save_mask(frame_id, mask, {1: "nerve"}, author, "manual", parent)
+                parent = store.set_status(frame_id, "accepted", author, v.id).id
+            store.set_status(frame_id, "needs-review", "lead", parent)  # into the lead's queue
+    review = ReviewController(slicer_scene(), session_factory=session_factory)
+    review.open(str(path), "lead", order="index")
+    shown = review.current().frame_id
+    report = review.merge_authors("majority")
+    assert [f.frame_id for f in report.merged] == [shown]
+    store = review.session.store
+    merged = store.current(shown)
+    assert merged.origin == "consensus" and merged.status == "accepted" and merged.author == "lead"
+    expected = ((a + b + c) >= 2).astype(np.uint8)  # two of three: columns 11..20
+    np.testing.assert_array_equal(merged.mask, expected)
+    other = [i for i in ids if i != shown][0]
+    assert store.current(other).origin == "manual"  # the other frame was not touched
+    scores = report.rater_scores()
+    assert scores["alice"]["nerve"]["sensitivity"] == pytest.approx(0.9)  # 90 of the 100 consensus pixels
+    assert scores["carol"]["nerve"]["sensitivity"] == pytest.approx(1.0)
+    assert "alice" in report.table() and "consensus" in report.table()
+    review.close()

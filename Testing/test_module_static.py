@@ -38,6 +38,7 @@ ATTRIBUTE_CLASSES: Dict[str, Set[str]] = {
     "addItems": {"QComboBox", "ctkComboBox"},
     "currentText": {"QComboBox", "ctkComboBox"},
     "count": {"QComboBox", "ctkComboBox"},
+    "value": {"QSpinBox", "QDoubleSpinBox", "QSlider", "ctkSliderWidget"},
     "text": TEXT_HOLDERS,
     "setPlainText": {"QTextEdit", "QPlainTextEdit", "QTextBrowser"},
     "setSegmentationNode": {"qMRMLSegmentsTableView"},

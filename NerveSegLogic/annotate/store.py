@@ -1,4 +1,5 @@
-"""The annotation store: one SQLite file per project, append-only, safe for several annotators and processes.
+"""The annotation store: append-only, safe for several annotators and processes. One SQLite file per project (the
+embedded default), or the same store on a PostgreSQL server (``postgresql://USER@HOST[:PORT]/DB``) for a team.
 
 What it keeps:
 - frames: each image once, keyed by the sha256 of its pixels, with where it came from (source, index), the subject
@@ -7,20 +8,28 @@ What it keeps:
 - versions: every save of a frame's mask is a new row (author, UTC time, origin, model name and card sha256,
   parent version, status, comment, uncertainty). A frame's current version is its newest row.
 
-Guarantees, and how they are kept:
-- Append-only: triggers in the database refuse UPDATE and DELETE on frames, masks and versions, so not even a
-  stray SQL statement from another tool can rewrite history. Restoring an old mask is a new version.
-- Optimistic concurrency: a save names the version it was based on (``parent_id``). Inside one
-  ``BEGIN IMMEDIATE`` transaction (which takes SQLite's write lock, so two processes cannot both pass the check)
-  the store compares it with the frame's current version and refuses a stale save with :class:`ConflictError`
-  naming who saved the newer version and when. A unique index on (frame, parent) backs this up: two versions can
-  never share a parent, so a frame's history is always one line.
-- Durability: WAL journal with ``synchronous=FULL``. WAL alone already keeps the file consistent when a process is
-  killed mid-save (an uncommitted transaction is simply not in the log). FULL also fsyncs the log at every commit,
-  so a save that returned survives a power cut or OS crash too; NORMAL could lose the last saves there. A save is a
-  person's minutes of work and saves come at human pace, so one fsync per save (a few ms) is the right price.
-- Several processes may open the same file (each with its own :class:`AnnotationStore`); readers never block the
-  writer in WAL mode. WAL needs a local file system (not a network share), as SQLite documents.
+One schema and one set of operations, written here once; the engine is a detail (:mod:`.backends` says what differs:
+connection, how a transaction takes its lock, placeholders, column types, the append-only triggers).
+
+Guarantees, and how they are kept (on both engines):
+- Append-only: triggers in the database refuse UPDATE and DELETE on frames, masks and versions (and TRUNCATE on
+  PostgreSQL), so not even a stray SQL statement from another tool can rewrite history. Restoring an old mask is a
+  new version.
+- Optimistic concurrency: a save names the version it was based on (``parent_id``). Inside the save's transaction,
+  after taking the lock that serialises saves of the frame (SQLite: ``BEGIN IMMEDIATE``, the file's write lock;
+  PostgreSQL: ``SELECT ... FOR NO KEY UPDATE`` on the frame's row), the store compares it with the frame's current
+  version and refuses a stale save with :class:`ConflictError` naming who saved the newer version and when; two
+  annotators cannot both pass the check. A unique index on (frame, parent) backs this up: two versions can never
+  share a parent, so a frame's history is always one line.
+- Durability. SQLite: WAL journal with ``synchronous=FULL``. WAL alone already keeps the file consistent when a
+  process is killed mid-save (an uncommitted transaction is simply not in the log). FULL also fsyncs the log at every
+  commit, so a save that returned survives a power cut or OS crash too; NORMAL could lose the last saves there. A
+  save is a person's minutes of work and saves come at human pace, so one fsync per save (a few ms) is the right
+  price. PostgreSQL: a save returns after the server's commit (its WAL, flushed as the server is configured); a
+  client killed mid-save leaves nothing, the server rolls its transaction back.
+- Several processes may open the same store (each with its own :class:`AnnotationStore`); readers never block the
+  writer. SQLite's WAL needs a local file system (not a network share), as SQLite documents: a team on several
+  machines uses PostgreSQL (``nerveseg annotate migrate`` copies a file store there).
 """
 
 from __future__ import annotations
@@ -30,21 +39,23 @@ import hashlib
 import json
 import logging
 import os
-import sqlite3
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
 
+from .backends import LocationError, open_backend
+
 STATUSES = ("draft", "accepted", "rejected", "needs-review")
-ORIGINS = ("model", "manual", "corrected", "prompt")
+ORIGINS = ("model", "manual", "corrected", "prompt", "propagated", "consensus")
 #: Pseudo-status for :meth:`AnnotationStore.frames`: frames with no version yet.
 UNLABELLED = "unlabelled"
 
@@ -55,8 +66,6 @@ SCHEMA_VERSION = 1
 
 logger = logging.getLogger(__name__)
 
-_BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's write lock before giving up
-
 
 class StoreError(Exception):
     """Base class of the store's own errors."""
@@ -64,6 +73,12 @@ class StoreError(Exception):
 
 class NotAStoreError(StoreError):
     """The file exists but is not a NerveSeg annotation store (or was written by a newer NerveSeg)."""
+
+
+class StoreConnectionError(StoreError):
+    """The database server cannot be reached, or the connection to it was lost (one line naming the host and the
+    reason). Nothing was written by the call that raised it, except where the message says the connection went
+    while committing."""
 
 
 class ConflictError(StoreError):
@@ -232,88 +247,88 @@ def default_author() -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Schema
+# Schema: one for both engines. {id}, {int}, {blob} and {real} are the backend's column types
+# (backends.Backend.types); everything else is SQL that SQLite and PostgreSQL read alike.
+
+def _origins_sql(origins: Sequence[str] = ORIGINS) -> str:
+    return ", ".join(f"'{o}'" for o in origins)
+
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE schema_version (version INTEGER NOT NULL, applied TEXT NOT NULL);
+CREATE TABLE schema_version (version {int} NOT NULL, applied TEXT NOT NULL);
 CREATE TABLE frames (
-    id INTEGER PRIMARY KEY,
+    id {id},
     sha256 TEXT NOT NULL UNIQUE,
     source TEXT NOT NULL,
-    idx INTEGER NOT NULL,
+    idx {int} NOT NULL,
     subject TEXT,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
+    width {int} NOT NULL,
+    height {int} NOT NULL,
     dtype TEXT NOT NULL,
     geometry TEXT,
     metadata TEXT NOT NULL,
     created TEXT NOT NULL,
-    png BLOB NOT NULL
+    png {blob} NOT NULL
 );
 CREATE INDEX frames_subject ON frames(subject);
 CREATE TABLE masks (
     sha256 TEXT PRIMARY KEY,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    png BLOB NOT NULL
+    width {int} NOT NULL,
+    height {int} NOT NULL,
+    png {blob} NOT NULL
 );
 CREATE TABLE versions (
-    id INTEGER PRIMARY KEY,
-    frame_id INTEGER NOT NULL REFERENCES frames(id),
-    parent_id INTEGER REFERENCES versions(id),
+    id {id},
+    frame_id {int} NOT NULL REFERENCES frames(id),
+    parent_id {int} REFERENCES versions(id),
     mask_sha256 TEXT NOT NULL REFERENCES masks(sha256),
     classes TEXT NOT NULL,
     author TEXT NOT NULL,
     created TEXT NOT NULL,
-    origin TEXT NOT NULL CHECK (origin IN ('model', 'manual', 'corrected', 'prompt')),
+    origin TEXT NOT NULL CHECK (origin IN (ORIGIN_LIST)),
     model_name TEXT,
     model_sha256 TEXT,
     status TEXT NOT NULL CHECK (status IN ('draft', 'accepted', 'rejected', 'needs-review')),
     comment TEXT,
-    uncertainty REAL
+    uncertainty {real}
 );
 CREATE INDEX versions_frame ON versions(frame_id, id);
 -- One line of history per frame: no two versions share a parent (the first version's parent is NULL -> 0).
-CREATE UNIQUE INDEX versions_one_child ON versions(frame_id, IFNULL(parent_id, 0));
-"""
+CREATE UNIQUE INDEX versions_one_child ON versions(frame_id, COALESCE(parent_id, 0))
+""".replace("ORIGIN_LIST", _origins_sql())
 
 # Issue 15, added to every store when it is opened for writing (IF NOT EXISTS: old stores gain them, nothing else
 # changes). embeddings is a cache (float16, keyed by the model's weights sha256): rows are never updated, and may be
 # deleted to reclaim space; version_prompts is history like versions.
 _PROMPT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
-    frame_id INTEGER NOT NULL REFERENCES frames(id),
+    frame_id {int} NOT NULL REFERENCES frames(id),
     model_sha256 TEXT NOT NULL,
     shape TEXT NOT NULL,
-    data BLOB NOT NULL,
+    data {blob} NOT NULL,
     created TEXT NOT NULL,
     PRIMARY KEY (frame_id, model_sha256)
 );
 CREATE TABLE IF NOT EXISTS version_prompts (
-    version_id INTEGER PRIMARY KEY REFERENCES versions(id),
+    version_id {int} PRIMARY KEY REFERENCES versions(id),
     prompts TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS embeddings_no_update BEFORE UPDATE ON embeddings
-BEGIN SELECT RAISE(ABORT, 'the embedding cache is never updated: a new model has a new key'); END;
-CREATE TRIGGER IF NOT EXISTS version_prompts_no_update BEFORE UPDATE ON version_prompts
-BEGIN SELECT RAISE(ABORT, 'the annotation store is append-only: UPDATE on version_prompts is refused'); END;
-CREATE TRIGGER IF NOT EXISTS version_prompts_no_delete BEFORE DELETE ON version_prompts
-BEGIN SELECT RAISE(ABORT, 'the annotation store is append-only: DELETE on version_prompts is refused'); END;
+)
 """
 
 _APPEND_ONLY_TABLES = ("frames", "masks", "versions", "schema_version", "meta")
 
 
-def _append_only_triggers() -> str:
-    out = []
-    for table in _APPEND_ONLY_TABLES:
-        for event in ("UPDATE", "DELETE"):
-            out.append(
-                f"CREATE TRIGGER {table}_no_{event.lower()} BEFORE {event} ON {table} "
-                f"BEGIN SELECT RAISE(ABORT, 'the annotation store is append-only: {event} on {table} is refused'); "
-                f"END;")
-    return "\n".join(out)
+def _refusal(table: str, event: str) -> Tuple[str, str, str, str]:
+    return (f"{table}_no_{event.lower()}", table, event,
+            f"the annotation store is append-only: {event} on {table} is refused")
+
+
+#: (trigger name, table, event, message): the append-only guard, as triggers in both engines.
+_GUARDS = tuple(_refusal(table, event) for table in _APPEND_ONLY_TABLES for event in ("UPDATE", "DELETE"))
+_PROMPT_GUARDS = (("embeddings_no_update", "embeddings", "UPDATE",
+                   "the embedding cache is never updated: a new model has a new key"),
+                  _refusal("version_prompts", "UPDATE"), _refusal("version_prompts", "DELETE"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -323,108 +338,120 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
-def _looks_like_sqlite(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(16) == b"SQLite format 3\x00"
-    except OSError:
-        return False
+def database_errors() -> Tuple[type, ...]:
+    """The database drivers' error base classes loaded in this process (sqlite3's, and psycopg's once a PostgreSQL
+    store was opened): what a command catches to print one line instead of a traceback."""
+    import sqlite3
+
+    psycopg = sys.modules.get("psycopg")
+    return (sqlite3.Error,) + ((psycopg.Error,) if psycopg is not None else ())
 
 
 class AnnotationStore:
-    """An append-only annotation store in one SQLite file (created if missing). Use as a context manager or call
+    """An append-only annotation store (created if missing): one SQLite file, or a PostgreSQL database when
+    ``path`` is a ``postgresql://USER@HOST[:PORT]/DB`` URL. Same schema, same operations, same guarantees on both
+    (the engine is a :class:`~NerveSegLogic.annotate.backends.Backend`). Use as a context manager or call
     :meth:`close`. Thread-safe (one lock per instance); open one instance per process.
 
-    Raises NotAStoreError when ``path`` exists but is not a NerveSeg store (or has a newer schema).
+    Raises NotAStoreError when ``path`` exists but is not a NerveSeg store (or has a newer schema); StoreError for a
+    URL without a database (with an example) and, as :class:`StoreConnectionError`, for a server that cannot be
+    reached (one line naming the host and the reason).
 
-    A store that this process cannot write (read-only media, a read-only file) is opened read-only: ``read_only`` is
-    True, reading works, and every write raises StoreError saying so. On a read-only folder SQLite cannot create
-    the WAL's shared-memory file, so the store is then opened as immutable (what a closed store copied onto a DVD
-    or a read-only share is).
+    A store file that this process cannot write (read-only media, a read-only file) is opened read-only:
+    ``read_only`` is True, reading works, and every write raises StoreError saying so. On a read-only folder SQLite
+    cannot create the WAL's shared-memory file, so the store is then opened as immutable (what a closed store copied
+    onto a DVD or a read-only share is).
+
+    ``path`` is the file's Path, or for PostgreSQL the URL without its password; ``engine`` is "sqlite" or
+    "postgresql".
     """
 
     def __init__(self, path: Union[str, os.PathLike]):
-        self.path = Path(path)
         self._lock = threading.RLock()
-        if self.path.is_dir():
-            raise NotAStoreError(f"{self.path} is a folder; an annotation store is one file (e.g. project.nsdb)")
-        if self.path.parent and not self.path.parent.exists():
-            raise FileNotFoundError(f"folder of the annotation store {self.path} does not exist")
+        self._conn = None
         self.read_only = False
         self._read_only_reason = ""
-        if self.path.exists():
-            file_ok, folder_ok = _writable(self.path), _writable(self.path.parent)
-            if not (file_ok and folder_ok):
-                self.read_only = True
-                self._read_only_reason = ("the file is read-only" if not file_ok else
-                                          "its folder is read-only")
-        elif not _writable(self.path.parent):
-            raise StoreError(f"cannot create annotation store {self.path}: its folder is read-only")
-        if self.read_only:
-            query = "mode=ro" + ("" if _writable(self.path.parent) else "&immutable=1")
-            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?{query}", uri=True,
-                                         timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        try:
+            self._backend = open_backend(path)
+        except LocationError as error:
+            raise StoreError(str(error)) from None
+        immutable = False
+        if self._backend.engine == "sqlite":
+            self.path = Path(path)
+            if self.path.is_dir():
+                raise NotAStoreError(f"{self.path} is a folder; an annotation store is one file (e.g. project.nsdb)")
+            if self.path.parent and not self.path.parent.exists():
+                raise FileNotFoundError(f"folder of the annotation store {self.path} does not exist")
+            if self.path.exists():
+                file_ok, folder_ok = _writable(self.path), _writable(self.path.parent)
+                if not (file_ok and folder_ok):
+                    self.read_only = True
+                    self._read_only_reason = ("the file is read-only" if not file_ok else
+                                              "its folder is read-only")
+            elif not _writable(self.path.parent):
+                raise StoreError(f"cannot create annotation store {self.path}: its folder is read-only")
+            immutable = self.read_only and not _writable(self.path.parent)
         else:
-            self._conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_S, isolation_level=None,
-                                         check_same_thread=False)
+            self.path = self._backend.describe()  # type: ignore[assignment]
+        self._conn = self._backend.connect(read_only=self.read_only, immutable=immutable)
         try:
             self._open()
         except BaseException:
-            self._conn.close()
+            self._backend.close(self._conn)
+            self._conn = None
             raise
+
+    @property
+    def engine(self) -> str:
+        """The database engine: "sqlite" or "postgresql"."""
+        return self._backend.engine
 
     # -- opening -------------------------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        conn = self._conn
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.DatabaseError as exc:
-            if _looks_like_sqlite(self.path):  # an SQLite file SQLite could not open: say why, not "not a store"
-                raise StoreError(f"annotation store {self.path} could not be opened: {exc}") from None
-            raise NotAStoreError(f"{self.path} is not a NerveSeg annotation store (not an SQLite file: {exc})") \
-                from None
-        if tables and app_id != APPLICATION_ID:
-            raise NotAStoreError(f"{self.path} is an SQLite file but not a NerveSeg annotation store "
-                                 f"(application_id {app_id:#x}, expected {APPLICATION_ID:#x}; tables: "
-                                 f"{', '.join(sorted(tables))})")
+        tables = self._backend.inspect(self._conn)
         if self.read_only:
             if not tables:
                 raise NotAStoreError(f"{self.path} is empty and read-only ({self._read_only_reason}): not a NerveSeg "
                                      "annotation store")
-            conn.execute("PRAGMA foreign_keys=ON")
+            self._backend.prepare(self._conn, read_only=True)
             self._check_schema()
             logger.info("annotation store %s opened read-only: %s", self.path, self._read_only_reason)
             return
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(f"{self.path}: could not switch to WAL journal mode (got {mode!r}); "
-                             "is it on a network file system?")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
+        self._backend.prepare(self._conn, read_only=False)
         if not tables:
             self._create_schema()
         self._check_schema()
         self._add_prompt_tables()
 
+    def _ddl(self, schema: str) -> List[str]:
+        text = schema.format(**self._backend.types)
+        return [s for s in text.split(";\n") if s.strip()]
+
+    def _guard(self, conn, name: str, table: str, event: str, message: str) -> None:
+        if not self._backend.has_trigger(conn, name, table):
+            for statement in self._backend.guard_ddl(name, table, event, message):
+                conn.execute(statement)
+
     def _create_schema(self) -> None:
         with self._write() as conn:
+            self._backend.schema_lock(conn)
             # Another process may have created it between our look and our write lock.
-            if conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0]:
+            if "meta" in self._backend.tables(conn):
                 return
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            for statement in (_SCHEMA + _append_only_triggers()).split(";\n"):
-                if statement.strip():
-                    conn.execute(statement)
+            self._backend.on_create(conn)
+            for statement in self._ddl(_SCHEMA):
+                conn.execute(statement)
+            for guard in _GUARDS:
+                self._guard(conn, *guard)
             conn.execute("INSERT INTO meta VALUES ('application', ?)", (APPLICATION_NAME,))
             conn.execute("INSERT INTO schema_version VALUES (?, ?)", (SCHEMA_VERSION, utc_now()))
 
     def _check_schema(self) -> None:
         try:
-            app = self._conn.execute("SELECT value FROM meta WHERE key = 'application'").fetchone()
-            version = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
+            app = self._one("SELECT value FROM meta WHERE key = 'application'")
+            version = self._one("SELECT max(version) FROM schema_version")[0]
+        except self._backend.errors as exc:
             raise NotAStoreError(f"{self.path} is not a NerveSeg annotation store ({exc})") from None
         if not app or app[0] != APPLICATION_NAME:
             raise NotAStoreError(f"{self.path} is not a NerveSeg annotation store (meta.application = {app})")
@@ -432,36 +459,99 @@ class AnnotationStore:
             raise NotAStoreError(f"{self.path} has annotation store schema {version}; this NerveSeg reads "
                                  f"schema {SCHEMA_VERSION} (update NerveSeg)")
 
+    # -- connections and transactions ----------------------------------------------------------------------------
+
+    def _live(self):
+        """The connection (caller holds the lock); a PostgreSQL connection lost since the last call is opened again
+        here, between operations, never inside a transaction."""
+        if self._conn is None:
+            raise StoreError(f"annotation store {self.path} is closed")
+        conn = self._backend.ensure(self._conn)
+        if conn is not self._conn:
+            logger.warning("annotation store %s: connected again after a lost connection", self.path)
+            self._conn = conn
+        return conn
+
+    def _lost(self, conn, error: BaseException, phase: str) -> None:
+        if self._backend.lost(conn, error):
+            raise StoreConnectionError(self._backend.lost_message(error, phase)) from None
+
+    def _first(self, step, phase: str):
+        """Run ``step(conn)``, the first statement of an operation (caller holds the lock). When the connection
+        turns out to be lost (a PostgreSQL server restarted since the last call) nothing has happened yet: connect
+        again and run it once more; a second loss is a StoreConnectionError."""
+        conn = self._live()
+        try:
+            return conn, step(conn)
+        except self._backend.errors as error:
+            if not self._backend.lost(conn, error):
+                raise
+        conn = self._live()
+        try:
+            return conn, step(conn)
+        except self._backend.errors as error:
+            self._lost(conn, error, phase)
+            raise
+
+    def _one(self, sql: str, params: Sequence = ()):
+        """One row of a read outside a transaction (a read is safe to repeat after a lost connection)."""
+        with self._lock:
+            return self._first(lambda conn: conn.execute(sql, params).fetchone(), "read")[1]
+
+    def _all(self, sql: str, params: Sequence = ()) -> list:
+        with self._lock:
+            return self._first(lambda conn: conn.execute(sql, params).fetchall(), "read")[1]
+
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction holding SQLite's write lock from its first statement (BEGIN IMMEDIATE)."""
+    def _write(self):
+        """One write transaction. SQLite: ``BEGIN IMMEDIATE`` holds the file's write lock from the first statement.
+        PostgreSQL: a read-committed transaction in which a save first locks its frame's row
+        (:meth:`_require_frame` with ``lock``), so its conflict check sees every save that committed before it."""
         if self.read_only:
             raise StoreError(f"annotation store {self.path} is opened read-only ({self._read_only_reason}); nothing "
                              "can be saved to it (copy it to a writable folder to edit)")
+        backend = self._backend
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn, _ = self._first(backend.begin_write, "write")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                yield conn
+            except BaseException as error:
+                backend.rollback(conn)
+                if isinstance(error, backend.errors):
+                    self._lost(conn, error, "write")
                 raise
-            self._conn.execute("COMMIT")
+            try:
+                backend.commit(conn)
+            except backend.errors as error:
+                self._lost(conn, error, "commit")
+                raise
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self):
         """A read transaction: every statement inside sees the same snapshot."""
+        backend = self._backend
         with self._lock:
-            self._conn.execute("BEGIN")
+            conn, _ = self._first(backend.begin_read, "read")
             try:
-                yield self._conn
-            finally:
-                self._conn.execute("COMMIT")
+                yield conn
+            except BaseException as error:
+                backend.rollback(conn)
+                if isinstance(error, backend.errors):
+                    self._lost(conn, error, "read")
+                raise
+            try:
+                backend.commit(conn)
+            except backend.errors as error:
+                self._lost(conn, error, "read")
+                raise
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                self._conn.close()
-                self._conn = None  # type: ignore[assignment]
+                try:
+                    self._backend.close(self._conn)
+                finally:
+                    self._conn = None
 
     def __enter__(self) -> "AnnotationStore":
         return self
@@ -473,24 +563,42 @@ class AnnotationStore:
         return f"AnnotationStore({str(self.path)!r})"
 
     def backup(self, target: Union[str, os.PathLike]) -> Path:
-        """Copy the whole store to ``target`` (a new file) with SQLite's online backup: a consistent snapshot even
-        while other processes save (copying the file alone could miss saves still in its -wal file).
-        Raises FileExistsError rather than overwrite."""
+        """Copy the whole store to ``target`` (a new SQLite file): SQLite's online backup of an SQLite store, a
+        verified copy (:func:`~NerveSegLogic.annotate.migrate.copy_store`) of a PostgreSQL one; a consistent snapshot
+        even while other processes save. Raises FileExistsError rather than overwrite."""
         target = Path(target)
         if target.exists():
             raise FileExistsError(f"backup target {target} exists; choose a new file")
-        destination = sqlite3.connect(str(target))
-        try:
+        if self._backend.engine == "sqlite":
             with self._lock:
-                self._conn.backup(destination)
-        finally:
-            destination.close()
+                self._backend.backup(self._live(), target)
+            return target
+        from .migrate import migrate
+
+        migrate(self, target)
         return target
 
     def integrity_check(self) -> str:
-        """SQLite's own integrity check: ``"ok"`` or a description of the damage."""
-        with self._lock:
-            return "\n".join(r[0] for r in self._conn.execute("PRAGMA integrity_check"))
+        """``"ok"``, or a description of the damage: the engine's own check (SQLite's integrity_check) and the
+        history's shape (each parent an older version of the same frame, no two versions of one parent, every
+        version's mask present)."""
+        with self._read() as conn:
+            problems = list(self._backend.integrity_check(conn))
+            checks = (
+                ("versions whose parent is not an older version of the same frame",
+                 "SELECT count(*) FROM versions v JOIN versions p ON p.id = v.parent_id "
+                 "WHERE p.frame_id <> v.frame_id OR p.id >= v.id"),
+                ("parents with more than one child version",
+                 "SELECT count(*) FROM (SELECT frame_id FROM versions GROUP BY frame_id, COALESCE(parent_id, 0) "
+                 "HAVING count(*) > 1) forks"),
+                ("versions whose mask is missing",
+                 "SELECT count(*) FROM versions v LEFT JOIN masks m ON m.sha256 = v.mask_sha256 "
+                 "WHERE m.sha256 IS NULL"))
+            for what, sql in checks:
+                found = int(conn.execute(sql).fetchone()[0])
+                if found:
+                    problems.append(f"{found} {what}")
+        return "\n".join(problems) or "ok"
 
     # -- frames ---------------------------------------------------------------------------------------------------
 
@@ -511,8 +619,8 @@ class AnnotationStore:
         png = _png(np.ascontiguousarray(image))
         with self._write() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO frames (sha256, source, idx, subject, width, height, dtype, geometry, "
-                "metadata, created, png) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO frames (sha256, source, idx, subject, width, height, dtype, geometry, metadata, created, "
+                "png) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (sha, str(source), int(index), subject, int(image.shape[1]), int(image.shape[0]), image.dtype.name,
                  geometry_text, metadata_text, utc_now(), png))
             row = conn.execute(f"SELECT {_FRAME_COLUMNS} FROM frames WHERE sha256 = ?", (sha,)).fetchone()
@@ -520,21 +628,18 @@ class AnnotationStore:
 
     def frame(self, frame_id: int) -> FrameRecord:
         """The frame's record; KeyError if there is no such frame."""
-        with self._lock:
-            row = self._conn.execute(f"SELECT {_FRAME_COLUMNS} FROM frames WHERE id = ?", (int(frame_id),)).fetchone()
+        row = self._one(f"SELECT {_FRAME_COLUMNS} FROM frames WHERE id = ?", (int(frame_id),))
         if row is None:
             raise KeyError(f"no frame {frame_id} in annotation store {self.path}")
         return _frame_record(row)
 
     def frame_by_sha256(self, sha256: str) -> Optional[FrameRecord]:
-        with self._lock:
-            row = self._conn.execute(f"SELECT {_FRAME_COLUMNS} FROM frames WHERE sha256 = ?", (sha256,)).fetchone()
+        row = self._one(f"SELECT {_FRAME_COLUMNS} FROM frames WHERE sha256 = ?", (sha256,))
         return None if row is None else _frame_record(row)
 
     def image(self, frame_id: int) -> np.ndarray:
         """The frame's pixels, (H, W) uint8 or uint16 as stored; KeyError if there is no such frame."""
-        with self._lock:
-            row = self._conn.execute("SELECT png FROM frames WHERE id = ?", (int(frame_id),)).fetchone()
+        row = self._one("SELECT png FROM frames WHERE id = ?", (int(frame_id),))
         if row is None:
             raise KeyError(f"no frame {frame_id} in annotation store {self.path}")
         return _unpng(row[0], f"image of frame {frame_id}")
@@ -552,7 +657,7 @@ class AnnotationStore:
                 params.extend(real)
             if UNLABELLED in wanted:
                 clauses.append("v.id IS NULL")
-            where.append("(" + " OR ".join(clauses) + ")" if clauses else "0")
+            where.append("(" + " OR ".join(clauses) + ")" if clauses else "1 = 0")
         if subject is not None:
             where.append("f.subject = ?")
             params.append(subject)
@@ -562,13 +667,10 @@ class AnnotationStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY f.id"
-        with self._lock:
-            rows = self._conn.execute(sql, params).fetchall()
-        return [_frame_record(r) for r in rows]
+        return [_frame_record(r) for r in self._all(sql, params)]
 
     def frame_count(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("SELECT count(*) FROM frames").fetchone()[0])
+        return int(self._one("SELECT count(*) FROM frames")[0])
 
     # -- versions -------------------------------------------------------------------------------------------------
 
@@ -596,9 +698,7 @@ class AnnotationStore:
 
     def version(self, version_id: int) -> Version:
         """One version by id; KeyError if there is none."""
-        with self._lock:
-            row = self._conn.execute(f"SELECT {_VERSION_COLUMNS_WITH_MASK} WHERE v.id = ?",
-                                     (int(version_id),)).fetchone()
+        row = self._one(f"SELECT {_VERSION_COLUMNS_WITH_MASK} WHERE v.id = ?", (int(version_id),))
         if row is None:
             raise KeyError(f"no version {version_id} in annotation store {self.path}")
         return _version(row)
@@ -616,14 +716,11 @@ class AnnotationStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY v.id"
-        with self._lock:
-            rows = self._conn.execute(sql, params).fetchall()
-        return [_summary(r) for r in rows]
+        return [_summary(r) for r in self._all(sql, params)]
 
     def mask(self, mask_sha256: str) -> np.ndarray:
         """A stored mask by its sha256 (see :attr:`Version.mask_sha256`); KeyError if absent."""
-        with self._lock:
-            row = self._conn.execute("SELECT png FROM masks WHERE sha256 = ?", (mask_sha256,)).fetchone()
+        row = self._one("SELECT png FROM masks WHERE sha256 = ?", (mask_sha256,))
         if row is None:
             raise KeyError(f"no mask {mask_sha256} in annotation store {self.path}")
         return _unpng(row[0], f"mask {mask_sha256[:12]}")
@@ -631,37 +728,29 @@ class AnnotationStore:
     # -- prompt model support (issue 15): embedding cache and the prompts of "prompt" versions ----------------------
 
     def _add_prompt_tables(self) -> None:
-        """Create the embedding cache and the prompt table if missing, and let the versions table take origin
-        'prompt' in a store made before it existed. Additive: old readers ignore the new tables."""
+        """Create the embedding cache and the prompt table if missing, and let the versions table take every origin
+        of :data:`ORIGINS` in a store made before one existed. Additive: old readers ignore the new tables."""
+        backend = self._backend
         with self._write() as conn:
-            for statement in _PROMPT_SCHEMA.split(";\n"):
-                if statement.strip():
+            backend.schema_lock(conn)
+            if not {"embeddings", "version_prompts"} <= backend.tables(conn):
+                for statement in self._ddl(_PROMPT_SCHEMA):
                     conn.execute(statement)
-            sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'versions'").fetchone()[0]
-            if "'prompt'" not in sql:
-                # Widening a CHECK constraint (every stored row already satisfies the new one) is the schema edit
-                # SQLite documents for writable_schema (ALTER TABLE, "other kinds of table schema changes").
-                widened = sql.replace("'corrected')", "'corrected', 'prompt')")
-                if widened == sql:
-                    raise StoreError(f"{self.path}: cannot add origin 'prompt': unexpected versions table {sql!r}")
-                schema_cookie = conn.execute("PRAGMA schema_version").fetchone()[0]
-                conn.execute("PRAGMA writable_schema = ON")
-                try:
-                    conn.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'versions'",
-                                 (widened,))
-                    conn.execute(f"PRAGMA schema_version = {int(schema_cookie) + 1}")
-                finally:
-                    conn.execute("PRAGMA writable_schema = OFF")
+            for guard in _PROMPT_GUARDS:
+                self._guard(conn, *guard)
+            allowed = backend.origins_allowed(conn)
+            missing = [o for o in ORIGINS if o not in allowed]
+            if missing:
+                backend.widen_origins(conn, list(allowed) + missing)
 
     def embedding(self, frame_id: int, model_sha256: str) -> Optional[np.ndarray]:
         """The cached image embedding (float16) of a frame for the model whose weights have ``model_sha256``, or
         None when there is none (or the store predates the cache and is read-only)."""
-        with self._lock:
-            try:
-                row = self._conn.execute("SELECT shape, data FROM embeddings WHERE frame_id = ? AND model_sha256 = ?",
-                                         (int(frame_id), str(model_sha256))).fetchone()
-            except sqlite3.OperationalError:  # no such table: a read-only store made before the cache existed
-                return None
+        try:
+            row = self._one("SELECT shape, data FROM embeddings WHERE frame_id = ? AND model_sha256 = ?",
+                            (int(frame_id), str(model_sha256)))
+        except self._backend.missing_table_errors:  # no such table: a read-only store made before the cache existed
+            return None
         if row is None:
             return None
         return np.frombuffer(row[1], dtype=np.float16).reshape(json.loads(row[0])).copy()
@@ -676,19 +765,19 @@ class AnnotationStore:
             raise ValueError(f"embedding of frame {frame_id} has values that are not finite in float16")
         with self._write() as conn:
             self._require_frame(conn, frame_id)
-            cur = conn.execute("INSERT OR IGNORE INTO embeddings (frame_id, model_sha256, shape, data, created) "
-                               "VALUES (?, ?, ?, ?, ?)", (int(frame_id), model_sha256, json.dumps(list(array.shape)),
-                                                          array.tobytes(), utc_now()))
-        return cur.rowcount == 1
+            cur = conn.execute("INSERT INTO embeddings (frame_id, model_sha256, shape, data, created) "
+                               "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                               (int(frame_id), model_sha256, json.dumps(list(array.shape)), array.tobytes(),
+                                utc_now()))
+            inserted = cur.rowcount == 1
+        return inserted
 
     def prompts(self, version_id: int) -> Optional[dict]:
         """The prompts a "prompt" version was made from (as saved with it), or None for other versions."""
-        with self._lock:
-            try:
-                row = self._conn.execute("SELECT prompts FROM version_prompts WHERE version_id = ?",
-                                         (int(version_id),)).fetchone()
-            except sqlite3.OperationalError:
-                return None
+        try:
+            row = self._one("SELECT prompts FROM version_prompts WHERE version_id = ?", (int(version_id),))
+        except self._backend.missing_table_errors:
+            return None
         return None if row is None else json.loads(row[0])
 
     def save_mask(self, frame_id: int, mask: np.ndarray, classes: Mapping[int, str], author: str, origin: str,
@@ -722,12 +811,12 @@ class AnnotationStore:
         mask_sha = pixel_sha256(mask)
         png = _png(mask)  # encoded before taking the write lock, to hold it briefly
         with self._write() as conn:
-            frame = self._require_frame(conn, frame_id)
+            frame = self._require_frame(conn, frame_id, lock=True)
             if (frame[1], frame[0]) != mask.shape:
                 raise ValueError(f"mask shape {mask.shape} differs from frame {frame_id}'s image "
                                  f"(height {frame[1]}, width {frame[0]})")
             self._check_parent(conn, frame_id, parent_id, mask)
-            conn.execute("INSERT OR IGNORE INTO masks (sha256, width, height, png) VALUES (?, ?, ?, ?)",
+            conn.execute("INSERT INTO masks (sha256, width, height, png) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                          (mask_sha, int(mask.shape[1]), int(mask.shape[0]), png))
             version_id, created = self._insert_version(conn, frame_id, parent_id, mask_sha, classes_text, author,
                                                        origin, model_name, model_sha256, status, comment, uncertainty)
@@ -757,7 +846,7 @@ class AnnotationStore:
         if not isinstance(author, str) or not author.strip():
             raise ValueError(f"author must be a non-empty name, got {author!r}")
         with self._write() as conn:
-            self._require_frame(conn, frame_id)
+            self._require_frame(conn, frame_id, lock=True)
             self._check_parent(conn, frame_id, parent_id, None)
             if source_id is None:
                 raise ValueError(f"frame {frame_id} has no mask yet: save one before changing its status")
@@ -776,15 +865,20 @@ class AnnotationStore:
                         model_sha256, status, comment, uncertainty):
         """Insert one version row; returns (id, created)."""
         created = utc_now()
-        cur = conn.execute(
+        version_id = self._backend.insert_id(
+            conn,
             "INSERT INTO versions (frame_id, parent_id, mask_sha256, classes, author, created, origin, model_name, "
             "model_sha256, status, comment, uncertainty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (int(frame_id), parent_id, mask_sha, classes_text, author, created, origin, model_name, model_sha256,
-             status, comment, uncertainty))
-        return int(cur.lastrowid), created
+            (int(frame_id), None if parent_id is None else int(parent_id), mask_sha, classes_text, author, created,
+             origin, model_name, model_sha256, status, comment, uncertainty))
+        return version_id, created
 
-    def _require_frame(self, conn, frame_id: int):
-        row = conn.execute("SELECT width, height FROM frames WHERE id = ?", (int(frame_id),)).fetchone()
+    def _require_frame(self, conn, frame_id: int, lock: bool = False):
+        """The frame's (width, height); KeyError if there is none. ``lock`` (inside a write transaction): take the
+        lock that serialises saves of this frame before the conflict check (PostgreSQL: the frame's row lock;
+        SQLite: BEGIN IMMEDIATE already holds the whole file's)."""
+        row = conn.execute("SELECT width, height FROM frames WHERE id = ?" + (self._backend.row_lock if lock else ""),
+                           (int(frame_id),)).fetchone()
         if row is None:
             raise KeyError(f"no frame {frame_id} in annotation store {self.path}")
         return row

@@ -9,13 +9,16 @@ import sys
 from pathlib import Path
 
 DESCRIPTION = """\
-Annotation correction on an annotation store (one SQLite file per project, created if missing). The store is
-append-only: every save is a new version with author, UTC time, origin (model, manual, corrected), model name and
-card sha256, parent version and status (draft, accepted, rejected, needs-review); nothing is overwritten.
+Annotation correction on an annotation store: one SQLite file per project (created if missing), or for a team the
+same store on a PostgreSQL server (--store postgresql://USER@HOST[:PORT]/DB). The store is append-only: every save
+is a new version with author, UTC time, origin (model, manual, corrected), model name and card sha256, parent
+version and status (draft, accepted, rejected, needs-review); nothing is overwritten.
 
   import SOURCE      frames from an image folder, a video, a Slicer .seq.nrrd or a NerveSeg recording folder
                      (its recorded masks come in as model versions); each frame once (pixel sha256)
-  prelabel           a model's mask for every frame without one (progress bar), with its uncertainty
+  prelabel           a model's mask for every frame without one (progress bar), with its uncertainty;
+                     --refine: each region's box prompts the promptable model, whose mask replaces the region
+                     where it is confident (predicted IoU)
   queue              frames to review (draft, needs-review, unlabelled), most uncertain first
   status             frames per status and per annotator (--json keys: frames, by_status, by_annotator)
   accept / reject    decide frames (a new status version each)
@@ -23,8 +26,13 @@ card sha256, parent version and status (draft, accepted, rejected, needs-review)
   correct FRAME OP   a correction operation, saved as a new "corrected" version; OP prompt: a box and/or clicks
                      through the promptable model (LiteMedSAM), saved as a "prompt" version with its prompts
   embed              cache the promptable model's embedding of every frame, so a prompt costs the decoder only
+  propagate          carry an accepted frame's mask through the next frames of its recording (draft
+                     "propagated" versions), stopping where the promptable model is unsure or the structure leaves
+  consensus          merge the latest accepted masks of different authors per frame (STAPLE or majority) into an
+                     accepted "consensus" version; each annotator's sensitivity/specificity against it
   agreement          Dice per class between annotators on frames labelled twice
   restore FRAME V    a new version copying version V
+  migrate            copy a store into a new one (--from project.nsdb --to postgresql://...), checked
 
 FRAME is the frame id that queue/status/import print. The author defaults to $NERVESEG_AUTHOR, else the login
 name. A save based on a version that is no longer current is refused (exit code 3) naming who saved the newer one.
@@ -34,19 +42,26 @@ EPILOG = """\
 examples:
   nerveseg annotate import recordings/subject07 --store project.nsdb --subject S07
   nerveseg annotate prelabel --store project.nsdb --model smistad-unet
+  nerveseg annotate prelabel --store project.nsdb --model effnet2-unet --refine
+  nerveseg annotate propagate --store project.nsdb --from 12 --count 20
+  nerveseg annotate consensus --store project.nsdb --method staple
   nerveseg annotate queue --store project.nsdb --order uncertainty
   nerveseg annotate correct --store project.nsdb 12 paint --center 240 180 --radius 6 --label 1
   nerveseg annotate correct --store project.nsdb 12 prompt --class nerve --box 120,80,210,150 --point 160,120,+
   nerveseg annotate accept --store project.nsdb 12 13 14 --author alice
   nerveseg annotate history --store project.nsdb 12
   nerveseg annotate status --store project.nsdb --json
+  nerveseg annotate migrate --from project.nsdb --to postgresql://alice@db.example.org:5432/nerveseg
+  nerveseg annotate queue --store postgresql://alice@db.example.org/nerveseg
 """
 
 EXIT_CONFLICT = 3
 
 
 def _store_arg(parser) -> None:
-    parser.add_argument("--store", required=True, metavar="DB", help="annotation store file (created if missing)")
+    parser.add_argument("--store", required=True, metavar="DB",
+                        help="annotation store: a file (created if missing) or postgresql://USER@HOST[:PORT]/DB "
+                             "(password from ~/.pgpass or $PGPASSWORD)")
 
 
 def _author_arg(parser) -> None:
@@ -91,7 +106,11 @@ def register(subparsers) -> None:
     p.add_argument("--second-opinion", action="store_true",
                    help="also segment frames that so far have only other models' draft masks (for disagreement)")
     add_tta_argument(p)
+    _refine_args(p)
     _author_arg(p)
+
+    _propagate_parser(actions, fmt)
+    _consensus_parser(actions, fmt)
 
     p = actions.add_parser("queue", help="frames to review", formatter_class=fmt,
                            description="Frames whose status is draft or needs-review, and unlabelled frames. "
@@ -183,6 +202,20 @@ def register(subparsers) -> None:
     o = ops.add_parser("relabel", help="one class becomes another")
     o.add_argument("--from", dest="from_label", type=int, required=True)
     o.add_argument("--to", dest="to_label", type=int, required=True, help="0 deletes the class")
+    p = actions.add_parser("migrate", help="copy a store into a new one (e.g. onto PostgreSQL)", formatter_class=fmt,
+                           description="Copy every frame, mask, version (ids, parents, authors, times kept), prompt "
+                                       "and cached embedding of one store into a new, empty one, in one transaction "
+                                       "that commits only when the row counts, mask checksums and contents match "
+                                       "the source; on any failure nothing is written. Either side may be a file or "
+                                       "a PostgreSQL database (create it first, empty: createdb nerveseg).",
+                           epilog="examples:\n"
+                                  "  nerveseg annotate migrate --from project.nsdb --to "
+                                  "postgresql://alice@db.example.org:5432/nerveseg\n"
+                                  "  nerveseg annotate migrate --from postgresql://alice@db.example.org/nerveseg "
+                                  "--to copy.nsdb")
+    p.add_argument("--from", dest="source", required=True, metavar="STORE", help="the store to copy (file or URL)")
+    p.add_argument("--to", dest="target", required=True, metavar="STORE",
+                   help="a new file, or an empty PostgreSQL database (URL)")
     from NerveSegLogic.commands.annotate_prompt import add_embed_action, add_prompt_op  # issue 15
     add_prompt_op(ops)
     add_embed_action(actions)
@@ -190,18 +223,83 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run, annotate_parser=parser)
 
 
+#: The defaults of NerveSegLogic.annotate.prelabel (REFINE_MIN_IOU, REFINE_GROW) and .propagate (MIN_IOU), written
+#: here because registering the command must not import those modules (they import OpenCV); a test keeps them equal.
+REFINE_MIN_IOU, REFINE_GROW, PROPAGATE_MIN_IOU = 0.80, 0.10, 0.80
+
+
+def _refine_args(p) -> None:
+    p.add_argument("--refine", action="store_true",
+                   help="refine each region with the promptable model: the region's box (grown a little) prompts "
+                        "it, and its mask replaces the region where its predicted IoU reaches --min-iou")
+    p.add_argument("--refine-model", default=None, metavar="NAME",
+                   help="promptable model for --refine (default: the default promptable model)")
+    p.add_argument("--min-iou", type=float, default=REFINE_MIN_IOU,
+                   help=f"--refine: least predicted IoU for the promptable mask to replace a region "
+                        f"(default {REFINE_MIN_IOU})")
+    p.add_argument("--grow", type=float, default=REFINE_GROW,
+                   help=f"--refine: grow each region's box by this share of its size per side (default {REFINE_GROW})")
+
+
+def _propagate_parser(actions, fmt) -> None:
+    from NerveSegLogic.commands.annotate_prompt import _model_args
+
+    MIN_IOU = PROPAGATE_MIN_IOU
+
+    p = actions.add_parser("propagate", help="carry an accepted mask through the next frames", formatter_class=fmt,
+                           description="From the accepted frame FRAME, prompt each next frame of its recording (same "
+                                       "source, next index) with the previous mask's boxes and a point inside each "
+                                       "structure, and save the result as a draft 'propagated' version with its "
+                                       "prompts. Stops where the model's predicted IoU falls below --min-iou, a "
+                                       "structure leaves the view, a frame is already accepted, or at --to/--count.",
+                           epilog="examples:\n  nerveseg annotate propagate --store p.nsdb --from 12 --count 20\n"
+                                  "  nerveseg annotate propagate --store p.nsdb --from 12 --to 40 --class nerve")
+    _store_arg(p)
+    p.add_argument("--from", dest="from_frame", type=int, required=True, metavar="FRAME",
+                   help="frame id of the accepted mask to carry")
+    end = p.add_mutually_exclusive_group()
+    end.add_argument("--to", dest="to_frame", type=int, default=None, metavar="FRAME",
+                     help="last frame to reach (same recording)")
+    end.add_argument("--count", type=int, default=None, metavar="N", help="at most N frames")
+    p.add_argument("--class", dest="carry_classes", action="append", default=None, metavar="KEY",
+                   help="carry only this class (repeatable; default: every class the promptable model segments)")
+    p.add_argument("--min-iou", type=float, default=MIN_IOU,
+                   help=f"stop where the predicted IoU of a structure falls below this (default {MIN_IOU})")
+    _model_args(p)
+    _author_arg(p)
+
+
+def _consensus_parser(actions, fmt) -> None:
+    p = actions.add_parser("consensus", help="merge several annotators' accepted masks", formatter_class=fmt,
+                           description="Per frame, merge the latest accepted masks of different authors class by class "
+                                       "(SimpleITK STAPLE, or majority vote) into an accepted 'consensus' version "
+                                       "that names its sources; report each annotator's sensitivity and "
+                                       "specificity against it. Frames with one author are listed and left alone.",
+                           epilog="example:\n  nerveseg annotate consensus --store project.nsdb --method staple")
+    _store_arg(p)
+    p.add_argument("--method", choices=("staple", "majority"), default="staple",
+                   help="STAPLE (default; probability >= 0.5) or majority (more than half of the authors)")
+    p.add_argument("--frames", type=int, nargs="+", default=None, metavar="FRAME", help="only these frames")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _author_arg(p)
+
+
 # ------------------------------------------------------------------------------------------------ running
 
 def run(args) -> int:
-    import sqlite3
-
-    from NerveSegLogic.annotate.store import AnnotationStore, ConflictError, StoreError
+    from NerveSegLogic.annotate.store import AnnotationStore, ConflictError, StoreError, database_errors
 
     action = getattr(args, "annotate_action", None)
     if action is None:
         args.annotate_parser.print_help()
         return 2
+    from NerveSegLogic.annotate.backends import redacted
+
+    where = (f"{redacted(args.source)} -> {redacted(args.target)}" if action == "migrate"
+             else redacted(getattr(args, "store", "")))
     try:
+        if action == "migrate":
+            return _migrate(args)
         with AnnotationStore(args.store) as store:
             return _ACTIONS[action](store, args)
     except ConflictError as error:
@@ -213,9 +311,23 @@ def run(args) -> int:
     except (StoreError, ValueError, OSError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except sqlite3.Error as error:  # a full or read-only disk, a locked or damaged file: one line, not a traceback
-        print(f"error: annotation store {args.store}: {error}", file=sys.stderr)
+    except database_errors() as error:  # a full or read-only disk, a locked or damaged file, a refusing server: one
+        reason = " ".join(str(error).split())  # line, not a traceback
+        print(f"error: annotation store {where}: {reason}", file=sys.stderr)
         return 1
+
+
+def _migrate(args) -> int:
+    from NerveSegLogic.annotate.migrate import migrate
+
+    def progress(table, rows):
+        print(f"\r{table}: {rows} rows", end="", file=sys.stderr, flush=True)
+
+    report = migrate(args.source, args.target, progress=progress if sys.stderr.isatty() else None)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(report.summary())
+    return 0
 
 
 def _author(args) -> str:
@@ -266,15 +378,69 @@ def _prelabel(store, args) -> int:
         # or --tta flip on an instance model
         print(f"error: {error}", file=sys.stderr)
         return 1
+    refiner = None
+    if args.refine:
+        from NerveSegLogic.annotate.prelabel import PrelabelRefiner
+        from NerveSegLogic.commands.annotate_prompt import load_model
+
+        try:
+            refiner = PrelabelRefiner(store, load_model(args.refine_model, "onnx", 0), grow=args.grow,
+                                      min_iou=args.min_iou)
+        except (RuntimeError, ValueError, KeyError) as error:  # not promptable, weights missing, bad threshold
+            print(f"error: --refine: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+            return 1
     comment = None
     if args.weights:
         comment = f"weights {Path(args.weights).name} sha256 {file_sha256(Path(args.weights))}"
     report = prelabel(store, segmenter, _author(args), second_opinion=args.second_opinion, progress=True,
-                      comment=comment)
+                      comment=comment, refiner=refiner)
     print(f"{len(report.version_ids)} frames pre-labelled by {report.model_name} "
           f"(card sha256 {report.model_sha256 or 'unknown'}"
           + (f"; {segmenter.describe()}" if args.tta != "none" else "") + ")"
           + (f"; {len(report.skipped)} skipped (labelled meanwhile)" if report.skipped else ""))
+    if refiner is not None:
+        print(f"refined by {report.refined_by}: {report.regions_replaced} region(s) replaced, "
+              f"{report.regions_kept} kept (predicted IoU < {refiner.min_iou:g})")
+    return 0
+
+
+def _propagate(store, args) -> int:
+    from NerveSegLogic.annotate.propagate import PropagationError, propagate
+    from NerveSegLogic.commands.annotate_prompt import load_model
+
+    store.frame(args.from_frame)  # KeyError names an unknown frame before the model loads
+    try:
+        model = load_model(args.model, args.backend, args.threads)
+    except (RuntimeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.click_mode:
+        model.click_mode = args.click_mode
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rpropagating {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = propagate(store, model, args.from_frame, _author(args), to_frame=args.to_frame, count=args.count,
+                           class_keys=args.carry_classes, min_iou=args.min_iou, progress=progress)
+    except PropagationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if report.frames:
+        print(file=sys.stderr)
+    for f in report.frames:
+        ious = ", ".join(f"{s['class']} {s['predicted_iou']:.2f}" if s["predicted_iou"] is not None else s["class"]
+                         for s in f.structures)
+        print(f"frame {f.frame_id} (#{f.index}): version {f.version_id} propagated (predicted IoU {ious})")
+    print(report.summary())
+    return 0
+
+
+def _consensus(store, args) -> int:
+    from NerveSegLogic.annotate.consensus import consensus
+
+    report = consensus(store, _author(args), method=args.method, frame_ids=args.frames)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
     return 0
 
 
@@ -454,7 +620,8 @@ def _point(text: str):
 
 _ACTIONS = {"import": _import, "prelabel": _prelabel, "queue": _queue, "status": _status, "accept": _decide,
             "reject": _decide, "history": _history, "restore": _restore, "agreement": _agreement,
-            "correct": _correct, "embed": lambda store, args: _embed(store, args)}
+            "correct": _correct, "embed": lambda store, args: _embed(store, args), "propagate": _propagate,
+            "consensus": _consensus}
 
 
 def _embed(store, args) -> int:

@@ -54,6 +54,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to create (must not exist unless --force)")
     parser.add_argument("--status", default="accepted",
                         help="comma-separated statuses of the current version to export (default accepted)")
+    parser.add_argument("--prefer", choices=("current", "consensus"), default="current",
+                        help="--store: export each frame's current version (default), or its latest consensus version "
+                             "('nerveseg annotate consensus') where it has one")
     parser.add_argument("--split", default="70,15,15", metavar="TRAIN,VAL,TEST",
                         help="target share of subjects per split (default 70,15,15)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subject shuffle (default 0)")
@@ -118,10 +121,12 @@ def run(args: argparse.Namespace) -> int:
         if args.store:
             from NerveSegLogic.annotate.store import AnnotationStore
 
-            if not Path(args.store).is_file():
+            from NerveSegLogic.annotate.backends import is_url
+
+            if not is_url(args.store) and not Path(args.store).is_file():
                 raise ExportError(f"{args.store}: no such annotation store")
             with AnnotationStore(args.store) as store:
-                frames = frames_from_store(store, statuses)
+                frames = frames_from_store(store, statuses, prefer=args.prefer)
                 log.info("%d frames selected from %s (status %s)", len(frames), args.store, ", ".join(statuses))
                 result = export_cohort(frames, Path(args.out), options)
         else:

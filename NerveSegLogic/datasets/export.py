@@ -134,14 +134,27 @@ class ExportResult:
 
 # -- sources of frames -----------------------------------------------------------------------------------------------
 
-def frames_from_store(store, statuses: Sequence[str] = ("accepted",)) -> List[ExportFrame]:
+#: Which version of a selected frame is exported: its current one, or (``consensus``) its latest consensus version
+#: when it has one (``nerveseg annotate consensus``), even where a later version is current.
+PREFER = ("current", "consensus")
+
+
+def frames_from_store(store, statuses: Sequence[str] = ("accepted",), prefer: str = "current") -> List[ExportFrame]:
     """Frames of an :class:`~NerveSegLogic.annotate.store.AnnotationStore` whose current version has one of
-    ``statuses``; pixels are read from the store when the frame is written."""
+    ``statuses``; pixels are read from the store when the frame is written. ``prefer`` (:data:`PREFER`): export
+    each frame's current version, or its latest ``consensus`` version where it has one whose status is one of
+    ``statuses`` (the others: their current version)."""
+    if prefer not in PREFER:
+        raise ValueError(f"--prefer {prefer!r} unknown; expected one of {', '.join(PREFER)}")
     records = store.frames(statuses=list(statuses))
     current = {}
     if hasattr(store, "summaries"):  # versions without their mask pixels: cheap for thousands of frames
         wanted = {r.id for r in records}
         current = {v.frame_id: v for v in store.summaries(current_only=True) if v.frame_id in wanted}
+        if prefer == "consensus":
+            for v in store.summaries():  # oldest first: the last consensus version of a frame wins
+                if v.frame_id in wanted and v.origin == "consensus" and v.status in statuses:
+                    current[v.frame_id] = v
     frames = []
     for record in records:
         version = current.get(record.id) or store.current(record.id)

@@ -104,7 +104,17 @@ def open_dataset(path: Union[str, Path], format: str = "auto", mapping: Optional
     statuses: an annotation store's version statuses to use (default: accepted only); refused for other formats.
 
     The pairing of files is checked now; pixels are read when an item is indexed (``validate()`` reads all).
-    Raises DatasetError (a ValueError) naming the file, the field and what was expected."""
+    Raises DatasetError (a ValueError) naming the file, the field and what was expected. An annotation store on a
+    server (``postgresql://USER@HOST[:PORT]/DB``) is a store."""
+    from ..annotate.backends import is_url
+
+    if is_url(path):
+        if format not in ("auto", "store"):
+            raise DatasetError(f"{path}: an annotation store's address, not a {format} data set")
+        _, read = _reader("store")
+        dataset = read(str(path), mapping=mapping, split=split, statuses=statuses)
+        log.info("%s", dataset.description)
+        return dataset
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")

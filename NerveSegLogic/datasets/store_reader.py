@@ -88,18 +88,20 @@ class StoreDataset:
 
     def __init__(self, path: Union[str, Path], statuses: Optional[Sequence[str]] = None,
                  mapping: Optional[Mapping] = None):
+        from NerveSegLogic.annotate.backends import is_url, redacted
         from NerveSegLogic.annotate.store import STATUSES, UNLABELLED, AnnotationStore, StoreError
 
-        self.root = Path(path)
+        url = path.strip() if is_url(path) else None  # a postgresql:// store: root is its URL without a password
+        self.root = Path(path) if url is None else redacted(url)
         self.statuses = tuple(statuses or DEFAULT_STATUSES)
         unknown = [s for s in self.statuses if s not in STATUSES]
         if unknown:
             raise DatasetError(f"--statuses {','.join(self.statuses)}: unknown status {', '.join(unknown)}; "
                                f"expected some of {', '.join(STATUSES)}")
-        if not self.root.is_file():
+        if isinstance(self.root, Path) and not self.root.is_file():
             raise DatasetError(f"{self.root}: no such annotation store file")
         try:
-            self._store = AnnotationStore(self.root)
+            self._store = AnnotationStore(self.root if url is None else url)
         except (StoreError, OSError) as error:
             raise DatasetError(f"{self.root}: {error}") from None
         frames = {f.id: f for f in self._store.frames()}
@@ -224,7 +226,8 @@ class StoreDataset:
         chosen = range(len(self)) if indices is None else list(indices)
         rows = sorted((self._frames[i].sha256, self._versions[i].id, self._versions[i].mask_sha256) for i in chosen)
         content = hashlib.sha256("\n".join(f"{a}\t{b}\t{c}" for a, b, c in rows).encode("utf-8")).hexdigest()
-        return {"kind": "annotation store", "path": str(self.root), "sha256": sha256_file(self.root),
+        return {"kind": "annotation store", "path": str(self._store.path),
+                "sha256": sha256_file(self.root) if isinstance(self.root, Path) else None,  # a server has no file
                 "statuses": list(self.statuses), "frames": len(rows),
                 "versions": sorted(self._versions[i].id for i in chosen), "content_sha256": content}
 
