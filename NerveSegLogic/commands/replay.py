@@ -84,6 +84,39 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+#: Seconds between the status lines.
+STATUS_PERIOD_S = 1.0
+
+
+class _CtrlCFlag:
+    """Ctrl-C (SIGINT) as a flag the serving loop polls, not a KeyboardInterrupt raised wherever the main thread
+    happens to be: raised between a ``with lock:``'s acquire and its ``try``, it leaves the lock held and stopping
+    the server then waits forever for it (a hang seen once under heavy load). Installed only in the main thread
+    (elsewhere KeyboardInterrupt stays as it was); :meth:`restore` puts the previous handler back."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def restore(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until the frames run out (or Ctrl-C); 0 on success, 1 when the source cannot be read."""
     from NerveSegLogic.stream.replay import ReplayServer
@@ -97,20 +130,24 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"nerveseg replay: {exc}", file=sys.stderr)
         return 1
+    stop_requested = _CtrlCFlag()  # before start: a Ctrl-C from here on stops the server at the loop below
     try:
         server.start()
     except OSError as exc:
+        stop_requested.restore()
         print(f"nerveseg replay: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # not the main thread: no handler was installed
         server.stop()
         raise
     interrupted = False
-    try:  # from here on, Ctrl-C (KeyboardInterrupt) at any point stops the server cleanly
+    try:  # from here on, Ctrl-C stops the server cleanly
         print(f"replaying {server.source.description} at {server.fps:g} fps as {server.device_name!r} on "
               f"{server.host}:{server.port} (Ctrl-C to stop)", flush=True)
         last_sent, last_time = 0, time.perf_counter()
-        while not server.wait_done(timeout=1.0):
+        while not stop_requested() and not server.wait_done(timeout=STATUS_PERIOD_S / 4):
+            if time.perf_counter() - last_time < STATUS_PERIOD_S:
+                continue
             now = time.perf_counter()
             sent = server.frames_sent
             rate = (sent - last_sent) / max(now - last_time, 1e-9)
@@ -119,10 +156,12 @@ def run(args: argparse.Namespace) -> int:
                   ("" if clients else f"; {server.frames_emitted - sent} frames played with no client connected"),
                   flush=True)
             last_sent, last_time = sent, now
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # where no handler could be installed (not the main thread)
         interrupted = True
     finally:
+        stop_requested.restore()
         server.stop()
+    interrupted = interrupted or stop_requested()
     stats = server.sender.stats()
     print(f"{'stopped' if interrupted else 'finished'}: {server.frames_sent} frames sent in "
           f"{server.elapsed_s():.1f} s, {stats.clients_accepted} client(s) served, "
