@@ -40,6 +40,8 @@ class ServeOptions:
     #: OpenIGTLinkIF included); False: version 1 messages, for clients built on an older OpenIGTLink, which cannot
     #: read version 2 (measured with the OpenIGTLink 1.11 ReceiveClient example: the stream goes out of step)
     metadata: bool = True
+    #: the IGTL device name of the labelmaps sent (a named stream of a several-scanner serve: NAME_Label)
+    label_device_name: str = LABEL_DEVICE_NAME
 
 
 class SegmentationServer:
@@ -85,7 +87,7 @@ class SegmentationServer:
         # metadata: each class's presence and display state (IGTL header version 2), read back by the panel's
         # remote mode (live.runs.RemoteRun); none for a stand-in segmenter that gives no confidence
         self.sender.send_labelmap(result.labelmap, frame.geometry, igtl_timestamp=frame.igtl_timestamp,
-                                  device_name=LABEL_DEVICE_NAME, copy=False,
+                                  device_name=self.options.label_device_name, copy=False,
                                   metadata=confidence_metadata(result.presence, result.states)
                                   if self.options.metadata else None)
         self.results_sent += 1

@@ -311,10 +311,12 @@ def test_recording_memory_stays_under_its_cap_and_stops_with_a_message(tmp_path)
 
 
 @pytest.mark.slow
-def test_remote_mode_pairs_the_servers_labelmaps_with_their_frames_in_the_worker(unet_random):
+@pytest.mark.parametrize("label_name", ["NerveSegLabel", "OR2_Label"])
+def test_remote_mode_pairs_the_servers_labelmaps_with_their_frames_in_the_worker(unet_random, label_name):
     """Remote mode in Slicer: the worker receives PLUS's images and a 'nerveseg serve''s labelmaps and pairs them by
     IGTL timestamp, so no receiver thread runs in Slicer's process; every shown labelmap is the one the serve made
-    for that very frame (the serve runs the same model here, so it is recomputed and compared)."""
+    for that very frame (the serve runs the same model here, so it is recomputed and compared). A serve of several
+    scanners names a stream's labelmaps NAME_Label (OR2_Label): the panel takes them alike."""
     import threading
 
     from NerveSegLogic.live_serve import SegmentationServer, ServeOptions
@@ -323,7 +325,7 @@ def test_remote_mode_pairs_the_servers_labelmaps_with_their_frames_in_the_worker
     replay = ReplayServer(None, fps=10.0, loop=True)
     replay.start()
     server = SegmentationServer(ServeOptions(input_host="127.0.0.1", input_port=replay.port, port=0, model=unet_random,
-                                             device_name="Image_Reference"))
+                                             device_name="Image_Reference", label_device_name=label_name))
     server.start()
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     serving.start()

@@ -14,6 +14,10 @@ chosen model, and sends every segmentation out as an IGTL IMAGE message (device 
 and the same IGTL timestamp as the frame it was computed from, one label value per class, each class's presence
 and display state in the message's metadata) to every client connected on --port. In 3D Slicer, connect OpenIGTLinkIF as a client to this port to see the labelmap.
 Reconnects to the input with backoff when it goes away; Ctrl-C stops cleanly.
+Several scanners, one model: give --input once per scanner with a name, HOST:PORT=NAME. Each stream has its own
+newest-frame slot, steady overlay and clients: its labelmaps (device name NAME_Label) go out on its own port, --port
+for the first stream, --port + 1 for the second and so on (or the port given as HOST:PORT=NAME@PORT). The model runs
+one frame at a time, first come first served, so a stalled or misbehaving scanner does not hold up the others.
 Research use only, not for clinical decisions."""
 
 EPILOG = """\
@@ -26,7 +30,9 @@ example:
   nerveseg serve --input 127.0.0.1:18944 --host 0.0.0.0 --allow 192.168.1.20,192.168.1.21
   nerveseg serve --input 127.0.0.1:18944 --region 120,80,640,480   # only the image of a frame grabber's video
   nerveseg serve --input 127.0.0.1:18944 --region auto
-  nerveseg serve --input 127.0.0.1:18944 --no-steady   # each frame's own answer, no smoothing across frames"""
+  nerveseg serve --input 127.0.0.1:18944 --no-steady   # each frame's own answer, no smoothing across frames
+  nerveseg serve --input or1-plus:18944=OR1 --input or2-plus:18944=OR2 --port 18945
+                 # OR1's labelmaps (OR1_Label) on port 18945, OR2's (OR2_Label) on 18946"""
 
 
 def parse_host_port(text: str):
@@ -34,6 +40,16 @@ def parse_host_port(text: str):
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:18944), got {text!r}")
     return host, int(port)
+
+
+def input_stream(text: str):
+    """One --input: HOST:PORT, HOST:PORT=NAME or HOST:PORT=NAME@OUTPUT_PORT (live_serve_streams.StreamInput)."""
+    from ..live_serve_streams import parse_input
+
+    try:
+        return parse_input(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def port_number(text: str) -> int:
@@ -60,8 +76,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("serve", help="receive IGTL images, send segmentations back out as IGTL images",
                                    description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, type=parse_host_port, metavar="HOST:PORT",
-                        help="the IGTL server to receive images from (PLUS: port 18944)")
+    parser.add_argument("--input", required=True, type=input_stream, action="append", metavar="HOST:PORT[=NAME]",
+                        help="the IGTL server to receive images from (PLUS: port 18944); once per scanner, each "
+                             "named (HOST:PORT=NAME, optionally =NAME@PORT for its output port), to serve several "
+                             "scanners with one model")
     parser.add_argument("--port", type=port_number, default=18945,
                         help="port that clients connect to (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -82,7 +100,8 @@ def register(subparsers) -> None:
                         help="intra-op threads of ONNX Runtime and torch; 0: one per core (default: %(default)s, one "
                              "core less than this machine has: measured in benchmarks/threads.md)")
     parser.add_argument("--compute", default="auto", help="torch device: auto, cpu or cuda (default: %(default)s)")
-    parser.add_argument("--frames", type=int, default=0, help="stop after this many results (default: run forever)")
+    parser.add_argument("--frames", type=int, default=0,
+                        help="stop after this many results, all streams together (default: run forever)")
     parser.add_argument("--region", type=region_argument, default=None, metavar="X,Y,W,H|auto", help=REGION_HELP)
     parser.add_argument("--steady", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the overlay steady across frames: a short motion-compensated moving average of "
@@ -95,20 +114,31 @@ def register(subparsers) -> None:
                              "header version 2, read by OpenIGTLink 3 and later, e.g. Slicer's OpenIGTLinkIF and "
                              "NerveSeg's remote mode); --no-metadata sends version 1 messages for clients built on "
                              "an older OpenIGTLink, which cannot read version 2 (default: on)")
+    parser.add_argument("--stream-batch", action=argparse.BooleanOptionalAction, default=False,
+                        help="with several inputs, run the frames of the streams that wait for the model at the same "
+                             "moment as one batch (default: off; on 2 CPU cores no consistent gain: the same fps and "
+                             "median latency, a lower p99 in 3 of 4 runs with 4 scanners: benchmarks/serve_streams.md)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..live_serve import ServeOptions, run_serve
+    from ..live_serve_streams import resolve_streams, run_serve_streams
 
-    host, port = args.input
+    inputs = args.input
+    single = len(inputs) == 1 and inputs[0].name is None and inputs[0].output_port is None
+    # a bad name, a name used twice, two streams on one port: refused here, before any model is loaded
+    streams = None if single else resolve_streams(inputs, args.port)
     from ..stream.sender import parse_allow_list
 
     parse_allow_list(args.allow)  # a bad entry fails here with its name, before any model is loaded
-    options = ServeOptions(input_host=host, input_port=port, port=args.port, host=args.host, model=args.model,
-                           allowed_clients=args.allow, input_idle_timeout_s=args.input_timeout or None,
-                           device_name=args.device, backend=args.backend, compute=args.compute, threads=args.threads,
-                           max_results=args.frames, region=args.region, steady=args.steady,
-                           metadata=args.metadata)
-    run_serve(options)
+    options = ServeOptions(input_host=inputs[0].host, input_port=inputs[0].port, port=args.port, host=args.host,
+                           model=args.model, allowed_clients=args.allow,
+                           input_idle_timeout_s=args.input_timeout or None, device_name=args.device,
+                           backend=args.backend, compute=args.compute, threads=args.threads, max_results=args.frames,
+                           region=args.region, steady=args.steady, metadata=args.metadata)
+    if single:  # one unnamed input: the plain serve, as it always was
+        run_serve(options)
+    else:
+        run_serve_streams(options, streams, batch=args.stream_batch)
     return 0

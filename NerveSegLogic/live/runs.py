@@ -206,7 +206,9 @@ class RemoteRun:
         self.memory = FrameMemory()
         self.image_receiver = receiver_factory(input_choice.host, input_choice.port, input_choice.device_name,
                                                on_frame=self.memory.add)
-        self.label_receiver = receiver_factory(server[0], server[1], LABEL_DEVICE_NAME)
+        # Any IMAGE on the serve's port: a serve port carries one stream's labelmaps, named LABEL_DEVICE_NAME by a
+        # plain serve and NAME_Label by a serve of several scanners (--input HOST:PORT=NAME ...).
+        self.label_receiver = receiver_factory(server[0], server[1], None)
         self.classes = tuple(classes)
         self.labels = {c.label for c in self.classes}
         self.model_name = model_name
