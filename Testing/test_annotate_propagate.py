@@ -62,6 +62,22 @@ def test_it_stops_where_the_structure_jumps_out_of_the_box(tmp_path):
         assert store.current(ids[2]) is None and store.current(ids[3]) is None  # nothing saved past the stop
 
 
+def test_it_stops_before_a_frame_of_another_size_and_says_so(tmp_path):
+    """A recording whose frame size changes (another scan, a depth change): a box near the edge of the larger frame
+    would fall outside the smaller one, and any box would land at the wrong pixels. It stops there, saying why."""
+    with AnnotationStore(tmp_path / "p.nsdb") as store:
+        ids = recording(store, [(40, 30), (41, 30)])
+        ids.append(store.add_frame(disc_frame(20, 15, height=32, width=36), "scan1", 2).id)  # smaller: no room for x=41
+        ids.append(store.add_frame(disc_frame(21, 15, height=32, width=36), "scan1", 3).id)
+        accept_truth(store, ids[0])
+        report = propagate(store, ScriptedPromptable(), ids[0], "ana", grow=0.3)
+        assert [f.frame_id for f in report.frames] == [ids[1]]
+        np.testing.assert_array_equal(store.current(ids[1]).mask, (store.image(ids[1]) > 128).astype(np.uint8))
+        assert report.stopped_at == ids[2]
+        assert "36x32 pixels, the frame before it 48x40" in report.stop_reason
+        assert store.current(ids[2]) is None and store.current(ids[3]) is None  # nothing saved past the stop
+
+
 def test_it_stops_where_the_model_is_unsure(tmp_path):
     with AnnotationStore(tmp_path / "p.nsdb") as store:
         # the disc grows past the grown box: the mask touches the box, the scripted model says IoU 0.5
