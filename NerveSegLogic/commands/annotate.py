@@ -225,7 +225,7 @@ def register(subparsers) -> None:
 
 #: The defaults of NerveSegLogic.annotate.prelabel (REFINE_MIN_IOU, REFINE_GROW) and .propagate (MIN_IOU), written
 #: here because registering the command must not import those modules (they import OpenCV); a test keeps them equal.
-REFINE_MIN_IOU, REFINE_GROW, PROPAGATE_MIN_IOU = 0.80, 0.10, 0.80
+REFINE_MIN_IOU, REFINE_GROW, PROPAGATE_MIN_IOU = 0.80, 0.10, 0.60
 
 
 def _refine_args(p) -> None:
