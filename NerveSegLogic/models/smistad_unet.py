@@ -11,6 +11,14 @@ softmax over the classes; about 2 M parameters at 256x256. The per-level filter 
 we could consult; we read them as the usual U-Net doubling from 8 (8, 16, ..., 256), which is the doubling schedule
 that lands at ~2 M parameters (1.97 M for 3 classes). The model returns logits; softmax is applied by the caller
 (and inside the exported ONNX graph).
+
+Initialisation: He (Kaiming) normal weights for the ReLU convolutions and zero biases. The network has no batch
+normalisation, so the initial weights alone decide whether the image reaches the output: with PyTorch's default
+convolution initialisation the signal shrinks ~20x in the first level alone and the biases take over, so a fresh
+model's logits vary by less than 1e-3 over the image, and Dice-loss training on usgra-seg sat at "background
+everywhere" for 47 epochs (Glorot/Keras-style initialisation with zero biases: the same in 10 epochs). With He
+initialisation the activations keep their scale through the 22 convolutions and the same recipe learns (nerve
+Dice 0.27 on the held-out block after 8 epochs).
 """
 
 from __future__ import annotations
@@ -49,6 +57,10 @@ class SmistadUNet(nn.Module):
             self.decoder.append(DoubleConv(channels + width, width))
             channels = width
         self.head = nn.Conv2d(channels, num_classes, 1)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         factor = 2 ** (self.levels - 1)
