@@ -55,3 +55,25 @@ def test_one_block_scored_twice_is_refused(ship_seed, tmp_path):
         paths[-1].write_text(json.dumps(_report(2, 0.5, 0.1)))
     with pytest.raises(SystemExit, match=r"a block is scored twice \(\[2, 2\]\)"):
         ship_seed.check_reports("smistad-unet", paths, 5)
+
+
+def test_only_the_models_row_of_the_readme_table_changes(ship_seed, tmp_path):
+    from compare_models import README_BEGIN, README_END  # importable once ship_seed.py put benchmarks/ on the path
+
+    readme = tmp_path / "README.md"
+    before = (f"intro\n{README_BEGIN}\n| model | from |\n|---|---|\n| **effnet2-unet** (default) | Tan 2019 |\n"
+              f"| smistad-unet | Smistad 2021 |\n{README_END}\nafter\n")
+    readme.write_text(before)
+    reports = [_report(0, 0.4, 0.3), _report(4, 0.6, 0.1)]
+    for r in reports:
+        r["held_out"]["ms_per_frame_median"] = 20.0
+    cv = ship_seed.cross_validation(reports, folds=5)
+    from NerveSegLogic.models import registry
+
+    row = ship_seed.readme_row(registry.card("smistad-unet"), cv, reports, 150, [256, 256])
+    assert row.startswith("| smistad-unet | Smistad 2021 | 1.97 M | 256x256 | 0.50 ± 0.10 |")
+    assert "150 epochs, 60 min, 2/5 folds (blocks 0, 4) | 150 epochs at 256x256, float16 |" in row
+    ship_seed.replace_readme_row(readme, "smistad-unet", row)
+    assert readme.read_text() == before.replace("| smistad-unet | Smistad 2021 |", row)
+    with pytest.raises(SystemExit, match="expected one row of ragcm"):
+        ship_seed.replace_readme_row(readme, "ragcm", row)

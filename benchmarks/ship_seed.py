@@ -71,6 +71,41 @@ def check_reports(model: str, paths: List[Path], folds: int) -> List[Dict]:
     return reports
 
 
+def readme_row(card, cv: Dict, reports: List[Dict], run_epochs: int, input_size) -> str:
+    """The model's row of the README model table, in compare_models.py's columns; the CV cell names the folds scored
+    and the report, since the other rows are 5-fold figures of compare_models.py's run."""
+    from compare_models import _origin, _pm  # benchmarks/compare_models.py: the table's own cell formats
+    from NerveSegLogic.models import registry
+
+    ms = float(np.median([r["held_out"]["ms_per_frame_median"] for r in reports]))
+    epochs = sorted({int(r["run_epochs"]) for r in reports})
+    minutes = float(np.mean([r["run_training_s"] for r in reports])) / 60
+    size = "x".join(str(v) for v in input_size)
+    return (f"| {card.name} | {_origin(card)} | {registry.parameter_count(card) / 1e6:.2f} M | {size} | "
+            f"{_pm(cv['nerve_dice'], 2)} | {_pm(cv['vessel_dice'], 2)} | {_pm(cv['nerve_f1'], 2)} | "
+            f"{_pm(cv['false_nerve_frame_rate'], 2)} | {ms:.1f} (float32) | "
+            f"{epochs[0] if len(epochs) == 1 else f'{epochs[0]}-{epochs[-1]}'} epochs, {minutes:.0f} min, "
+            f"{cv['folds_scored']}/{cv['folds']} folds (blocks {', '.join(map(str, cv['blocks_scored']))}) | "
+            f"{run_epochs} epochs at {size}, float16 |")
+
+
+def replace_readme_row(readme: Path, name: str, row: str) -> None:
+    """Swap ``name``'s row between compare_models.py's table markers for ``row`` (the row must be there)."""
+    from compare_models import README_BEGIN, README_END
+
+    text = readme.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{readme}: the model table's markers are missing")
+    head, rest = text.split(README_BEGIN, 1)
+    table, tail = rest.split(README_END, 1)
+    lines = table.split("\n")
+    found = [i for i, line in enumerate(lines) if line.startswith(f"| {name} |") or line.startswith(f"| **{name}**")]
+    if len(found) != 1:
+        raise SystemExit(f"{readme}: expected one row of {name} in the model table, found {len(found)}")
+    lines[found[0]] = row
+    readme.write_text(head + README_BEGIN + "\n".join(lines) + README_END + tail, encoding="utf-8")
+
+
 def sample_dice(segmenter, sample: Path) -> Dict[str, float]:
     """Mean Dice per class of ``segmenter`` on the bundled sample (its own training frames: a sanity figure)."""
     from NerveSegLogic.datasets.readers import open_dataset
@@ -100,6 +135,11 @@ def main(argv=None) -> int:
     parser.add_argument("--drop-note", action="append", default=[], metavar="PREFIX",
                         help="leave out the card's training notes that start with PREFIX (stale ones about earlier "
                              "weights); repeatable")
+    parser.add_argument("--readme", type=Path, default=None, metavar="README.md",
+                        help="also rewrite this model's row of the model table (compare_models.py's markers)")
+    parser.add_argument("--note", action="append", default=[], metavar="TEXT",
+                        help="a training note to add after the budget (e.g. why the recipe departs from the paper's); "
+                             "repeatable")
     args = parser.parse_args(argv)
 
     import tempfile
@@ -150,7 +190,7 @@ def main(argv=None) -> int:
               f"thread each); {cv['folds_scored']} of {args.folds} blocks scored ({', '.join(map(str, cv['blocks_scored']))}).")
     notes = [n for n in training.get("notes", [])
              if not n.startswith("Budget:") and not any(n.startswith(p) for p in args.drop_note)]
-    training["notes"] = [budget] + notes
+    training["notes"] = [budget] + list(args.note) + notes
     data["training"] = training
     data["metrics"] = {"cross_validation": dict(cv, input_size=list(setup["input_size"]),
                                                 source=f"benchmarks/ship_seed.py ({args.report.as_posix().split('/')[-1]})",
@@ -202,6 +242,10 @@ def main(argv=None) -> int:
         lines += ["", f"The paper, on its own data (not usgra-seg, not comparable fold for fold): {args.paper}"]
     args.report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
+    if args.readme:
+        row = readme_row(registry.card(args.model), cv, reports, record["epoch"], setup["input_size"])
+        replace_readme_row(args.readme, args.model, row)
+        print(f"{args.readme}: {row}")
     return 0
 
 
