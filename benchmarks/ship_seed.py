@@ -1,10 +1,12 @@
-"""Ship a seed model trained with its paper's recipe (issue 29): all-frames weights, scored by held-out folds.
+"""Ship a seed model trained with its paper's recipe (issue 29), its card scored by held-out fold runs.
 
-    .venv/bin/python benchmarks/ship_seed.py --model smistad-unet --run runs/seed/smistad-unet-he/all \\
+    .venv/bin/python benchmarks/ship_seed.py --model smistad-unet --run runs/seed/smistad-unet-he3e-4/fold4 \\
         --heldout benchmarks/seed_smistad_fold0.json benchmarks/seed_smistad_fold4.json \\
         --paper-epochs 150 --report benchmarks/seed_smistad.md
 
-``--run`` is a ``nerveseg train --folds 1`` folder (every frame trained on; its last epoch's weights are taken).
+``--run`` is a ``nerveseg train --folds 1`` folder (every frame trained on) or one of the scored fold runs (its
+block never trained on; the card's ``training.run.split`` says which, and the README row "trained without block K");
+its last epoch's weights are taken.
 ``--heldout`` are ``benchmarks/eval_heldout.py --weights last --report`` results of fold runs with the same recipe
 (each fold's last epoch scored on the block it never saw): their per-fold figures become the card's
 ``metrics.cross_validation`` with ``folds_scored`` saying how many of the blocks were scored. The weights go next to
@@ -71,9 +73,10 @@ def check_reports(model: str, paths: List[Path], folds: int) -> List[Dict]:
     return reports
 
 
-def readme_row(card, cv: Dict, reports: List[Dict], run_epochs: int, input_size) -> str:
+def readme_row(card, cv: Dict, reports: List[Dict], run_epochs: int, input_size, held=None) -> str:
     """The model's row of the README model table, in compare_models.py's columns; the CV cell names the folds scored
-    and the report, since the other rows are 5-fold figures of compare_models.py's run."""
+    and the report, since the other rows are 5-fold figures of compare_models.py's run. ``held``: the block the
+    shipped weights never trained on (a fold run), else None."""
     from compare_models import _origin, _pm  # benchmarks/compare_models.py: the table's own cell formats
     from NerveSegLogic.models import registry
 
@@ -86,7 +89,8 @@ def readme_row(card, cv: Dict, reports: List[Dict], run_epochs: int, input_size)
             f"{_pm(cv['false_nerve_frame_rate'], 2)} | {ms:.1f} (float32) | "
             f"{epochs[0] if len(epochs) == 1 else f'{epochs[0]}-{epochs[-1]}'} epochs, {minutes:.0f} min, "
             f"{cv['folds_scored']}/{cv['folds']} folds (blocks {', '.join(map(str, cv['blocks_scored']))}) | "
-            f"{run_epochs} epochs at {size}, float16 |")
+            f"{run_epochs} epochs at {size}, float16" + ("" if held is None else f", trained without block {held}")
+            + " |")
 
 
 def replace_readme_row(readme: Path, name: str, row: str) -> None:
@@ -157,10 +161,11 @@ def main(argv=None) -> int:
     if card.name != args.model:
         raise SystemExit(f"{args.run}: a run of {card.name}, not {args.model}")
     setup = record["setup"]
-    if int(setup["folds"]) != 1:
-        raise SystemExit(f"{args.run}: trained with --folds {setup['folds']}; the shipped model trains on every frame "
-                         "(--folds 1)")
     reports = check_reports(args.model, args.heldout, args.folds)
+    if int(setup["folds"]) != 1 and (int(setup["folds"]) != args.folds
+                                     or int(setup["fold"]) not in [int(r["held_out_block"]["fold"]) for r in reports]):
+        raise SystemExit(f"{args.run}: trained with --folds {setup['folds']} --fold {setup['fold']}; ship a run on "
+                         f"every frame (--folds 1) or one of the scored fold runs (--folds {args.folds})")
 
     # float16 must keep the masks: both graphs on the bundled sample
     with tempfile.TemporaryDirectory() as tmp:
@@ -186,8 +191,8 @@ def main(argv=None) -> int:
     budget = (f"Budget: {record['epoch']} of the paper's {args.paper_epochs} epochs "
               f"({100 * record['epoch'] / args.paper_epochs:.0f} % of its recipe) at {setup['input_size'][0]}x"
               f"{setup['input_size'][1]}, {record['elapsed_s'] / 60:.0f} min of training for these weights; each "
-              f"held-out fold {min(minutes):.0f}-{max(minutes):.0f} min (three runs at a time on the 2 cores, one "
-              f"thread each); {cv['folds_scored']} of {args.folds} blocks scored ({', '.join(map(str, cv['blocks_scored']))}).")
+              f"held-out fold {min(minutes):.0f}-{max(minutes):.0f} min (one CPU thread each, "
+              f"runs sharing the 2 cores); {cv['folds_scored']} of {args.folds} blocks scored ({', '.join(map(str, cv['blocks_scored']))}).")
     notes = [n for n in training.get("notes", [])
              if not n.startswith("Budget:") and not any(n.startswith(p) for p in args.drop_note)]
     training["notes"] = [budget] + list(args.note) + notes
@@ -243,7 +248,8 @@ def main(argv=None) -> int:
     args.report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     if args.readme:
-        row = readme_row(registry.card(args.model), cv, reports, record["epoch"], setup["input_size"])
+        row = readme_row(registry.card(args.model), cv, reports, record["epoch"], setup["input_size"],
+                         None if int(setup["folds"]) == 1 else int(setup["fold"]))
         replace_readme_row(args.readme, args.model, row)
         print(f"{args.readme}: {row}")
     return 0
