@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
     shipped_dice = sample_dice(shipped, args.sample)
 
     out = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "command": "python benchmarks/ship_seed.py " + " ".join(portable(argv if argv is not None else sys.argv[1:])),
+           "command": "python benchmarks/ship_seed.py " + shlex.join(portable(argv if argv is not None else sys.argv[1:])),
            "model": args.model, "run_epochs": record["epoch"], "paper_epochs": args.paper_epochs,
            "run_training_s": record["elapsed_s"], "input_size": list(setup["input_size"]),
            "recipe": setup["recipe"], "cross_validation": cv,
