@@ -187,6 +187,13 @@ def main(argv=None) -> int:
     run_card = json.loads((args.run / "card.json").read_text(encoding="utf-8"))
     data["input"] = dict(data["input"], size=list(setup["input_size"]))
     training = dict(run_card["training"])
+    held = ("" if not setup.get("val_names") else
+            f", block {setup['fold']} of {setup['folds']} contiguous blocks ({len(setup['val_names'])} frames "
+            f"{setup['val_names'][0]}..{setup['val_names'][-1]}) held out")
+    training["data"] = (f"{reports[0]['data']} (see its ATTRIBUTION.md for credit and license): "
+                        f"{len(setup['train_names'])} frames {setup['train_names'][0]}..{setup['train_names'][-1]} "
+                        f"for training{held}; classes "
+                        + ", ".join(f"{c.label}={c.key}" for c in card.classes))
     cv = cross_validation(reports, args.folds)
     minutes = [r["run_training_s"] / 60 for r in reports]
     budget = (f"Budget: {record['epoch']} of the paper's {args.paper_epochs} epochs "
