@@ -112,25 +112,24 @@ def replace_readme_row(readme: Path, name: str, row: str) -> None:
 
 
 def sample_dice(segmenter, sample: Path) -> Dict[str, float]:
-    """Mean Dice per class of ``segmenter`` on the bundled sample (its own training frames: a sanity figure)."""
+    """Mean Dice per class of ``segmenter`` on the bundled sample, by the project's evaluator (frames where a class's
+    Dice is defined; the sample is the shipped weights' own training frames: a sanity figure, not accuracy)."""
     from NerveSegLogic.datasets.readers import open_dataset
-    from NerveSegLogic.train.metrics import dice
+    from NerveSegLogic.train import data as td
+    from NerveSegLogic.train.evaluate import evaluate
 
     dataset = open_dataset(sample)
-    scores: Dict[str, List[float]] = {c.key: [] for c in segmenter.classes}
-    for index in range(len(dataset)):
-        item = dataset[index]
-        labelmap = segmenter.segment(item.image).labelmap
-        for c in segmenter.classes:
-            if (item.mask == c.label).any():
-                scores[c.key].append(dice(labelmap == c.label, item.mask == c.label))
-    return {k: float(np.mean(v)) for k, v in scores.items() if v}
+    translation = td.label_translation(segmenter.card.classes, dataset.classes, segmenter.card.name, str(sample))
+    store = td.FrameStore(dataset, translation, range(len(dataset)))
+    per_class = evaluate(segmenter, store, auc=False, keep_labelmaps=False).summary["per_class"]
+    return {c.key: float(per_class[c.key]["dice"]) for c in segmenter.card.classes}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--run", type=Path, required=True, help="nerveseg train --folds 1 output folder")
+    parser.add_argument("--run", type=Path, required=True,
+                        help="nerveseg train output folder: --folds 1, or one of the scored fold runs")
     parser.add_argument("--heldout", type=Path, nargs="+", required=True, help="eval_heldout.py --report files")
     parser.add_argument("--folds", type=int, default=5, help="blocks the held-out runs split the data into")
     parser.add_argument("--paper-epochs", type=int, required=True)
