@@ -1,7 +1,7 @@
 """NerveSeg: live segmentation of nerve-block ultrasound in 3D Slicer. Research use only, not for clinical decisions.
 
 Thin by design: every button's behaviour lives in the NerveSegLogic package (LiveController, ReviewController,
-slicer_setup), which is tested outside Slicer. This file only binds the panel to it. Note the package and this
+install.slicer_packages), which is tested outside Slicer. This file only binds the panel to it. Note the package and this
 module's Logic class share the name NerveSegLogic: the package is only imported with ``from NerveSegLogic.x ...``.
 """
 
@@ -27,9 +27,10 @@ for _folder in (_HERE, os.path.dirname(_HERE)):
     if os.path.isdir(os.path.join(_folder, "NerveSegLogic")) and _folder not in sys.path:
         sys.path.insert(0, _folder)
 
-from NerveSegLogic import slicer_setup  # noqa: E402 (needs the path above; imports no torch, no qt)
-from NerveSegLogic.controller import LiveController, ReviewController  # noqa: E402
-from NerveSegLogic.review_controller import focus_takes_text, review_key_enabled  # noqa: E402
+from NerveSegLogic.install import slicer_packages  # noqa: E402 (needs the path above; imports no torch, no qt)
+from NerveSegLogic.annotate.review.controller import (ReviewController, focus_takes_text,  # noqa: E402
+                                                       review_key_enabled)
+from NerveSegLogic.live.controller import LiveController  # noqa: E402
 
 #: The image region choices of the panel (see LiveController.set_region): the whole frame, found automatically, or
 #: the pixels inside a markups ROI the user draws over the live image.
@@ -235,13 +236,13 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.applyDisplay(p)
 
     def refreshDependencies(self) -> None:
-        missing = slicer_setup.check()
-        self.ui.dependenciesLabel.text = slicer_setup.missing_summary(missing)
+        missing = slicer_packages.check()
+        self.ui.dependenciesLabel.text = slicer_packages.missing_summary(missing)
         self.ui.installButton.visible = bool(missing)
 
     def onInstall(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Installing the Python packages failed."), waitCursor=True):
-            slicer_setup.install(slicer, ask=True)
+            slicer_packages.install(slicer, ask=True)
         self.refreshDependencies()
 
     def onModelChanged(self, index=None) -> None:
@@ -335,7 +336,7 @@ class NerveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStart(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("NerveSeg could not start."), waitCursor=True):
-            ready = slicer_setup.ensure(slicer, include_torch=self._parameterNode.mode != "remote")
+            ready = slicer_packages.ensure(slicer, include_torch=self._parameterNode.mode != "remote")
             self.refreshDependencies()
             if ready:
                 self.logic.start(self._parameterNode)
@@ -563,16 +564,16 @@ class NerveSegTest(ScriptedLoadableModuleTest):
             self.delayDisplay(f"Test skipped: {skipped}")
 
     def test_NerveSeg_replay_segmented_and_recorded(self):
-        from NerveSegLogic.controller import run_sample_replay, segmenter_with_random_fallback
+        from NerveSegLogic.live.selftest import run_sample_replay, segmenter_with_random_fallback
         from NerveSegLogic.models import registry
 
         self.delayDisplay("Checking Python packages")
-        missing = slicer_setup.check()
-        if missing and slicer_setup.testing_enabled(slicer):
+        missing = slicer_packages.check()
+        if missing and slicer_packages.testing_enabled(slicer):
             # ctest runs Slicer with --testing: a test never changes Slicer's Python environment (as pip_ensure's
             # skip_in_testing); it runs with the packages this Slicer has, or is skipped saying what is missing.
-            self.skipTest(slicer_setup.testing_skip_message(missing))
-        if missing and not slicer_setup.install(slicer, missing, ask=True):
+            self.skipTest(slicer_packages.testing_skip_message(missing))
+        if missing and not slicer_packages.install(slicer, missing, ask=True):
             self.skipTest("the Python packages NerveSeg needs were not installed: "
                           + "; ".join(m.describe() for m in missing))
         logic = NerveSegLogic(segmenterFactory=segmenter_with_random_fallback)

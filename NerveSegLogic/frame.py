@@ -191,7 +191,7 @@ class SegmentationResult:
             return self.probabilities
         if self.placement is None:
             return None
-        from .inference.preprocess import restore
+        from .imaging.placement import restore
 
         maps = restore(self.probabilities, self.placement)
         return maps if self.region is None else self.region.place_maps(maps, height, width)

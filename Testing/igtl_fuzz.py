@@ -16,7 +16,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from NerveSegLogic.frame import ImageGeometry
-from NerveSegLogic.image_bounds import MAX_ASPECT, MAX_PIXELS, MAX_SIDE_PX
+from NerveSegLogic.imaging.bounds import MAX_ASPECT, MAX_PIXELS, MAX_SIDE_PX
 from NerveSegLogic.stream.codec import (HEADER_SIZE, IgtlProtocolError, ImageRefused, SCALAR_TYPES, check_crc,
                                         crc64, decode_image, encode_image, frame_image, parse_header)
 

@@ -385,7 +385,7 @@ def test_the_panels_store_field_hands_a_url_to_the_store_whole():
     from pathlib import Path
 
     from NerveSegLogic.annotate.backends import store_location
-    from NerveSegLogic.review_controller import ReviewController
+    from NerveSegLogic.annotate.review.controller import ReviewController
 
     opened = []
 

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from NerveSegLogic.controller import LiveController, segmenter_with_random_fallback
+from NerveSegLogic.live.controller import LiveController
+from NerveSegLogic.live.selftest import segmenter_with_random_fallback
 from NerveSegLogic.models import registry
 
 torch = pytest.importorskip("torch")

@@ -13,7 +13,8 @@ import threading
 
 import pytest
 
-from NerveSegLogic.controller import LiveController, run_sample_replay, segmenter_with_random_fallback
+from NerveSegLogic.live.controller import LiveController
+from NerveSegLogic.live.selftest import run_sample_replay, segmenter_with_random_fallback
 from NerveSegLogic.models import registry
 
 torch = pytest.importorskip("torch")  # the in-process path runs the model; remote mode has its own test

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.classes import classes_from_mapping
-from NerveSegLogic.controller import LiveController, segmenter_with_random_fallback
+from NerveSegLogic.live.controller import LiveController
+from NerveSegLogic.live.selftest import segmenter_with_random_fallback
 from NerveSegLogic.frame import SegmentationResult
 from NerveSegLogic.models import registry
 from NerveSegLogic.stream.replay import ReplayServer
@@ -101,7 +102,7 @@ def test_input_server_lost_mid_run_is_reported_and_nothing_raises():
 
 
 def test_remote_labelmaps_are_shown_on_the_frames_they_were_computed_from():
-    from NerveSegLogic.live_serve import ServeOptions, SegmentationServer
+    from NerveSegLogic.live.serve import ServeOptions, SegmentationServer
 
     threads_before = {t.ident for t in threading.enumerate()}
     sockets_before = open_sockets()

@@ -8,7 +8,7 @@ import pytest
 
 from NerveSegLogic.annotate.store import AnnotationStore
 from NerveSegLogic.classes import classes_from_mapping
-from NerveSegLogic.controller import ReviewConflict, ReviewController
+from NerveSegLogic.annotate.review.controller import ReviewConflict, ReviewController
 from NerveSegLogic.frame import ImageGeometry
 
 pytest.importorskip("slicer")

@@ -12,7 +12,7 @@ import pytest
 from NerveSegLogic.annotate.prompt import FramePrompter
 from NerveSegLogic.annotate.store import AnnotationStore
 from NerveSegLogic.inference.promptable import PromptableSegmenter
-from NerveSegLogic.review_controller import ReviewController
+from NerveSegLogic.annotate.review.controller import ReviewController
 from slicerlike import slicer_scene
 from tiny_promptable import CountingModel, frame, install_tiny_promptable
 

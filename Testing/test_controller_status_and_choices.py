@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from NerveSegLogic.controller import (INTENDED_USE, LiveController, LiveStatus, Signal, card_summary,
-                                      STATUS_INTERVAL_S)
+from NerveSegLogic.live.choices import INTENDED_USE, STATUS_INTERVAL_S
+from NerveSegLogic.live.controller import LiveController, card_summary
+from NerveSegLogic.live.status import LiveStatus
+from NerveSegLogic.signals import Signal
 from NerveSegLogic.models import registry
 
 

@@ -11,7 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from NerveSegLogic.controller import LiveController, frame_from_volume_node, segmenter_with_random_fallback
+from NerveSegLogic.live.controller import LiveController
+from NerveSegLogic.live.runs import frame_from_volume_node
+from NerveSegLogic.live.selftest import segmenter_with_random_fallback
 from NerveSegLogic.models import registry
 
 torch = pytest.importorskip("torch")

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.frame import Frame
-from NerveSegLogic.inference.region import (AUTO, AutoRegion, Region, RegionError, bright_region, find_region,
-                                            parse_region, region_from_ras_bounds)
+from NerveSegLogic.imaging.region import (AUTO, AutoRegion, Region, RegionError, bright_region, find_region,
+                                          parse_region, region_from_ras_bounds)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "Resources" / "Sample" / "images"
@@ -191,7 +191,7 @@ def test_auto_finds_the_image_in_a_clip_with_a_static_screen(clip):
 
 def test_auto_falls_back_to_the_bright_area_then_to_the_whole_frame_and_says_why(clip, caplog):
     _, screens, box = clip
-    caplog.set_level(logging.INFO, logger="NerveSegLogic.inference.region")
+    caplog.set_level(logging.INFO, logger="NerveSegLogic.imaging.region")
     still = AutoRegion(min_frames=3)
     for i in range(4):  # a frozen image: nothing changes
         still.add(screens[0], t=i * 0.5)
@@ -207,7 +207,7 @@ def test_auto_falls_back_to_the_bright_area_then_to_the_whole_frame_and_says_why
 def test_auto_in_the_live_path_segments_whole_frames_then_only_the_image_and_resets_on_a_new_size(clip, fresh,
                                                                                                    caplog):
     frames, screens, box = clip
-    caplog.set_level(logging.INFO, logger="NerveSegLogic.inference.region")
+    caplog.set_level(logging.INFO, logger="NerveSegLogic.imaging.region")
     fresh.region = "auto"
     fresh.warm_up()  # a blank warm-up frame is not taken for the clip
     assert fresh.auto_region.frames == 0
@@ -265,7 +265,8 @@ def test_region_flags_parse_on_serve_demo_and_predict_and_bad_values_are_refused
 
 
 def test_serve_and_demo_pass_the_region_to_the_segmenter(monkeypatch, fresh):
-    from NerveSegLogic import live_demo, live_serve
+    from NerveSegLogic.live import demo as live_demo
+    from NerveSegLogic.live import serve as live_serve
     from NerveSegLogic.cli import main
 
     seen = {}
@@ -320,7 +321,7 @@ def test_predict_segments_only_the_image_of_padded_files(tmp_path, clip, segment
 def test_the_worker_gets_the_region_from_the_panels_controller(monkeypatch, fresh):
     from NerveSegLogic.live.controller import LiveController
     from NerveSegLogic.models import registry
-    from NerveSegLogic.worker import child
+    from NerveSegLogic.live.worker import child
 
     controller = LiveController(None, card_reader=registry.card, model_names=lambda: ["effnet2-unet"])
     controller.connect("127.0.0.1", 18944)
@@ -347,7 +348,7 @@ def test_the_worker_gets_the_region_from_the_panels_controller(monkeypatch, fres
 def test_a_roi_drawn_on_the_live_view_becomes_the_pixel_region_and_segments_in_process(clip, fresh):
     slicer = pytest.importorskip("slicer")  # noqa: F841  (slicer-core: real MRML)
     from NerveSegLogic.frame import ImageGeometry
-    from NerveSegLogic.inference.preprocess import to_grey
+    from NerveSegLogic.imaging.placement import to_grey
     from NerveSegLogic.live.controller import LiveController
     from NerveSegLogic.models import registry
     from NerveSegLogic.scene import mrml
@@ -404,7 +405,7 @@ def test_a_roi_drawn_on_the_live_view_becomes_the_pixel_region_and_segments_in_p
 def test_the_live_demo_with_auto_finds_the_image_of_a_replayed_padded_clip(tmp_path, clip):
     """The live path end to end (replay server -> IGTL receiver -> inference thread -> MRML scene) at 30 fps: the
     first second of frames is segmented whole, then only the image."""
-    from NerveSegLogic.live_demo import DemoOptions, run_demo
+    from NerveSegLogic.live.demo import DemoOptions, run_demo
 
     _, screens, box = clip
     source = tmp_path / "clip"

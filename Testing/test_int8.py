@@ -54,7 +54,7 @@ def test_int8_graph_is_cached_next_to_the_float32_one_and_marked_int8(small_grap
 
 def test_int8_backend_gives_float_probabilities_close_to_float32(small_graphs):
     card, fp32, int8 = small_graphs
-    from NerveSegLogic.inference import preprocess as pp
+    from NerveSegLogic.imaging import placement as pp
 
     batch = pp.preprocess(_frames(1, seed=5)[0], card.input)[0][np.newaxis]
     a = backends.OnnxBackend(fp32, threads=1).run(batch)

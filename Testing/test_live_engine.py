@@ -5,8 +5,8 @@ import threading
 import numpy as np
 
 from NerveSegLogic.frame import Frame, SegmentationResult
-from NerveSegLogic.inference.engine import InferenceEngine
-from NerveSegLogic.pipeline import LivePipeline
+from NerveSegLogic.live.engine import InferenceEngine
+from NerveSegLogic.live.pipeline import LivePipeline
 from NerveSegLogic.slot import NewestSlot
 
 

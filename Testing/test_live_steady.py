@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from NerveSegLogic import cli
-from NerveSegLogic.controller import LiveController, run_sample_replay
+from NerveSegLogic.live.controller import LiveController
+from NerveSegLogic.live.selftest import run_sample_replay
 from NerveSegLogic.frame import Frame, SegmentationResult
 from NerveSegLogic.inference.steady import SteadyOptions, SteadyOverlay
 from NerveSegLogic.live.status import ClassConfidence, LiveStatus
@@ -93,7 +94,7 @@ def test_inside_the_segmenter_equals_apply_after_it_and_steadies_a_moving_probe(
 def test_no_steady_engine_gives_todays_labelmaps_bit_for_bit_each_with_its_presence(segmenter):
     """The live engine with the overlay off (``--no-steady``) on the bundled sample and on a moving probe: every
     labelmap is the segmenter's plain answer, and every result says how sure it is."""
-    from NerveSegLogic.inference.engine import InferenceEngine
+    from NerveSegLogic.live.engine import InferenceEngine
     from NerveSegLogic.slot import NewestSlot
 
     frames = NewestSlot()
@@ -146,7 +147,7 @@ def test_the_worker_sends_presence_states_and_region_and_the_status_shows_them()
     """A real worker process (the panel's default mode) on the replayed sample with an image region: every result
     the parent applies carries each class's presence and state and the region; the status line shows them; a change
     of the steady setting restarts the worker with it."""
-    from NerveSegLogic.inference.region import Region
+    from NerveSegLogic.imaging.region import Region
 
     controller = LiveController(slicer_scene())
     results = []
@@ -241,7 +242,7 @@ def test_an_uncertain_class_is_an_outline_and_a_hidden_class_is_not_drawn_on_the
 
 # ---------------------------------------------------------------------------------------------------- serve
 def test_serve_sends_presence_and_state_in_the_labelmap_metadata_and_remote_mode_reads_them():
-    from NerveSegLogic.live_serve import LABEL_DEVICE_NAME, SegmentationServer, ServeOptions
+    from NerveSegLogic.live.serve import LABEL_DEVICE_NAME, SegmentationServer, ServeOptions
     from NerveSegLogic.stream.receiver import ImageReceiver
     from NerveSegLogic.stream.replay import ReplayServer
 

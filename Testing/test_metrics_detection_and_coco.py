@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from NerveSegLogic.inference.preprocess import MIN_COMPONENT_AREA_PX
+from NerveSegLogic.imaging.placement import MIN_COMPONENT_AREA_PX
 from NerveSegLogic.train import metrics
 
 

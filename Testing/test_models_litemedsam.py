@@ -192,7 +192,7 @@ def test_onnx_graphs_match_torch_on_small_inputs(tmp_path):
 def _sample(sample_dir, name="0194.png"):
     from PIL import Image
 
-    from NerveSegLogic.inference.preprocess import to_grey
+    from NerveSegLogic.imaging.placement import to_grey
 
     image = to_grey(np.array(Image.open(sample_dir / "images" / name)))
     return image, np.array(Image.open(sample_dir / "masks" / name))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from NerveSegLogic.controller import DEFAULT_DEVICE_NAME, DEFAULT_PORT
+from NerveSegLogic.live.choices import DEFAULT_DEVICE_NAME, DEFAULT_PORT
 from NerveSegLogic.stream.codec import FRAME_COMPONENTS
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,8 +24,8 @@ UI = REPO / "Resources" / "UI" / "NerveSeg.ui"
 #: What NerveSeg.py may import when Slicer loads it. torch (and anything that pulls it in) must wait for Start.
 ALLOWED_TOP_LEVEL = {"os", "sys", "pathlib", "typing", "logging", "enum", "qt", "ctk", "vtk", "slicer",
                      "slicer.i18n", "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "slicer.util",
-                     "NerveSegLogic", "NerveSegLogic.controller", "NerveSegLogic.slicer_setup",
-                     "NerveSegLogic.review_controller"}
+                     "NerveSegLogic", "NerveSegLogic.live.controller", "NerveSegLogic.install", "NerveSegLogic.install.slicer_packages",
+                     "NerveSegLogic.annotate.review.controller"}
 HEAVY = ("torch", "onnxruntime", "onnx", "monai", "cv2", "scipy", "safetensors", "skimage", "SimpleITK")
 
 # Qt/CTK/MRML classes, and which ones have what the code uses (subclasses listed explicitly).
@@ -203,8 +203,8 @@ def test_module_imports_only_light_modules_at_load():
 
 
 def test_logic_modules_the_panel_loads_import_no_heavy_package():
-    code = ("import sys, NerveSegLogic.controller, NerveSegLogic.slicer_setup, NerveSegLogic.resources, "
-            "NerveSegLogic.review_controller; "
+    code = ("import sys, NerveSegLogic.live.controller, NerveSegLogic.install.slicer_packages, NerveSegLogic.resources, "
+            "NerveSegLogic.annotate.review.controller; "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -359,7 +359,7 @@ def test_review_keys_follow_the_focus_so_return_reaches_line_edits_and_cell_edit
 
 
 def test_prompt_buttons_start_placements_the_review_controller_knows():
-    from NerveSegLogic.review_controller import PROMPT_PLACEMENTS
+    from NerveSegLogic.annotate.review.controller import PROMPT_PLACEMENTS
 
     tree = module_tree()
     buttons = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)

@@ -1,7 +1,7 @@
 """The review keys and the keyboard focus (issue 30 item 6): Return/Enter are Accept in the slice views and on the
 panel's buttons, but while a text-entry widget has the focus (the Author or Server field, the editor Qt opens to
 rename a segment in a table, a spin box, a combo box's list) they belong to that widget, so Enter there never saves
-the frame and moves on. The decision (NerveSegLogic.review_controller.focus_takes_text / review_key_enabled) is
+the frame and moves on. The decision (NerveSegLogic.annotate.review.controller.focus_takes_text / review_key_enabled) is
 checked here on stand-ins that follow Qt's class hierarchy; the panel applies it on every focus change."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from NerveSegLogic.review_controller import TEXT_ENTRY_CLASSES, TEXT_KEYS, focus_takes_text, review_key_enabled
+from NerveSegLogic.annotate.review.controller import (TEXT_ENTRY_CLASSES, TEXT_KEYS, focus_takes_text,
+                                                      review_key_enabled)
 
 REPO = Path(__file__).resolve().parent.parent
 

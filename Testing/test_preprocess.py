@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from NerveSegLogic.inference import preprocess as pp
+from NerveSegLogic.imaging import placement as pp
 
 
 def test_fit_width_pads_short_frames_at_the_bottom():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from NerveSegLogic import regions
+from NerveSegLogic.imaging import components as regions
 
 
 def labelmap():

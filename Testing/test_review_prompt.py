@@ -1,4 +1,4 @@
-"""The review panel's prompt tool (NerveSegLogic.review_prompt): box and clicks on the session's frame give the
+"""The review panel's prompt tool (NerveSegLogic.annotate.review.prompts): box and clicks on the session's frame give the
 new labelmap; Accept saves a 'prompt' version through the session's store and moves on; frames ahead are embedded
 in the background."""
 
@@ -9,7 +9,7 @@ from NerveSegLogic.annotate.prompt import FramePrompter
 from NerveSegLogic.annotate.session import ReviewSession
 from NerveSegLogic.annotate.store import AnnotationStore, ConflictError
 from NerveSegLogic.inference.promptable import PromptableSegmenter
-from NerveSegLogic.review_prompt import ReviewPrompt
+from NerveSegLogic.annotate.review.prompts import ReviewPrompt
 from tiny_promptable import CountingModel, frame, install_tiny_promptable
 
 

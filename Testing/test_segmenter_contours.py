@@ -5,7 +5,7 @@ nearest-neighbour argmax of the model's grid."""
 import numpy as np
 import pytest
 
-from NerveSegLogic.inference import preprocess as pp
+from NerveSegLogic.imaging import placement as pp
 from NerveSegLogic.inference.segmenter import (CONTOURS, Segmenter, _argmax_above_background, smooth_labelmap,
                                               smooth_labelmap_and_box)
 from NerveSegLogic.models import registry

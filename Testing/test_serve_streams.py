@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from NerveSegLogic.live_serve import LABEL_DEVICE_NAME, ServeOptions
-from NerveSegLogic.live_serve_streams import (MultiStreamServer, SharedModel, StreamInput, label_device_name,
+from NerveSegLogic.live.serve import LABEL_DEVICE_NAME, ServeOptions
+from NerveSegLogic.live.serve_streams import (MultiStreamServer, SharedModel, StreamInput, label_device_name,
                                               parse_input, resolve_streams)
 from NerveSegLogic.stream.receiver import ImageReceiver
 
@@ -195,7 +195,8 @@ def test_inputs_parse_with_and_without_names_and_output_ports():
     (["--input", "h:1=OR1", "--input", "h:2=OR2@18945"], "both be served on port 18945"),
 ])
 def test_the_command_refuses_clashing_streams_by_name_before_loading_a_model(argv, words, monkeypatch, capsys):
-    from NerveSegLogic import live_serve, live_serve_streams
+    from NerveSegLogic.live import serve as live_serve
+    from NerveSegLogic.live import serve_streams as live_serve_streams
     from NerveSegLogic.cli import main
 
     def no(*args, **kwargs):
@@ -208,7 +209,8 @@ def test_the_command_refuses_clashing_streams_by_name_before_loading_a_model(arg
 
 
 def test_one_unnamed_input_is_the_plain_serve_and_named_inputs_are_streams(monkeypatch):
-    from NerveSegLogic import live_serve, live_serve_streams
+    from NerveSegLogic.live import serve as live_serve
+    from NerveSegLogic.live import serve_streams as live_serve_streams
     from NerveSegLogic.cli import main
 
     seen = {}
@@ -386,7 +388,7 @@ def test_bad_input_on_one_stream_is_reported_for_it_and_the_others_go_on(model, 
     assert status["INT32"]["frames_received"] == 0 and status["INT32"]["results_sent"] == 0
     assert status["JUNK"]["out_of_step"] >= 2 and status["JUNK"]["frames_received"] == 0
     assert status["OK"]["refused"] == {} and status["OK"]["out_of_step"] == 0 and status["OK"]["results_sent"] >= 25
-    warnings = [r.getMessage() for r in caplog.records if r.name == "NerveSegLogic.live_serve_streams"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "NerveSegLogic.live.serve_streams"]
     assert any(m.startswith("stream INT32 ") and "refused" in m for m in warnings), warnings
     assert any(m.startswith("stream JUNK ") for m in warnings), warnings
     assert not any(m.startswith("stream OK ") for m in warnings), warnings
@@ -486,7 +488,7 @@ def test_a_taken_output_port_is_refused_naming_its_stream_and_nothing_is_left_li
 def test_each_stream_has_its_own_region_detector_and_shares_the_models_backend(model):
     import copy
 
-    from NerveSegLogic.live_serve_streams import stream_segmenter
+    from NerveSegLogic.live.serve_streams import stream_segmenter
 
     loaded = copy.copy(model)
     loaded.region = "auto"

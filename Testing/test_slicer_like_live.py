@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from NerveSegLogic.controller import LiveController, run_sample_replay
+from NerveSegLogic.live.controller import LiveController
+from NerveSegLogic.live.selftest import run_sample_replay
 from NerveSegLogic.models import registry
 from NerveSegLogic.scene import mrml
 from NerveSegLogic.scene.nodes import volume_array
@@ -128,7 +129,7 @@ def _pids_of_workers():
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"NerveSegLogic.worker" in f.read():
+                    if b"NerveSegLogic.live.worker" in f.read():
                         out.add(int(pid))
             except OSError:
                 pass
@@ -178,7 +179,7 @@ def test_a_crashed_worker_is_restarted_with_the_reason_shown_and_stop_leaves_no_
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="process listing needs /proc")
 def test_a_worker_whose_parent_link_closes_exits_by_itself(unet_random):
     """If Slicer dies (no stop message), the worker sees its link close and ends: no orphan process."""
-    from NerveSegLogic.worker.parent import WorkerProcess
+    from NerveSegLogic.live.worker.parent import WorkerProcess
 
     process = WorkerProcess(["--role", "segment", "--model", unet_random, "--input", "parent"])
     process.start()
@@ -196,8 +197,8 @@ def test_a_worker_whose_parent_link_closes_exits_by_itself(unet_random):
 def test_a_connection_without_the_token_is_refused():
     import socket
 
-    from NerveSegLogic.worker import link
-    from NerveSegLogic.worker.parent import WorkerProcess
+    from NerveSegLogic.live.worker import link
+    from NerveSegLogic.live.worker.parent import WorkerProcess
 
     process = WorkerProcess(["--role", "segment", "--model", "unet"], python="/bin/false")  # exits at once
     process.start()
@@ -229,12 +230,13 @@ def test_the_panel_sets_up_lists_models_and_offers_install_on_a_bare_slicer():
     done = run_bare("""
         import json, sys
         from types import SimpleNamespace
-        from NerveSegLogic import slicer_setup
-        from NerveSegLogic.controller import LiveController, ReviewController
+        from NerveSegLogic.install import slicer_packages
+        from NerveSegLogic.annotate.review.controller import ReviewController
+        from NerveSegLogic.live.controller import LiveController
         controller = LiveController()
         names = controller.model_names()
         summaries = {name: controller.select_model(name) for name in names}
-        missing = slicer_setup.check()
+        missing = slicer_packages.check()
         calls = []
         fake = SimpleNamespace(packaging=SimpleNamespace(
             pip_ensure=lambda reqs, constraints=None, **kw: calls.append(
@@ -243,7 +245,7 @@ def test_the_panel_sets_up_lists_models_and_offers_install_on_a_bare_slicer():
             def installTorch(self, askConfirmation=True, torchVersionRequirement=None):
                 calls.append(("torch", torchVersionRequirement))
                 return object()
-        slicer_setup.install(fake, missing, ask=False, torch_installer=Torch)
+        slicer_packages.install(fake, missing, ask=False, torch_installer=Torch)
         print(json.dumps({"names": names, "summaries": summaries, "missing": [m.describe() for m in missing],
                           "calls": calls, "loaded": sorted(m for m in ("cv2", "torch", "onnxruntime", "monai")
                                                             if m in sys.modules)}))
@@ -319,7 +321,7 @@ def test_remote_mode_pairs_the_servers_labelmaps_with_their_frames_in_the_worker
     scanners names a stream's labelmaps NAME_Label (OR2_Label): the panel takes them alike."""
     import threading
 
-    from NerveSegLogic.live_serve import SegmentationServer, ServeOptions
+    from NerveSegLogic.live.serve import SegmentationServer, ServeOptions
     from NerveSegLogic.stream.replay import ReplayServer
 
     replay = ReplayServer(None, fps=10.0, loop=True)

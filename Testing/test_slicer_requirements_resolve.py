@@ -3,8 +3,8 @@
 Slicer 5.6/5.8 run Python 3.9 with numpy 1.26.4; Slicer 5.10 runs Python 3.12 with numpy 2.0.2. For each, pip
 resolves Resources/requirements-slicer.txt from the package index for that Python on Linux, Windows and macOS
 (``pip install --dry-run --python-version X --only-binary :all:``: the metadata of the versions pip would really
-pick, no guessing) with numpy held as slicer_setup holds it (the constraints come from
-``slicer_setup.held_constraints`` given that Slicer's numpy), and the test looks at what would be installed: numpy
+pick, no guessing) with numpy held as slicer_packages holds it (the constraints come from
+``slicer_packages.held_constraints`` given that Slicer's numpy), and the test looks at what would be installed: numpy
 unchanged, no torch (it must come from the PyTorch extension), no slicer-core or vtk, and a wheel of every package
 the module needs. It also shows why numpy must be held: without the hold pip would pick another numpy. Needs the
 package index (as `make test` does to install the venv).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from NerveSegLogic import slicer_setup
+from NerveSegLogic.install import slicer_packages
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIREMENTS = REPO / "Resources" / "requirements-slicer.txt"
@@ -51,8 +51,8 @@ def resolve(tmp_path: Path, python: str, platforms, extra=()) -> dict:
 
 
 def held(tmp_path: Path, numpy: str) -> Path:
-    """The constraints file slicer_setup writes in a Slicer whose numpy is ``numpy`` (torch not yet installed)."""
-    lines = slicer_setup.held_constraints(version_of={"numpy": numpy}.get)
+    """The constraints file slicer_packages writes in a Slicer whose numpy is ``numpy`` (torch not yet installed)."""
+    lines = slicer_packages.held_constraints(version_of={"numpy": numpy}.get)
     assert lines == [f"numpy=={numpy}"]
     constraints = tmp_path / "constraints.txt"
     constraints.write_text("\n".join(lines) + "\n")
@@ -63,8 +63,8 @@ def held(tmp_path: Path, numpy: str) -> Path:
 def test_held_constraints_keep_each_slicers_numpy(slicer):
     """In Slicer 5.10 the hold is numpy 2.0.2, in 5.6/5.8 numpy 1.26.4; torch is held too once it is installed."""
     _, numpy = SLICERS[slicer]
-    assert slicer_setup.held_constraints(version_of={"numpy": numpy}.get) == [f"numpy=={numpy}"]
-    assert slicer_setup.held_constraints(version_of={"numpy": numpy, "torch": "2.4.1"}.get) == \
+    assert slicer_packages.held_constraints(version_of={"numpy": numpy}.get) == [f"numpy=={numpy}"]
+    assert slicer_packages.held_constraints(version_of={"numpy": numpy, "torch": "2.4.1"}.get) == \
         [f"numpy=={numpy}", "torch==2.4.1"]
 
 
@@ -84,7 +84,7 @@ def test_requirements_resolve_on_slicers_python_with_its_numpy_held(tmp_path, sl
 @pytest.mark.slow
 @pytest.mark.parametrize("slicer", sorted(SLICERS))
 def test_without_the_hold_pip_would_change_slicers_numpy(tmp_path, slicer):
-    """Why slicer_setup holds numpy: numpy>=1.24 lets pip choose another numpy than Slicer's (numpy 2 for Python 3.9,
+    """Why slicer_packages holds numpy: numpy>=1.24 lets pip choose another numpy than Slicer's (numpy 2 for Python 3.9,
     a newer 2.x for 3.12). The bound on OpenCV alone (<4.12, whose wheels need numpy 2) is not enough; the hold is."""
     python, numpy = SLICERS[slicer]
     picked = resolve(tmp_path, python, PLATFORMS["linux"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.frame import Frame, Instance, SegmentationResult
-from NerveSegLogic.inference import preprocess as pp
+from NerveSegLogic.imaging import placement as pp
 from NerveSegLogic.inference.presence import PresenceModel
 from NerveSegLogic.inference.segmenter import Segmenter
 from NerveSegLogic.inference.steady import (STATES, Hysteresis, SteadyOptions, SteadyOverlay, argmax_labels,
@@ -413,7 +413,7 @@ def test_options_are_checked():
 def test_a_region_result_is_rebuilt_at_the_region():
     if "region" not in {f.name for f in dataclasses.fields(SegmentationResult)}:
         pytest.skip("SegmentationResult has no region field in this tree")
-    from NerveSegLogic.inference.region import Region
+    from NerveSegLogic.imaging.region import Region
 
     region = Region(8, 6, 16, 16)
     image = np.zeros((30, 40), np.uint8)

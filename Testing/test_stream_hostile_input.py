@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.frame import ImageGeometry
-from NerveSegLogic.image_bounds import MAX_ASPECT, ImageTooLarge, check_image_size
-from NerveSegLogic.inference import preprocess as pp
+from NerveSegLogic.imaging.bounds import MAX_ASPECT, ImageTooLarge, check_image_size
+from NerveSegLogic.imaging import placement as pp
 from NerveSegLogic.stream import ImageReceiver
 from NerveSegLogic.stream.codec import (ImageRefused, decode_image, encode_image, parse_header, HEADER_SIZE)
 
@@ -191,7 +191,7 @@ def test_serve_and_replay_listen_on_this_machine_only_unless_told_otherwise():
     opened = parser.parse_args(["serve", "--input", "h:1", "--host", "0.0.0.0", "--allow", "10.0.0.5",
                                 "--input-timeout", "2.5"])
     assert (opened.host, opened.allow, opened.input_timeout) == ("0.0.0.0", "10.0.0.5", 2.5)
-    from NerveSegLogic.live_serve import ServeOptions
+    from NerveSegLogic.live.serve import ServeOptions
 
     assert ServeOptions(input_host="h", input_port=1).host == "127.0.0.1"
 

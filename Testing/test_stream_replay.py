@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.frame import ImageGeometry
-from NerveSegLogic.inference.preprocess import to_grey
+from NerveSegLogic.imaging.placement import to_grey
 from NerveSegLogic.resources import sample_dir
 from NerveSegLogic.stream import ImageReceiver, ReplayServer
 from NerveSegLogic.stream.sources import ImageFolderSource, SequenceFileSource, SourceFrame, open_source

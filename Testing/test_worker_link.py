@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.frame import ImageGeometry
-from NerveSegLogic.worker import link
-from NerveSegLogic.worker.parent import worker_python
+from NerveSegLogic.live.worker import link
+from NerveSegLogic.live.worker.parent import worker_python
 
 
 def test_a_frame_and_its_labelmap_round_trip_in_one_message():
@@ -116,8 +116,8 @@ def test_outside_slicer_the_worker_runs_with_this_python(monkeypatch):
 
 def test_a_message_that_arrives_in_the_same_read_as_the_hello_is_not_lost():
     """A worker that fails at once sends its hello and its error back to back; the error must reach the status."""
-    from NerveSegLogic.worker import link
-    from NerveSegLogic.worker.parent import WorkerProcess
+    from NerveSegLogic.live.worker import link
+    from NerveSegLogic.live.worker.parent import WorkerProcess
 
     process = WorkerProcess([])
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

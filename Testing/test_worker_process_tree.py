@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from NerveSegLogic.worker import parent
-from NerveSegLogic.worker.parent import WorkerProcess, WorkerRun
+from NerveSegLogic.live.worker import parent
+from NerveSegLogic.live.worker.parent import WorkerProcess, WorkerRun
 
 pytestmark = pytest.mark.skipif(os.name == "nt" or not os.path.isdir("/proc"),
                                 reason="real POSIX process trees, inspected through /proc")
@@ -34,7 +34,7 @@ HUNG_WORKER = '''\
 """A worker that hangs: it connects back and says hello (and ready), then ignores SIGTERM and never reads its link
 again, so neither "stop" nor the link closing ends it."""
 import argparse, os, signal, socket, time
-from NerveSegLogic.worker import link
+from NerveSegLogic.live.worker import link
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 p = argparse.ArgumentParser()
 p.add_argument("-m")

@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 from NerveSegLogic.inference import backends  # noqa: E402
-from NerveSegLogic.inference import preprocess as pp  # noqa: E402
+from NerveSegLogic.imaging import placement as pp  # noqa: E402
 from NerveSegLogic.models import registry  # noqa: E402
 from NerveSegLogic.train.metrics import dice  # noqa: E402
 from machine import cpu_name, load_note  # noqa: E402  (benchmarks/machine.py)

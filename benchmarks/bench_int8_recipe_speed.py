@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from NerveSegLogic.inference import backends
-    from NerveSegLogic.inference import preprocess as pp
+    from NerveSegLogic.imaging import placement as pp
     from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.models import registry
 

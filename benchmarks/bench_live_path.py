@@ -68,7 +68,7 @@ def make_probe_frames(folder: Path, count: int = 100, width: int = 580, height: 
 
 def measure(model: str, backend: str, args, steady: bool = True) -> dict:
     """One run of the live path; returns what the report needs (``latencies``: every frame's total, in ms)."""
-    from NerveSegLogic.live_demo import DemoOptions, run_demo
+    from NerveSegLogic.live.demo import DemoOptions, run_demo
 
     frames = int(round(args.fps * args.seconds))
     load_before = os.getloadavg()[0]
@@ -108,7 +108,7 @@ def segment_cost(model: str, backend: str, args) -> dict:
     import numpy as np
 
     from NerveSegLogic.frame import Frame
-    from NerveSegLogic.inference import preprocess as pp
+    from NerveSegLogic.imaging import placement as pp
     from NerveSegLogic.inference.backends import load_segmenter
     from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.inference.steady import SteadyOptions, SteadyOverlay
@@ -166,7 +166,8 @@ def measure_worker(model: str, backend: str, args, steady: bool = True) -> dict:
     slicer-core scene in this process; every applied result's stage latencies are kept."""
     import numpy as np
 
-    from NerveSegLogic.controller import LiveController, run_sample_replay
+    from NerveSegLogic.live.controller import LiveController
+    from NerveSegLogic.live.selftest import run_sample_replay
 
     frames = int(round(args.fps * args.seconds))
     load_before = os.getloadavg()[0]

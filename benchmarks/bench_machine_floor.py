@@ -80,7 +80,7 @@ def preprocess_after_sleep(gaps_ms, repeats: int) -> dict:
     spent asleep (``sleep``) or reading the clock in a loop (``spin``: the CPU never goes idle)."""
     import cv2
 
-    from NerveSegLogic.inference import preprocess as pp
+    from NerveSegLogic.imaging import placement as pp
     from NerveSegLogic.models import registry
     from NerveSegLogic.resources import sample_dir
 

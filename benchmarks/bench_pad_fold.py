@@ -88,7 +88,7 @@ def compare(card, paths, images, threads):
 
 def timing(card, paths, image, threads, rounds, runs):
     from NerveSegLogic.inference import backends
-    from NerveSegLogic.inference import preprocess as pp
+    from NerveSegLogic.imaging import placement as pp
 
     x = pp.preprocess(image, card.input)[0][np.newaxis]
     result = {}

@@ -109,12 +109,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from NerveSegLogic.frame import ImageGeometry
-    from NerveSegLogic.inference import preprocess as pp
+    from NerveSegLogic.imaging import placement as pp
     from NerveSegLogic.inference import segmenter as seg
     from NerveSegLogic.inference.backends import load_segmenter
     from NerveSegLogic.stream import codec
 
-    old_pp = load_version(args.before, "NerveSegLogic/inference/preprocess.py")
+    old_pp = load_version(args.before, "NerveSegLogic/imaging/placement.py")
     old_seg = load_version(args.before, "NerveSegLogic/inference/segmenter.py")
     old_sender = load_version(args.before, "NerveSegLogic/stream/sender.py")
     old_codec = load_version(args.before, "NerveSegLogic/stream/codec.py")

@@ -37,7 +37,8 @@ sys.path.insert(0, str(HERE.parent / "Testing"))
 def run_once(mode: str, driver: str, source: Path, args, threads: int = 0) -> dict:
     from slicerlike import GilHoldingDriver, slicer_scene
 
-    from NerveSegLogic.controller import LiveController, run_sample_replay
+    from NerveSegLogic.live.controller import LiveController
+    from NerveSegLogic.live.selftest import run_sample_replay
 
     controller = LiveController(slicer_scene())
     controller.threads = threads  # the panel's inference threads (0: the backend's default)

@@ -24,7 +24,7 @@ torch.set_num_threads(args.threads); torch.manual_seed(0)
 from bench_prompted import read_pair, structures, jittered_box, dice
 from NerveSegLogic.models import registry
 from NerveSegLogic.models.litemedsam import prompt_points
-from NerveSegLogic.inference import preprocess as pp
+from NerveSegLogic.imaging import placement as pp
 data = args.data; emb = args.embeddings
 names = sorted(p.name for p in (data/'images').glob('*.png'))
 sha = registry.card('litemedsam').weights['sha256'][:12]

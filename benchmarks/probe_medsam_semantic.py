@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     from compare_models import _scores  # noqa: E402  (same folder)
 
     from NerveSegLogic.datasets.readers import open_dataset
-    from NerveSegLogic.inference import preprocess as pp
+    from NerveSegLogic.imaging import placement as pp
     from NerveSegLogic.inference.promptable import PromptableSegmenter
     from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.models import registry

@@ -79,7 +79,7 @@ def steal_percent(before: Dict[str, int], after: Dict[str, int]):
 def stages(args) -> Dict:
     from bench_vs_fast import SentLog, free_port, make_frames  # noqa: E402  (same folder)
 
-    from NerveSegLogic.live_serve import SegmentationServer, ServeOptions
+    from NerveSegLogic.live.serve import SegmentationServer, ServeOptions
     from NerveSegLogic.stream.receiver import ImageReceiver
     from NerveSegLogic.stream.replay import ReplayServer
 

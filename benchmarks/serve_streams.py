@@ -212,7 +212,7 @@ def run_config(scanners: int, mode: str, frames: List[np.ndarray], seconds: floa
 def model_batches(frames: List[np.ndarray], repeats: int = 60) -> Dict:
     """The default model alone, as serve loads it: ms per call and per frame for batches of 1, 2 and 4 frames
     (median of ``repeats`` calls), i.e. the most cross-stream batching could save when frames do coincide."""
-    from NerveSegLogic.inference import preprocess as pp
+    from NerveSegLogic.imaging import placement as pp
     from NerveSegLogic.inference.backends import DEFAULT_THREADS, load_segmenter
     from NerveSegLogic.models import registry
 

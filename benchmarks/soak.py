@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # the machine is shared; one thread keeps the measurement about this process
     from NerveSegLogic.inference.segmenter import Segmenter
-    from NerveSegLogic.live_serve import ServeOptions, SegmentationServer
+    from NerveSegLogic.live.serve import ServeOptions, SegmentationServer
     from NerveSegLogic.models import registry
 
     name = args.model or registry.default_name()

@@ -81,7 +81,7 @@ def embedding_file(out: Path, name: str, sha: str) -> Path:
 def stage_embed(args) -> None:
     import torch
 
-    from NerveSegLogic.inference import preprocess as pp
+    from NerveSegLogic.imaging import placement as pp
     from NerveSegLogic.models import registry
 
     card = registry.card(BASE)
@@ -110,7 +110,7 @@ class Frames:
     """The data set in the model's input space: per frame its embedding, placement and structures."""
 
     def __init__(self, args, spec, sha: str):
-        from NerveSegLogic.inference import preprocess as pp
+        from NerveSegLogic.imaging import placement as pp
 
         self.names = frame_names(args.data)
         self.args = args

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
-from NerveSegLogic.image_bounds import ImageTooLarge, check_image_size
-from NerveSegLogic.inference.preprocess import to_grey
+from ..imaging.bounds import ImageTooLarge, check_image_size
+from ..imaging.placement import to_grey
 
 from .store import AnnotationStore, ConflictError, pixel_sha256
 
@@ -180,7 +180,7 @@ def _read_image_file(path: Path) -> Iterator[Tuple[Optional[int], np.ndarray]]:
                 raise SourceError(str(exc)) from None
             yield (page if len(pages) > 1 else None), _grey(image, f"{path} page {page}")
         return
-    from NerveSegLogic.image_files import ImageFileError, read_image_file
+    from ..imaging.files import ImageFileError, read_image_file
 
     try:  # refuses an oversize image from its header, before decoding
         image = read_image_file(path)

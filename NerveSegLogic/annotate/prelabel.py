@@ -55,7 +55,7 @@ def _valid_probabilities(segmenter, image: np.ndarray, probabilities: np.ndarray
     spec = getattr(segmenter, "spec", None)
     if spec is None:
         return probabilities
-    from NerveSegLogic.inference.preprocess import place
+    from ..imaging.placement import place
 
     _, placement = place(image, spec)
     return probabilities[:, :placement.valid_h, :placement.valid_w]

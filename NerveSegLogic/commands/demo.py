@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..inference.backends import BACKEND_CHOICES, DEFAULT_THREADS, thread_count
-from ..inference.region import REGION_HELP, region_argument
+from ..imaging.region import REGION_HELP, region_argument
 
 DESCRIPTION = """\
 Run the live path end to end on this machine:
@@ -57,7 +57,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..live_demo import DemoOptions, run_demo
+    from ..live.demo import DemoOptions, run_demo
 
     if args.frames <= 0 or args.fps <= 0:
         raise SystemExit("nerveseg demo: --frames and --fps must be positive")

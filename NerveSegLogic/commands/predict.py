@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="(default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     add_tta_argument(parser)
-    from ..inference.region import region_argument
+    from ..imaging.region import region_argument
 
     parser.add_argument("--region", type=region_argument, default=None, metavar="X,Y,W,H|auto",
                         help="the part of each image the model sees (frame-grabber video: the scanner's text, scales "
@@ -62,11 +62,11 @@ def run(args) -> int:
     import cv2
     from tqdm import tqdm
 
-    from ..image_files import ImageFileError, read_image_file, write_image_file
+    from ..imaging.files import ImageFileError, read_image_file, write_image_file
     from ..inference.backends import apply_tta, check_tta, tta_of
     from ..inference.segmenter import Segmenter
     from ..models import registry
-    from ..overlay import render_overlay
+    from ..imaging.overlay import render_overlay
 
     files = []
     series = {}  # file -> the input it came from (a folder's frames are one clip for --region auto)
@@ -141,7 +141,7 @@ class AutoRegions:
         self.found = {}
 
     def region_for(self, path, image):
-        from ..inference.region import AUTO_MAX_FRAMES, find_region
+        from ..imaging.region import AUTO_MAX_FRAMES, find_region
 
         shape = tuple(int(v) for v in image.shape[:2])
         key = (self.series.get(path, -1), shape)
@@ -166,7 +166,7 @@ def _spread(count: int, most: int):
 
 def _read_quietly(path):
     """The image, or None when it cannot be read (its own turn reports that)."""
-    from ..image_files import ImageFileError, read_image_file
+    from ..imaging.files import ImageFileError, read_image_file
 
     try:
         return read_image_file(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..inference.backends import BACKEND_CHOICES, DEFAULT_THREADS, thread_count
-from ..inference.region import REGION_HELP, region_argument
+from ..imaging.region import REGION_HELP, region_argument
 
 DESCRIPTION = """\
 Headless form of the live path, for a GPU (or CPU) box serving Slicer laptops:
@@ -44,7 +44,7 @@ def parse_host_port(text: str):
 
 def input_stream(text: str):
     """One --input: HOST:PORT, HOST:PORT=NAME or HOST:PORT=NAME@OUTPUT_PORT (live_serve_streams.StreamInput)."""
-    from ..live_serve_streams import parse_input
+    from ..live.serve_streams import parse_input
 
     try:
         return parse_input(text)
@@ -122,8 +122,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..live_serve import ServeOptions, run_serve
-    from ..live_serve_streams import resolve_streams, run_serve_streams
+    from ..live.serve import ServeOptions, run_serve
+    from ..live.serve_streams import resolve_streams, run_serve_streams
 
     inputs = args.input
     single = len(inputs) == 1 and inputs[0].name is None and inputs[0].output_port is None

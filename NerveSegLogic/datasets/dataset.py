@@ -142,7 +142,7 @@ class LabelledDataset:
     # -- reading ----------------------------------------------------------------------------------------------------
 
     def _read(self, ref: SampleRef) -> Sample:
-        from NerveSegLogic.inference.preprocess import to_grey
+        from ..imaging.placement import to_grey
 
         try:
             image, mask = ref.load()

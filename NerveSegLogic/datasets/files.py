@@ -19,7 +19,7 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 def _open(path: Path):
     from PIL import Image, UnidentifiedImageError
 
-    from ..image_bounds import ImageTooLarge, check_image_size
+    from ..imaging.bounds import ImageTooLarge, check_image_size
 
     try:
         image = Image.open(path)

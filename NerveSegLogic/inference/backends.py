@@ -281,7 +281,7 @@ def quantize_int8(fp32_path: Union[str, Path], int8_path: Union[str, Path], card
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from . import preprocess as pp
+    from ..imaging import placement as pp
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     if recipe is None:

@@ -28,7 +28,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import preprocess as pp
+from ..imaging import placement as pp
 
 log = logging.getLogger(__name__)
 

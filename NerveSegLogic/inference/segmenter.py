@@ -17,9 +17,9 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..frame import Frame, Instance, SegmentationResult
-from . import preprocess as pp
+from ..imaging import placement as pp
 from .backends import OnnxBackend, TorchBackend
-from .region import AUTO, AutoRegion, Region, RegionChoice, parse_region
+from ..imaging.region import AUTO, AutoRegion, Region, RegionChoice, parse_region
 
 log = logging.getLogger(__name__)
 

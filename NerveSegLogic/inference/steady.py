@@ -84,7 +84,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import preprocess as pp
+from ..imaging import placement as pp
 from .presence import PresenceModel, frame_scores
 
 STATES = ("hidden", "uncertain", "shown")  # index = level

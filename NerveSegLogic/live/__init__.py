@@ -1,5 +1,12 @@
-"""live: the live panel's logic without Qt (controller, runs, status, choices, self-test).
+"""live: the live path, from frames arriving to results in the scene, and the live panel's logic without Qt.
 
-Importing it imports neither torch, OpenCV, ONNX Runtime nor ``slicer``: a bare Slicer shows the panel and lists
-the models before any optional package is installed.
+- :mod:`.engine`, :mod:`.pipeline`: the inference thread on the newest frame and the receive -> segment -> sinks loop;
+- :mod:`.runs`: the :class:`~.runs.Run` protocol and the in-process and remote runs;
+  :mod:`.worker`: the worker process (the Slicer panel's default) and its run;
+- :mod:`.controller`: :class:`~.controller.LiveController`, what the live panel's buttons do; :mod:`.status`,
+  :mod:`.choices`: status line, display settings, inputs; :mod:`.selftest`: the replay self-test;
+- :mod:`.demo`, :mod:`.serve`, :mod:`.serve_streams`: ``nerveseg demo`` and ``nerveseg serve``.
+
+Importing the package, its controller, choices or status imports neither torch, OpenCV, ONNX Runtime nor
+``slicer``: a bare Slicer shows the panel and lists the models before any optional package is installed.
 """

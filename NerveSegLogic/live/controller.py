@@ -8,7 +8,7 @@ only method that writes MRML (through a :class:`~NerveSegLogic.scene.live.LiveSc
 
 Three ways to segment (:data:`~NerveSegLogic.live.choices.MODES`):
 
-- ``child-process`` (the panel's default): a worker process (:mod:`NerveSegLogic.worker`) receives the frames from
+- ``child-process`` (the panel's default): a worker process (:mod:`NerveSegLogic.live.worker`) receives the frames from
   PLUS (or is sent the frames of a volume node), runs the model and sends back each frame with its labelmap. Inside
   Slicer, Python threads run only while the main thread executes Python (PythonQt keeps the GIL while the Qt event
   loop waits), so receiving and inference must not be Python threads of Slicer's process.
@@ -301,12 +301,12 @@ class LiveController:
 
     def set_region(self, region=None) -> str:
         """Segment only the image region of the frames: None or '' (the whole frame), ``"auto"`` (found from the
-        first second of frames, see :mod:`NerveSegLogic.inference.region`), ``"X,Y,W,H"``, an (x, y, w, h)
+        first second of frames, see :mod:`NerveSegLogic.imaging.region`), ``"X,Y,W,H"``, an (x, y, w, h)
         sequence or a Region, in frame pixels. In-process it applies from the next frame; a running worker process
         restarts with it. Setting ``"auto"`` again finds the region again. In remote mode the server's own
         ``--region`` applies (the choice is kept for the other modes).
         Returns what the panel shows; RegionError (a ValueError) naming the value for a bad one."""
-        from ..inference.region import Region, parse_region
+        from ..imaging.region import Region, parse_region
 
         if region is None or isinstance(region, str):
             choice = parse_region(region, what="image region")
@@ -374,7 +374,7 @@ class LiveController:
         the IJK-to-RAS geometry of ``volume_node`` (default: NerveSeg's live volume, which shows the frames with
         their own geometry, else the input volume). ValueError when no volume with an image is there yet, or the
         box holds too few of its pixels."""
-        from ..inference.region import region_from_ras_bounds
+        from ..imaging.region import region_from_ras_bounds
         from ..scene import mrml
 
         node = volume_node
@@ -471,7 +471,7 @@ class LiveController:
     def _worker_run(self, scene, role: str):
         """A WorkerRun: the worker process receives (from PLUS, or the volume node's frames sent from here) and
         segments (role ``segment``) or pairs a serve's labelmaps with the frames (role ``remote``)."""
-        from ..worker.parent import WorkerProcess, WorkerRun
+        from .worker.parent import WorkerProcess, WorkerRun
 
         args = ["--role", role, "--model", self._model_name]
         volume_input = None
@@ -479,7 +479,7 @@ class LiveController:
             args += ["--backend", self.backend, "--compute", self.compute_device, "--threads", str(int(self.threads)),
                      "--steady", "on" if self._steady else "off"]
             if self._region is not None:
-                from ..inference.region import region_text
+                from ..imaging.region import region_text
 
                 args += ["--region", region_text(self._region)]
         if self._input.kind == "igtl":

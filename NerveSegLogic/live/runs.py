@@ -2,7 +2,7 @@
 
 - :class:`InProcessRun`: frames (OpenIGTLink receiver thread, or a volume node read on the main thread) ->
   LivePipeline inference thread -> the scene. Headless use; in Slicer, threads run only while the GUI executes
-  Python, so the panel uses the worker process (:mod:`NerveSegLogic.worker.parent`) instead.
+  Python, so the panel uses the worker process (:mod:`NerveSegLogic.live.worker.parent`) instead.
 - :class:`RemoteRun`: images from the input server, labelmaps from a ``nerveseg serve``, paired by IGTL timestamp.
   Runs inside the worker process in Slicer (remote mode), or in-process headless.
 
@@ -36,7 +36,7 @@ def frame_from_volume_node(node, frame_id: int) -> Frame:
     """
     from vtkmodules.util import numpy_support
 
-    from ..inference.preprocess import to_grey
+    from ..imaging.placement import to_grey
     from ..scene import mrml
 
     name = node.GetName()
@@ -134,13 +134,13 @@ class InProcessRun:
     """
 
     def __init__(self, receiver, volume_input: Optional[VolumeNodeInput], segmenter, sinks, steady=True):
-        from ..pipeline import LivePipeline
+        from .pipeline import LivePipeline
 
         self.volume_input = volume_input
         self.pipeline = LivePipeline(receiver, segmenter, sinks=sinks, frames=None if receiver else NewestSlot())
         self.stats = self.pipeline.stats
         self.watch = ConnectionWatch(receiver)
-        from ..inference.engine import ReconnectWatch
+        from .engine import ReconnectWatch
 
         self._reconnects = ReconnectWatch(receiver, self.pipeline.engine)
         self.set_steady(steady)
@@ -201,7 +201,7 @@ class RemoteRun:
 
     def __init__(self, receiver_factory, input_choice: InputChoice, server: Tuple[str, int], classes,
                  model_name: str, sinks):
-        from ..pipeline import LiveStats
+        from .pipeline import LiveStats
 
         self.memory = FrameMemory()
         self.image_receiver = receiver_factory(input_choice.host, input_choice.port, input_choice.device_name,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from NerveSegLogic.classes import SegmentClass, segment_class
-from NerveSegLogic.inference.preprocess import InputSpec
+from ..imaging.placement import InputSpec
 
 from .user_models import SITE_CARD_FILE, fetched_weights_path
 

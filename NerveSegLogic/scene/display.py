@@ -121,7 +121,7 @@ class RegionNames:
     locked, with one control point per region (labelled with the class name) at the region's centroid.
 
     ``update(regions, geometry)`` moves, adds and removes points in place (no node is created per frame); a
-    region is ``(label, x, y, area)`` in pixels (see ``NerveSegLogic.regions``). Main thread only.
+    region is ``(label, x, y, area)`` in pixels (see ``NerveSegLogic.imaging.components``). Main thread only.
     """
 
     #: Point glyph size relative to the view (small: the text matters, not the dot).

@@ -299,7 +299,7 @@ class LiveScene:
         if self._names.visible:
             regions = result.regions
             if regions is None:  # not found where the labelmap was made (e.g. a result built here)
-                from NerveSegLogic.regions import find_regions
+                from ..imaging.components import find_regions
 
                 regions = find_regions(result.labelmap, [c.label for c in self.classes], self.min_region_area)
             self._names.update(regions, geometry)

@@ -40,7 +40,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
-from NerveSegLogic.image_bounds import ImageTooLarge, check_image_size
+from ..imaging.bounds import ImageTooLarge, check_image_size
 
 logger = logging.getLogger(__name__)
 

@@ -469,7 +469,7 @@ class ImageReceiver:
             self._warn(f"refused-{reason}", "%s; frame refused", exc)
             return
         if pixels.ndim == 3:
-            from NerveSegLogic.inference.preprocess import to_grey  # deferred: pulls in OpenCV
+            from ..imaging.placement import to_grey  # deferred: pulls in OpenCV
 
             pixels = to_grey(pixels)
         with self._cond:

@@ -74,7 +74,7 @@ def _colour(image: np.ndarray, color: str, name: str) -> np.ndarray:
     """BGR(A) from OpenCV -> RGB, or grey; grey input stays grey."""
     import cv2
 
-    from NerveSegLogic.inference.preprocess import to_grey
+    from ..imaging.placement import to_grey
 
     if image.ndim == 2:
         return image
@@ -298,7 +298,7 @@ class SequenceFileSource:
         return int(self._frames.shape[0])
 
     def __iter__(self) -> Iterator[SourceFrame]:
-        from NerveSegLogic.inference.preprocess import to_grey
+        from ..imaging.placement import to_grey
 
         for index in range(len(self)):
             image = self._frames[index]

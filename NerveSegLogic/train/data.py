@@ -2,7 +2,7 @@
 
 A data set is read once (:class:`FrameStore`, grey uint8 frames and label masks in their own size); every training
 step then augments the frames at their own size and preprocesses them exactly as the live path does
-(:func:`NerveSegLogic.inference.preprocess.preprocess` for the image, ``place_mask`` for the mask).
+(:func:`NerveSegLogic.imaging.placement.preprocess` for the image, ``place_mask`` for the mask).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..classes import SegmentClass
-from ..inference import preprocess as pp
+from ..imaging import placement as pp
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..inference import preprocess as pp
+from ..imaging import placement as pp
 
 
 @dataclass

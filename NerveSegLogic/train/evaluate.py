@@ -164,7 +164,7 @@ def _class_probabilities(result, classes) -> Optional[Dict[str, np.ndarray]]:
     """Per-class pixel scores in frame size for AUC: a semantic model's probabilities brought back to the frame
     (with the result's placement), or for an instance model the highest score of an instance of that class
     covering the pixel."""
-    from ..inference import preprocess as pp
+    from ..imaging import placement as pp
 
     height, width = result.labelmap.shape
     if result.probabilities is not None:
@@ -319,7 +319,7 @@ def write_report(evaluation: Evaluation, frames: FrameStore, out_dir: Path, clas
     in both files."""
     import cv2
 
-    from ..overlay import render_overlay
+    from ..imaging.overlay import render_overlay
 
     out_dir = Path(out_dir)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)

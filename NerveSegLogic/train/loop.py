@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..inference import preprocess as pp
+from ..imaging import placement as pp
 from ..inference.backends import resolve_device  # one rule for auto, cpu and cuda in training and the live path
 from . import data as td
 from .augment import Augmenter

@@ -17,7 +17,7 @@ Conventions (the same in metrics.json, the comparison table and the tests):
 - Pixel AUC (:func:`pixel_auc`): area under the ROC curve of the class's per-pixel probability against the truth,
   from ranks (Mann-Whitney U, ties share their mean rank). NaN when the truth is all one value.
 - Detection (:func:`match_regions`), Smistad's rule: regions are 8-connected components of each class; regions
-  smaller than :data:`~NerveSegLogic.inference.preprocess.MIN_COMPONENT_AREA_PX` (a circle of radius 7 px) are
+  smaller than :data:`~NerveSegLogic.imaging.placement.MIN_COMPONENT_AREA_PX` (a circle of radius 7 px) are
   ignored in both the truth and the prediction. The overlap of a predicted region P and a true region T is their
   Dice, 2 |P n T| / (|P| + |T|); pairs with overlap above 0.25 are matched one to one, largest overlap first.
   Matched true regions are true positives, unmatched predicted regions false positives, unmatched true regions
@@ -37,7 +37,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ..inference.preprocess import MIN_COMPONENT_AREA_PX
+from ..imaging.placement import MIN_COMPONENT_AREA_PX
 
 #: Smistad et al.: a predicted region is a true positive when it overlaps a true region by more than this.
 DETECTION_OVERLAP = 0.25

@@ -10,8 +10,8 @@ from typing import Iterable, Optional, Sequence
 import cv2
 import numpy as np
 
-from .classes import SegmentClass
-from .inference.preprocess import normalize, to_grey
+from ..classes import SegmentClass
+from .placement import normalize, to_grey
 
 
 def grey_to_rgb8(image: np.ndarray) -> np.ndarray:

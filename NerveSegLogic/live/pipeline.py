@@ -14,8 +14,8 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
-from .frame import SegmentationResult
-from .inference.engine import InferenceEngine
+from ..frame import SegmentationResult
+from .engine import InferenceEngine
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class LivePipeline:
 
     def __init__(self, receiver, segmenter, sinks: Iterable[Sink] = (), frames=None,
                  worker_sink: Optional[Sink] = None):
-        from .slot import NewestSlot
+        from ..slot import NewestSlot
 
         self.receiver = receiver
         self.frames = receiver.frames if receiver is not None else (frames or NewestSlot())

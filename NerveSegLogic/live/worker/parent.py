@@ -1,7 +1,7 @@
 """Slicer's side of the worker process: start it, watch it, restart it after a crash, stop it, and read its results
 without ever blocking the GUI.
 
-:class:`WorkerProcess` owns one child (``python -m NerveSegLogic.worker``, with Slicer's ``PythonSlicer`` inside
+:class:`WorkerProcess` owns one child (``python -m NerveSegLogic.live.worker``, with Slicer's ``PythonSlicer`` inside
 Slicer), a loopback listening socket it connects back to (checked by a per-start token) and its log file.
 :class:`WorkerRun` is the run the :class:`~NerveSegLogic.live.controller.LiveController` polls from its timer tick:
 each ``poll`` reads whatever the link holds, applies only the newest result (the frame and its labelmap, which
@@ -36,8 +36,8 @@ import weakref
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ..frame import Frame, SegmentationResult
-from ..inference.region import Region
+from ...frame import Frame, SegmentationResult
+from ...imaging.region import Region
 from . import link
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class WorkerProcess:
         env["PYTHONPATH"] = _package_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env["PYTHONUNBUFFERED"] = "1"
-        command = [self.python or worker_python(), "-m", "NerveSegLogic.worker", "--connect", f"127.0.0.1:{port}",
+        command = [self.python or worker_python(), "-m", "NerveSegLogic.live.worker", "--connect", f"127.0.0.1:{port}",
                    "--token", self._token, *self.args]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log_file,
                                         stderr=subprocess.STDOUT, env=env, **_tree_root_options())

@@ -23,9 +23,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .annotate.prompt import FramePrompter, label_for_class, replace_class
-from .annotate.session import ReviewSession
-from .annotate.store import Version
+from ..prompt import FramePrompter, label_for_class, replace_class
+from ..session import ReviewSession
+from ..store import Version
 
 Point = Tuple[float, float, bool]
 

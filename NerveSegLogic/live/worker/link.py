@@ -223,7 +223,7 @@ def geometry_to_json(geometry) -> Dict[str, Any]:
 
 
 def geometry_from_json(data: Dict[str, Any]):
-    from ..frame import ImageGeometry
+    from ...frame import ImageGeometry
 
     try:
         return ImageGeometry(spacing=tuple(float(v) for v in data["spacing"]),

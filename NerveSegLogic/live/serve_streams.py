@@ -332,9 +332,9 @@ class MultiStreamServer:
 
     def __init__(self, options, streams: Sequence[StreamInput], segmenter=None, batch: bool = False,
                  max_batch: Optional[int] = None):
-        from .inference.backends import load_segmenter
-        from .live_serve import SegmentationServer
-        from .models import registry
+        from ..inference.backends import load_segmenter
+        from .serve import SegmentationServer
+        from ..models import registry
 
         self.options = options
         self.streams = list(streams)
@@ -462,7 +462,7 @@ class MultiStreamServer:
 
 def run_serve_streams(options, streams: Sequence[StreamInput], batch: bool = False) -> None:
     """``nerveseg serve`` with named inputs: print what serves where, serve until Ctrl-C."""
-    from .live_serve import _region_note
+    from .serve import _region_note
 
     server = MultiStreamServer(options, streams, batch=batch)
     server.start()

@@ -108,7 +108,7 @@ class Missing:
 
 def requirements_path() -> Path:
     """``Resources/requirements-slicer.txt`` (FileNotFoundError naming where Resources was looked for)."""
-    from .resources import resources_dir
+    from ..resources import resources_dir
 
     return resources_dir() / REQUIREMENTS_FILE
 

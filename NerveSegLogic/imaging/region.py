@@ -221,7 +221,7 @@ def region_from_ras_bounds(bounds: Sequence[float], ijk_to_ras: np.ndarray, heig
 def as_uint8(image: np.ndarray) -> np.ndarray:
     """A grey (H, W) uint8 version of a frame (grey or colour; uint8, uint16 or float as :func:`normalize` reads
     them), for finding the region."""
-    from .preprocess import to_grey
+    from .placement import to_grey
 
     image = np.asarray(image)
     if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (3, 4):

@@ -56,13 +56,13 @@ class _Kept:
 
 def run_demo(options: DemoOptions) -> dict:
     """Run the demo; returns the summary (also written to ``<out>/summary.json``)."""
-    from .inference.backends import load_segmenter
-    from .models import registry
+    from ..inference.backends import load_segmenter
+    from ..models import registry
     from .pipeline import LivePipeline
-    from .resources import sample_dir
-    from .scene import LiveScene
-    from .stream.receiver import ImageReceiver
-    from .stream.replay import ReplayServer
+    from ..resources import sample_dir
+    from ..scene import LiveScene
+    from ..stream.receiver import ImageReceiver
+    from ..stream.replay import ReplayServer
 
     out = Path(options.out).resolve()  # the scene saver returns absolute paths; summary paths are relative to out
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def run_demo(options: DemoOptions) -> dict:
 def _write_overlays(out: Path, items, classes, video: bool) -> dict:
     import cv2
 
-    from .overlay import contact_sheet, render_overlay
+    from ..imaging.overlay import contact_sheet, render_overlay
 
     folder = out / "overlays"
     folder.mkdir(exist_ok=True)
@@ -169,7 +169,7 @@ def _write_video(path: Path, pictures, fps: float = 10.0) -> Optional[str]:
 
 
 def describe_backend(backend) -> str:
-    from .inference.backends import describe
+    from ..inference.backends import describe
 
     return describe(backend)
 

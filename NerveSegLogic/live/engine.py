@@ -112,7 +112,7 @@ class InferenceEngine:
         (per-frame gating, presence and states only), ``True`` / ``False`` for those two, or None (none: the
         segmenter's plain answer, no presence). A new filter each call, so it also starts the stream again. Any
         thread: the worker takes the new filter with its next frame."""
-        from .steady import SteadyOptions, SteadyOverlay
+        from ..inference.steady import SteadyOptions, SteadyOverlay
 
         if options is True:
             options = SteadyOptions()

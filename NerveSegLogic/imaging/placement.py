@@ -25,7 +25,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..image_bounds import check_image_size
+from .bounds import check_image_size
 
 #: OpenCV's interpolation codes (fixed values in every OpenCV), named here so that importing this module (the model
 #: cards do) needs no OpenCV: a bare Slicer has none until the panel installs it.
@@ -143,7 +143,7 @@ def place(image: np.ndarray, spec: InputSpec, interpolation: int = INTER_LINEAR)
     """Scale ``image`` (H, W) or (H, W, C) into a zero canvas of the input size; return it and its placement.
 
     Raises ValueError for an empty image and ImageTooLarge (a ValueError) for one outside the bounds of
-    :mod:`NerveSegLogic.image_bounds`, before anything is allocated (scaling a 1-pixel-wide frame to the input width
+    :mod:`NerveSegLogic.imaging.bounds`, before anything is allocated (scaling a 1-pixel-wide frame to the input width
     would multiply its height by the input width).
     """
     src_h, src_w = image.shape[:2]

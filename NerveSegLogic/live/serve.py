@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .stream.sender import confidence_metadata
+from ..stream.sender import confidence_metadata
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ class SegmentationServer:
     """Owns the pipeline and the sender; ``serve_forever`` drives it, ``stop`` (any thread) ends it."""
 
     def __init__(self, options: ServeOptions, segmenter=None):
-        from .inference.backends import load_segmenter
-        from .models import registry
+        from ..inference.backends import load_segmenter
+        from ..models import registry
         from .pipeline import LivePipeline
-        from .stream.receiver import ImageReceiver
-        from .stream.sender import ImageSender
+        from ..stream.receiver import ImageReceiver
+        from ..stream.sender import ImageSender
 
         self.options = options
         name = options.model or registry.default_name()
@@ -70,7 +70,7 @@ class SegmentationServer:
         self.pipeline = LivePipeline(self.receiver, self.segmenter, worker_sink=self._send)
         # One input stream: one steady overlay, run inside the segmenter on the inference thread.
         self.pipeline.engine.set_steady(bool(options.steady))
-        from .inference.engine import ReconnectWatch
+        from .engine import ReconnectWatch
 
         self._reconnects = ReconnectWatch(self.receiver, self.pipeline.engine)
         self._stop = threading.Event()

@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .frame import ImageGeometry
-from .signals import Signal
+from ...frame import ImageGeometry
+from ...signals import Signal
 
 #: Qt widget classes that use Return/Enter themselves: text entry (line edits, the editor Qt opens in a table cell
 #: to rename a segment, the line edit inside a spin box, an editable combo box or a ctkPathLineEdit), and lists and
@@ -54,15 +54,15 @@ PROMPT_PLACEMENTS = {"box": (0, False), "include": (1, True), "exclude": (2, Tru
 
 def _default_review_classes() -> Dict[int, str]:
     """Classes offered for frames that have no mask yet: the default model's ({label: key})."""
-    from .models import registry
+    from ...models import registry
 
     card = registry.card(registry.default_name())
     return {c.label: c.key for c in card.classes}
 
 
 def _default_session_factory(store_path: str, author: str, order: str):
-    from .annotate.session import ReviewSession
-    from .annotate.store import AnnotationStore
+    from ..session import ReviewSession
+    from ..store import AnnotationStore
 
     store = AnnotationStore(store_path)
     try:
@@ -73,13 +73,13 @@ def _default_session_factory(store_path: str, author: str, order: str):
 
 
 def _default_load_frame(image, mask, geometry, classes, mrml_scene=None):
-    from .scene.annotation import load_frame
+    from ...scene.annotation import load_frame
 
     return load_frame(image, mask, geometry, classes, mrml_scene=mrml_scene)
 
 
 def _default_read_mask(segmentation_node, volume_node, classes):
-    from .scene.annotation import read_mask
+    from ...scene.annotation import read_mask
 
     return read_mask(segmentation_node, volume_node, classes)
 
@@ -130,7 +130,7 @@ class ReviewController:
         """Open the store at ``store_path`` for ``author`` (frames in ``order``: uncertainty or index) and show the
         first frame. ValueError for no store or an empty author (every save records who made it); the store's
         own errors (not a NerveSeg store, unreadable) pass through."""
-        from .annotate.backends import store_location
+        from ..backends import store_location
 
         path = store_location(store_path or "")  # the panel's path field hands a URL over as a Path: postgresql:/...
         if not path or path == ".":
@@ -150,7 +150,7 @@ class ReviewController:
 
     def _queue_scores(self, order: str) -> Dict[int, Optional[float]]:
         try:
-            from .annotate.queue import review_queue
+            from ..queue import review_queue
 
             return {e.frame_id: e.score for e in review_queue(self.session.store, order=order)}
         except Exception:  # a stand-in session in tests, or an old store: the queue shows no scores
@@ -162,7 +162,7 @@ class ReviewController:
 
     def show(self, mask: Optional[np.ndarray] = None) -> Tuple[Any, Any]:
         """Put the current frame (and its stored mask, or ``mask``) into the annotation nodes; returns them."""
-        from .classes import classes_from_mapping
+        from ...classes import classes_from_mapping
 
         item = self._require().current()
         self._shown = item
@@ -181,7 +181,7 @@ class ReviewController:
         return self._read_mask(self.segmentation_node, self.volume_node, self._shown_classes)
 
     def _move(self, action: str) -> None:
-        from .annotate.store import ConflictError
+        from ..store import ConflictError
 
         session = self._require()
         mask = self.edited_mask()
@@ -204,7 +204,7 @@ class ReviewController:
         if prompts is not None and prompts.preview is not None:
             edited = self.edited_mask()
             if edited is not None and np.array_equal(edited, prompts.preview):
-                from .annotate.store import ConflictError
+                from ..store import ConflictError
 
                 try:
                     prompts.accept()
@@ -226,7 +226,7 @@ class ReviewController:
         onnxruntime)."""
         session = self._require()
         if self.prompts is None:
-            from .review_prompt import ReviewPrompt
+            from .prompts import ReviewPrompt
 
             model = model or self._promptable_model()
             self.prompts = ReviewPrompt(session, model, class_key=class_key)
@@ -237,7 +237,7 @@ class ReviewController:
         if not self.prompt_nodes_in_scene():
             # First use, or the scene was closed (File > Close Scene removes every node): the cached nodes are no
             # longer in the scene, and placing into them would place nothing. Find or create them again.
-            from .scene.annotation import prompt_nodes
+            from ...scene.annotation import prompt_nodes
 
             self._prompt_nodes = prompt_nodes(self.mrml_scene)
             self.placing = None
@@ -246,7 +246,7 @@ class ReviewController:
     def _scene(self):
         if self.mrml_scene is not None:
             return self.mrml_scene
-        from .scene.annotation import annotation_scene
+        from ...scene.annotation import annotation_scene
 
         return annotation_scene()
 
@@ -324,7 +324,7 @@ class ReviewController:
         shown, or None while there is neither a box nor an include click."""
         if self.prompts is None or not self.prompt_nodes_in_scene() or self.volume_node is None:
             raise RuntimeError("start the prompt tool first (start_prompts)")
-        from .scene.annotation import read_prompts
+        from ...scene.annotation import read_prompts
 
         box, points = read_prompts(self.volume_node, *self._prompt_nodes)
         preview = self.prompts.set_prompts(box, points)
@@ -336,7 +336,7 @@ class ReviewController:
 
     def _clear_prompt_nodes(self) -> None:
         if self.prompt_nodes_in_scene():
-            from .scene.annotation import clear_prompts
+            from ...scene.annotation import clear_prompts
 
             clear_prompts(*self._prompt_nodes)
 
@@ -348,7 +348,7 @@ class ReviewController:
         if self.prompts is not None:
             return self.prompts.prompter.model
         if self._promptable is None:
-            from .inference.promptable import PromptableSegmenter
+            from ...inference.promptable import PromptableSegmenter
 
             self._promptable = PromptableSegmenter.from_name()
         return self._promptable
@@ -361,8 +361,8 @@ class ReviewController:
         model of the shown version, the promptable model and each region's decision in its comment) and shown.
         Returns the decisions; nothing is saved when no region changed. An edit painted but not saved is refined
         and saved with it. ConflictError (as :class:`ReviewConflict`) when someone saved the frame meanwhile."""
-        from .annotate.prelabel import REFINE_GROW, REFINE_MIN_IOU, PrelabelRefiner
-        from .annotate.store import ConflictError
+        from ..prelabel import REFINE_GROW, REFINE_MIN_IOU, PrelabelRefiner
+        from ..store import ConflictError
 
         session = self._require()
         item = session.current()
@@ -403,7 +403,7 @@ class ReviewController:
         so Propagate then fills the shown frame and those after it). Returns the
         :class:`~NerveSegLogic.annotate.propagate.PropagationReport` (its ``summary()`` is the panel's message);
         PropagationError names the shown frame when no accepted mask precedes it. The shown frame is re-read."""
-        from .annotate.propagate import MIN_IOU, PropagationError, propagate
+        from ..propagate import MIN_IOU, PropagationError, propagate
 
         session = self._require()
         item = session.current()
@@ -433,7 +433,7 @@ class ReviewController:
         :class:`~NerveSegLogic.annotate.consensus.ConsensusReport` (its ``table()`` is the panel's message: frames
         merged, frames with one author left alone, each annotator's sensitivity and specificity). The shown frame
         is re-read."""
-        from .annotate.consensus import consensus
+        from ..consensus import consensus
 
         session = self._require()
         item = session.current()
@@ -450,7 +450,7 @@ class ReviewController:
         mask, or any mask they accepted; a later rejection withdraws it, as ``annotate agreement`` counts), its
         version and status, and its mean Dice with the other authors' labels (per class key, averaged over the
         classes either drew); then the frame's consensus version, if any."""
-        from .annotate.agreement import class_dice, labels_by_author
+        from ..agreement import class_dice, labels_by_author
 
         rows = [("Who", "Version", "Status", "Dice with the others")]
         item = self._shown
@@ -468,7 +468,7 @@ class ReviewController:
                 dice = class_dice(masks[author], version.classes, masks[other], other_version.classes)
                 scores.extend(d for d in dice.values() if d is not None)
             rows.append((author, f"v{version.id}", version.status, f"{np.mean(scores):.3f}" if scores else ""))
-        from .annotate.consensus import consensus_sources
+        from ..consensus import consensus_sources
 
         merged = [v for v in history if consensus_sources(v)]
         if merged:
@@ -479,7 +479,7 @@ class ReviewController:
 
     def agreement_text(self) -> str:
         """One line for the panel: who labelled the shown frame and their mean Dice with each other per class."""
-        from .annotate.agreement import class_dice, labels_by_author
+        from ..agreement import class_dice, labels_by_author
 
         item = self._shown
         if item is None or self.session is None:

@@ -2,7 +2,7 @@
 
 ``cv2.imread`` returns None for a missing, unreadable or corrupt file and ``cv2.imwrite`` returns False when the
 disk is full or the folder is read-only: unchecked, a batch reports files that were never written. These wrappers
-check both, and refuse an image outside :mod:`NerveSegLogic.image_bounds` from its header, before decoding it.
+check both, and refuse an image outside :mod:`NerveSegLogic.imaging.bounds` from its header, before decoding it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Union
 
 import numpy as np
 
-from .image_bounds import ImageTooLarge, check_image_size
+from .bounds import ImageTooLarge, check_image_size
 
 PathLike = Union[str, os.PathLike]
 

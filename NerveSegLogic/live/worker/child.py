@@ -1,7 +1,7 @@
 """The segmentation worker process: what runs outside Slicer's process, so that receiving and inference never wait
 for Python's GIL in the GUI (PythonQt keeps it while Slicer's main thread sits in the Qt event loop).
 
-Started by :class:`~NerveSegLogic.worker.parent.WorkerProcess` as ``python -m NerveSegLogic.worker ...`` with
+Started by :class:`~NerveSegLogic.live.worker.parent.WorkerProcess` as ``python -m NerveSegLogic.live.worker ...`` with
 Slicer's own Python (``PythonSlicer``). It connects back to the parent over loopback, says hello with the token it
 was given, loads the model, then runs the live path's own pieces here: an OpenIGTLink receiver thread (or frames
 the parent sends), the inference thread (with the stream's steady overlay, ``--steady on|off``), and this main loop,
@@ -32,7 +32,7 @@ STATUS_INTERVAL_S = 0.25
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m NerveSegLogic.worker", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m NerveSegLogic.live.worker", description=__doc__.splitlines()[0])
     p.add_argument("--connect", required=True, help="HOST:PORT of the parent's link (loopback)")
     p.add_argument("--token", required=True, help="secret the parent gave; sent back in the hello")
     p.add_argument("--role", choices=("segment", "remote"), default="segment",
@@ -80,7 +80,7 @@ class ParentLink:
             link.send(self.sock, kind, header, arrays)
 
     def _read(self) -> None:
-        from ..frame import Frame
+        from ...frame import Frame
 
         reader = link.MessageReader()
         self.sock.settimeout(None)
@@ -110,7 +110,7 @@ class ParentLink:
 
 def result_message(result, counters: dict, min_region_area: int):
     """(header, arrays) of one result for the parent."""
-    from ..regions import find_regions
+    from ...imaging.components import find_regions
 
     frame = result.frame
     received, offsets = link.frame_stage_offsets(frame)
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         remote_run.sinks = [send_result]
         remote_run.start()
     else:
-        from ..inference.engine import ReconnectWatch
+        from ..engine import ReconnectWatch
 
         reconnects = ReconnectWatch(pipeline.receiver, pipeline.engine)
         pipeline.sinks = [send_result]
@@ -226,13 +226,13 @@ def run(args: argparse.Namespace) -> int:
 def _build(args, parent: ParentLink):
     """(pipeline, description, classes, remote run) for the role."""
     from ..pipeline import LivePipeline
-    from ..slot import NewestSlot
-    from ..stream.receiver import ImageReceiver
+    from ...slot import NewestSlot
+    from ...stream.receiver import ImageReceiver
 
     device = args.device_name or None
     if args.role == "remote":
-        from ..live.runs import RemoteRun
-        from ..models import registry
+        from ..runs import RemoteRun
+        from ...models import registry
 
         card = registry.card(args.model or registry.default_name())
         image_host, image_port = _host_port(args.input, "--input")
@@ -241,14 +241,14 @@ def _build(args, parent: ParentLink):
         def receiver_factory(h, p, d, on_frame=None):
             return ImageReceiver(h, p, device_name=d, on_frame=on_frame)
 
-        from ..live.choices import InputChoice
+        from ..choices import InputChoice
 
         run = RemoteRun(receiver_factory, InputChoice("igtl", host=image_host, port=image_port, device_name=device),
                         remote, card.classes, card.name, sinks=[])
         return None, f"{card.name} on the server {args.remote}", card.classes, run
 
-    from ..inference.backends import default_threads, load_segmenter, resolve_device
-    from ..inference.region import parse_region
+    from ...inference.backends import default_threads, load_segmenter, resolve_device
+    from ...imaging.region import parse_region
 
     region = parse_region(getattr(args, "region", ""))  # a bad value fails here, before the model is loaded
     # 0: as serve (one thread less than the cores, measured best on 2 cores), leaving a core to Slicer's GUI.

@@ -1,0 +1,1 @@
+"""install: what NerveSeg needs inside 3D Slicer's Python (:mod:`.slicer_packages`), checked without importing it."""

@@ -1,7 +1,0 @@
-"""``python -m NerveSegLogic.worker``: the segmentation worker process (see ``child.py``)."""
-
-import sys
-
-from .child import main
-
-sys.exit(main())
