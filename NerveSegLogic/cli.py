@@ -34,7 +34,7 @@ def _user_errors() -> tuple:
     """The exceptions that mean bad input rather than a bug: each carries a message naming what was wrong."""
     import sqlite3
 
-    from .annotate.store import StoreError
+    from .store.database import StoreError
     from .models.weights import WeightsError  # a RuntimeError; data set errors are ValueErrors
 
     # sqlite3.Error: an annotation store on a full or read-only disk, locked or damaged.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.annotate.agreement import agreement, agreement_between_stores
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 
 SHAPE = (6, 6)
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.commands import annotate as command
 
 

@@ -14,7 +14,7 @@ import signal
 
 import numpy as np
 
-from NerveSegLogic.annotate.store import AnnotationStore, ConflictError
+from NerveSegLogic.store.database import AnnotationStore, ConflictError
 
 CLASSES = {1: "nerve"}
 SHAPE = (64, 64)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.annotate.consensus import consensus, consensus_sources, merge
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 
 H, W = 30, 40
 

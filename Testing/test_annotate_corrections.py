@@ -7,7 +7,7 @@ import pytest
 
 from NerveSegLogic.annotate.corrections import (apply_correction, erase, fill_holes, fill_polygon, fit_ellipse,
                                                 keep_largest_component, paint, relabel, smooth_outline)
-from NerveSegLogic.annotate.store import AnnotationStore, ConflictError
+from NerveSegLogic.store.database import AnnotationStore, ConflictError
 
 
 def grid(text: str) -> np.ndarray:

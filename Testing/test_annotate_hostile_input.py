@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from NerveSegLogic.annotate import store as store_module
-from NerveSegLogic.annotate.store import AnnotationStore, StoreError
+from NerveSegLogic.store import database as store_module
+from NerveSegLogic.store.database import AnnotationStore, StoreError
 from NerveSegLogic.cli import main
 from NerveSegLogic.commands import annotate as command
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.annotate.importers import SourceError, import_source, read_sequence
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from NerveSegLogic.annotate.store import AnnotationStore, pixel_sha256
+from NerveSegLogic.store.database import AnnotationStore, pixel_sha256
 
 KILLS = 50
 H, W = 48, 64

@@ -23,9 +23,10 @@ import pytest
 
 from conftest import postgres_skip_reason
 
-from NerveSegLogic.annotate.store import (AnnotationStore, ConflictError, NotAStoreError, StoreConnectionError,
+from NerveSegLogic.store.database import (AnnotationStore, ConflictError, NotAStoreError, StoreConnectionError,
                                           StoreError, pixel_sha256)
 from NerveSegLogic.cli import main
+from NerveSegLogic.store.migrate import backup
 
 CLASSES = {1: "nerve", 2: "blood_vessel"}
 H, W = 24, 32
@@ -119,15 +120,15 @@ def test_migrate_copies_every_row_with_its_ids_and_checks_counts_and_mask_checks
     with AnnotationStore(copy) as back, AnnotationStore(url) as pg:
         assert _everything(back)["history"] == _everything(pg)["history"]
         assert back.integrity_check() == "ok"
-        snapshot = pg.backup(tmp_path / "backup.nsdb")  # a server store's backup is the same checked copy
+        snapshot = backup(pg, tmp_path / "backup.nsdb")  # a server store's backup is the same checked copy
         with pytest.raises(FileExistsError):
-            pg.backup(snapshot)
+            backup(pg, snapshot)
     with AnnotationStore(snapshot) as back:
         assert back.engine == "sqlite" and back.frame_count() == 5
 
 
 def test_a_migrate_that_does_not_check_out_writes_nothing(tmp_path, postgres_cluster, monkeypatch, capsys):
-    import NerveSegLogic.annotate.migrate as migrate_module
+    import NerveSegLogic.store.migrate as migrate_module
 
     db = tmp_path / "project.nsdb"
     with AnnotationStore(db) as store:
@@ -256,7 +257,7 @@ def test_without_the_row_lock_the_unique_index_still_lets_only_one_win(postgres_
     parent waits on the first's uncommitted index entry and fails when it commits. Two annotators never both win."""
     import psycopg
 
-    from NerveSegLogic.annotate.postgres import PostgresBackend
+    from NerveSegLogic.store.postgres import PostgresBackend
 
     url = postgres_cluster.new_schema()
     monkeypatch.setattr(PostgresBackend, "row_lock", "")
@@ -384,7 +385,7 @@ def test_the_panels_store_field_hands_a_url_to_the_store_whole():
     """The panel's store field is a path parameter: Path() collapses a URL's '//', the controller restores it."""
     from pathlib import Path
 
-    from NerveSegLogic.annotate.backends import store_location
+    from NerveSegLogic.store.location import store_location
     from NerveSegLogic.annotate.review.controller import ReviewController
 
     opened = []

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from NerveSegLogic.annotate.prelabel import mean_entropy, prelabel
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 
 
 

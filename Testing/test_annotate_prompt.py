@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.annotate.prompt import FramePrompter, label_for_class, replace_class
-from NerveSegLogic.annotate.store import AnnotationStore, ConflictError
+from NerveSegLogic.store.database import AnnotationStore, ConflictError
 from NerveSegLogic.cli import main
 from NerveSegLogic.inference.promptable import PromptableSegmenter
 from tiny_promptable import CountingModel, frame, install_tiny_promptable
@@ -152,7 +152,7 @@ def test_cli_embed_caches_every_frame_once(store, tiny, capsys):
 
 
 def test_a_store_made_before_prompts_gains_the_prompt_origin(tmp_path, monkeypatch):
-    import NerveSegLogic.annotate.store as store_module
+    import NerveSegLogic.store.database as store_module
 
     path = tmp_path / "old.nsdb"
     with monkeypatch.context() as patch:  # the schema as it was: no 'prompt' origin, no prompt tables

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.annotate.propagate import PropagationError, propagate, propagation_prompts
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 from tiny_promptable import ScriptedPromptable, disc_frame
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from NerveSegLogic.annotate.prelabel import prelabel
 from NerveSegLogic.annotate.queue import dice, review_queue
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.classes import classes_from_mapping
 
 SHAPE = (4, 4)

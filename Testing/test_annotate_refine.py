@@ -12,7 +12,7 @@ import pytest
 
 from NerveSegLogic.annotate.prelabel import (REFINED_PREFIX, PrelabelRefiner, grown_box, prelabel,
                                              refine_labelmap)
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.classes import segment_class
 from tiny_promptable import ScriptedPromptable, disc_frame
 

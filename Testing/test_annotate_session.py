@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.annotate.session import ReviewSession
-from NerveSegLogic.annotate.store import AnnotationStore, ConflictError
+from NerveSegLogic.store.database import AnnotationStore, ConflictError
 
 SHAPE = (8, 10)
 CLASSES = {1: "nerve", 2: "blood_vessel"}

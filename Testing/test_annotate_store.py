@@ -10,9 +10,10 @@ import sqlite3
 import numpy as np
 import pytest
 
-from NerveSegLogic.annotate.store import (AnnotationStore, ConflictError, NotAStoreError, STATUSES, ORIGINS,
+from NerveSegLogic.store.database import (AnnotationStore, ConflictError, NotAStoreError, STATUSES, ORIGINS,
                                           pixel_sha256)
 from NerveSegLogic.frame import ImageGeometry
+from NerveSegLogic.store.migrate import backup
 
 CLASSES = {1: "nerve", 2: "blood_vessel"}
 
@@ -219,9 +220,9 @@ def test_store_is_in_wal_mode_with_full_sync_and_reopens(tmp_path):
     with AnnotationStore(path) as s:
         assert s.integrity_check() == "ok"
         assert s.current(frame.id).author == "alice"
-        copy = s.backup(tmp_path / "copy.nsdb")
+        copy = backup(s, tmp_path / "copy.nsdb")
         with pytest.raises(FileExistsError):
-            s.backup(copy)
+            backup(s, copy)
     with AnnotationStore(copy) as c:
         assert c.current(frame.id).author == "alice" and c.integrity_check() == "ok"
 
@@ -259,7 +260,7 @@ def test_ids_order_and_values_read_back_alike_on_both_engines(store):
 def test_a_store_made_before_an_origin_existed_takes_it_once_opened(store_location, monkeypatch):
     """ORIGINS is the one definition: a store whose versions table predates an origin is widened when opened (a
     CHECK that only grows: no stored row becomes invalid), on both engines."""
-    import NerveSegLogic.annotate.store as store_module
+    import NerveSegLogic.store.database as store_module
 
     newest = ORIGINS[-1]
     with monkeypatch.context() as patch:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.classes import classes_from_mapping
 from NerveSegLogic.annotate.review.controller import ReviewConflict, ReviewController
 from NerveSegLogic.frame import ImageGeometry

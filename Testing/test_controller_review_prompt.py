@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from NerveSegLogic.annotate.prompt import FramePrompter
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.inference.promptable import PromptableSegmenter
 from NerveSegLogic.annotate.review.controller import ReviewController
 from slicerlike import slicer_scene

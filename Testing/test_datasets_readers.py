@@ -408,7 +408,7 @@ def test_dataset_error_is_a_value_error():
 def test_an_annotation_store_is_recognised_by_its_application_id_not_its_name(tmp_path):
     import sqlite3
 
-    from NerveSegLogic.annotate.store import AnnotationStore
+    from NerveSegLogic.store.database import AnnotationStore
 
     with AnnotationStore(tmp_path / "project.db") as store:
         record = store.add_frame(_image(), source="clip", index=0)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.commands import export as export_command
 from NerveSegLogic.datasets.readers import open_dataset
 from NerveSegLogic.datasets.synthetic import fill_store

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.datasets import atomic_dir
 from NerveSegLogic.datasets.export import ExportOptions, check_picture_path, export_cohort, frames_from_store
 from NerveSegLogic.datasets.manifest import verify_manifest

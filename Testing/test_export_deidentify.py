@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pytest
 
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.datasets.deidentify import (METADATA_ALLOW_LIST, SectorNotFound, allowed_metadata, apply_sector,
                                                find_sector, load_or_create_salt, pseudonym)
 from NerveSegLogic.datasets.export import (ExportError, ExportOptions, check_picture_path, export_cohort,

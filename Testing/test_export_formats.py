@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.datasets.export import ExportFrame, ExportOptions, export_cohort, frames_from_store
 from NerveSegLogic.datasets.readers import open_dataset
 from NerveSegLogic.datasets.synthetic import fill_store

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.datasets.export import (ExportError, ExportFrame, ExportOptions, export_cohort, frames_from_store)
 from NerveSegLogic.datasets.manifest import sha256_file, verify_manifest
 from NerveSegLogic.datasets.readers import open_dataset

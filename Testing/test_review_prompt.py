@@ -7,7 +7,7 @@ import pytest
 
 from NerveSegLogic.annotate.prompt import FramePrompter
 from NerveSegLogic.annotate.session import ReviewSession
-from NerveSegLogic.annotate.store import AnnotationStore, ConflictError
+from NerveSegLogic.store.database import AnnotationStore, ConflictError
 from NerveSegLogic.inference.promptable import PromptableSegmenter
 from NerveSegLogic.annotate.review.prompts import ReviewPrompt
 from tiny_promptable import CountingModel, frame, install_tiny_promptable

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from NerveSegLogic import cli
-from NerveSegLogic.annotate.store import AnnotationStore
+from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.models import registry
 
 FRAMES = ("0194", "0195", "0196", "0197", "0198", "0199", "0200", "0201")

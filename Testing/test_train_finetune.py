@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from NerveSegLogic import cli  # noqa: E402
-from NerveSegLogic.annotate.store import AnnotationStore  # noqa: E402
+from NerveSegLogic.store.database import AnnotationStore  # noqa: E402
 from NerveSegLogic.classes import USGRA_SEG_MAPPING  # noqa: E402
 from NerveSegLogic.datasets.dataset import DatasetError  # noqa: E402
 from NerveSegLogic.datasets.readers import detect_format, open_dataset  # noqa: E402

@@ -194,7 +194,7 @@ def test_predict_refuses_tta_for_an_instance_model_before_loading_it(tmp_path, m
 def test_prelabel_tta_flip_reaches_the_segmenter_and_is_recorded(tmp_path, monkeypatch, capsys,
                                                                   random_smistad_weights):
     from NerveSegLogic.annotate import prelabel as prelabel_module
-    from NerveSegLogic.annotate.store import AnnotationStore
+    from NerveSegLogic.store.database import AnnotationStore
     from NerveSegLogic.commands import annotate
 
     folder = tmp_path / "S01"

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from NerveSegLogic.annotate import corrections  # noqa: E402
 from NerveSegLogic.annotate.importers import import_source  # noqa: E402
 from NerveSegLogic.annotate.queue import review_queue  # noqa: E402
-from NerveSegLogic.annotate.store import AnnotationStore  # noqa: E402
+from NerveSegLogic.store.database import AnnotationStore  # noqa: E402
 from NerveSegLogic.resources import sample_dir  # noqa: E402
 
 CLASSES = {1: "nerve", 2: "blood_vessel"}

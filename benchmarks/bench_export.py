@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from NerveSegLogic.annotate.store import AnnotationStore  # noqa: E402
+from NerveSegLogic.store.database import AnnotationStore  # noqa: E402
 from NerveSegLogic.datasets.export import ExportOptions, export_cohort, frames_from_store  # noqa: E402
 from NerveSegLogic.datasets.synthetic import fill_store  # noqa: E402
 

@@ -36,7 +36,7 @@ def save_loop(kills: int, seed: int) -> dict:
 
     from test_annotate_kill_during_save import H, W, _save_until_killed
 
-    from NerveSegLogic.annotate.store import AnnotationStore, pixel_sha256
+    from NerveSegLogic.store.database import AnnotationStore, pixel_sha256
 
     context = multiprocessing.get_context("fork")
     rng = random.Random(seed)
@@ -78,7 +78,7 @@ def save_loop(kills: int, seed: int) -> dict:
 def export_loop(kills: int, seed: int) -> dict:
     from test_export_crash_safety import H, W, _export_forever, _options
 
-    from NerveSegLogic.annotate.store import AnnotationStore
+    from NerveSegLogic.store.database import AnnotationStore
     from NerveSegLogic.datasets.export import export_cohort, frames_from_store
     from NerveSegLogic.datasets.manifest import verify_manifest
     from NerveSegLogic.datasets.synthetic import fill_store

@@ -180,7 +180,7 @@ def corrections_run(sequence, embeddings, name, model, min_iou: float, nerve_onl
     """Import one moving sequence into a fresh store (its embeddings pre-filled), accept frame 0, run `propagate`
     (the product code) and correct where it fails or stops, to the end (see the module docstring)."""
     from NerveSegLogic.annotate.propagate import propagate
-    from NerveSegLogic.annotate.store import AnnotationStore
+    from NerveSegLogic.store.database import AnnotationStore
 
     with tempfile.TemporaryDirectory() as folder, AnnotationStore(Path(folder) / "seq.nsdb") as store:
         ids = [store.add_frame(frame, f"{name}-moving", i).id for i, (frame, _) in enumerate(sequence)]

@@ -51,8 +51,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import numpy as np  # noqa: E402
 
-from NerveSegLogic.annotate.store import (AnnotationStore, ConflictError, StoreConnectionError,  # noqa: E402
-                                          pixel_sha256)
+from NerveSegLogic.store.database import AnnotationStore, ConflictError, StoreConnectionError, pixel_sha256
 
 SHAPE = (96, 96)
 CLASSES = {1: "nerve"}
@@ -60,7 +59,7 @@ CLASSES = {1: "nerve"}
 
 def annotator(location: str, frames: List[int], name: str, seed: int, fd: int) -> None:
     """Child: save and accept until killed, reporting on ``fd``."""
-    logging.getLogger("NerveSegLogic.annotate.store").setLevel(logging.ERROR)  # "connected again": counted as U
+    logging.getLogger("NerveSegLogic.store.database").setLevel(logging.ERROR)  # "connected again": counted as U
     rng = random.Random(seed)
     pixels = np.random.default_rng(seed)
     store: Optional[AnnotationStore] = None

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .store import AnnotationStore, VersionSummary
+from ..store.database import AnnotationStore, VersionSummary
 
 LABEL_ORIGINS = ("manual", "corrected")
 

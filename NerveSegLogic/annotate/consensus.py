@@ -27,7 +27,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .store import AnnotationStore, ConflictError, VersionSummary
+from ..store.database import AnnotationStore, ConflictError, VersionSummary
 
 ORIGIN = "consensus"
 METHODS = ("staple", "majority")

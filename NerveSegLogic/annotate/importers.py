@@ -25,7 +25,7 @@ from NerveSegLogic.frame import ImageGeometry
 from ..imaging.bounds import ImageTooLarge, check_image_size
 from ..imaging.placement import to_grey
 
-from .store import AnnotationStore, ConflictError, pixel_sha256
+from ..store.database import AnnotationStore, ConflictError, pixel_sha256
 
 log = logging.getLogger(__name__)
 
@@ -532,7 +532,7 @@ def import_recording(store: AnnotationStore, folder: PathLike, subject: Optional
     1..N, or the ``Segment<N>_`` header fields of a labelmap sequence). The model is named by the sequence node's
     ``NerveSeg.model`` attribute when the scene has one, else "recorded"; its card sha256 by ``NerveSeg.modelSha256``.
     """
-    from .store import default_author
+    from ..store.database import default_author
 
     folder = Path(folder)
     files = find_recording_files(folder)

@@ -22,7 +22,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-from .store import AnnotationStore, ConflictError, UNLABELLED
+from ..store.database import AnnotationStore, ConflictError, UNLABELLED
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import numpy as np
 
 from .corrections import NothingChanged
-from .store import AnnotationStore, Version
+from ..store.database import AnnotationStore, Version
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import store as store_module
+from ..store import database as store_module
 from .prelabel import _canonical, grown_box
 from .prompt import FramePrompter
-from .store import AnnotationStore, FrameRecord
+from ..store.database import AnnotationStore, FrameRecord
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .store import AnnotationStore, UNLABELLED, VersionSummary
+from ..store.database import AnnotationStore, UNLABELLED, VersionSummary
 
 ORDERS = ("uncertainty", "index")
 REVIEW_STATUSES = ("needs-review", "draft", UNLABELLED)

@@ -20,7 +20,7 @@ import numpy as np
 from NerveSegLogic.frame import ImageGeometry
 
 from .queue import REVIEW_STATUSES, review_queue
-from .store import AnnotationStore, FrameRecord, Version, VersionSummary
+from ..store.database import AnnotationStore, FrameRecord, Version, VersionSummary
 
 
 @dataclass(frozen=True)

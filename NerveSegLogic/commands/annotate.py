@@ -287,13 +287,13 @@ def _consensus_parser(actions, fmt) -> None:
 # ------------------------------------------------------------------------------------------------ running
 
 def run(args) -> int:
-    from NerveSegLogic.annotate.store import AnnotationStore, ConflictError, StoreError, database_errors
+    from ..store.database import AnnotationStore, ConflictError, StoreError, database_errors
 
     action = getattr(args, "annotate_action", None)
     if action is None:
         args.annotate_parser.print_help()
         return 2
-    from NerveSegLogic.annotate.backends import redacted
+    from ..store.location import redacted
 
     where = (f"{redacted(args.source)} -> {redacted(args.target)}" if action == "migrate"
              else redacted(getattr(args, "store", "")))
@@ -318,7 +318,7 @@ def run(args) -> int:
 
 
 def _migrate(args) -> int:
-    from NerveSegLogic.annotate.migrate import migrate
+    from ..store.migrate import migrate
 
     def progress(table, rows):
         print(f"\r{table}: {rows} rows", end="", file=sys.stderr, flush=True)
@@ -331,7 +331,7 @@ def _migrate(args) -> int:
 
 
 def _author(args) -> str:
-    from NerveSegLogic.annotate.store import default_author
+    from ..store.database import default_author
 
     return args.author or default_author()
 
@@ -471,7 +471,7 @@ def status_summary(store) -> dict:
     """Counts for ``annotate status``: frames, by_status (current status, "unlabelled" too), by_annotator (per
     author: frames they saved a version of, versions, frames whose current version is theirs and accepted),
     by_subject, models (model name -> frames it pre-labelled). A model's own draft save is not annotator work."""
-    from NerveSegLogic.annotate.store import STATUSES, UNLABELLED
+    from ..store.database import STATUSES, UNLABELLED
 
     frames = store.frames()
     by_status = {s: 0 for s in STATUSES + (UNLABELLED,)}
@@ -518,7 +518,7 @@ def _status(store, args) -> int:
 
 
 def _decide(store, args) -> int:
-    from NerveSegLogic.annotate.store import ConflictError
+    from ..store.database import ConflictError
 
     status = "accepted" if args.annotate_action == "accept" else "rejected"
     author, failures = _author(args), 0
@@ -571,7 +571,7 @@ def _restore(store, args) -> int:
 
 def _agreement(store, args) -> int:
     from NerveSegLogic.annotate.agreement import agreement, agreement_between_stores
-    from NerveSegLogic.annotate.store import AnnotationStore
+    from ..store.database import AnnotationStore
 
     if args.other:
         with AnnotationStore(args.other) as other:

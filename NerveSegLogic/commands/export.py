@@ -96,7 +96,7 @@ def _parse_map(text):
 
 def run(args: argparse.Namespace) -> int:
     """Export; 0 on success, 1 when the request or the data are wrong (nothing is left at --out then)."""
-    from NerveSegLogic.annotate.store import StoreError
+    from ..store.database import StoreError
     from NerveSegLogic.datasets.dataset import DatasetError
     from NerveSegLogic.datasets.export import (ExportError, ExportOptions, export_cohort, frames_from_dataset,
                                                frames_from_store)
@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
             image_format=args.image_format, title=args.title, license_text=args.license,
             progress=not args.no_progress)
         if args.store:
-            from NerveSegLogic.annotate.store import AnnotationStore
+            from ..store.database import AnnotationStore
 
-            from NerveSegLogic.annotate.backends import is_url
+            from ..store.location import is_url
 
             if not is_url(args.store) and not Path(args.store).is_file():
                 raise ExportError(f"{args.store}: no such annotation store")

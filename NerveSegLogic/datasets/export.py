@@ -140,7 +140,7 @@ PREFER = ("current", "consensus")
 
 
 def frames_from_store(store, statuses: Sequence[str] = ("accepted",), prefer: str = "current") -> List[ExportFrame]:
-    """Frames of an :class:`~NerveSegLogic.annotate.store.AnnotationStore` whose current version has one of
+    """Frames of an :class:`~NerveSegLogic.store.database.AnnotationStore` whose current version has one of
     ``statuses``; pixels are read from the store when the frame is written. ``prefer`` (:data:`PREFER`): export
     each frame's current version, or its latest ``consensus`` version where it has one whose status is one of
     ``statuses`` (the others: their current version)."""

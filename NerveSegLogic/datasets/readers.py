@@ -106,7 +106,7 @@ def open_dataset(path: Union[str, Path], format: str = "auto", mapping: Optional
     The pairing of files is checked now; pixels are read when an item is indexed (``validate()`` reads all).
     Raises DatasetError (a ValueError) naming the file, the field and what was expected. An annotation store on a
     server (``postgresql://USER@HOST[:PORT]/DB``) is a store."""
-    from ..annotate.backends import is_url
+    from ..store.location import is_url
 
     if is_url(path):
         if format not in ("auto", "store"):

@@ -1,4 +1,4 @@
-"""An annotation store (``project.nsdb`` / ``.db``, :mod:`NerveSegLogic.annotate.store`) read as a labelled data set.
+"""An annotation store (``project.nsdb`` / ``.db``, :mod:`NerveSegLogic.store.database`) read as a labelled data set.
 
 ``open_dataset("project.nsdb")`` (format ``store``, recognised by the SQLite header's application_id) gives the
 current version of every frame whose status is one of ``statuses`` (default: accepted only), with the same
@@ -37,7 +37,7 @@ DEFAULT_STATUSES = ("accepted",)
 
 
 def _application_id() -> int:
-    from NerveSegLogic.annotate.store import APPLICATION_ID
+    from ..store.database import APPLICATION_ID
 
     return APPLICATION_ID
 
@@ -88,8 +88,8 @@ class StoreDataset:
 
     def __init__(self, path: Union[str, Path], statuses: Optional[Sequence[str]] = None,
                  mapping: Optional[Mapping] = None):
-        from NerveSegLogic.annotate.backends import is_url, redacted
-        from NerveSegLogic.annotate.store import STATUSES, UNLABELLED, AnnotationStore, StoreError
+        from ..store.location import is_url, redacted
+        from ..store.database import STATUSES, UNLABELLED, AnnotationStore, StoreError
 
         url = path.strip() if is_url(path) else None  # a postgresql:// store: root is its URL without a password
         self.root = Path(path) if url is None else redacted(url)

@@ -62,7 +62,7 @@ def _default_review_classes() -> Dict[int, str]:
 
 def _default_session_factory(store_path: str, author: str, order: str):
     from ..session import ReviewSession
-    from ..store import AnnotationStore
+    from ...store.database import AnnotationStore
 
     store = AnnotationStore(store_path)
     try:
@@ -130,7 +130,7 @@ class ReviewController:
         """Open the store at ``store_path`` for ``author`` (frames in ``order``: uncertainty or index) and show the
         first frame. ValueError for no store or an empty author (every save records who made it); the store's
         own errors (not a NerveSeg store, unreadable) pass through."""
-        from ..backends import store_location
+        from ...store.location import store_location
 
         path = store_location(store_path or "")  # the panel's path field hands a URL over as a Path: postgresql:/...
         if not path or path == ".":
@@ -181,7 +181,7 @@ class ReviewController:
         return self._read_mask(self.segmentation_node, self.volume_node, self._shown_classes)
 
     def _move(self, action: str) -> None:
-        from ..store import ConflictError
+        from ...store.database import ConflictError
 
         session = self._require()
         mask = self.edited_mask()
@@ -204,7 +204,7 @@ class ReviewController:
         if prompts is not None and prompts.preview is not None:
             edited = self.edited_mask()
             if edited is not None and np.array_equal(edited, prompts.preview):
-                from ..store import ConflictError
+                from ...store.database import ConflictError
 
                 try:
                     prompts.accept()
@@ -362,7 +362,7 @@ class ReviewController:
         Returns the decisions; nothing is saved when no region changed. An edit painted but not saved is refined
         and saved with it. ConflictError (as :class:`ReviewConflict`) when someone saved the frame meanwhile."""
         from ..prelabel import REFINE_GROW, REFINE_MIN_IOU, PrelabelRefiner
-        from ..store import ConflictError
+        from ...store.database import ConflictError
 
         session = self._require()
         item = session.current()

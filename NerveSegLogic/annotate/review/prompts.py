@@ -25,7 +25,7 @@ import numpy as np
 
 from ..prompt import FramePrompter, label_for_class, replace_class
 from ..session import ReviewSession
-from ..store import Version
+from ...store.database import Version
 
 Point = Tuple[float, float, bool]
 

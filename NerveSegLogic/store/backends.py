@@ -1,6 +1,6 @@
 """Where an annotation store lives: the small interface the store's operations are written against, and SQLite's.
 
-:class:`~NerveSegLogic.annotate.store.AnnotationStore` holds the schema and every operation once, in SQL that both
+:class:`~NerveSegLogic.store.database.AnnotationStore` holds the schema and every operation once, in SQL that both
 engines run. What differs per engine is only this (one :class:`Backend` each; SQLite | PostgreSQL):
 
 - where: one file (``project.nsdb``) | ``postgresql://USER@HOST[:PORT]/DB``
@@ -25,114 +25,10 @@ Content-addressed rows (frames, masks, embeddings) are inserted with ``ON CONFLI
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Set, Tuple
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
-#: Matches ``scheme://`` at the start of a store location (a URL rather than a file path).
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-POSTGRES_SCHEMES = ("postgresql", "postgres")
-STORE_URL_FORM = "postgresql://USER@HOST[:PORT]/DB"
-
-
-class LocationError(ValueError):
-    """A store location that cannot be used as written (a URL without a database, an unknown scheme)."""
-
-
-def store_location(text: str) -> str:
-    """A store location typed into a path field: a URL whose ``//`` a path type collapsed
-    (``Path("postgresql://a@h/db")`` is ``postgresql:/a@h/db``) gets it back; anything else is returned as it is."""
-    text = str(text).strip()
-    collapsed = re.match(r"^(postgresql|postgres):/(?!/)", text, re.IGNORECASE)
-    return f"{collapsed.group(1)}://{text[collapsed.end():]}" if collapsed else text
-
-
-def redacted(location: Any) -> str:
-    """A store location for messages: a URL's password left out."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/]+):[^@/]*@", r"\1@", str(location).strip())
-
-
-def is_url(location: Any) -> bool:
-    """Whether ``location`` names a store by URL (``postgresql://...``) rather than by file path."""
-    return isinstance(location, str) and bool(_URL.match(location.strip()))
-
-
-class StoreURL(str):
-    """``store.path`` of a server store: the URL without its password, a str; ``name`` is the database's name (as a
-    file store's ``path.name`` is the file's), for the callers that label a store by it."""
-
-    database = ""
-
-    @property
-    def name(self) -> str:
-        return self.database
-
-
-@dataclass(frozen=True)
-class PostgresLocation:
-    """A parsed ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?PARAM=...]``. ``url`` is what libpq is given;
-    ``display`` is the same without the password (for messages, ``store.path`` and logs)."""
-
-    url: str
-    display: str
-    user: Optional[str]
-    host: str
-    port: Optional[int]
-    database: str
-
-    @property
-    def where(self) -> str:
-        """HOST:PORT (or the socket folder) for messages."""
-        return f"{self.host}:{self.port}" if self.port else self.host
-
-
-def parse_postgres_url(text: str) -> PostgresLocation:
-    """Check and split a PostgreSQL store URL; LocationError (with an example) when it names no database."""
-    text = text.strip()
-    parts = urlsplit(text)
-    if parts.scheme.lower() not in POSTGRES_SCHEMES:
-        raise LocationError(f"{text}: an annotation store is a file path or {STORE_URL_FORM} (scheme "
-                            f"{parts.scheme!r} is not supported)")
-    try:
-        port = parts.port
-    except ValueError:
-        raise LocationError(f"{_without_password(parts)}: the port must be a number, e.g. "
-                            f"postgresql://{parts.username or 'alice'}@{parts.hostname or 'db.example.org'}:5432/"
-                            "nerveseg") from None
-    query = parse_qs(parts.query)
-    database = unquote(parts.path.lstrip("/")) or (query.get("dbname") or [""])[0]
-    host = parts.hostname or (query.get("host") or [""])[0] or "the local PostgreSQL socket"
-    if not database or "/" in database:
-        example = (f"postgresql://{parts.username or 'alice'}@{parts.hostname or 'db.example.org'}"
-                   f"{':' + str(port) if port else ':5432'}/nerveseg")
-        what = "names no database" if not database else f"has a database name with '/' ({database!r})"
-        raise LocationError(f"{_without_password(parts)} {what}: write the database after the host, e.g. {example} "
-                            f"(form {STORE_URL_FORM})")
-    return PostgresLocation(url=text, display=_without_password(parts), user=parts.username, host=host, port=port,
-                            database=database)
-
-
-def _without_password(parts) -> str:
-    if parts.password is None:
-        return urlunsplit(parts)
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc}"))
-
-
-def open_backend(location) -> "Backend":
-    """The backend for a store location: a ``postgresql://`` URL opens PostgreSQL, a path SQLite."""
-    if is_url(location):
-        scheme = location.strip().split("://", 1)[0].lower()
-        if scheme not in POSTGRES_SCHEMES:
-            raise LocationError(f"{location}: an annotation store is a file path or {STORE_URL_FORM} (scheme "
-                                f"{scheme!r} is not supported)")
-        from .postgres import PostgresBackend
-
-        return PostgresBackend(parse_postgres_url(location))
-    return SqliteBackend(Path(location))
-
+from .errors import APPLICATION_ID, NotAStoreError, StoreError
 
 class Backend:
     """What one database engine supplies to the store. Connections take ``?`` placeholders and ``execute`` returns a
@@ -264,16 +160,12 @@ class SqliteBackend(Backend):
         if not read_only:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                from .store import StoreError
-
                 raise StoreError(f"{self.path}: could not switch to WAL journal mode (got {mode!r}); "
                                  "is it on a network file system?")
             conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
 
     def inspect(self, conn) -> Set[str]:
-        from .store import APPLICATION_ID, NotAStoreError, StoreError
-
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             tables = self.tables(conn)
@@ -314,8 +206,6 @@ class SqliteBackend(Backend):
                 f"BEGIN SELECT RAISE(ABORT, {_literal(message)}); END"]
 
     def on_create(self, conn) -> None:
-        from .store import APPLICATION_ID
-
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
     def insert_id(self, conn, sql: str, params: Sequence) -> int:
@@ -329,8 +219,6 @@ class SqliteBackend(Backend):
         return quoted_names(found.group(1)) if found else []
 
     def widen_origins(self, conn, origins: Sequence[str]) -> None:
-        from .store import StoreError
-
         sql = self._versions_sql(conn)
         found = _ORIGIN_CHECK.search(sql)
         if found is None:

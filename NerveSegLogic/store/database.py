@@ -50,9 +50,13 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import cv2
 import numpy as np
 
-from NerveSegLogic.frame import ImageGeometry
+from ..frame import ImageGeometry
 
-from .backends import LocationError, open_backend
+from .backends import Backend, SqliteBackend
+from .errors import (APPLICATION_ID, APPLICATION_NAME, ConflictError, NotAStoreError,  # noqa: F401 (the store's
+                     StoreConnectionError, StoreError)  # errors are raised here and imported from here by callers)
+from .location import POSTGRES_SCHEMES, STORE_URL_FORM, LocationError, is_url, parse_postgres_url
+from .postgres import PostgresBackend
 
 STATUSES = ("draft", "accepted", "rejected", "needs-review")
 ORIGINS = ("model", "manual", "corrected", "prompt", "propagated", "consensus")
@@ -65,47 +69,6 @@ APPLICATION_NAME = "nerveseg-annotation-store"
 SCHEMA_VERSION = 1
 
 logger = logging.getLogger(__name__)
-
-
-class StoreError(Exception):
-    """Base class of the store's own errors."""
-
-
-class NotAStoreError(StoreError):
-    """The file exists but is not a NerveSeg annotation store (or was written by a newer NerveSeg)."""
-
-
-class StoreConnectionError(StoreError):
-    """The database server cannot be reached, or the connection to it was lost (one line naming the host and the
-    reason). Nothing was written by the call that raised it, except where the message says the connection went
-    while committing."""
-
-
-class ConflictError(StoreError):
-    """A save was based on a version that is no longer the frame's current one; nothing was written.
-
-    Attributes: frame_id; based_on (the parent_id the caller gave); current_id, current_author, current_created,
-    current_status (the version that got there first); mask (the refused mask, so the caller can re-apply it).
-    """
-
-    def __init__(self, frame_id: int, based_on: Optional[int], current_id: Optional[int],
-                 current_author: Optional[str], current_created: Optional[str], current_status: Optional[str],
-                 mask: Optional[np.ndarray] = None):
-        self.frame_id = frame_id
-        self.based_on = based_on
-        self.current_id = current_id
-        self.current_author = current_author
-        self.current_created = current_created
-        self.current_status = current_status
-        self.mask = mask
-        base = "no version (a first save)" if based_on is None else f"version {based_on}"
-        if current_id is None:
-            newer = "the frame has no version at all"
-        else:
-            newer = (f"{current_author} saved version {current_id} ({current_status}) at {current_created}")
-        super().__init__(
-            f"conflict on frame {frame_id}: this save was based on {base}, but {newer}. Nothing was saved; "
-            f"reload the frame (current version {current_id}) and apply the edit again.")
 
 
 @dataclass(frozen=True)
@@ -166,6 +129,17 @@ class Version:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Encoding helpers
+
+def open_backend(location) -> "Backend":
+    """The backend for a store location: a ``postgresql://`` URL opens PostgreSQL, a path SQLite."""
+    if is_url(location):
+        scheme = location.strip().split("://", 1)[0].lower()
+        if scheme not in POSTGRES_SCHEMES:
+            raise LocationError(f"{location}: an annotation store is a file path or {STORE_URL_FORM} (scheme "
+                                f"{scheme!r} is not supported)")
+        return PostgresBackend(parse_postgres_url(location))
+    return SqliteBackend(Path(location))
+
 
 def utc_now() -> str:
     """Current time as ISO 8601 UTC with microseconds (sorts as text in time order)."""
@@ -350,7 +324,7 @@ def database_errors() -> Tuple[type, ...]:
 class AnnotationStore:
     """An append-only annotation store (created if missing): one SQLite file, or a PostgreSQL database when
     ``path`` is a ``postgresql://USER@HOST[:PORT]/DB`` URL. Same schema, same operations, same guarantees on both
-    (the engine is a :class:`~NerveSegLogic.annotate.backends.Backend`). Use as a context manager or call
+    (the engine is a :class:`~NerveSegLogic.store.backends.Backend`). Use as a context manager or call
     :meth:`close`. Thread-safe (one lock per instance); open one instance per process.
 
     Raises NotAStoreError when ``path`` exists but is not a NerveSeg store (or has a newer schema); StoreError for a
@@ -562,20 +536,19 @@ class AnnotationStore:
     def __repr__(self) -> str:
         return f"AnnotationStore({str(self.path)!r})"
 
-    def backup(self, target: Union[str, os.PathLike]) -> Path:
-        """Copy the whole store to ``target`` (a new SQLite file): SQLite's online backup of an SQLite store, a
-        verified copy (:func:`~NerveSegLogic.annotate.migrate.copy_store`) of a PostgreSQL one; a consistent snapshot
-        even while other processes save. Raises FileExistsError rather than overwrite."""
+    def online_backup(self, target: Union[str, os.PathLike]) -> Path:
+        """Copy an SQLite store to ``target`` (a new file) with SQLite's online backup: a consistent snapshot even
+        while other processes save. For any engine use :func:`NerveSegLogic.store.migrate.backup`, which calls this
+        for SQLite and copies a PostgreSQL store with a verified migration. Raises FileExistsError rather than
+        overwrite, StoreError for a store that is not an SQLite file."""
         target = Path(target)
         if target.exists():
             raise FileExistsError(f"backup target {target} exists; choose a new file")
-        if self._backend.engine == "sqlite":
-            with self._lock:
-                self._backend.backup(self._live(), target)
-            return target
-        from .migrate import migrate
-
-        migrate(self, target)
+        if self._backend.engine != "sqlite":
+            raise StoreError(f"{self}: SQLite's online backup copies SQLite files only; this store runs on "
+                             f"{self._backend.engine} (use NerveSegLogic.store.migrate.backup)")
+        with self._lock:
+            self._backend.backup(self._live(), target)
         return target
 
     def integrity_check(self) -> str:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Set
 
-from .backends import Backend, PostgresLocation, StoreURL, _literal, quoted_names
+from .backends import Backend, _literal, quoted_names
+from .errors import NotAStoreError, StoreConnectionError, StoreError
+from .location import PostgresLocation, StoreURL
 
 #: Connection timeout (s) when the URL does not set connect_timeout: an unreachable host fails in this time.
 CONNECT_TIMEOUT_S = 10
@@ -35,8 +37,6 @@ REFUSE_FUNCTION = "nerveseg_refuse"
 
 
 def _psycopg():
-    from .store import StoreError
-
     try:
         import psycopg
     except ImportError:
@@ -95,8 +95,6 @@ class PostgresBackend(Backend):
         return f"{loc.where} (database {loc.database}" + (f", user {loc.user})" if loc.user else ")")
 
     def connect(self, read_only: bool = False, immutable: bool = False) -> PgConnection:
-        from .store import StoreConnectionError
-
         psycopg = self._psycopg
         options = {"autocommit": True, "application_name": "nerveseg"}
         if "connect_timeout" not in self.location.url:
@@ -124,8 +122,6 @@ class PostgresBackend(Backend):
         return conn
 
     def inspect(self, conn) -> Set[str]:
-        from .store import NotAStoreError
-
         tables = self.tables(conn)
         if tables and "meta" not in tables:
             raise NotAStoreError(f"{self.location.display} is a PostgreSQL database with other tables "

@@ -1,5 +1,5 @@
 """Copy an annotation store into a new one, whatever the engines: an SQLite file onto a PostgreSQL server (a team
-outgrowing one machine), or back into a file (:meth:`AnnotationStore.backup` of a PostgreSQL store).
+outgrowing one machine), or back into a file (:func:`backup` of a PostgreSQL store).
 
 Everything is copied as it is: frames (pixels, source, subject, geometry, metadata, time), masks, every version with
 its id, parent, author, time, origin, model, status, comment and uncertainty, the prompts of "prompt" versions and the
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
-from .backends import is_url, parse_postgres_url
-from .store import AnnotationStore, StoreError, _unpng, pixel_sha256, utc_now
+from .location import is_url, parse_postgres_url
+from .database import AnnotationStore, StoreError, _unpng, pixel_sha256, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -213,3 +213,17 @@ def migrate(source: Union[str, os.PathLike, AnnotationStore], target: Union[str,
             src.close()
     log.info("%s", report.summary())
     return report
+
+
+def backup(store: AnnotationStore, target: Union[str, os.PathLike]) -> Path:
+    """Copy the whole store to ``target`` (a new SQLite file), whatever its engine: SQLite's online backup of an
+    SQLite store (:meth:`AnnotationStore.online_backup`), a verified copy (:func:`copy_store`, through
+    :func:`migrate`) of a PostgreSQL one; a consistent snapshot even while other processes save. Raises
+    FileExistsError rather than overwrite."""
+    target = Path(target)
+    if target.exists():
+        raise FileExistsError(f"backup target {target} exists; choose a new file")
+    if store.engine == "sqlite":
+        return store.online_backup(target)
+    migrate(store, target)
+    return target
