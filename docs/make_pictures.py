@@ -32,7 +32,7 @@ def main() -> int:
 
     from NerveSegLogic.annotate.importers import read_sequence
     from NerveSegLogic.classes import canonical_key, segment_class
-    from NerveSegLogic.overlay import contact_sheet, render_overlay
+    from NerveSegLogic.imaging.overlay import contact_sheet, render_overlay
     from NerveSegLogic.scene.readback import read_saved_scene, read_segmentation_sequence_items
 
     mrml = args.demo_out / "scene" / "NerveSeg.mrml"
