@@ -62,8 +62,9 @@ def test_a_fold_is_scored_with_the_weights_at_the_end_of_training_not_the_best_o
     from NerveSegLogic.classes import USGRA_SEG_MAPPING
     from NerveSegLogic.datasets.readers import open_dataset
     from NerveSegLogic.models import registry
-    from NerveSegLogic.train.loop import TrainOptions, read_checkpoint, train
-    from NerveSegLogic.train.runs import card_for_weights
+    from NerveSegLogic.train.checkpoints import read_checkpoint
+    from NerveSegLogic.train.loop import TrainOptions, train
+    from NerveSegLogic.train.evaluate_weights import card_for_weights
     from test_train_loop import write_frames
 
     frames = open_dataset(write_frames(tmp_path / "data"), format="folder", mapping=USGRA_SEG_MAPPING)

@@ -14,6 +14,7 @@ from NerveSegLogic.models import efficientnet_unet as eu  # noqa: E402
 from NerveSegLogic.train import augment, loop  # noqa: E402
 from NerveSegLogic.train.data import Frame  # noqa: E402
 from NerveSegLogic.train.negatives import negative_frames, negative_windows  # noqa: E402
+from NerveSegLogic.train.recipe import learning_rate, make_optimizer  # noqa: E402
 
 #: 296 tensors in the wheel's lite0 state dict, 8 of them the ImageNet classifier head (_conv_head, _bn1, _fc)
 LITE0_ENCODER_TENSORS = 288
@@ -141,7 +142,7 @@ def test_onnx_export_matches_torch_and_runs_in_the_live_path(tmp_path):
 # ------------------------------------------------------------------------------------------------------ recipe
 def test_cosine_decay_starts_at_the_rate_and_ends_at_its_floor():
     recipe = {"optimizer": {"lr": 1e-3}, "epochs": 10, "schedule": {"name": "cosine", "min_factor": 0.01}}
-    rates = [loop.learning_rate(recipe, epoch) for epoch in range(11)]
+    rates = [learning_rate(recipe, epoch) for epoch in range(11)]
     assert rates[0] == pytest.approx(1e-3)
     assert rates[5] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
     assert rates[10] == pytest.approx(1e-5)
@@ -150,7 +151,7 @@ def test_cosine_decay_starts_at_the_rate_and_ends_at_its_floor():
 
 def test_adamw_is_an_optimizer_of_the_recipe():
     model = torch.nn.Linear(2, 2)
-    optimizer = loop.make_optimizer(model, {"optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}})
+    optimizer = make_optimizer(model, {"optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}})
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.param_groups[0]["weight_decay"] == 1e-4
 

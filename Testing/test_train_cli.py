@@ -22,7 +22,8 @@ def test_registering_the_commands_and_importing_the_train_package_imports_no_tor
             "sub = argparse.ArgumentParser().add_subparsers()\n"
             "train.register(sub); evaluate.register(sub)\n"
             "print(sorted(m for m in ('torch', 'cv2', 'monai', 'slicer') if m in sys.modules))\n"
-            "from NerveSegLogic.train import metrics, augment, data, evaluate as ev, loop, runs\n"
+            "from NerveSegLogic.train import metrics, augment, data, evaluate as ev, loop, recipe, checkpoints, reports\n"
+            "from NerveSegLogic.train import evaluate_weights\n"
             "print(sorted(m for m in ('torch', 'monai', 'slicer') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["[]", "[]"]

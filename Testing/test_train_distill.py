@@ -11,8 +11,7 @@ torch = pytest.importorskip("torch")
 from NerveSegLogic import cli  # noqa: E402
 from NerveSegLogic.classes import USGRA_SEG_MAPPING  # noqa: E402
 from NerveSegLogic.datasets.readers import open_dataset  # noqa: E402
-from NerveSegLogic.train import distill  # noqa: E402
-from NerveSegLogic.train import loop  # noqa: E402
+from NerveSegLogic.train import checkpoints, distill  # noqa: E402
 from NerveSegLogic.train.loop import TrainOptions, Trainer, train  # noqa: E402
 
 from test_train_loop import write_frames  # noqa: E402
@@ -125,7 +124,7 @@ def test_teachers_that_cannot_teach_this_student_are_refused_by_name(tmp_path, f
 
 def test_resuming_with_another_teacher_is_refused(tmp_path, frames, teacher_run):
     train(options(tmp_path / "run", teachers=[str(teacher_run)]), dataset=frames)
-    with pytest.raises(loop.CheckpointError, match="distillation"):
+    with pytest.raises(checkpoints.CheckpointError, match="distillation"):
         Trainer(options(tmp_path / "run", epochs=2, teachers=[str(teacher_run)], distill_weight=0.9),
                 dataset=frames)
 

@@ -37,7 +37,8 @@ torch = pytest.importorskip("torch")
 from NerveSegLogic import cli  # noqa: E402
 from NerveSegLogic.train import data as td  # noqa: E402
 from NerveSegLogic.train import distributed  # noqa: E402
-from NerveSegLogic.train.loop import CHECKPOINT_JSON, TrainOptions, train  # noqa: E402
+from NerveSegLogic.train.checkpoints import CHECKPOINT_JSON  # noqa: E402
+from NerveSegLogic.train.loop import TrainOptions, train  # noqa: E402
 
 from test_train_loop import write_frames  # noqa: E402
 

@@ -22,7 +22,7 @@ from NerveSegLogic.models import registry  # noqa: E402
 from NerveSegLogic.models.card import ModelCard  # noqa: E402
 from NerveSegLogic.models.weights import WeightsError  # noqa: E402
 from NerveSegLogic.train import data as td  # noqa: E402
-from NerveSegLogic.train import loop, site  # noqa: E402
+from NerveSegLogic.train import checkpoints, site  # noqa: E402
 from NerveSegLogic.train.data import ClassMismatchError  # noqa: E402
 from NerveSegLogic.train.losses import marginal_loss, reduce_to_labelled, semantic_loss  # noqa: E402
 from NerveSegLogic.train.loop import TrainOptions, Trainer, train  # noqa: E402
@@ -178,7 +178,7 @@ def test_an_init_with_other_classes_architecture_or_input_is_refused_naming_both
     colour = run_folder(tmp_path / "colour", dict(unet, input=dict(unet["input"], channels=3)))
     with pytest.raises(ValueError, match="takes 3 input channel\\(s\\) but unet takes 1"):
         Trainer(options(tmp_path / "c", init=str(colour)), dataset=frames)
-    assert not (tmp_path / "a" / loop.CHECKPOINT_JSON).exists()
+    assert not (tmp_path / "a" / checkpoints.CHECKPOINT_JSON).exists()
 
 
 def test_an_interrupted_fine_tune_resumes_from_the_same_init_and_refuses_another(tmp_path, frames, base_run,
@@ -198,14 +198,14 @@ def test_an_interrupted_fine_tune_resumes_from_the_same_init_and_refuses_another
     with pytest.raises(KeyboardInterrupt):
         train(options(tmp_path / "crashed", checkpoint_minutes=0, **settings), dataset=frames)
     monkeypatch.setattr(Trainer, "step", original)
-    record = json.loads((tmp_path / "crashed" / loop.CHECKPOINT_JSON).read_text())
+    record = json.loads((tmp_path / "crashed" / checkpoints.CHECKPOINT_JSON).read_text())
     assert record["setup"]["init"]["sha256"] == json.loads((base_run / "card.json").read_text())["weights"]["sha256"]
     resumed = train(options(tmp_path / "crashed", **settings), dataset=frames)  # the same command again
     assert resumed.global_step == straight.global_step == 6
     a, b = state(straight.weights), state(resumed.weights)
     assert all(torch.equal(a[k], b[k]) for k in a)  # the checkpoint won over the init, and it is the same run
     other = weights_file(tmp_path / "other.safetensors", seed=11)
-    with pytest.raises(loop.CheckpointError, match="init was"):
+    with pytest.raises(checkpoints.CheckpointError, match="init was"):
         Trainer(options(tmp_path / "crashed", init=str(other), epochs=3, batch_size=3), dataset=frames)
 
 

@@ -12,9 +12,10 @@ torch = pytest.importorskip("torch")
 
 from NerveSegLogic.classes import USGRA_SEG_MAPPING  # noqa: E402
 from NerveSegLogic.datasets.readers import open_dataset  # noqa: E402
+from NerveSegLogic.train import checkpoints  # noqa: E402
 from NerveSegLogic.train import data as td  # noqa: E402
-from NerveSegLogic.train import loop  # noqa: E402
 from NerveSegLogic.train.loop import TrainOptions, Trainer, train  # noqa: E402
+from NerveSegLogic.train.recipe import learning_rate  # noqa: E402
 
 
 def write_frames(root: Path, count: int = 8, height: int = 40, width: int = 48, seed: int = 0) -> Path:
@@ -66,7 +67,7 @@ def test_a_few_training_steps_lower_the_loss_on_a_tiny_set(tmp_path, frames):
 def _tensors(out: Path):
     from safetensors.torch import load_file
 
-    record = json.loads((out / loop.CHECKPOINT_JSON).read_text())
+    record = json.loads((out / checkpoints.CHECKPOINT_JSON).read_text())
     return record, load_file(str(out / record["tensors"]))
 
 
@@ -118,7 +119,7 @@ def test_an_interrupted_epoch_resumes_mid_epoch_with_the_optimizer_state(tmp_pat
 
 def test_a_checkpoint_of_another_setup_is_refused_not_silently_mixed(tmp_path, frames):
     train(options(tmp_path / "run", epochs=1), dataset=frames)
-    with pytest.raises(loop.CheckpointError, match="input_size was \\[32, 32\\], now \\[48, 48\\]"):
+    with pytest.raises(checkpoints.CheckpointError, match="input_size was \\[32, 32\\], now \\[48, 48\\]"):
         Trainer(options(tmp_path / "run", epochs=2, input_size=(48, 48)), dataset=frames)
 
 
@@ -160,12 +161,12 @@ def test_split_indices_never_mix_frames_of_a_block():
 
 def test_learning_rate_schedules_follow_the_recipe():
     recipe = {"optimizer": {"lr": 0.01}, "epochs": 10}
-    assert loop.learning_rate({**recipe, "schedule": {"name": "constant"}}, 7) == 0.01
-    assert loop.learning_rate({**recipe, "schedule": {"name": "poly", "power": 0.9}}, 5) == \
+    assert learning_rate({**recipe, "schedule": {"name": "constant"}}, 7) == 0.01
+    assert learning_rate({**recipe, "schedule": {"name": "poly", "power": 0.9}}, 5) == \
         pytest.approx(0.01 * 0.5 ** 0.9)
     step = {**recipe, "schedule": {"name": "step", "step_epochs": 10, "gamma": 0.1}}
-    assert loop.learning_rate(step, 9) == pytest.approx(0.01)
-    assert loop.learning_rate(step, 10) == pytest.approx(0.001)
+    assert learning_rate(step, 9) == pytest.approx(0.01)
+    assert learning_rate(step, 10) == pytest.approx(0.001)
 
 
 def test_balanced_sampling_alternates_frames_with_and_without_structures():

@@ -129,7 +129,7 @@ def use_last_weights(model: str, run_dir: Path) -> Dict:
     from NerveSegLogic.models import registry
     from NerveSegLogic.models.card import ModelCard
     from NerveSegLogic.train.evaluate import write_json
-    from NerveSegLogic.train.loop import read_checkpoint
+    from NerveSegLogic.train.checkpoints import read_checkpoint
 
     found = read_checkpoint(run_dir)
     if found is None:
@@ -169,7 +169,7 @@ def _forget_scores(run_dir: Path) -> None:
 
 def evaluate_run(model: str, data: Path, run_dir: Path, names: Optional[List[str]], args) -> Dict:
     """Evaluate the run's weights on the frames ``names`` (None: all) into ``run_dir/eval``; returns the summary."""
-    from NerveSegLogic.train.runs import evaluate_data_set
+    from NerveSegLogic.train.evaluate_weights import evaluate_data_set
 
     summary, _ = evaluate_data_set(model, data, run_dir / "eval", weights=run_dir / f"{model}.safetensors",
                                    device=args.device, pictures=2, progress=args.progress, threads=args.threads,
@@ -184,7 +184,7 @@ def cpu_speed(model: str, run_dir: Path, data: Path, threads: int, repeats: int)
     from NerveSegLogic.datasets.readers import open_dataset
     from NerveSegLogic.inference.segmenter import Segmenter, time_segment
     from NerveSegLogic.models import registry
-    from NerveSegLogic.train.runs import card_for_weights
+    from NerveSegLogic.train.evaluate_weights import card_for_weights
 
     card, weights_path, sha256 = card_for_weights(model, run_dir / f"{model}.safetensors")
     module = registry.load_from_card(card, device="cpu", weights_path=weights_path, sha256=sha256)
@@ -205,7 +205,7 @@ def float16_check(model: str, run_dir: Path, data: Path, args) -> Dict:
     """Evaluate float32 and float16 copies of the final weights on every frame; ship float16 when no class's mean
     Dice moves by FLOAT16_DICE_TOLERANCE or more. Returns what was measured and decided."""
     from NerveSegLogic.models import registry
-    from NerveSegLogic.train.runs import card_for_weights
+    from NerveSegLogic.train.evaluate_weights import card_for_weights
 
     weights = run_dir / f"{model}.safetensors"
     card, _, sha256 = card_for_weights(model, weights)
@@ -267,7 +267,7 @@ def fold_extras(model: str, data: Path, run_dir: Path, train_names: List[str], h
     from NerveSegLogic.models import registry
     from NerveSegLogic.train.evaluate import evaluate
     from NerveSegLogic.train.negatives import negative_frames
-    from NerveSegLogic.train.runs import card_for_weights
+    from NerveSegLogic.train.evaluate_weights import card_for_weights
 
     card, weights_path, sha256 = card_for_weights(model, run_dir / f"{model}.safetensors")
     module = registry.load_from_card(card, device="cpu", weights_path=weights_path, sha256=sha256)
@@ -341,7 +341,7 @@ def live_path_speed(model: str, data: Path, run_dir: Path, held_out: List[str], 
     from NerveSegLogic.inference import backends
     from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.models import registry
-    from NerveSegLogic.train.runs import card_for_weights
+    from NerveSegLogic.train.evaluate_weights import card_for_weights
 
     card, _, _ = card_for_weights(model, run_dir / f"{model}.safetensors")
     recipe = backends.int8_recipe_of(registry.card(model))

@@ -64,7 +64,7 @@ def fold_scores(runs: Path, data: Path, models: List[str], fold: int, held_out: 
     from NerveSegLogic.inference import backends
     from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.train.evaluate import evaluate
-    from NerveSegLogic.train.runs import card_for_weights
+    from NerveSegLogic.train.evaluate_weights import card_for_weights
 
     from compare_models import _frames, _scores
 

@@ -58,7 +58,7 @@ def load_run(run: Path, which: str):
 
     from NerveSegLogic.models import registry
     from NerveSegLogic.models.card import ModelCard
-    from NerveSegLogic.train.loop import read_checkpoint
+    from NerveSegLogic.train.checkpoints import read_checkpoint
     from NerveSegLogic.models.weights import read_weights
 
     found = read_checkpoint(run)

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     from NerveSegLogic.inference.segmenter import Segmenter, time_segment
     from NerveSegLogic.train.data import split_indices
     from NerveSegLogic.train.evaluate import evaluate
-    from NerveSegLogic.train.runs import card_for_weights
+    from NerveSegLogic.train.evaluate_weights import card_for_weights
 
     names = open_dataset(args.data).names()
     recipes = args.recipes.split(",")

@@ -73,7 +73,7 @@ def fold_scores(runs: Path, data: Path, model: str, fold: int, held_out: List[st
     from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.train.evaluate import evaluate
     from NerveSegLogic.train.negatives import negative_frames
-    from NerveSegLogic.train.runs import card_for_weights
+    from NerveSegLogic.train.evaluate_weights import card_for_weights
 
     from compare_models import _frames, _scores
 

@@ -222,8 +222,9 @@ def main(argv=None) -> int:
     import torch
 
     from NerveSegLogic.models import registry
-    from NerveSegLogic.train.loop import TrainOptions, read_checkpoint, train
-    from NerveSegLogic.train.runs import evaluate_data_set
+    from NerveSegLogic.train.checkpoints import read_checkpoint
+    from NerveSegLogic.train.loop import TrainOptions, train
+    from NerveSegLogic.train.evaluate_weights import evaluate_data_set
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"train_bpmsegnet_gpu: --device {args.device} but torch {torch.__version__} sees no GPU; this script "

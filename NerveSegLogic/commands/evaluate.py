@@ -67,7 +67,7 @@ def run(args) -> int:
     from ..datasets.dataset import DatasetError
     from ..models.weights import WeightsError
     from ..train.data import ClassMismatchError
-    from ..train.runs import evaluate_data_set
+    from ..train.evaluate_weights import evaluate_data_set
 
     out = Path(args.out or Path("evaluation") / args.model)
     try:

@@ -148,7 +148,8 @@ def run(args) -> int:
     from ..models.weights import WeightsError
     from ..train.data import ClassMismatchError
     from ..train.distributed import DistributedError, launched_by_torchrun, not_launched_message, world_from_env
-    from ..train.loop import CheckpointError, TrainOptions, train
+    from ..train.checkpoints import CheckpointError
+    from ..train.loop import TrainOptions, train
 
     distributed = bool(getattr(args, "distributed", False))
     under_torchrun = launched_by_torchrun()

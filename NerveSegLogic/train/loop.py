@@ -1,18 +1,16 @@
 """Training a registered model on a labelled data set: the card's recipe, block validation, resumable checkpoints.
 
 :func:`train` (and ``nerveseg train``) does, by default, what the model's card says: its loss, optimiser,
-learning-rate schedule, batch size, epochs, augmentations, sampling and input size; options override each.
+learning-rate schedule, batch size, epochs, augmentations, sampling and input size; options override each
+(:mod:`.recipe`).
 
 - Validation is one contiguous block of frames (``folds`` blocks of the frames sorted by name, block ``fold``;
   neighbouring frames come from the same scan, so frames are never split at random). ``folds <= 1`` trains on every
   frame without validation (the final models) and keeps the last epoch.
 - Every epoch ends with validation through the live path (:mod:`.evaluate`: mean Dice over frames per class) and a
   checkpoint; the best epoch's weights are ``<out>/<model>.safetensors``.
-- Checkpoints are safetensors, nothing pickled: ``checkpoint-<step>.safetensors`` holds the model's tensors
-  (``model.*``), the optimiser's per-parameter state (``optimizer.<index>.<name>``) and torch's RNG state;
-  ``checkpoint.json`` holds the epoch, the step, the position inside the epoch, the loss history, the best epoch,
-  the optimiser's hyper-parameters and everything the run was started with. The JSON is written last and names its
-  tensor file, so a crash while saving leaves the previous checkpoint whole.
+- Checkpoints (:mod:`.checkpoints`) are safetensors plus ``checkpoint.json``, nothing pickled, written so that a
+  crash while saving leaves the previous checkpoint whole.
 - Running again with the same ``out`` resumes from the checkpoint: same step count, optimiser state restored, and
   the same data order and augmentations as an uninterrupted run (both are functions of seed, epoch and position).
   Checkpoints are also written mid-epoch every ``checkpoint_minutes`` and when ``limit_minutes`` (training time
@@ -22,10 +20,10 @@ learning-rate schedule, batch size, epochs, augmentations, sampling and input si
   and batch-norm statistics); the init's sha256 is part of what a resumed run must match.
 - Data that labels only some of the model's classes (per data set, or per frame of an annotation store) trains
   those only: :func:`.losses.marginal_loss` merges the other classes into "not labelled here" for that frame.
-- At the end: ``<out>/card.json`` (the card with the weights file and sha256, the recipe and input size used, the
-  data (its fingerprint, the frames used and held out, the classes labelled), the init, epochs, steps, threads,
-  device, wall time and notes such as training on CPU with fewer epochs than the paper) and
-  ``<out>/learning_curve.png`` (train loss and validation Dice per epoch).
+- At the end (:mod:`.reports`): ``<out>/card.json`` (the card with the weights file and sha256, the recipe and input
+  size used, the data (its fingerprint, the frames used and held out, the classes labelled), the init, epochs, steps,
+  threads, device, wall time and notes such as training on CPU with fewer epochs than the paper) and
+  ``<out>/learning_curve.png`` (train loss and validation Dice per epoch, also drawn after every epoch).
 - ``distributed`` (``torchrun --nproc-per-node N -m NerveSegLogic.train``, ``nerveseg train --distributed``, and
   :mod:`.distributed`): the same recipe on several processes with DistributedDataParallel, the global batch the
   card's, one step the single-process step on it; rank 0 validates and writes, and the card records the world size.
@@ -33,12 +31,9 @@ learning-rate schedule, batch size, epochs, augmentations, sampling and input si
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -51,23 +46,11 @@ from ..imaging import placement as pp
 from ..inference.backends import resolve_device  # one rule for auto, cpu and cuda in training and the live path
 from . import data as td
 from .augment import Augmenter
-from .evaluate import json_ready, write_json
-
-#: How the notes a training run writes into its card begin (see Trainer.notes); a later run drops them from the
-#: card it starts from and writes its own.
-RUN_NOTE_PREFIXES = ("Trained on CPU", "Trained for ", "Input ", "batch_size ", "augmentations ", "learning rate ",
-                     "Balanced (1:1", "The recipe's test-time", "Trained on every frame", "Weights of the epoch",
-                     "Negative frames: ", "Pretrained encoder (", "Distilled from ", "Fine-tuned from ", "Frozen ",
-                     "Partial labels: ", "Batch size ", "Distributed ")
+from .checkpoints import check_resumable, read_checkpoint, restore_checkpoint, save_checkpoint
+from .recipe import learning_rate, make_optimizer, resolve_recipe, run_card
+from .reports import plot_learning_curve, write_run_card
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_JSON = "checkpoint.json"
-CHECKPOINT_FORMAT = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint in the output folder cannot be resumed (other model, other setup, or damaged files)."""
 
 
 @dataclass
@@ -117,196 +100,6 @@ class TrainResult:
     global_step: int
     history: List[Dict]
     stop_reason: str
-
-
-# ------------------------------------------------------------------------------------------------------ recipe
-def resolve_recipe(card, options: TrainOptions) -> Dict[str, Any]:
-    """The recipe this run uses: the card's ``training.recipe`` (with ``--init``: the site recipe derived from it,
-    :func:`.site.site_recipe`) with the options' overrides applied."""
-    if options.init:
-        from .site import site_recipe
-
-        recipe = site_recipe(card.training["recipe"], options.site)
-    else:
-        recipe = copy.deepcopy(card.training["recipe"])
-    if options.epochs is not None:
-        recipe["epochs"] = int(options.epochs)
-    if options.batch_size is not None:
-        recipe["batch_size"] = int(options.batch_size)
-    if options.lr is not None:
-        recipe["optimizer"]["lr"] = float(options.lr)
-    if options.augmentations is not None:
-        recipe["augmentations"] = list(options.augmentations)
-    for key in ("freeze_encoder", "freeze_norm"):
-        value = getattr(options, key)
-        if value is not None:
-            recipe[key] = bool(value)
-    recipe.setdefault("augmentations", [])
-    recipe.setdefault("sampling", "uniform")
-    return recipe
-
-
-def learning_rate(recipe: Mapping[str, Any], epoch: int) -> float:
-    """Learning rate for ``epoch`` (0-based): constant; poly ``lr (1 - epoch / epochs) ** power``; step ``lr *
-    gamma ** (epoch // step_epochs)``; cosine ``lr (min_factor + (1 - min_factor) (1 + cos(pi epoch / epochs)) / 2)``
-    (``min_factor`` default 0.01)."""
-    base = float(recipe["optimizer"]["lr"])
-    schedule = recipe.get("schedule") or {"name": "constant"}
-    name = schedule.get("name", "constant")
-    if name == "constant":
-        return base
-    if name == "poly":
-        return base * (1.0 - epoch / max(1, int(recipe["epochs"]))) ** float(schedule.get("power", 0.9))
-    if name == "step":
-        return base * float(schedule.get("gamma", 0.1)) ** (epoch // max(1, int(schedule.get("step_epochs", 10))))
-    if name == "cosine":
-        floor = float(schedule.get("min_factor", 0.01))
-        phase = min(1.0, epoch / max(1, int(recipe["epochs"])))
-        return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * phase)))
-    raise ValueError(f"unknown learning-rate schedule {name!r}; expected constant, poly, step or cosine")
-
-
-def make_optimizer(model, recipe: Mapping[str, Any]):
-    import torch
-
-    settings = recipe["optimizer"]
-    lr = float(settings["lr"])
-    weight_decay = float(settings.get("weight_decay") or 0.0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if settings["name"] == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if settings["name"] == "adamw":  # decoupled weight decay (Loshchilov & Hutter)
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if settings["name"] == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(settings.get("momentum") or 0.0),
-                               weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {settings['name']!r}; expected adam, adamw or sgd")
-
-
-def run_card(card, spec: pp.InputSpec):
-    """The card with the input size actually used (what the live path must feed the trained model)."""
-    if (spec.height, spec.width) == (card.input.height, card.input.width):
-        return card
-    data = card.to_json()
-    data["input"] = dict(data["input"], size=[spec.height, spec.width])
-    return type(card).from_dict(data, card.path)
-
-
-# ------------------------------------------------------------------------------------------------------ checkpoints
-def _flatten_optimizer(optimizer) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """Optimizer state as (tensors, JSON-ready rest)."""
-    import torch
-
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, entries in state["state"].items():
-        for name, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{name}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> Dict[str, Any]:
-    state: Dict[int, Dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    for key, value in meta.get("scalars", {}).items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    return {"state": state, "param_groups": copy.deepcopy(meta["param_groups"])}
-
-
-def save_checkpoint(out: Path, model, optimizer, progress: Dict[str, Any]) -> Path:
-    """Write the tensors of model and optimizer and torch's RNG state, then ``checkpoint.json`` (atomically)."""
-    import torch
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    optim_tensors, optim_meta = _flatten_optimizer(optimizer)
-    tensors.update(optim_tensors)
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, value in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = value
-    file_name = f"checkpoint-{int(progress['global_step']):08d}.safetensors"
-    temporary = out / f".{file_name}.tmp"
-    save_file(tensors, str(temporary), metadata={"format": str(CHECKPOINT_FORMAT), "model": progress["model"]})
-    os.replace(temporary, out / file_name)
-    record = dict(progress, tensors=file_name, optimizer=optim_meta, format=CHECKPOINT_FORMAT)
-    write_json(out / CHECKPOINT_JSON, record)
-    for old in out.glob("checkpoint-*.safetensors"):
-        if old.name != file_name:
-            old.unlink()
-    return out / file_name
-
-
-def read_checkpoint(out: Path) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
-    """(progress record, tensors) of the checkpoint in ``out``, or None when there is none."""
-    from safetensors.torch import load_file
-
-    path = out / CHECKPOINT_JSON
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        tensors_path = out / record["tensors"]
-    except (ValueError, KeyError) as error:
-        raise CheckpointError(f"{path}: damaged checkpoint record ({error}); delete it to start afresh") from None
-    if record.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {record.get('format')} is not {CHECKPOINT_FORMAT}")
-    if not tensors_path.is_file():
-        raise CheckpointError(f"{path} names {tensors_path.name}, which is missing; delete {path} to start afresh")
-    return record, load_file(str(tensors_path))
-
-
-def _check_resumable(record: Mapping[str, Any], setup: Mapping[str, Any], path: Path) -> None:
-    """The checkpoint must come from the same model, input, data split, seed and recipe (epochs may grow)."""
-    for key, value in setup.items():
-        theirs, ours = record.get("setup", {}).get(key), json_ready(value)
-        if key == "recipe" and isinstance(theirs, dict) and isinstance(ours, dict):
-            theirs = {k: v for k, v in theirs.items() if k != "epochs"}
-            ours = {k: v for k, v in ours.items() if k != "epochs"}
-        if theirs != ours:
-            raise CheckpointError(f"{path / CHECKPOINT_JSON} was written by a different run: {key} was {theirs!r}, "
-                                  f"now {ours!r}. Use another --out, or delete the checkpoint to start afresh.")
-
-
-# ------------------------------------------------------------------------------------------------------ learning curve
-def plot_learning_curve(history: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
-    """PNG of train loss (left axis) and validation Dice per class and mean (right axis) per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    figure, loss_axis = plt.subplots(figsize=(8, 4.5), dpi=100)
-    loss_axis.plot(epochs, [h["train_loss"] for h in history], color="tab:blue", marker=".", label="train loss")
-    loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("train loss", color="tab:blue")
-    if any(h.get("val") for h in history):
-        dice_axis = loss_axis.twinx()
-        keys = sorted({k for h in history for k in (h.get("val") or {}).get("dice", {})})
-        for key, color in zip(keys, ("tab:orange", "tab:red", "tab:purple", "tab:brown")):
-            dice_axis.plot(epochs, [(h.get("val") or {}).get("dice", {}).get(key, math.nan) for h in history],
-                           color=color, marker=".", label=f"val Dice {key}")
-        dice_axis.plot(epochs, [(h.get("val") or {}).get("mean_dice", math.nan) for h in history], color="tab:green",
-                       marker="o", label="val Dice mean")
-        dice_axis.set_ylabel("validation Dice")
-        dice_axis.set_ylim(0, 1)
-    handles = [h for axis in figure.axes for h in axis.get_legend_handles_labels()[0]]
-    labels = [label for axis in figure.axes for label in axis.get_legend_handles_labels()[1]]
-    loss_axis.set_title(title, fontsize=10)
-    figure.tight_layout(rect=(0, 0.1, 1, 1))
-    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary)
-    plt.close(figure)
-    os.replace(temporary, path)
 
 
 # ------------------------------------------------------------------------------------------------------ training
@@ -538,20 +331,12 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
-        import torch
-
         found = read_checkpoint(self.out)
         if found is None:
             return
         record, tensors = found
-        _check_resumable(record, self.setup, self.out)
-        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state, strict=True)
-        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, record["optimizer"]))
-        torch.set_rng_state(tensors["rng.torch"])
-        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+        check_resumable(record, self.setup, self.out)
+        restore_checkpoint(self.model, self.optimizer, record, tensors)
         self.epoch, self.position = int(record["epoch"]), int(record["position"])
         self.global_step = int(record["global_step"])
         self.history = list(record["history"])
@@ -814,154 +599,7 @@ class Trainer:
             return None, None
         if self.history:
             plot_learning_curve(self.history, self.out / "learning_curve.png", self._curve_title())
-        return weights, self.write_card(stop_reason)
-
-    def notes(self, stop_reason: str) -> List[str]:
-        """What this run did differently from the card's recipe; every note starts with one of RUN_NOTE_PREFIXES."""
-        paper_recipe = self.base_card.training["recipe"]
-        if self.init is not None:  # the reference is the site recipe: say what differs from it
-            from .site import site_recipe
-
-            paper_recipe = site_recipe(paper_recipe, self.options.site)
-        notes = []
-        if self.init is not None:
-            init = self.init
-            notes.append(f"Fine-tuned from {init.model} ({init.kind} {init.weights}, sha256 {init.sha256[:12]}) with "
-                         f"the site recipe: {self.recipe['epochs']} epochs at learning rate "
-                         f"{self.recipe['optimizer']['lr']:g} ({self.recipe['schedule'].get('name')}); the weights "
-                         "of the init replace random and ImageNet initialisation.")
-        if self.dist.distributed:
-            notes.append(f"Distributed over {self.dist.world_size} processes (torchrun, {self.dist.backend}): global "
-                         f"batch {self.batch_size} = {self.dist.world_size} x {self.per_rank_batch} per process, the "
-                         "recipe's loss on the gathered global batch, gradients averaged by DistributedDataParallel; "
-                         "batch norm " + (self.sync_batchnorm or "not in training") + ".")
-        if self.device == "cpu":
-            notes.append(f"Trained on CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
-                         "not on the GPU the paper used.")
-        if self.epoch < int(paper_recipe["epochs"]):
-            why = "chosen with --epochs" if stop_reason == "finished" else f"stopped at the {stop_reason}"
-            notes.append(f"Trained for {self.epoch} epochs, fewer than the recipe's {paper_recipe['epochs']} "
-                         f"({why}).")
-        if self.frozen:
-            parts = []
-            if "encoder_tensors" in self.frozen:
-                parts.append(f"the encoder ({self.frozen['encoder_tensors']} parameter tensors not trained)")
-            if "norm_layers" in self.frozen:
-                parts.append(f"normalisation ({self.frozen['norm_layers']} batch-norm layers in eval mode with the "
-                             "init's statistics, their scale and shift not trained)")
-            notes.append("Frozen: " + " and ".join(parts) + ".")
-        if self.batch_size < int(self.recipe["batch_size"]):
-            notes.append(f"Batch size {self.batch_size}: the recipe's {self.recipe['batch_size']} is more than the "
-                         f"{len(self.store)} training frames.")
-        if self.partial or (self.val_store is not None and self.val_store.partial):
-            notes.append(f"Partial labels: {self.labelled_summary()}. A class a frame does not label is left out of "
-                         "its loss (its probability counts as 'not the labelled classes'), never taught as "
-                         "background; validation scores each frame on the classes it labels.")
-        if (self.spec.height, self.spec.width) != (self.base_card.input.height, self.base_card.input.width):
-            notes.append(f"Input {self.spec.height}x{self.spec.width} instead of the card's "
-                         f"{self.base_card.input.height}x{self.base_card.input.width} (smaller, for CPU training); "
-                         "the live path feeds this size.")
-        which = "the site recipe's" if self.init is not None else "the recipe's"
-        for key in ("batch_size", "augmentations"):
-            if self.recipe.get(key) != paper_recipe.get(key):
-                notes.append(f"{key} {self.recipe.get(key)} instead of {which} {paper_recipe.get(key)}.")
-        if self.recipe["optimizer"]["lr"] != paper_recipe["optimizer"]["lr"]:
-            notes.append(f"learning rate {self.recipe['optimizer']['lr']} instead of {which} "
-                         f"{paper_recipe['optimizer']['lr']}.")
-        if self.recipe.get("sampling") == "balanced" and all(td.has_foreground(f) for f in self.store.frames):
-            notes.append("Balanced (1:1 positive/negative) sampling had no negative frames to draw (every training "
-                         "frame shows a structure), so it was uniform.")
-        if self.negatives:
-            notes.append(f"Negative frames: {self.negatives} windows of training frames with no labelled structure "
-                         f"(label 0 everywhere) added to the {len(self.train_names)} training frames.")
-        if self.pretrained:
-            notes.append(f"Pretrained encoder ({self.pretrained['source']}): missing keys "
-                         f"{self.pretrained['missing'] or 'none'}, unexpected keys "
-                         f"{self.pretrained['unexpected'] or 'none'}.")
-        if self.teachers:
-            names = ", ".join(f"{t.model_name} {t.weights.parent.name}/{t.weights.name} ({t.sha256[:12]})"
-                              for t in self.teachers)
-            notes.append(f"Distilled from {len(self.teachers)} teacher(s), their mean probabilities as soft targets: "
-                         f"{names}; loss = {1 - self.options.distill_weight:g} x the recipe's loss + "
-                         f"{self.options.distill_weight:g} x T^2 KL at T = {self.options.distill_temperature:g}.")
-        if self.recipe.get("tta"):
-            notes.append("The recipe's test-time augmentation is not applied: validation, evaluation and the live "
-                         "path segment each frame once.")
-        if self.val_store is None:
-            notes.append("Trained on every frame (no validation); the weights are the last epoch's.")
-        else:
-            notes.append(f"Weights of the epoch with the best validation mean Dice (epoch {self.best['epoch']}).")
-        return notes
-
-    def write_card(self, stop_reason: str) -> Path:
-        """``<out>/card.json``: the card with this run's weights, recipe, input, data and notes."""
-        import torch
-
-        from ..models.card import ModelCard
-
-        data = self.card.to_json()
-        if self.init is not None:
-            # What was measured on the base model's weights (its cross-validated figures, its speed, its INT8 check,
-            # its presence calibration) does not describe these: dropped, so that a site model is never run as
-            # INT8 or drawn with thresholds on the base model's evidence. ``nerveseg calibrate`` fits its own.
-            for measured in ("metrics", "speed", "int8", "presence"):
-                data.pop(measured, None)
-        data["build"] = dict(data["build"], **copy.deepcopy(self.options.build_overrides))
-        data["weights"] = {"file": f"{self.card.name}.safetensors", "sha256": self.best["sha256"], "dtype": "float32"}
-        training = dict(data.get("training", {}))
-        dataset = self.dataset
-        training["data"] = (f"{Path(getattr(dataset, 'root', self.options.data or '.')).name}: "
-                            f"{len(self.train_names)} frames for training"
-                            + (f", {len(self.val_names)} for validation" if self.val_names else "")
-                            + f" ({getattr(dataset, 'format', 'data set')}; classes "
-                            + ", ".join(f"{c.label}={c.key}" for c in self.card.classes) + ")")
-        training["recipe"] = copy.deepcopy(self.recipe)
-        if self.init is not None:
-            training["init"] = self.init.record()
-        else:
-            training.pop("init", None)  # a base card that was itself fine-tuned: that was another run's start
-        training["data_fingerprint"] = self.data_fingerprint
-        training["labelled_classes"] = self.labelled_record()
-        # The base card may be a shipped one, whose notes already describe the run that made its weights: keep the
-        # notes about the model and its paper, replace those about a run with this run's.
-        kept = [note for note in training.get("notes", []) if not note.startswith(RUN_NOTE_PREFIXES)]
-        training["notes"] = kept + self.notes(stop_reason)
-        training["run"] = json_ready({
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": self.device if self.device != "cpu" else f"cpu ({os.cpu_count()} cores)",
-            "torch": torch.__version__,
-            "wall_time_s": round(self.elapsed, 1),
-            "epochs": self.epoch, "epochs_planned": int(self.recipe["epochs"]), "steps": self.global_step,
-            "stop_reason": stop_reason,
-            "input_size": [self.spec.height, self.spec.width],
-            "seed": self.options.seed,
-            "split": {"kind": self.split_kind, "folds": self.options.folds,
-                      "validation_fold": (self.options.folds - 1 if self.options.fold is None else self.options.fold)
-                      if self.val_names else None,
-                      "train_first_last": [self.train_names[0], self.train_names[-1]],
-                      "validation_first_last": [self.val_names[0], self.val_names[-1]] if self.val_names else None},
-            "frames": {"train": self.train_names, "held_out": self.val_names},
-            "budget": {"epochs": self.epoch, "steps": self.global_step, "wall_time_s": round(self.elapsed, 1),
-                       "threads": torch.get_num_threads() if self.device == "cpu" else None,
-                       "batch_size": self.batch_size, "frames": len(self.train_names)},
-            "best_epoch": self.best.get("epoch"),
-            "validation": self.best.get("val"),
-            "validation_data": (
-                f"held-out frames of this run's own data ({len(self.val_names)} frames, {self.split_kind}, block "
-                f"{self.options.folds - 1 if self.options.fold is None else self.options.fold} of "
-                f"{self.options.folds}), never trained on; the weights are those of the epoch that scored best on "
-                "them" if self.val_names else None),
-            **({"distillation": self.distillation_record()} if self.teachers else {}),
-            "world_size": self.dist.world_size,
-            **({"distributed": dict(self.dist.record(self.per_rank_batch, self.sync_batchnorm),
-                                    sessions=self.sessions)} if self.dist.distributed or len(self.sessions) > 1
-               else {}),
-        })
-        data["training"] = training
-        ModelCard.from_dict(data)  # validate before writing
-        path = self.out / "card.json"
-        write_json(path, data)
-        return path
+        return weights, write_run_card(self, stop_reason)
 
 
 def torch_isfinite(loss) -> bool:

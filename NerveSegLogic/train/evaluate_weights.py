@@ -1,5 +1,7 @@
-"""Glue between the commands (``nerveseg train`` / ``evaluate``), the comparison benchmark and the library:
-which card and weights a run uses, and evaluating a data set folder end to end."""
+"""Evaluating a model's weights (shipped or trained) on a data set folder, for ``nerveseg evaluate`` and the
+benchmarks: which card goes with a weights file (:func:`card_for_weights`: the ``card.json`` a training run wrote
+beside them, else the registered card), and scoring them end to end into metrics.json, report.md and overlays
+(:func:`evaluate_data_set`)."""
 
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def evaluate_data_set(model: str, data: Path, out: Path, weights: Optional[Path]
     from ..models import registry
     from .data import FrameStore
     from .evaluate import evaluate, evaluation_classes, write_report
-    from .loop import resolve_device
+    from ..inference.backends import resolve_device
 
     card, weights_path, sha256 = card_for_weights(model, weights, cards_dir)
     check_tta(tta, card.task, card.name)  # before the data and weights are read
