@@ -1,5 +1,5 @@
 """Hypothesis strategies and checks for fuzzing the OpenIGTLink codec and receiver (Testing/test_stream_fuzz.py runs
-them briefly; benchmarks/fuzz_igtl.py runs them for longer).
+them briefly; benchmarks/reliability/fuzz_igtl.py runs them for longer).
 
 The inputs: valid IMAGE messages (every scalar type, 1..4 components, 1..3 slices, header versions 1 and 2 with
 metadata, RAS and LPS) which are then mutated: bytes flipped anywhere, cut short or extended, header fields (version,

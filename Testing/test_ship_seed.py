@@ -1,4 +1,4 @@
-"""benchmarks/ship_seed.py: how held-out fold reports become a card's cross_validation, and what it refuses."""
+"""benchmarks/release/ship_seed.py: how held-out fold reports become a card's cross_validation, and what it refuses."""
 
 import importlib.util
 import json

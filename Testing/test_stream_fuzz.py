@@ -1,4 +1,4 @@
-"""Fuzzing the OpenIGTLink codec and receiver (hypothesis, deterministic and brief here; benchmarks/fuzz_igtl.py runs
+"""Fuzzing the OpenIGTLink codec and receiver (hypothesis, deterministic and brief here; benchmarks/reliability/fuzz_igtl.py runs
 the same for longer): mutated messages raise only the codec's own errors, accepted frames are inside the bounds,
 and a receiver fed mutated streams stays alive, counts what it refused and stops promptly."""
 

@@ -2,11 +2,11 @@
 
     python benchmarks/probe_finetune_litemedsam.py --embeddings DIR [--seconds 480] [--lr 5e-5]
 
-DIR holds the frames' embeddings as benchmarks/bench_prompted.py --embeddings keeps them. One block split: the
+DIR holds the frames' embeddings as benchmarks/annotation/bench_prompted.py --embeddings keeps them. One block split: the
 first half of the frames (sorted by name) trains the mask decoder (encoder and prompt encoder frozen; AdamW,
 batches of 4 structures with boxes jittered 0-10 %, BCE + Dice on the 256x256 letterboxed mask) for a wall-clock
 budget; the second half is scored with a box alone (seeded jitter), released weights first, then fine-tuned.
-Nothing is saved. See benchmarks/prompted.md for the result and what a real recipe would still need.
+Nothing is saved. See benchmarks/annotation/prompted.md for the result and what a real recipe would still need.
 """
 import argparse
 import sys, time, numpy as np, torch, torch.nn.functional as F

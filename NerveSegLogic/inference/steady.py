@@ -71,7 +71,7 @@ stream, owned by the inference engine (``InferenceEngine.set_steady``) of the in
 still gives every result its ``presence`` and ``states``). ``predict``, ``evaluate`` and pre-labelling do not use it.
 
 Not thread-safe: one filter per stream, called from the thread that produces that stream's results (the inference
-worker). Measured in ``benchmarks/steady_overlay.md``.
+worker). Measured in ``benchmarks/accuracy/steady_overlay.md``.
 """
 
 from __future__ import annotations
