@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def compare_models():
     spec = importlib.util.spec_from_file_location("compare_models_under_test",
-                                                  REPO / "benchmarks" / "compare_models.py")
+                                                  REPO / "benchmarks" / "accuracy" / "compare_models.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,8 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+
+from NerveSegLogic.train.crossval import base_run, block_names  # noqa: E402  (the folds' base runs)
 
 MODEL = "effnet2-unet"
 POOL = 20  # the first frames of a held-out block that a site may correct; the rest are scored
@@ -55,31 +55,6 @@ VARIANTS: Dict[str, Dict] = {
     "lr03-freeze-enc": {"lr_factor": 0.03, "freeze_encoder": True},
     "ep45": {"epochs": 45},  # three times the site recipe's schedule
 }
-
-
-def block_names(data: Path) -> List[List[str]]:
-    from NerveSegLogic.datasets.readers import open_dataset
-    from NerveSegLogic.train.data import block_folds
-
-    names = sorted(open_dataset(data).names())
-    return [[names[i] for i in block] for block in block_folds(names, 5)]
-
-
-def base_run(base_runs: Path, block: int, data: Path, threads: int) -> Path:
-    """The fold's base run with its last weights (trained here when missing)."""
-    from compare_models import LAST_WEIGHTS, use_last_weights
-
-    run = base_runs / f"fold{block}"
-    card = run / "card.json"
-    if not card.is_file():
-        command = [sys.executable, "-m", "NerveSegLogic.cli", "train", "--model", MODEL, "--data", str(data),
-                   "--folds", "5", "--fold", str(block), "--out", str(run), "--threads", str(threads),
-                   "--no-progress"]
-        print("training base:", " ".join(command), flush=True)
-        subprocess.run(command, check=True, cwd=ROOT)
-    if json.loads(card.read_text())["training"]["run"].get("weights") != LAST_WEIGHTS:
-        use_last_weights(MODEL, run)
-    return run
 
 
 def subset_folder(data: Path, names: List[str], out: Path, nerve_only: bool) -> Path:
@@ -332,5 +307,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

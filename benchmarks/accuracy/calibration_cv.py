@@ -29,15 +29,13 @@ from typing import Dict, List
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MODEL = "effnet2-unet"
 
 
 def fold_rows(data: Path, base_runs: Path, fold: int, backend: str, threads: int, cache: Path) -> List[Dict]:
     """Rows of one fold's held-out block (+ windows), cached as JSON."""
-    from adaptation import base_run, block_names
+    from NerveSegLogic.train.crossval import base_run, block_names
 
     from NerveSegLogic.datasets.readers import open_dataset
     from NerveSegLogic.inference.backends import load_segmenter

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import platform
 import shlex
@@ -41,8 +40,10 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # runnable as a script from a checkout
-    sys.path.insert(0, str(REPO))
+
+from NerveSegLogic.models.readme_table import README_BEGIN, README_END, origin as paper_origin  # noqa: E402
+from NerveSegLogic.train.crossval import (INT8_CALIBRATION_FRAMES, LAST_WEIGHTS, fold_frames,  # noqa: E402
+                                          format_stat, stats, summary_scores, use_last_weights)
 
 log = logging.getLogger("compare_models")
 
@@ -112,49 +113,6 @@ def train_run(model: str, data: Path, out: Path, settings: Dict, folds: int, fol
         input_size=settings["input_size"], folds=folds, fold=fold, seed=args.seed, limit_minutes=settings["minutes"],
         batch_size=settings["batch_size"], lr=settings["lr"], augmentations=settings["augmentations"],
         threads=args.threads, progress=args.progress, checkpoint_minutes=args.checkpoint_minutes))
-
-
-#: card.json ``training.run.weights`` of a fold whose weights are the state at the end of training
-LAST_WEIGHTS = "end of training"
-
-
-def use_last_weights(model: str, run_dir: Path) -> Dict:
-    """Make a fold's weights the model's state at the end of training, from the run's checkpoint.
-
-    ``nerveseg train`` keeps the epoch with the best Dice on its validation block, and in a fold that block IS the
-    held-out block: scoring those weights on it would be a choice made on the test frames, which flatters the
-    figure it selects by (mean Dice), most for noisy, undertrained models. A fixed budget, then the last state,
-    chooses nothing. The run's
-    ``<model>.safetensors`` and card.json (sha256, ``training.run.weights``, the notes) are rewritten to say so."""
-    from NerveSegLogic.models import registry
-    from NerveSegLogic.models.card import ModelCard
-    from NerveSegLogic.train.evaluate import write_json
-    from NerveSegLogic.train.loop import read_checkpoint
-
-    found = read_checkpoint(run_dir)
-    if found is None:
-        raise SystemExit(f"{run_dir}: no checkpoint to take the last weights from; delete the folder to retrain")
-    record, tensors = found
-    card_path = run_dir / "card.json"
-    card = json.loads(card_path.read_text(encoding="utf-8"))
-    module = registry.build_from_card(ModelCard.from_dict(card, None))
-    module.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    path = run_dir / f"{model}.safetensors"
-    temporary = run_dir / f".{model}.safetensors.last"
-    sha256 = registry.save_weights(module, temporary)
-    os.replace(temporary, path)
-    card["weights"] = dict(card["weights"], sha256=sha256)
-    run = card["training"]["run"]
-    run["weights"] = LAST_WEIGHTS
-    run["weights_after"] = {"epochs": record["epoch"], "steps_into_next_epoch": record.get("position", 0),
-                            "global_step": record.get("global_step")}
-    best_note = "Weights of the epoch with the best validation mean Dice"
-    text = (f"Weights at the end of training ({record['epoch']} epochs"
-            + (f" and {record['position']} steps" if record.get("position") else "")
-            + "): no choice was made on the held-out block (benchmarks/accuracy/compare_models.py).")
-    card["training"]["notes"] = [n for n in card["training"].get("notes", []) if not n.startswith(best_note)] + [text]
-    write_json(card_path, card)
-    return run["weights_after"]
 
 
 def _forget_scores(run_dir: Path) -> None:
@@ -228,26 +186,6 @@ def float16_check(model: str, run_dir: Path, data: Path, args) -> Dict:
 
 
 # ---------------------------------------------------------------------------------------------- fold extras
-#: INT8 calibration frames per fold: spread evenly over the fold's training frames (never its held-out block).
-INT8_CALIBRATION_FRAMES = 24
-
-
-def _frames(data: Path, names: List[str], wanted: List[str]):
-    """A FrameStore of the frames named ``wanted`` (usgra-seg's labels are the models' labels)."""
-    from NerveSegLogic.datasets.readers import open_dataset
-    from NerveSegLogic.train.data import FrameStore
-
-    dataset = open_dataset(data)
-    index = {name: i for i, name in enumerate(dataset.names())}
-    return FrameStore(dataset, None, [index[name] for name in wanted])
-
-
-def _scores(summary: Dict) -> Dict:
-    per_class, detection = summary["per_class"], summary["detection"]
-    return {"nerve_dice": per_class["nerve"]["dice"], "vessel_dice": per_class.get("blood_vessel", {}).get("dice"),
-            "nerve_f1": detection["nerve"]["f1"]}
-
-
 def fold_extras(model: str, data: Path, run_dir: Path, train_names: List[str], held_out: List[str],
                 threads: int = 1) -> Dict:
     """What the held-out evaluation does not give, for one fold's weights (semantic models), all on ONNX Runtime:
@@ -277,7 +215,7 @@ def fold_extras(model: str, data: Path, run_dir: Path, train_names: List[str], h
     if not fp32_path.is_file():
         registry.export_onnx(module, fp32_path, card=card)
     step = max(1, len(train_names) // INT8_CALIBRATION_FRAMES)
-    calibration = [f.image for f in _frames(data, train_names, train_names[::step][:INT8_CALIBRATION_FRAMES]).frames]
+    calibration = [f.image for f in fold_frames(data, train_names[::step][:INT8_CALIBRATION_FRAMES]).frames]
     recipe = backends.int8_recipe_of(registry.card(model))  # the registered card's, as the live path will make it
     int8_path = graphs / f"{model}.int8-{recipe}.onnx"
     if not int8_path.is_file():
@@ -285,15 +223,15 @@ def fold_extras(model: str, data: Path, run_dir: Path, train_names: List[str], h
     fp32 = Segmenter(card, backends.OnnxBackend(fp32_path, threads=threads))
     int8 = Segmenter(card, backends.OnnxInt8Backend(int8_path, threads=threads))
 
-    real = _frames(data, held_out, held_out)
+    real = fold_frames(data, held_out)
     scored = {}
     for name, segmenter in (("float32", fp32), ("int8", int8)):
-        scored[name] = _scores(evaluate(segmenter, real, progress=False, keep_labelmaps=False).summary)
+        scored[name] = summary_scores(evaluate(segmenter, real, progress=False, keep_labelmaps=False).summary)
     change = {key: (abs(scored["int8"][key] - scored["float32"][key])
                     if scored["int8"][key] is not None and scored["float32"][key] is not None else None)
               for key in ("nerve_dice", "vessel_dice")}
 
-    with_negatives = _frames(data, held_out, held_out)
+    with_negatives = fold_frames(data, held_out)
     windows = negative_frames(with_negatives.frames, seed=1, rate=1.0, per_frame=1)
     with_negatives.frames.extend(windows)
     presence = evaluate(fp32, with_negatives, progress=False, keep_labelmaps=False).summary["presence"]["nerve"]
@@ -348,7 +286,7 @@ def live_path_speed(model: str, data: Path, run_dir: Path, held_out: List[str], 
     segmenters = {"onnx": Segmenter(card, backends.OnnxBackend(run_dir / "onnx" / f"{model}.onnx", threads=threads)),
                   "onnx-int8": Segmenter(card, backends.OnnxInt8Backend(fold_int8_graph(model, run_dir, recipe),
                                                                          threads=threads))}
-    return _time_live_path(segmenters, _frames(data, held_out, held_out[:1])[0].image, threads)
+    return _time_live_path(segmenters, fold_frames(data, held_out[:1])[0].image, threads)
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -363,13 +301,6 @@ def today() -> str:
 
 def _read(path: Path) -> Optional[Dict]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def stats(values: List[float]) -> Dict:
-    finite = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not finite:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(np.mean(finite)), "std": float(np.std(finite)), "n": len(finite)}
 
 
 def collect(models: List[str], out: Path, folds: int) -> Dict[str, Dict]:
@@ -451,20 +382,12 @@ def _int8_change(entry: Dict) -> Optional[float]:
     return max(changes) if changes else None
 
 
-def _pm(s: Dict, digits: int = 3) -> str:
-    if not s or s.get("mean") is None:
-        return "-"
-    if s.get("n") == 1:  # one fold: no spread to show
-        return f"{s['mean']:.{digits}f} (1 fold)"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
-
-
 def _int8_text(entry: Dict) -> str:
     """'nerve -0.0086, vessel -0.0073 (per fold 0.0169)': the signed change of the cross-validated Dice per class
     and, in brackets, the mean of each fold's largest |change|."""
     nerve, vessel = entry.get("int8_nerve_dice_delta") or {}, entry.get("int8_vessel_dice_delta") or {}
     if nerve.get("mean") is None:
-        return _pm(entry["int8_max_dice_change"], 4)
+        return format_stat(entry["int8_max_dice_change"], 4)
     parts = [f"nerve {nerve['mean']:+.4f}"] + ([f"vessel {vessel['mean']:+.4f}"] if vessel.get("mean") is not None
                                                else [])
     return ", ".join(parts) + f" (per fold {entry['int8_max_dice_change']['mean']:.4f})"
@@ -564,9 +487,9 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
         fps = "-" if auto_ms is None else ("yes" if auto_ms <= 1000.0 / 30 else "no")
         lines.append(
             f"| {model} | {entry['parameters'] / 1e6:.2f} M | {size} | {epochs} | {minutes} | {len(folds)}/{args.folds} "
-            f"| {_pm(entry['nerve_dice'])} | {_pm(entry['vessel_dice'])} | {_pm(entry['nerve_f1'])} | "
-            f"{_pm(entry['nerve_hd95_px'], 1)} | {_pm(entry['vessel_hd95_px'], 1)} | "
-            f"{_pm(entry['false_nerve_frame_rate'])} | {_pm(entry['nerve_presence_auc'])} | {live_text} | {fps} | "
+            f"| {format_stat(entry['nerve_dice'])} | {format_stat(entry['vessel_dice'])} | {format_stat(entry['nerve_f1'])} | "
+            f"{format_stat(entry['nerve_hd95_px'], 1)} | {format_stat(entry['vessel_hd95_px'], 1)} | "
+            f"{format_stat(entry['false_nerve_frame_rate'])} | {format_stat(entry['nerve_presence_auc'])} | {live_text} | {fps} | "
             f"{_int8_text(entry)} |")
     instance = {m: e for m, e in table.items() if e["task"] == "instance" and e["folds"]}
     if instance:
@@ -577,7 +500,7 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
             cells = []
             for kind in ("bbox", "segm"):
                 for key in ("AP50", "AP60", "AP70", "AP"):
-                    cells.append(_pm(stats([(f["coco"] or {}).get(kind, {}).get(key) for f in entry["folds"]])))
+                    cells.append(format_stat(stats([(f["coco"] or {}).get(kind, {}).get(key) for f in entry["folds"]])))
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     earlier = _earlier_rows(args, table)
     if earlier:
@@ -635,10 +558,6 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
     plot(table, report.with_suffix(".png"))
 
 
-README_BEGIN = "<!-- model table: generated by benchmarks/accuracy/compare_models.py --readme; do not edit by hand -->"
-README_END = "<!-- end of model table -->"
-
-
 def _earlier_rows(args, table: Dict[str, Dict]) -> List[str]:
     """Rows of ``--earlier`` (a report's JSON) for the models this run did not cross-validate, marked as such."""
     if not args.earlier:
@@ -659,15 +578,9 @@ def _earlier_rows(args, table: Dict[str, Dict]) -> List[str]:
         folds = e["folds"]
         lines.append(f"| {model} | {e['parameters'] / 1e6:.2f} M | {'x'.join(str(v) for v in folds[0]['input_size'])} "
                      f"| {min(f['epochs'] for f in folds)}-{max(f['epochs'] for f in folds)} | {len(folds)}/"
-                     f"{old['folds']} | {_pm(e['nerve_dice'])} | {_pm(e['vessel_dice'])} | {_pm(e['nerve_f1'])} | "
-                     f"{_pm(e['nerve_hd95_px'], 1)} | {np.mean([f['wall_time_s'] for f in folds]) / 60:.0f} |")
+                     f"{old['folds']} | {format_stat(e['nerve_dice'])} | {format_stat(e['vessel_dice'])} | {format_stat(e['nerve_f1'])} | "
+                     f"{format_stat(e['nerve_hd95_px'], 1)} | {np.mean([f['wall_time_s'] for f in folds]) / 60:.0f} |")
     return lines
-
-
-def _origin(card) -> str:
-    """'Firstauthor year' of the card's paper, for the README table."""
-    paper = card.paper or {}
-    return f"{(paper.get('authors') or '').split()[0].rstrip(',')} {paper.get('year', '')}".strip() or "-"
 
 
 def readme_table(table: Dict[str, Dict], folds: int, earlier: Optional[str] = None) -> List[str]:
@@ -685,7 +598,7 @@ def readme_table(table: Dict[str, Dict], folds: int, earlier: Optional[str] = No
         folds_done = entry["folds"]
         if not folds_done:
             continue
-        origin = _origin(card)
+        origin = paper_origin(card)
         name = f"**{model}** (default)" if model == default else model
         auto_ms = _live_ms(entry)
         int8 = _int8_change(entry)
@@ -702,10 +615,10 @@ def readme_table(table: Dict[str, Dict], folds: int, earlier: Optional[str] = No
                        + ("" if held is None else f", trained without block {held}"))
         else:
             shipped = "none"
-        cell = "-" if entry["false_nerve_frame_rate"]["mean"] is None else _pm(entry["false_nerve_frame_rate"], 2)
+        cell = "-" if entry["false_nerve_frame_rate"]["mean"] is None else format_stat(entry["false_nerve_frame_rate"], 2)
         lines.append(
-            f"| {name} | {origin} | {entry['parameters'] / 1e6:.2f} M | {size} | {_pm(entry['nerve_dice'], 2)} | "
-            f"{_pm(entry['vessel_dice'], 2)} | {_pm(entry['nerve_f1'], 2)} | {cell} | {backend} | "
+            f"| {name} | {origin} | {entry['parameters'] / 1e6:.2f} M | {size} | {format_stat(entry['nerve_dice'], 2)} | "
+            f"{format_stat(entry['vessel_dice'], 2)} | {format_stat(entry['nerve_f1'], 2)} | {cell} | {backend} | "
             f"{epochs[0] if len(epochs) == 1 else f'{epochs[0]}-{epochs[-1]}'} epochs, "
             f"{minutes:.0f} min, {len(folds_done)}/{folds} folds | {shipped} |")
     if earlier:
@@ -714,7 +627,7 @@ def readme_table(table: Dict[str, Dict], folds: int, earlier: Optional[str] = No
             if not entry["folds"] or (table.get(model) or {}).get("folds") or model not in registry.names(None, None):
                 continue
             card = registry.card(model)
-            origin = _origin(card)
+            origin = paper_origin(card)
             run = (card.training or {}).get("run") or {}
             shipped = (f"{run.get('epochs', '?')} epochs at {'x'.join(str(v) for v in run.get('input_size', []))}, "
                        f"{(card.weights or {}).get('dtype', 'float32')}") if card.has_weights else "none"
@@ -722,7 +635,7 @@ def readme_table(table: Dict[str, Dict], folds: int, earlier: Optional[str] = No
             epochs = sorted({f["epochs"] for f in entry["folds"]})
             lines.append(
                 f"| {model} | {origin} | {registry.parameter_count(card) / 1e6:.2f} M | {size} | "
-                f"{_pm(entry['nerve_dice'], 2)} | {_pm(entry['vessel_dice'], 2)} | {_pm(entry['nerve_f1'], 2)} | - | - "
+                f"{format_stat(entry['nerve_dice'], 2)} | {format_stat(entry['vessel_dice'], 2)} | {format_stat(entry['nerve_f1'], 2)} | - | - "
                 f"| {epochs[0] if len(epochs) == 1 else f'{epochs[0]}-{epochs[-1]}'} epochs, "
                 f"{np.mean([f['wall_time_s'] for f in entry['folds']]) / 60:.0f} min, {len(entry['folds'])}/"
                 f"{old['folds']} folds of an earlier run ({old['updated'][:10]}) | {shipped} |")

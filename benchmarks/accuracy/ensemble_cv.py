@@ -27,8 +27,6 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # runnable as a script from a checkout
-    sys.path.insert(0, str(REPO))
 
 KEYS = ("nerve_dice", "vessel_dice", "nerve_f1")
 
@@ -66,7 +64,7 @@ def fold_scores(runs: Path, data: Path, models: List[str], fold: int, held_out: 
     from NerveSegLogic.train.evaluate import evaluate
     from NerveSegLogic.train.runs import card_for_weights
 
-    from compare_models import _frames, _scores
+    from NerveSegLogic.train.crossval import fold_frames, summary_scores
 
     cards, singles, labels = [], [], []
     for entry in models:
@@ -84,7 +82,7 @@ def fold_scores(runs: Path, data: Path, models: List[str], fold: int, held_out: 
         if card.input != spec:
             raise SystemExit(f"{card.name}'s input block {card.input} differs from {cards[0].name}'s {spec}: "
                              "one preprocessing cannot feed both")
-    frames = _frames(data, held_out, held_out)
+    frames = fold_frames(data, held_out)
     scored = {}
     variants = [(label, Segmenter(card, backend)) for label, card, backend in zip(labels, cards, singles)]
     variants.append(("+".join(labels), Segmenter(cards[0], MeanBackend(singles))))
@@ -92,7 +90,7 @@ def fold_scores(runs: Path, data: Path, models: List[str], fold: int, held_out: 
         variants.append(("+".join(labels) + " + flip", Segmenter(cards[0], backends.FlipTTABackend(
             MeanBackend(singles), model="+".join(labels)))))
     for name, segmenter in variants:
-        scored[name] = _scores(evaluate(segmenter, frames, progress=False, keep_labelmaps=False).summary)
+        scored[name] = summary_scores(evaluate(segmenter, frames, progress=False, keep_labelmaps=False).summary)
     return scored
 
 
@@ -112,8 +110,7 @@ def main(argv=None) -> int:
     from NerveSegLogic.datasets.readers import open_dataset
     from NerveSegLogic.train.data import split_indices
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from compare_models import stats
+    from NerveSegLogic.train.crossval import stats
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if len(models) < 2:

@@ -17,7 +17,7 @@ Resources/Models, evaluates the shipped file through ``Segmenter.from_name`` (wh
 numbers, the run and the data credit in the card.
 
     .venv/bin/python benchmarks/accuracy/eval_heldout.py --run runs/effnet-unet-fold4 --data ../shared/data/usgra-seg \\
-        --report benchmarks/effnet_unet_heldout.json --ship
+        --report benchmarks/accuracy/effnet_unet_heldout.json --ship
 """
 
 from __future__ import annotations
@@ -25,112 +25,16 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
-
-import numpy as np
+from typing import Dict
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
-
-def auc(positive: List[float], negative: List[float]) -> float:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    if not positive or not negative:
-        return math.nan
-    pos, neg = np.asarray(positive)[:, None], np.asarray(negative)[None, :]
-    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
-
-
-def portable(arguments: List[str]) -> List[str]:
-    """Command-line arguments with absolute paths made relative to the repository (no machine paths in reports)."""
-    return [os.path.relpath(a, REPO) if os.path.isabs(a) else a for a in arguments]
-
-
-def load_run(run: Path, which: str):
-    """(card, model in eval mode, checkpoint record) of a training folder."""
-    import torch
-
-    from NerveSegLogic.models import registry
-    from NerveSegLogic.models.card import ModelCard
-    from NerveSegLogic.train.loop import read_checkpoint
-    from NerveSegLogic.models.weights import read_weights
-
-    found = read_checkpoint(run)
-    if found is None:
-        raise SystemExit(f"{run}: no checkpoint.json; is this a nerveseg train output folder?")
-    record, tensors = found
-    setup = record["setup"]
-    base = registry.card(setup["model"])
-    data = base.to_json()
-    data["input"] = dict(data["input"], size=list(setup["input_size"]))
-    data["build"] = dict(data["build"], **setup.get("build_overrides", {}))
-    card = ModelCard.from_dict(data, base.path)
-    model = registry.build_from_card(card)
-    if which == "last":
-        state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    else:
-        state = read_weights(run / f"{card.name}.safetensors", None)
-    model.load_state_dict(state, strict=True)
-    torch.set_grad_enabled(False)
-    return card, model.eval(), record
-
-
-def held_out_store(data_dir: Path, card, folds: int, fold: int, expected_names: List[str]):
-    from NerveSegLogic.datasets.readers import open_dataset
-    from NerveSegLogic.train import data as td
-
-    dataset = open_dataset(data_dir)
-    translation = td.label_translation(card.classes, dataset.classes, card.name, str(data_dir))
-    names = list(dataset.names())
-    order = sorted(range(len(names)), key=lambda i: names[i])
-    _, val_idx = td.split_indices([names[i] for i in order], folds, fold)
-    store = td.FrameStore(dataset, translation, [order[i] for i in val_idx])
-    held = [f.name for f in store.frames]
-    if held != list(expected_names):
-        raise SystemExit(f"the held-out block ({held[:2]}...) is not the run's validation block "
-                         f"({list(expected_names)[:2]}...): wrong --folds/--fold or data")
-    return store
-
-
-def score(segmenter, store, seed: int, negatives_rate: float) -> Dict:
-    from NerveSegLogic.train.evaluate import evaluate
-    from NerveSegLogic.train.negatives import negative_frames
-
-    evaluation = evaluate(segmenter, store, auc=False, keep_labelmaps=False)
-    summary = evaluation.summary
-    nerve_label = next(c.label for c in segmenter.card.classes if c.key == "nerve")
-    negatives = negative_frames(store.frames, seed=seed, rate=negatives_rate, per_frame=1)
-    false_frames, negative_scores, positive_scores = 0, [], []
-    for frame in negatives:
-        result = segmenter.segment(frame.image)
-        false_frames += int((result.labelmap == nerve_label).any())
-        negative_scores.append(float(result.probabilities[nerve_label].max()))
-    for frame in store.frames:
-        if (frame.mask == nerve_label).any():
-            positive_scores.append(float(segmenter.segment(frame.image).probabilities[nerve_label].max()))
-    per_class, detection, spread = summary["per_class"], summary["detection"], summary["spread"]
-
-    def stat(key, metric, source="per_class"):
-        value = (per_class if source == "per_class" else detection)[key][metric]
-        extra = spread[key][metric if source == "per_class" else "detection_" + metric]
-        return {"mean": value, "std": extra["std"], "n": extra["n"]}
-
-    return {
-        "frames": summary["n_images"],
-        "nerve_dice": stat("nerve", "dice"), "vessel_dice": stat("blood_vessel", "dice"),
-        "nerve_f1": stat("nerve", "f1", "detection"), "vessel_f1": stat("blood_vessel", "f1", "detection"),
-        "nerve_hd95_px": stat("nerve", "hd95_px"), "vessel_hd95_px": stat("blood_vessel", "hd95_px"),
-        "negative_frames": len(negatives),
-        "false_nerve_frame_rate": false_frames / len(negatives) if negatives else math.nan,
-        "nerve_presence_auc": auc(positive_scores, negative_scores),
-        "ms_per_frame_median": summary["ms_per_frame"],
-    }
+from NerveSegLogic.train.crossval import held_out_store, load_run, portable, score_held_out  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -163,7 +67,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             path = registry.export_onnx(model, Path(tmp) / "model.onnx", card=card)
             segmenter = Segmenter(card, OnnxBackend(path, threads=args.threads))
-    results = score(segmenter, store, args.seed, args.negatives_rate)
+    results = score_held_out(segmenter, store, args.seed, args.negatives_rate)
     out = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}",

@@ -30,8 +30,6 @@ from typing import Dict, List
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 KEYS = ("nerve_dice", "vessel_dice", "nerve_f1", "false_nerve_rate")
 
@@ -75,7 +73,7 @@ def fold_scores(runs: Path, data: Path, model: str, fold: int, held_out: List[st
     from NerveSegLogic.train.negatives import negative_frames
     from NerveSegLogic.train.runs import card_for_weights
 
-    from compare_models import _frames, _scores
+    from NerveSegLogic.train.crossval import fold_frames, summary_scores
 
     run_dir = runs / "cv" / model / f"fold{fold}"
     graph = run_dir / "onnx" / f"{model}.onnx"
@@ -84,13 +82,13 @@ def fold_scores(runs: Path, data: Path, model: str, fold: int, held_out: List[st
     card, _, _ = card_for_weights(model, run_dir / f"{model}.safetensors")
     nerve = next(c.label for c in card.classes if c.key == "nerve")
     cached = CachedBackend(backends.OnnxBackend(graph, threads=threads))
-    real = _frames(data, held_out, held_out)
-    windows = _frames(data, held_out, held_out)
+    real = fold_frames(data, held_out)
+    windows = fold_frames(data, held_out)
     windows.frames[:] = negative_frames(windows.frames, seed=1, rate=1.0, per_frame=1)  # as comparison.md's
     scored = {}
     for bias in biases:
         segmenter = Segmenter(card, NerveBiasBackend(cached, bias, nerve))
-        figures = _scores(evaluate(segmenter, real, progress=False, keep_labelmaps=False).summary)
+        figures = summary_scores(evaluate(segmenter, real, progress=False, keep_labelmaps=False).summary)
         on_windows = evaluate(segmenter, windows, progress=False, keep_labelmaps=False).summary
         figures["false_nerve_rate"] = on_windows["presence"]["nerve"]["false_frame_rate"]
         scored[bias] = figures
@@ -111,7 +109,6 @@ def main(argv=None) -> int:
     from NerveSegLogic.datasets.readers import open_dataset
     from NerveSegLogic.train.data import split_indices
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
     biases = [float(b) for b in args.biases.split(",")]
     names = sorted(open_dataset(args.data).names())
     per_fold: List[Dict[float, Dict[str, float]]] = []

@@ -51,18 +51,17 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # waiting OpenMP threads sleep: the machine is shared
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
 from NerveSegLogic.inference.steady import SteadyOptions, SteadyOverlay  # noqa: E402
-from machine import cpu_name, load_note  # noqa: E402  (benchmarks/machine.py)
+from NerveSegLogic.datasets.moving_probe import moving_sequence  # noqa: E402
+from NerveSegLogic.machine import cpu_name, load_note  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "usgra-seg"
 SAMPLE = REPO / "Resources" / "Sample"
@@ -92,37 +91,6 @@ DEFAULT = "default (avg 1/3, sticky 0.3, 2/5)"
 
 
 # ----------------------------------------------------------------------------------------------------- sequences
-def moving_sequence(image: np.ndarray, mask: np.ndarray, length: int, seed: int, fast: bool,
-                    speckle: float = 0.2, amplitude: float = 20.0) -> Iterator[Tuple[np.ndarray, np.ndarray, tuple]]:
-    """(frame uint8, truth labelmap, (dx, dy, scale)) for each of ``length`` frames: ``image`` shifted and zoomed
-    smoothly, with per-frame speckle-like noise and gain changes; ``mask`` moved identically (nearest)."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    height, width = image.shape
-    phase_x, phase_y, phase_s, phase_g = rng.uniform(0, 2 * math.pi, 4)
-    if fast:
-        period_x, period_y, period_s = rng.uniform(18, 30), rng.uniform(24, 40), rng.uniform(40, 60)
-    else:
-        period_x, period_y, period_s = rng.uniform(80, 120), rng.uniform(60, 100), rng.uniform(90, 130)
-    base = image.astype(np.float32)
-    for t in range(length):
-        dx = amplitude * math.sin(2 * math.pi * t / period_x + phase_x)
-        dy = 0.6 * amplitude * math.sin(2 * math.pi * t / period_y + phase_y)
-        scale = 1.0 + 0.1 * math.sin(2 * math.pi * t / period_s + phase_s)
-        matrix = np.array([[scale, 0, (1 - scale) * width / 2 + dx], [0, scale, (1 - scale) * height / 2 + dy]],
-                          np.float32)
-        moved = cv2.warpAffine(base, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REFLECT101)
-        truth = cv2.warpAffine(mask, matrix, (width, height), flags=cv2.INTER_NEAREST,
-                               borderMode=cv2.BORDER_REFLECT101)
-        noise = cv2.GaussianBlur(rng.standard_normal((height, width)).astype(np.float32), (0, 0), 1.2)
-        noise *= 1.0 / max(float(noise.std()), 1e-6)
-        gain = 1.0 + 0.08 * math.sin(2 * math.pi * t / 37.0 + phase_g) + rng.normal(0.0, 0.03)
-        frame = moved * gain * np.clip(1.0 + speckle * noise, 0.0, None)
-        yield np.clip(frame, 0, 255).astype(np.uint8), truth, (dx, dy, scale)
-
-
 # ----------------------------------------------------------------------------------------------------- metrics
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = int(a.sum()) + int(b.sum())

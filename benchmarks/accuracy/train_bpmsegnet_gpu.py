@@ -34,7 +34,7 @@ the data, pycocotools and MONAI (neither is in its image) travel as ignored fold
         -d .whl pycocotools==2.0.11 monai==1.6.1     # the detection heads' box coder is MONAI's
     run(carry=["runs/usgra-seg", ".whl"], timeout_s=600, command=
         "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site"
-        " .whl/*.whl && export PYTHONPATH=/tmp/site || exit;"
+        " .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit;"   # $PWD: the package, not installed there
         " PYTHONUNBUFFERED=1 python3 benchmarks/accuracy/train_bpmsegnet_gpu.py --data runs/usgra-seg"
         " --out runs/bpmsegnet-gpu --slice-minutes 7.5 --export $OUT")
 
@@ -58,9 +58,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # CPU runs share the machin
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-for path in (str(REPO), str(HERE)):
-    if path not in sys.path:  # runnable as a script from a checkout
-        sys.path.insert(0, path)
 
 MODEL = "bpmsegnet"
 #: What the paper states (Ding et al.); the card's recipe must say the same, or nothing runs.
@@ -249,7 +246,7 @@ def main(argv=None) -> int:
         print("train_bpmsegnet_gpu: no step was trained in this slice (is --slice-minutes too short?)",
               file=sys.stderr)
         return 1
-    from compare_models import use_last_weights  # the held-out block must not choose the weights it scores
+    from NerveSegLogic.train.crossval import use_last_weights  # the held-out block must not choose the weights it scores
 
     use_last_weights(MODEL, out)
     record, _ = read_checkpoint(out)

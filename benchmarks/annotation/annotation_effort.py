@@ -52,10 +52,8 @@ import numpy as np
 PROPAGATE_STOP = 0.8
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_prompted import dice, jittered_box, next_click, read_pair, structures  # noqa: E402
+from NerveSegLogic.train.promptable_eval import dice, jittered_box, next_click, read_pair, structures  # noqa: E402
 
 GOAL = 0.9
 MAX_CLICKS = 5
@@ -204,8 +202,7 @@ def main(argv=None) -> int:
     from NerveSegLogic.annotate.prelabel import REFINE_MIN_IOU, refine_labelmap
     from NerveSegLogic.annotate.propagate import carry, structures_of
     from NerveSegLogic.models import registry
-    from refine_prelabel import semantic_model
-    from tune_litemedsam import DEFAULT_OUT, embedding_file, fold_segmenter, folds_of, frame_names
+    from NerveSegLogic.train.promptable_eval import TUNED_RUNS as DEFAULT_OUT, embedding_file, fold_segmenter, folds_of, frame_names, semantic_model
 
     runs = args.runs or DEFAULT_OUT
     names = frame_names(args.data)

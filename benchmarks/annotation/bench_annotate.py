@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from NerveSegLogic.annotate import corrections  # noqa: E402
 from NerveSegLogic.annotate.importers import import_source  # noqa: E402

@@ -29,71 +29,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+
+from NerveSegLogic.train.promptable_eval import dice, jittered_box, next_click, read_pair, structures  # noqa: E402  (the simulated annotator)
 
 CLASSES = {1: "nerve", 2: "blood_vessel"}
 CLICKS = (1, 2, 3, 5)
-
-
-def read_pair(images: Path, masks: Path, name: str):
-    import cv2
-    from PIL import Image
-
-    image = cv2.imread(str(images / name), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise SystemExit(f"{images / name}: not a readable image")
-    if image.ndim == 3:
-        image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY)
-    mask = np.array(Image.open(masks / name))  # palette PNG: the class index per pixel
-    if mask.shape != image.shape:
-        raise SystemExit(f"{masks / name}: mask shape {mask.shape} differs from its image's {image.shape}")
-    return image, mask
-
-
-def structures(mask: np.ndarray, label: int, min_area: int):
-    import cv2
-
-    count, components, stats, _ = cv2.connectedComponentsWithStats((mask == label).astype(np.uint8), connectivity=8)
-    for index in range(1, count):
-        if stats[index, cv2.CC_STAT_AREA] >= min_area:
-            yield components == index
-
-
-def jittered_box(region: np.ndarray, rng: np.random.Generator, fraction: float, shape):
-    ys, xs = np.nonzero(region)
-    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
-    w, h = x1 - x0 + 1, y1 - y0 + 1
-    shift = rng.uniform(0, fraction, 4) * rng.choice([-1, 1], 4)
-    box = [x0 - shift[0] * w, y0 - shift[1] * h, x1 + shift[2] * w, y1 + shift[3] * h]
-    height, width = shape
-    box = [min(max(box[0], 0), width - 1), min(max(box[1], 0), height - 1),
-           min(max(box[2], 0), width - 1), min(max(box[3], 0), height - 1)]
-    return (min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3]))
-
-
-def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    total = prediction.sum() + reference.sum()
-    return 1.0 if total == 0 else float(2 * (prediction & reference).sum() / total)
-
-
-def next_click(prediction: np.ndarray, reference: np.ndarray):
-    """(x, y, include) at the interior of the largest error region, or None when there is no error."""
-    import cv2
-
-    best = None
-    for errors, include in ((reference & ~prediction, True), (prediction & ~reference, False)):
-        count, components, stats, _ = cv2.connectedComponentsWithStats(errors.astype(np.uint8), connectivity=8)
-        if count > 1:
-            index = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-            area = int(stats[index, cv2.CC_STAT_AREA])
-            if best is None or area > best[0]:
-                best = (area, components == index, include)
-    if best is None:
-        return None
-    region = np.pad(best[1], 1).astype(np.uint8)  # padded: the frame's edge counts as the region's border
-    distance = cv2.distanceTransform(region, cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return float(x), float(y), best[2]
 
 
 def painted(reference: np.ndarray, operations: int) -> list:

@@ -40,10 +40,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_prompted import read_pair  # noqa: E402
+from NerveSegLogic.train.promptable_eval import read_pair  # noqa: E402
 
 TUNED = Path("runs/litemedsam")
 CLASSES = {1: "nerve", 2: "blood_vessel"}
@@ -66,7 +64,7 @@ def ok(dice: dict, nerve_only: bool) -> bool:
 
 
 def fold_model(fold: int):
-    from tune_litemedsam import fold_segmenter
+    from NerveSegLogic.train.promptable_eval import fold_segmenter
 
     weights = TUNED / f"fold{fold}" / "tuned.safetensors"
     if not weights.is_file():
@@ -93,7 +91,7 @@ def run_blocks(args, names, blocks, sha) -> list:
     the all-classes and the nerve-only test have failed; each step's lowest predicted IoU is kept, so that every
     threshold of --min-ious is read off the same run (a higher threshold only stops earlier)."""
     from NerveSegLogic.annotate.propagate import carry, structures_of
-    from tune_litemedsam import embedding_file
+    from NerveSegLogic.train.promptable_eval import embedding_file
 
     rows = []
     for fold in args.folds:
@@ -342,7 +340,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from NerveSegLogic.annotate.propagate import MIN_IOU
     from NerveSegLogic.models import registry
-    from tune_litemedsam import folds_of, frame_names
+    from NerveSegLogic.train.promptable_eval import folds_of, frame_names
 
     if args.min_ious is None:
         args.min_ious = sorted({MIN_IOU, 0.8, 0.7, 0.6, 0.0}, reverse=True)

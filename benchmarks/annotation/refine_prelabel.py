@@ -30,36 +30,18 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_prompted import read_pair  # noqa: E402
+from NerveSegLogic.train.promptable_eval import read_pair, semantic_model  # noqa: E402
 
-SEMANTIC = Path("runs/adapt/base")
 TUNED = Path("runs/litemedsam")
 CLASSES = {1: "nerve", 2: "blood_vessel"}
-
-
-def semantic_model(fold: int, threads: int):
-    """The fold's effnet2-unet as a Segmenter (weights checked against its run card's sha256), or None."""
-    from NerveSegLogic.inference.segmenter import Segmenter
-    from NerveSegLogic.models import registry
-
-    run = SEMANTIC / f"fold{fold}"
-    weights, card_file = run / "effnet2-unet.safetensors", run / "card.json"
-    if not weights.is_file() or not card_file.is_file():
-        return None
-    sha = json.loads(card_file.read_text())["weights"]["sha256"]
-    card = registry.card("effnet2-unet")
-    module = registry.load_from_card(card, weights_path=weights, sha256=sha)
-    return Segmenter.from_module(card, module, threads=threads)
 
 
 def promptable_models(fold: int):
     """(tuned fold model, released model) as PromptableSegmenters on torch, or None without the fold's weights."""
     from NerveSegLogic.inference.promptable import PromptableSegmenter
     from NerveSegLogic.models import registry
-    from tune_litemedsam import fold_segmenter, released_module
+    from NerveSegLogic.train.promptable_eval import fold_segmenter, released_module
 
     weights = TUNED / f"fold{fold}" / "tuned.safetensors"
     if not weights.is_file():
@@ -103,7 +85,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from NerveSegLogic.annotate.prelabel import refine_labelmap
     from NerveSegLogic.models import registry
-    from tune_litemedsam import embedding_file, folds_of, frame_names
+    from NerveSegLogic.train.promptable_eval import embedding_file, folds_of, frame_names
 
     names = frame_names(args.data)
     blocks = folds_of(names, 5)
@@ -211,7 +193,7 @@ def time_refined_prelabel(args, frames, fold) -> dict:
     from NerveSegLogic.annotate.prelabel import refine_labelmap
     from NerveSegLogic.inference.promptable import PromptableSegmenter, export_onnx
     from NerveSegLogic.models import registry
-    from tune_litemedsam import tuned_model
+    from NerveSegLogic.train.promptable_eval import tuned_model
 
     torch.set_num_threads(2)
     semantic = semantic_model(fold, 2)

@@ -35,8 +35,6 @@ from typing import Dict, List
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # waiting OpenMP threads sleep: the machine is shared
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
@@ -44,7 +42,7 @@ from NerveSegLogic.inference import backends  # noqa: E402
 from NerveSegLogic.imaging import placement as pp  # noqa: E402
 from NerveSegLogic.models import registry  # noqa: E402
 from NerveSegLogic.train.metrics import dice  # noqa: E402
-from machine import cpu_name, load_note  # noqa: E402  (benchmarks/machine.py)
+from NerveSegLogic.machine import cpu_name, load_note  # noqa: E402
 
 #: The live path keeps 30 fps when a frame's whole segment() takes at most this (ms).
 FRAME_BUDGET_MS = 1000.0 / 30.0

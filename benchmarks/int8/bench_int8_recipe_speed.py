@@ -25,15 +25,12 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[2]
-for folder in (REPO, REPO / "benchmarks"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
 
 import numpy as np  # noqa: E402
 
-from bench_pad_fold import frames  # noqa: E402  (the data set's frames, sorted by name)
-from int8_recipes import RECIPES, quantize  # noqa: E402
-from machine import cpu_name  # noqa: E402
+from NerveSegLogic.inference.int8_recipes import RECIPES, quantize  # noqa: E402
+from NerveSegLogic.machine import cpu_name  # noqa: E402
+from NerveSegLogic.train.crossval import images_by_name as frames  # noqa: E402  (the data set's frames, sorted by name)
 
 
 def main(argv=None) -> int:

@@ -26,13 +26,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[2]
-for folder in (REPO, REPO / "benchmarks"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
 
 import numpy as np  # noqa: E402
 
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+from NerveSegLogic.machine import cpu_name  # noqa: E402
+from NerveSegLogic.train.crossval import images_by_name as frames  # noqa: E402  (the data set's frames, sorted by name)
 
 
 def graphs(model: str, folder: Path):
@@ -54,15 +52,6 @@ def graphs(model: str, folder: Path):
             nodes[export, precision] = (len(graph.node), sum(n.op_type == "Pad" for n in graph.node),
                                         sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node))
     return card, out, nodes
-
-
-def frames(data: Path, limit=None):
-    from NerveSegLogic.datasets.readers import open_dataset
-
-    dataset = open_dataset(data)
-    names = dataset.names()
-    order = sorted(range(len(names)), key=lambda i: names[i])[:limit]
-    return [dataset[i].image for i in order]
 
 
 def compare(card, paths, images, threads):

@@ -50,44 +50,8 @@ from typing import Dict, List
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # runnable as a script from a checkout
-    sys.path.insert(0, str(REPO))
 
-RECIPES: Dict[str, Dict] = {
-    "minmax": {"method": "MinMax"},
-    "minmax-all": {"method": "MinMax", "frames": "all"},
-    "movavg": {"method": "MinMax", "extra": {"CalibMovingAverage": True}},
-    "percentile": {"method": "Percentile", "extra": {"CalibPercentile": 99.999}},
-    "entropy": {"method": "Entropy"},
-    "keep-head": {"method": "MinMax", "keep": "head"},
-    "keep-ends": {"method": "MinMax", "keep": "ends"},
-    # the live recipe with the final softmax left in float32: QLinearSoftmax over the whole output is slow
-    "movavg-float-softmax": {"method": "MinMax", "extra": {"CalibMovingAverage": True}, "keep": "softmax"},
-}
-
-
-def kept_convolutions(graph_path: Path, keep: str) -> List[str]:
-    """Names of the nodes to leave in float32: ``head`` the last Conv, ``ends`` the first (the stem) and the last
-    Conv, ``softmax`` the Softmax nodes. (The pre-processing before quantization keeps these names.)"""
-    import onnx
-
-    nodes = onnx.load(str(graph_path)).graph.node
-    if keep == "softmax":
-        return [node.name for node in nodes if node.op_type == "Softmax"]
-    convs = [node.name for node in nodes if node.op_type == "Conv"]
-    return {"head": [convs[-1]], "ends": [convs[0], convs[-1]]}[keep]
-
-
-def quantize(fp32_path: Path, out_path: Path, card, frames: List[np.ndarray], name: str) -> Path:
-    """The live path's quantizer (:func:`backends.quantize_int8`) with recipe ``name``'s settings."""
-    from NerveSegLogic.inference import backends
-
-    recipe = RECIPES[name]
-    return backends.quantize_int8(
-        fp32_path, out_path, card, frames=frames, calibrate_method=recipe["method"],
-        extra_options=recipe.get("extra") or {}, recipe=f"recipes-{name}",
-        nodes_to_exclude=kept_convolutions(fp32_path, recipe["keep"]) if recipe.get("keep") else ())
-
+from NerveSegLogic.inference.int8_recipes import RECIPES, quantize  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,11 +69,10 @@ def main(argv=None) -> int:
         write_report(args.report, json.loads(args.report.with_suffix(".json").read_text(encoding="utf-8")))
         return 0
 
-    from compare_models import INT8_CALIBRATION_FRAMES, _frames, _scores  # noqa: E402 (benchmarks/ is on sys.path)
-
     from NerveSegLogic.datasets.readers import open_dataset
     from NerveSegLogic.inference import backends
     from NerveSegLogic.inference.segmenter import Segmenter, time_segment
+    from NerveSegLogic.train.crossval import INT8_CALIBRATION_FRAMES, fold_frames, summary_scores
     from NerveSegLogic.train.data import split_indices
     from NerveSegLogic.train.evaluate import evaluate
     from NerveSegLogic.train.runs import card_for_weights
@@ -129,21 +92,21 @@ def main(argv=None) -> int:
         card, _, _ = card_for_weights(args.model, run_dir / f"{args.model}.safetensors")
         train_idx, held_idx = split_indices(names, args.folds, fold)
         train_names, held_out = [names[i] for i in train_idx], [names[i] for i in held_idx]
-        real = _frames(args.data, held_out, held_out)
+        real = fold_frames(args.data, held_out)
         fp32 = Segmenter(card, backends.OnnxBackend(fp32_path, threads=args.threads))
-        reference = _scores(evaluate(fp32, real, progress=False, keep_labelmaps=False).summary)
+        reference = summary_scores(evaluate(fp32, real, progress=False, keep_labelmaps=False).summary)
         if fold == 0:
             speed["float32"] = round(time_segment(fp32, real[0].image, repeats=50)[0], 2)
         for name in recipes:
             recipe = RECIPES[name]
             step = max(1, len(train_names) // INT8_CALIBRATION_FRAMES)
             wanted = train_names if recipe.get("frames") == "all" else train_names[::step][:INT8_CALIBRATION_FRAMES]
-            calibration = [f.image for f in _frames(args.data, train_names, wanted).frames]
+            calibration = [f.image for f in fold_frames(args.data, wanted).frames]
             start = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="int8-recipe-out-") as out:
                 graph = quantize(fp32_path, Path(out) / "int8.onnx", card, calibration, name)
                 int8 = Segmenter(card, backends.OnnxInt8Backend(graph, threads=args.threads))
-                scored = _scores(evaluate(int8, real, progress=False, keep_labelmaps=False).summary)
+                scored = summary_scores(evaluate(int8, real, progress=False, keep_labelmaps=False).summary)
                 if fold == 0:
                     speed[name] = round(time_segment(int8, real[0].image, repeats=50)[0], 2)
             signed = {k: scored[k] - reference[k] for k in ("nerve_dice", "vessel_dice")}
@@ -207,5 +170,4 @@ def write_report(report: Path, record: Dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

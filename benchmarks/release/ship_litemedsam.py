@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from NerveSegLogic.models.card import write_card  # noqa: E402
 from NerveSegLogic.models.weights import save_weights, sha256_file  # noqa: E402

@@ -28,8 +28,6 @@ from typing import Dict, List
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 #: The figures cross_validation carries, as eval_heldout.py names them in ``held_out``.
 FIGURES = ("nerve_dice", "vessel_dice", "nerve_f1", "vessel_f1", "nerve_hd95_px", "vessel_hd95_px",
@@ -78,14 +76,15 @@ def readme_row(card, cv: Dict, reports: List[Dict], run_epochs: int, input_size,
     """The model's row of the README model table, in compare_models.py's columns; the CV cell names the folds scored
     and the report, since the other rows are 5-fold figures of compare_models.py's run. ``held``: the block the
     shipped weights never trained on (a fold run), else None."""
-    from compare_models import _origin, _pm  # benchmarks/accuracy/compare_models.py: the table's own cell formats
     from NerveSegLogic.models import registry
+    from NerveSegLogic.models.readme_table import origin
+    from NerveSegLogic.train.crossval import format_stat as _pm  # compare_models.py's table cells
 
     ms = float(np.median([r["held_out"]["ms_per_frame_median"] for r in reports]))
     epochs = sorted({int(r["run_epochs"]) for r in reports})
     minutes = float(np.mean([r["run_training_s"] for r in reports])) / 60
     size = "x".join(str(v) for v in input_size)
-    return (f"| {card.name} | {_origin(card)} | {registry.parameter_count(card) / 1e6:.2f} M | {size} | "
+    return (f"| {card.name} | {origin(card)} | {registry.parameter_count(card) / 1e6:.2f} M | {size} | "
             f"{_pm(cv['nerve_dice'], 2)} | {_pm(cv['vessel_dice'], 2)} | {_pm(cv['nerve_f1'], 2)} | "
             f"{_pm(cv['false_nerve_frame_rate'], 2)} | {ms:.1f} (float32) | "
             f"{epochs[0] if len(epochs) == 1 else f'{epochs[0]}-{epochs[-1]}'} epochs, {minutes:.0f} min, "
@@ -96,7 +95,7 @@ def readme_row(card, cv: Dict, reports: List[Dict], run_epochs: int, input_size,
 
 def replace_readme_row(readme: Path, name: str, row: str) -> None:
     """Swap ``name``'s row between compare_models.py's table markers for ``row`` (the row must be there)."""
-    from compare_models import README_BEGIN, README_END
+    from NerveSegLogic.models.readme_table import README_BEGIN, README_END
 
     text = readme.read_text(encoding="utf-8")
     if README_BEGIN not in text or README_END not in text:
@@ -150,7 +149,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from eval_heldout import load_run, portable  # benchmarks/accuracy/eval_heldout.py: the run's last epoch as a model
+    from NerveSegLogic.train.crossval import load_run, portable  # as eval_heldout.py: the run's last epoch as a model
     from NerveSegLogic.inference.backends import OnnxBackend
     from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.models import registry

@@ -47,14 +47,13 @@ from typing import Dict, List, Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_prompted import dice, jittered_box, next_click, read_pair, structures  # noqa: E402
+from NerveSegLogic.train.promptable_eval import (BASE, dice, embedding_file, folds_of, frame_names,  # noqa: E402
+                                              jittered_box, next_click, read_pair, released_module, structures,
+                                              tuned_model)
 
 CLASSES = {1: "nerve", 2: "blood_vessel"}
 TUNED = "litemedsam-nerve"
-BASE = "litemedsam"
 MIN_AREA = 50
 CHECKPOINT_EVERY = 25
 CLICK_COUNTS, CLICK_PROBS = (0, 1, 2, 3), (0.4, 0.2, 0.2, 0.2)
@@ -63,21 +62,6 @@ DATA = ROOT.parent / "shared" / "data" / "usgra-seg"
 
 
 # ================================================================================================ data
-def frame_names(data: Path) -> List[str]:
-    return sorted(p.name for p in (data / "images").glob("*.png"))
-
-
-def folds_of(names: List[str], folds: int) -> List[List[int]]:
-    """The project's contiguous blocks (NerveSegLogic/train/data.py block_folds): the same as the semantic models'."""
-    from NerveSegLogic.train.data import block_folds
-
-    return block_folds(names, folds)
-
-
-def embedding_file(out: Path, name: str, sha: str) -> Path:
-    return out / "embeddings" / f"{Path(name).stem}-{sha[:12]}.npy"
-
-
 def stage_embed(args) -> None:
     import torch
 
@@ -343,31 +327,6 @@ def train_run(args, frames: Frames, train_indices: List[int], run: Path) -> Path
     return weights
 
 
-def fold_segmenter(weights: Path, card=None):
-    """A PromptableSegmenter (torch) of the released model with the tuned parts from ``weights``, prompted as the
-    tuned card prompts it (clicks as tokens, chained through the previous mask)."""
-    from NerveSegLogic.inference.promptable import PromptableSegmenter
-    from NerveSegLogic.models import registry
-
-    segmenter = PromptableSegmenter.from_module(card or registry.card(BASE), tuned_model(weights), "0" * 64,
-                                                click_mode="model")
-    segmenter.mask_prompt = True
-    return segmenter
-
-
-def tuned_model(weights: Path):
-    """The released LiteMedSAM with the tuned parts from ``weights`` (float32), eval mode."""
-    from safetensors.torch import load_file
-
-    from NerveSegLogic.models import registry
-
-    model = registry.load(BASE)
-    state = model.state_dict()
-    state.update(load_file(str(weights)))
-    model.load_state_dict(state, strict=True)
-    return model.eval()
-
-
 # ================================================================================================ scoring
 def evaluate(args, frames: Frames, indices: List[int], model, card, label: str) -> dict:
     """Per-structure Dice on frames ``indices`` (see the module docstring); ``model`` a LiteMedSAM module."""
@@ -409,17 +368,6 @@ def evaluate(args, frames: Frames, indices: List[int], model, card, label: str) 
                              "true_iou": [round(v, 4) for v in true_iou]})
     return {"run": label, "frames": [frames.names[i] for i in indices], "structures": rows,
             "summary": summarise(rows)}
-
-
-_RELEASED = []
-
-
-def released_module():
-    from NerveSegLogic.models import registry
-
-    if not _RELEASED:
-        _RELEASED.append(registry.load(BASE))
-    return _RELEASED[0]
 
 
 def summarise(rows: List[dict]) -> dict:

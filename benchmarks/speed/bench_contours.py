@@ -37,15 +37,13 @@ from typing import Dict, List
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # waiting OpenMP threads sleep: the machine is shared
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
 from NerveSegLogic.imaging import placement as pp  # noqa: E402
 from NerveSegLogic.inference.segmenter import Segmenter  # noqa: E402
 from NerveSegLogic.train import metrics  # noqa: E402
-from machine import cpu_name, load_note  # noqa: E402  (benchmarks/machine.py)
+from NerveSegLogic.machine import cpu_name, load_note  # noqa: E402
 
 #: The live path's budget (issue 12): 30 fps sustained with the whole segment() p50 at most this (ms).
 P50_BUDGET_MS = 25.0

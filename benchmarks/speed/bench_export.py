@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from NerveSegLogic.annotate.store import AnnotationStore  # noqa: E402
 from NerveSegLogic.datasets.export import ExportOptions, export_cohort, frames_from_store  # noqa: E402

@@ -32,20 +32,8 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
 
-
-def make_frames(folder: Path, width: int = 580, height: int = 420) -> int:
-    """The bundled sample frames as grey uint8 PNGs of width x height (resized, aspect not kept)."""
-    import cv2
-
-    from NerveSegLogic.resources import sample_dir
-
-    files = sorted((sample_dir() / "images").glob("*.png"))
-    for path in files:
-        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        cv2.imwrite(str(folder / path.name), cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA))
-    return len(files)
+from NerveSegLogic.stream.sample_feed import sample_frames as make_frames  # noqa: E402  (the sample at 580x420)
 
 
 def make_probe_frames(folder: Path, count: int = 100, width: int = 580, height: int = 420) -> int:
@@ -54,9 +42,7 @@ def make_probe_frames(folder: Path, count: int = 100, width: int = 580, height: 
     import cv2
     import numpy as np
 
-    sys.path.insert(0, str(HERE))
-    from steady_overlay import moving_sequence
-
+    from NerveSegLogic.datasets.moving_probe import moving_sequence
     from NerveSegLogic.resources import sample_dir
 
     first = sorted((sample_dir() / "images").glob("*.png"))[0]

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
 from NerveSegLogic.models import registry  # noqa: E402  (after the path set-up, so it runs from a checkout)
 from NerveSegLogic.models.card import write_card  # noqa: E402
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+from NerveSegLogic.machine import cpu_name  # noqa: E402
 
 
 def load_average() -> str:

@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from NerveSegLogic.frame import ImageGeometry  # noqa: E402
 from NerveSegLogic.stream import codec  # noqa: E402

@@ -14,16 +14,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
 
-import bench_vs_fast as vs  # noqa: E402
+import bench_vs_fast as vs  # noqa: E402  (beside this script: its NerveSeg run, run_system, is the one measured here)
+
+from NerveSegLogic.stream.sample_feed import sample_frames  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -45,7 +44,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="nerveseg-threads-") as tmp:
         frames = Path(tmp) / "frames"
         frames.mkdir()
-        vs.make_frames(frames)
+        sample_frames(frames)
         for round_index in range(args.rounds):
             for threads in (counts if round_index % 2 == 0 else list(reversed(counts))):
                 args.threads = threads

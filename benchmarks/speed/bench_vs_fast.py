@@ -35,7 +35,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,13 +49,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+
+from NerveSegLogic.stream.sample_feed import FRAME_SIZE, SentLog, free_port, sample_frames as make_frames  # noqa: E402
 
 #: What pyfast needs from Debian (USB, OpenCL on the CPU through pocl, GL/EGL and fonts for its Qt parts).
 DEBIAN_PACKAGES = ("libusb-1.0-0", "ocl-icd-libopencl1", "pocl-opencl-icd", "libgl1", "libegl1", "libfontconfig1")
 PYFAST_VERSION = "4.18.0"
-FRAME_SIZE = (580, 420)  # width, height
 #: After the last frame, how long to wait for results still in flight (s).
 DRAIN_S = 3.0
 #: A result matches a sent frame when their timestamps differ by less than this (s); frames are 33 ms apart.
@@ -133,25 +131,6 @@ def ensure_fast_venv(venv: Path) -> Path:
 
 
 # -------------------------------------------------------------------------------------------------- running
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_frames(folder: Path) -> int:
-    """The bundled sample frames as grey uint8 PNGs of FRAME_SIZE (resized; what a 580x420 scanner stream is)."""
-    import cv2
-
-    from NerveSegLogic.resources import sample_dir
-
-    files = sorted((sample_dir() / "images").glob("*.png"))
-    for path in files:
-        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        cv2.imwrite(str(folder / path.name), cv2.resize(image, FRAME_SIZE, interpolation=cv2.INTER_AREA))
-    return len(files)
-
-
 class ProcessMeter:
     """CPU seconds and memory of one process, from /proc (Linux)."""
 
@@ -177,28 +156,6 @@ class ProcessMeter:
             self.rss_samples.append(self.memory()["VmRSS"])
         except (OSError, KeyError):
             pass
-
-
-class SentLog:
-    """Records the IGTL timestamp of every frame the replay server encodes (the replay module's encoder, wrapped)."""
-
-    def __init__(self):
-        from NerveSegLogic.stream import replay
-
-        self._replay = replay
-        self._original = replay.encode_frame_parts
-        self.timestamps: List[float] = []
-
-    def __enter__(self):
-        def encode(image, geometry, device_name, timestamp, *args, **kwargs):
-            self.timestamps.append(timestamp)
-            return self._original(image, geometry, device_name, timestamp, *args, **kwargs)
-
-        self._replay.encode_frame_parts = encode
-        return self
-
-    def __exit__(self, *exc):
-        self._replay.encode_frame_parts = self._original
 
 
 def match(sent: List[float], results: List[tuple]) -> Dict:
@@ -392,7 +349,7 @@ def report(runs: List[Dict], summary: Dict, args, command: str, onnx_path: Path,
             return "-"
         return f"{(b / a if inverse else a / b):.2f}"
 
-    from machine import cpu_name, load_note  # benchmarks/machine.py
+    from NerveSegLogic.machine import cpu_name, load_note
 
     cpu = cpu_name()
     lines = [

@@ -45,8 +45,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
@@ -77,7 +75,7 @@ def steal_percent(before: Dict[str, int], after: Dict[str, int]):
 
 
 def stages(args) -> Dict:
-    from bench_vs_fast import SentLog, free_port, make_frames  # noqa: E402  (same folder)
+    from NerveSegLogic.stream.sample_feed import SentLog, free_port, sample_frames as make_frames
 
     from NerveSegLogic.live.serve import SegmentationServer, ServeOptions
     from NerveSegLogic.stream.receiver import ImageReceiver
@@ -178,7 +176,7 @@ def peers_in_child(args, server, input_port: int, output_port: int, arrivals: Di
 
 def peer_child(args) -> int:
     """The child of :func:`peers_in_child`: replay server on --input-port, labelmap client on --output-port."""
-    from bench_vs_fast import SentLog, make_frames  # noqa: E402  (same folder)
+    from NerveSegLogic.stream.sample_feed import SentLog, sample_frames as make_frames
 
     from NerveSegLogic.stream.receiver import ImageReceiver
     from NerveSegLogic.stream.replay import ReplayServer
@@ -236,7 +234,7 @@ def functions(args) -> str:
     from NerveSegLogic.inference.backends import load_segmenter
     from NerveSegLogic.stream.codec import encode_image
 
-    from bench_vs_fast import FRAME_SIZE  # noqa: E402
+    from NerveSegLogic.stream.sample_feed import FRAME_SIZE
 
     import cv2
 
@@ -285,7 +283,6 @@ def main(argv=None) -> int:
         import cv2
 
         cv2.setNumThreads(args.cv_threads)
-    sys.path.insert(0, str(HERE))
     if args.peer_child:
         return peer_child(args)
     if not args.skip_stages:

@@ -42,10 +42,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
 
-from machine import cpu_name, load_note  # noqa: E402
+from NerveSegLogic.machine import cpu_name, load_note
 
 #: Frames in usgra-seg, the data every seed trains on here.
 ALL_FRAMES = 204

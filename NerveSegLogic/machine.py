@@ -1,4 +1,7 @@
-"""What the benchmark reports say about the machine they ran on (imported by the scripts beside it)."""
+"""What a measurement report says about the machine it ran on: the CPU's name and whether it was idle.
+
+Used by the benchmarks (benchmarks/speed, benchmarks/int8, benchmarks/accuracy/steady_overlay.py) to head their
+reports; nothing in the live path imports it."""
 
 from __future__ import annotations
 
