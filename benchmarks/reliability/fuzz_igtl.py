@@ -6,7 +6,7 @@ Three campaigns, each for its share of ``--seconds``:
    versions 1 and 2 with metadata, RAS and LPS), mutated (bytes flipped, cut, extended, header and image-header
    fields overwritten, huge and sliver sizes announced, CRC recomputed half the time), fed through parse_header,
    check_crc, decode_image and frame_image. The contract: only IgtlProtocolError / ImageRefused are raised, and
-   every accepted frame is 2D and inside image_bounds (Testing/igtl_fuzz.py).
+   every accepted frame is 2D and inside image_bounds (NerveSegLogic/stream/fuzz.py).
 2. headers: random 58-byte headers through parse_header.
 3. receiver: an ImageReceiver connected to a server that sends a stream of mutated messages followed by a valid
    frame; the receiver must stay alive, never stop on an unexpected error, and stop within 2 s.
@@ -29,8 +29,6 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "Testing"))  # the strategies live beside the tests that use them briefly
-sys.path.insert(0, str(HERE.parents[1]))
 
 
 def _run_campaign(name, strategy, check, seconds, first_seed, counts, failures, batch=200):
@@ -72,9 +70,9 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.CRITICAL)  # the receiver logs every refusal; the counts say it all
 
-    from igtl_fuzz import check_codec_on, mutated_messages
     from NerveSegLogic.frame import ImageGeometry
     from NerveSegLogic.stream.codec import HEADER_SIZE, IgtlProtocolError, encode_image, parse_header
+    from NerveSegLogic.stream.fuzz import check_codec_on, mutated_messages
 
     def check_header(raw):
         try:
@@ -86,9 +84,8 @@ def main(argv=None) -> int:
     good = encode_image(np.full((16, 20), 5, np.uint8), ImageGeometry(), device_name="Image_Reference")
 
     def check_receiver(messages):
-        from test_stream_fuzz import StreamServer  # the same fake server the test uses
-
         from NerveSegLogic.stream import ImageReceiver
+        from NerveSegLogic.stream.fuzz import StreamServer  # the same fake server the test uses
 
         server = StreamServer(b"".join(messages) + good)
         receiver = ImageReceiver(port=server.port, reconnect_min_s=0.01, reconnect_max_s=0.02, stall_timeout_s=0.2,

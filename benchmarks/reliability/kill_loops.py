@@ -27,16 +27,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "Testing"))
-sys.path.insert(0, str(HERE.parents[1]))
 
 
 def save_loop(kills: int, seed: int) -> dict:
     import numpy as np
 
-    from test_annotate_kill_during_save import H, W, _save_until_killed
-
+    from NerveSegLogic.annotate.killed_children import SAVE_SHAPE, save_until_killed
     from NerveSegLogic.annotate.store import AnnotationStore, pixel_sha256
+
+    H, W = SAVE_SHAPE
 
     context = multiprocessing.get_context("fork")
     rng = random.Random(seed)
@@ -48,7 +47,7 @@ def save_loop(kills: int, seed: int) -> dict:
         acknowledged = {}
         for kill in range(kills):
             read_fd, write_fd = os.pipe()
-            child = context.Process(target=_save_until_killed, args=(db, frame_id, seed * 100000 + kill, write_fd),
+            child = context.Process(target=save_until_killed, args=(db, frame_id, seed * 100000 + kill, write_fd),
                                     daemon=True)
             child.start()
             os.close(write_fd)
@@ -76,13 +75,13 @@ def save_loop(kills: int, seed: int) -> dict:
 
 
 def export_loop(kills: int, seed: int) -> dict:
-    from test_export_crash_safety import H, W, _export_forever, _options
-
+    from NerveSegLogic.annotate.killed_children import EXPORT_SHAPE, export_options, export_until_killed
     from NerveSegLogic.annotate.store import AnnotationStore
     from NerveSegLogic.datasets.export import export_cohort, frames_from_store
     from NerveSegLogic.datasets.manifest import verify_manifest
     from NerveSegLogic.datasets.synthetic import fill_store
 
+    H, W = EXPORT_SHAPE
     context = multiprocessing.get_context("fork")
     rng = random.Random(seed)
     half, complete, absent, leftovers_seen = 0, 0, 0, 0
@@ -94,7 +93,7 @@ def export_loop(kills: int, seed: int) -> dict:
         out = tmp / "cohort"
         for _ in range(kills):
             ready = context.Event()
-            child = context.Process(target=_export_forever, args=(store_path, out, ready), daemon=True)
+            child = context.Process(target=export_until_killed, args=(store_path, out, ready), daemon=True)
             child.start()
             ready.wait(10)
             time.sleep(rng.uniform(0.05, 0.4))
@@ -108,7 +107,7 @@ def export_loop(kills: int, seed: int) -> dict:
             else:
                 complete += 1
         with AnnotationStore(store_path) as store:
-            export_cohort(frames_from_store(store, ["accepted"]), out, _options(force=True))
+            export_cohort(frames_from_store(store, ["accepted"]), out, export_options(force=True))
         left_after = [p.name for p in tmp.iterdir() if p.name.startswith(".cohort.")]
     return {"kills": kills, "target_complete_after_kill": complete, "target_absent_after_kill": absent,
             "target_half_written_after_kill": half, "leftover_entries_seen_after_kills": leftovers_seen,

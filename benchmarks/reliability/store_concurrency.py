@@ -22,7 +22,7 @@ Saves per second (acknowledged saves over the run's wall time, kills and restart
 p99 of save_mask/set_status calls that returned) per engine.
 
 Both engines commit durably: SQLite WAL with synchronous=FULL; PostgreSQL with fsync on (a throwaway cluster like
-the tests', Testing/conftest.py TempPostgres, durable=True).
+the tests', NerveSegLogic/annotate/postgres_temp.py TempPostgres, durable=True).
 
 Run:  nice -n 5 .venv/bin/python benchmarks/reliability/store_concurrency.py [--saves 3000] [--engines sqlite,postgresql]
 """
@@ -46,8 +46,6 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "Testing"))
-sys.path.insert(0, str(HERE.parents[1]))
 
 import numpy as np  # noqa: E402
 
@@ -272,7 +270,7 @@ def main(argv=None) -> int:
                 run = run_engine(engine, location, args.saves, args.clients, args.frames, args.seed)
                 results.append(verify(run, location, args.frames))
             else:
-                from conftest import TempPostgres, postgres_bindir
+                from NerveSegLogic.annotate.postgres_temp import TempPostgres, postgres_bindir
 
                 cluster = TempPostgres(postgres_bindir(), durable=True)
                 try:

@@ -1,5 +1,7 @@
 """Hypothesis strategies and checks for fuzzing the OpenIGTLink codec and receiver (Testing/test_stream_fuzz.py runs
-them briefly; benchmarks/reliability/fuzz_igtl.py runs them for longer).
+them briefly; benchmarks/reliability/fuzz_igtl.py runs them for longer), and the fake server that feeds a receiver
+the mutated messages (:class:`StreamServer`). Needs hypothesis (the ``test`` extra); nothing in the live path
+imports this module.
 
 The inputs: valid IMAGE messages (every scalar type, 1..4 components, 1..3 slices, header versions 1 and 2 with
 metadata, RAS and LPS) which are then mutated: bytes flipped anywhere, cut short or extended, header fields (version,
@@ -10,7 +12,9 @@ subvolume) overwritten, the CRC recomputed or not. The contract checked: the cod
 
 from __future__ import annotations
 
+import socket
 import struct
+import threading
 
 import numpy as np
 from hypothesis import strategies as st
@@ -115,3 +119,37 @@ def check_codec_on(message: bytes) -> str:
     assert max(height, width) <= MAX_SIDE_PX and height * width <= MAX_PIXELS
     assert max(height, width) / min(height, width) <= MAX_ASPECT
     return "frame"
+
+
+class StreamServer:
+    """Sends ``payload`` to each client it accepts, then holds the connection until stop()."""
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.held, self.stopping = [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            try:
+                conn.sendall(self.payload)
+            except OSError:
+                pass
+            self.held.append(conn)
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(5)
+        for conn in self.held:
+            conn.close()
+        self.listener.close()
