@@ -17,7 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from NerveSegLogic.scene.slicerlike import GilHoldingDriver, hold_gil, slicer_scene  # noqa: F401  (kept in the package: benchmarks/speed/bench_slicer_driver.py uses them too)
+from NerveSegLogic.scene.slicerlike import GilHoldingDriver, hold_gil, slicer_scene  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -453,7 +453,7 @@ def write_report(table: Dict[str, Dict], args, command: str, n_frames: int, star
         "cross-validated Dice); `auto` runs INT8 where its largest |change| over classes is under 0.01. In brackets "
         "the mean over folds of each fold's largest |change|, a stricter figure (a ~40-frame block moves by ~0.01 "
         "either way, and it counts a fold where INT8 scored higher as a loss too). Other recipes: "
-        "benchmarks/int8_recipes.md.",
+        "benchmarks/int8/int8_recipes.md.",
         f"- live path ms/frame: median of `Segmenter.segment` on a held-out frame (preprocess, model, postprocess) on "
         f"ONNX Runtime with {args.speed_threads or 1} thread(s), float32 / INT8, fold 0's weights; the 1-minute load "
         "average at the time in brackets (above the core count other processes competed for the CPU). The live "

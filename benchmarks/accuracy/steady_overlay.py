@@ -37,7 +37,7 @@ the frames the sequences are made from, e.g. a cross-validation fold's model on 
 
     .venv/bin/python benchmarks/accuracy/steady_overlay.py --data ../shared/data/usgra-seg             # writes steady_overlay.md
     .venv/bin/python benchmarks/accuracy/steady_overlay.py --weights runs/adapt/base/fold2 --block 2 \\
-        --out benchmarks/steady_overlay_fold2
+        --out benchmarks/accuracy/steady_overlay_fold2
 """
 
 from __future__ import annotations

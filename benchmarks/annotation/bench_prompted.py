@@ -11,7 +11,7 @@ its distance transform), include for a miss and exclude for a false region, and 
 are prompted again; Dice is recorded after 1, 2, 3 and 5 clicks. Times: the image embedding per frame and each
 prompt -> mask (prompt encoder, decoder, resize to the frame), in ms, with the load average of the machine.
 
-Writes benchmarks/annotation/prompted.json (every number) and prints a Markdown summary for benchmarks/prompted.md.
+Writes benchmarks/annotation/prompted.json (every number) and prints a Markdown summary for benchmarks/annotation/prompted.md.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Three campaigns, each for its share of ``--seconds``:
 
 Any contract break is printed with the input that caused it and the exit code is 1.
 
-Run:  .venv/bin/python benchmarks/reliability/fuzz_igtl.py --seconds 120 [--report benchmarks/reliability_fuzz.json]
+Run:  .venv/bin/python benchmarks/reliability/fuzz_igtl.py --seconds 120 [--report benchmarks/reliability/reliability_fuzz.json]
 """
 
 from __future__ import annotations

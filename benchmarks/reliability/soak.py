@@ -15,7 +15,7 @@ What it reports:
 - threads and sockets of the server process after stop, compared with before start (a leak shows as a difference);
 - frames sent, results received, dropped.
 
-Run:  .venv/bin/python benchmarks/reliability/soak.py --minutes 10 [--report benchmarks/soak.json]
+Run:  .venv/bin/python benchmarks/reliability/soak.py --minutes 10 [--report benchmarks/reliability/soak.json]
 (the machine's other load shows up in latency; the report says the load average.)
 """
 
