@@ -1,4 +1,5 @@
-"""What makes a test behave like 3D Slicer, which cannot run here (see issue 11):
+"""What makes a test behave like 3D Slicer, which cannot run here (see issue 11); the first two live in
+NerveSegLogic/scene/slicerlike.py (a benchmark drives the panel with them too) and are imported here:
 
 - :func:`slicer_scene`: a scene carrying Slicer's Sequences logic (``vtkSlicerSequencesLogic``), which in Slicer is
   always loaded and copies a browser's selected item into its proxy nodes whenever a sequence changes.
@@ -10,12 +11,13 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from NerveSegLogic.scene.slicerlike import GilHoldingDriver, hold_gil, slicer_scene  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,36 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 BLOCKED_IMPORTS = ("cv2", "torch", "onnxruntime", "monai", "safetensors", "onnx")
 BLOCKED_DISTRIBUTIONS = ("opencv-python-headless", "opencv-python", "torch", "onnxruntime", "monai",
                          "safetensors", "onnx")
-
-_PYDLL = ctypes.PyDLL(None) if os.name != "nt" else None  # PyDLL calls keep the GIL (ctypes.CDLL would release it)
-
-
-def slicer_scene():
-    """A standalone MRML scene with the Sequences logic attached (as every scene in Slicer has)."""
-    from NerveSegLogic.scene import mrml
-
-    scene = mrml.new_scene()
-    assert mrml.sequences_logic_of(scene) is not None, "this MRML build has no vtkSlicerSequencesLogic"
-    return scene
-
-
-def hold_gil(seconds: float) -> None:
-    """Keep the GIL for ``seconds`` in a C call, as Slicer's main thread does while its event loop waits."""
-    _PYDLL.usleep(int(seconds * 1e6))
-
-
-class GilHoldingDriver:
-    """``between_ticks`` for ``run_sample_replay``: the main thread holds the GIL ``hold_s`` between ticks (5 ms, the
-    panel's timer period), so Python threads of this process run only while ``tick`` runs."""
-
-    def __init__(self, hold_s: float = 0.005):
-        self.hold_s = hold_s
-        self.ticks = 0
-
-    def __call__(self) -> None:
-        self.ticks += 1
-        hold_gil(self.hold_s)
-
 
 _BLOCKER = """
 import importlib.abc, importlib.metadata, sys

@@ -13,22 +13,11 @@ import time
 
 import numpy as np
 
+from NerveSegLogic.annotate.killed_children import SAVE_SHAPE, save_until_killed as _save_until_killed
 from NerveSegLogic.store.database import AnnotationStore, pixel_sha256
 
 KILLS = 50
-H, W = 48, 64
-
-
-def _save_until_killed(db, frame_id, seed, ack_fd):
-    """Child: save versions in a loop; after each save returns, write 'version_id sha256' to the pipe."""
-    rng = np.random.default_rng(seed)
-    with AnnotationStore(db) as store:
-        while True:
-            current = store.current(frame_id)
-            mask = (rng.random((H, W)) < 0.3).astype(np.uint8)
-            version = store.save_mask(frame_id, mask, {1: "nerve"}, f"child{seed}", "manual",
-                                      current.id if current else None)
-            os.write(ack_fd, f"{version.id} {pixel_sha256(mask)}\n".encode())  # < PIPE_BUF: atomic
+H, W = SAVE_SHAPE
 
 
 def test_no_acknowledged_save_is_lost_across_50_sigkills(store_location):

@@ -1,4 +1,4 @@
-"""benchmarks/train_bpmsegnet_gpu.py, the prepared command that trains BPMSegNet with its paper's recipe on a lent GPU,
+"""benchmarks/accuracy/train_bpmsegnet_gpu.py, the prepared command that trains BPMSegNet with its paper's recipe on a lent GPU,
 is ready before a GPU is: with a two-step budget on the CPU (tiny frames, a tiny FPN) it trains one slice, resumes
 from its own checkpoint in the next call, and writes weights, card and mask AP, and what it exports comes back
 whole."""
@@ -17,7 +17,7 @@ pytest.importorskip("pycocotools")
 from NerveSegLogic.models import registry  # noqa: E402
 from NerveSegLogic.models.card import ModelCard  # noqa: E402
 
-SCRIPT = "benchmarks/train_bpmsegnet_gpu.py"
+SCRIPT = "benchmarks/accuracy/train_bpmsegnet_gpu.py"
 # 64x64 frames and a narrow FPN with few proposals: one step takes well under a second on one thread.
 TINY_BUILD = ["fpn_channels=32", "anchor_sizes=[8,16,32,64,128]", "rpn_pre_nms_top_n=[100,50]",
               "rpn_post_nms_top_n=[50,20]", "rpn_batch_size=32", "box_batch_size=32", "detections_per_image=10"]
@@ -76,7 +76,7 @@ def test_two_step_budget_trains_a_slice_resumes_and_writes_weights_card_and_mask
     assert card["build"]["fpn_channels"] == 32
     assert card["metrics"]["held_out"]["coco"] == progress["coco"]
     notes = card["training"]["notes"]
-    assert any(n.startswith("Trained on a GPU with benchmarks/train_bpmsegnet_gpu.py") for n in notes)
+    assert any(n.startswith("Trained on a GPU with benchmarks/accuracy/train_bpmsegnet_gpu.py") for n in notes)
     assert not any(n.startswith(("Trained once here (", "Ships without weights")) for n in notes)
     assert card["training"]["run"]["weights"] == "end of training"  # nothing chosen on the held-out block
     registry.load_from_card(ModelCard.from_dict(card), weights_path=out / "bpmsegnet.safetensors",

@@ -1,4 +1,4 @@
-"""How benchmarks/compare_models.py turns cross-validation folds into figures: each fold is scored with the weights
+"""How benchmarks/accuracy/compare_models.py turns cross-validation folds into figures: each fold is scored with the weights
 at the end of training (not the epoch that scored best on its own held-out block), and `auto`'s INT8 decision uses
 the change INT8 makes to the cross-validated Dice (per class, mean over folds of INT8 - float32), not the mean of
 each fold's largest |change|, which counts a fold where INT8 scored higher as a loss too."""
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def compare_models():
     spec = importlib.util.spec_from_file_location("compare_models_under_test",
-                                                  REPO / "benchmarks" / "compare_models.py")
+                                                  REPO / "benchmarks" / "accuracy" / "compare_models.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

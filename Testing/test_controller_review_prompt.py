@@ -2,7 +2,7 @@
 places a box (markups ROI) and clicks (include/exclude point lists) on the frame in RAS; the segmentation node then
 shows the class's mask from the promptable model; Accept saves it as a 'prompt' version with its prompts, and the
 next frame starts without prompts. The model is a tiny random LiteMedSAM (tiny_promptable.py): the test checks the
-path and the pixels it moves, not the model's accuracy (benchmarks/prompted.md has that)."""
+path and the pixels it moves, not the model's accuracy (benchmarks/annotation/prompted.md has that)."""
 
 from __future__ import annotations
 

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from NerveSegLogic.annotate.killed_children import EXPORT_SHAPE, export_options as _options
+from NerveSegLogic.annotate.killed_children import export_until_killed as _export_forever
 from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.datasets import atomic_dir
-from NerveSegLogic.datasets.export import ExportOptions, check_picture_path, export_cohort, frames_from_store
+from NerveSegLogic.datasets.export import check_picture_path, export_cohort, frames_from_store
 from NerveSegLogic.datasets.manifest import verify_manifest
 from NerveSegLogic.datasets.synthetic import fill_store
 
-H, W = 120, 160
+H, W = EXPORT_SHAPE
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +31,6 @@ def frames(tmp_path_factory):
     with AnnotationStore(path) as store:
         fill_store(store, n_frames=12, n_subjects=6, height=H, width=W)
         yield frames_from_store(store, ["accepted"])
-
-
-def _options(**kw):
-    return ExportOptions(format="masks", progress=False, **kw)
 
 
 def _dead_pid() -> int:
@@ -141,15 +139,6 @@ def test_forced_sector_reruns_keep_exactly_one_check_picture(frames, tmp_path):
         result = export_cohort(frames, out, _options(force=force, **options))
     pictures = sorted(p.name for p in out.parent.iterdir() if "sector-check" in p.name)
     assert pictures == ["cohort.sector-check.png"] and result.check_pictures == [check_picture_path(out)]
-
-
-def _export_forever(store_path, out, ready):
-    """Child: export with --force over and over until killed."""
-    with AnnotationStore(store_path) as store:  # frames read their pixels from the open store
-        chosen = frames_from_store(store, ["accepted"])
-        ready.set()
-        while True:
-            export_cohort(chosen, out, _options(force=True))
 
 
 def test_sigkill_during_export_never_leaves_a_half_data_set_and_the_next_run_cleans_up(frames, tmp_path):

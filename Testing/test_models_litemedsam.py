@@ -218,7 +218,7 @@ def test_released_weights_find_a_vessel_from_a_box(sample_dir):
 
 def test_the_default_promptable_model_finds_a_nerve_and_a_vessel_and_knows_how_sure_it_is(sample_dir):
     """Frame 0194 was among the tuned model's training frames (it trained on all of usgra-seg): this checks the
-    shipped file and the path, not held-out accuracy (benchmarks/litemedsam_tuned.md has that)."""
+    shipped file and the path, not held-out accuracy (benchmarks/release/litemedsam_tuned.md has that)."""
     image, labels = _sample(sample_dir)
     model = PromptableSegmenter.from_name(backend="onnx", threads=1)
     assert model.card.name == TUNED and model.click_mode == "model"

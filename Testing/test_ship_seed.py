@@ -1,4 +1,4 @@
-"""benchmarks/ship_seed.py: how held-out fold reports become a card's cross_validation, and what it refuses."""
+"""benchmarks/release/ship_seed.py: how held-out fold reports become a card's cross_validation, and what it refuses."""
 
 import importlib.util
 import json
@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def ship_seed():
-    spec = importlib.util.spec_from_file_location("ship_seed_under_test", REPO / "benchmarks" / "ship_seed.py")
+    spec = importlib.util.spec_from_file_location("ship_seed_under_test", REPO / "benchmarks" / "release" / "ship_seed.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -58,7 +58,7 @@ def test_one_block_scored_twice_is_refused(ship_seed, tmp_path):
 
 
 def test_only_the_models_row_of_the_readme_table_changes(ship_seed, tmp_path):
-    from compare_models import README_BEGIN, README_END  # importable once ship_seed.py put benchmarks/ on the path
+    from NerveSegLogic.models.readme_table import README_BEGIN, README_END
 
     readme = tmp_path / "README.md"
     before = (f"intro\n{README_BEGIN}\n| model | from |\n|---|---|\n| **effnet2-unet** (default) | Tan 2019 |\n"

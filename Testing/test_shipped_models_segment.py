@@ -1,7 +1,7 @@
 """Every model that ships weights still segments: loaded through the live path's own code (``Segmenter.from_name``
 with backend ``auto``, as the Slicer panel's worker loads it: ONNX Runtime on a CPU), it must find the nerve on
 frames it was trained on. (The INT8 graphs that ``auto`` picks in ``demo``/``serve`` are checked against float32 by
-benchmarks/bench_int8.py, which the cards' ``int8`` blocks record.)
+benchmarks/int8/bench_int8.py, which the cards' ``int8`` blocks record.)
 
 The bundled sample (Resources/Sample, 24 usgra-seg frames with masks) is part of every shipped model's training
 data, so the floor is low on purpose: it does not measure accuracy, it catches weights that segment nothing

@@ -109,7 +109,7 @@ def test_48_replayed_frames_are_shown_and_recorded_each_as_applied_with_the_sequ
 def test_worker_keeps_segmenting_while_the_main_thread_holds_the_gil_between_ticks():
     """In Slicer the main thread keeps the GIL between timer ticks. With the worker process, receiving and
     inference do not need it: every frame is still received, segmented and shown correctly (the rate under this
-    driver is measured in benchmarks/live_path.md)."""
+    driver is measured in benchmarks/speed/live_path.md)."""
     controller = LiveController(slicer_scene())
     check = ContentCheck(controller)
     driver = GilHoldingDriver(hold_s=0.005)

@@ -1,19 +1,17 @@
-"""Fuzzing the OpenIGTLink codec and receiver (hypothesis, deterministic and brief here; benchmarks/fuzz_igtl.py runs
+"""Fuzzing the OpenIGTLink codec and receiver (hypothesis, deterministic and brief here; benchmarks/reliability/fuzz_igtl.py runs
 the same for longer): mutated messages raise only the codec's own errors, accepted frames are inside the bounds,
 and a receiver fed mutated streams stays alive, counts what it refused and stops promptly."""
 
-import socket
-import threading
 import time
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from igtl_fuzz import check_codec_on, mutated_messages
 from NerveSegLogic.frame import ImageGeometry
 from NerveSegLogic.stream import ImageReceiver
 from NerveSegLogic.stream.codec import HEADER_SIZE, IgtlProtocolError, encode_image, parse_header
+from NerveSegLogic.stream.fuzz import StreamServer, check_codec_on, mutated_messages
 
 BRIEF = settings(max_examples=100, derandomize=True, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow])
@@ -32,40 +30,6 @@ def test_any_58_bytes_parse_as_a_header_or_raise_the_protocol_error(raw):
 @given(mutated_messages())
 def test_mutated_image_messages_raise_only_the_codecs_errors_and_accepted_frames_are_bounded(message):
     check_codec_on(message)
-
-
-class StreamServer:
-    """Sends ``payload`` to each client it accepts, then holds the connection until stop()."""
-
-    def __init__(self, payload: bytes):
-        self.payload = payload
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.held, self.stopping = [], threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                continue
-            try:
-                conn.sendall(self.payload)
-            except OSError:
-                pass
-            self.held.append(conn)
-
-    def stop(self):
-        self.stopping.set()
-        self.thread.join(5)
-        for conn in self.held:
-            conn.close()
-        self.listener.close()
 
 
 GOOD = encode_image(np.full((16, 20), 5, np.uint8), ImageGeometry(), device_name="Image_Reference")

@@ -38,7 +38,7 @@ ORIGIN = "propagated"
 GROW = 0.10
 #: Stop where the predicted IoU of a structure falls below this. 0.6, not 0.8: the tuned LiteMedSAM predicts 0.57-0.79
 #: on frames it carries well, so 0.8 stopped every moving test sequence at its first frame; at 0.6 a 40-frame
-#: sequence needed ~21 corrections instead of ~39, the same as no stop in 9 of 10 (benchmarks/propagate.md, a
+#: sequence needed ~21 corrections instead of ~39, the same as no stop in 9 of 10 (benchmarks/annotation/propagate.md, a
 #: sweep on those sequences: chosen on what it is reported on). It guards little against a jump to another scene
 #: (91 % of usgra-seg's unrelated next frames pass it); the frame-size check and the review of each draft do.
 MIN_IOU = 0.60

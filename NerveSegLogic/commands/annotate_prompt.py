@@ -27,7 +27,7 @@ def _model_args(parser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: one per core)")
     parser.add_argument("--click-mode", choices=("model", "box"), default=None,
                         help="clicks as the model's point tokens ('model') or as edits of the box ('box'); default: "
-                             "the model's (see benchmarks/prompted.md for which helps)")
+                             "the model's (see benchmarks/annotation/prompted.md for which helps)")
 
 
 def add_prompt_op(ops) -> None:

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS,
                         help="intra-op threads of ONNX Runtime and torch; 0: one per core (default: %(default)s, one "
-                             "core less than this machine has: measured in benchmarks/threads.md)")
+                             "core less than this machine has: measured in benchmarks/speed/threads.md)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or auto (default: %(default)s)")
     parser.add_argument("--source", default=None,
                         help="replay this image folder, video or .seq.nrrd instead of the bundled sample")

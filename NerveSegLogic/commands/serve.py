@@ -98,7 +98,7 @@ def register(subparsers) -> None:
                              "else torch (default: %(default)s)")
     parser.add_argument("--threads", type=thread_count, default=DEFAULT_THREADS,
                         help="intra-op threads of ONNX Runtime and torch; 0: one per core (default: %(default)s, one "
-                             "core less than this machine has: measured in benchmarks/threads.md)")
+                             "core less than this machine has: measured in benchmarks/speed/threads.md)")
     parser.add_argument("--compute", default="auto", help="torch device: auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=0,
                         help="stop after this many results, all streams together (default: run forever)")
@@ -117,7 +117,7 @@ def register(subparsers) -> None:
     parser.add_argument("--stream-batch", action=argparse.BooleanOptionalAction, default=False,
                         help="with several inputs, run the frames of the streams that wait for the model at the same "
                              "moment as one batch (default: off; on 2 CPU cores no consistent gain: the same fps and "
-                             "median latency, a lower p99 in 3 of 4 runs with 4 scanners: benchmarks/serve_streams.md)")
+                             "median latency, a lower p99 in 3 of 4 runs with 4 scanners: benchmarks/speed/serve_streams.md)")
     parser.set_defaults(func=run)
 
 

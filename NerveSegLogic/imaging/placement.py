@@ -118,7 +118,7 @@ def normalize(image: np.ndarray, mode: str = "unit") -> np.ndarray:
 
     A grey uint8 frame (the live case) goes through a 256-entry table with ``cv2.LUT``: the same floats as
     converting and dividing, in one pass instead of two and without the intermediate array (580x420: about 0.6 ms
-    -> 0.1 ms under load, benchmarks/serve_overhead.md).
+    -> 0.1 ms under load, benchmarks/speed/serve_overhead.md).
     """
     if image.dtype == np.uint8 and image.ndim == 2 and image.size:
         out = _cv2().LUT(image, _UNIT_OF_UINT8)
@@ -174,7 +174,7 @@ def _unit_for_placing(grey: np.ndarray) -> np.ndarray:
     """``normalize(grey, "unit")`` for :func:`place` to read, written into a per-thread buffer reused from frame to
     frame when ``grey`` is a 2D uint8 frame (the live case). The full-size float frame is only an intermediate
     (place() resizes it into a new canvas, so the buffer never leaves), and a fresh 1 MB array for every 580x420
-    frame cost about 0.5 ms of page faults in a long-running process (benchmarks/serve_overhead.md, "Cuts")."""
+    frame cost about 0.5 ms of page faults in a long-running process (benchmarks/speed/serve_overhead.md, "Cuts")."""
     if grey.dtype != np.uint8 or grey.ndim != 2 or not grey.size:
         return normalize(grey, "unit")
     buffer = getattr(_scratch, "unit", None)
@@ -247,7 +247,7 @@ def remove_small_components(labelmap: np.ndarray, min_area: int = MIN_COMPONENT_
     answer is the full frame's), and small ones are cleared through a lookup of component numbers: measured on a
     580x420 labelmap with two structures and scattered specks, 11.5 ms -> 3.7 ms per frame.
 
-    Cheaper still, with the same pixels cleared (benchmarks/serve_overhead.md, "Cuts"): the labels' boxes are
+    Cheaper still, with the same pixels cleared (benchmarks/speed/serve_overhead.md, "Cuts"): the labels' boxes are
     looked for inside the box of all foreground (found in one pass), so no frame-sized mask is made per label; the
     regions are numbered in 16 bits where the box cannot hold more than 65535 of them (OpenCV labels a uint16 image
     in about half the time of an int32 one); a few small regions are cleared inside their own boxes rather than by

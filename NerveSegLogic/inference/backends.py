@@ -29,7 +29,7 @@ INT8_MAX_DICE_CHANGE = 0.01
 
 def default_threads() -> int:
     """--threads default of serve and demo: one core less than the machine has (at least one), leaving a core to
-    receiving, sending and the main thread. Measured end to end on 2 cores (benchmarks/threads.md, shared machine):
+    receiving, sending and the main thread. Measured end to end on 2 cores (benchmarks/speed/threads.md, shared machine):
     1 inference thread gave p50 47 ms and 26.4 fps against 73 ms and 20.9 fps with 2, lower p50 in all 3 rounds."""
     return max(1, (os.cpu_count() or 1) - 1)
 
@@ -37,7 +37,7 @@ def default_threads() -> int:
 DEFAULT_THREADS = default_threads()
 #: How an INT8 graph is made, by name: ONNX Runtime's calibration method and extra options. The name is part of the
 #: graph's cache file name, so a changed recipe never reuses an old graph. A card picks one with ``int8.recipe``
-#: (:func:`int8_recipe_of`); benchmarks/int8_recipes.py compares them on the cross-validation folds.
+#: (:func:`int8_recipe_of`); benchmarks/int8/int8_recipes.py compares them on the cross-validation folds.
 INT8_RECIPES: Dict[str, Dict[str, Any]] = {
     # activation ranges: min and max over all calibration frames
     "qdq-perchannel-minmax-v1": {"calibrate_method": "MinMax", "extra_options": {}},
@@ -272,7 +272,7 @@ def quantize_int8(fp32_path: Union[str, Path], int8_path: Union[str, Path], card
     The live path passes nothing but the card: the recipe is the card's (:func:`int8_recipe_of`), its settings
     from :data:`INT8_RECIPES`, its name in the graph's metadata. ``calibrate_method`` (a name of ONNX Runtime's
     ``CalibrationMethod``), ``extra_options`` and ``nodes_to_exclude`` (nodes left in float32) replace those
-    settings to compare other recipes (benchmarks/int8_recipes.py), with ``recipe`` naming the variant.
+    settings to compare other recipes (benchmarks/int8/int8_recipes.py), with ``recipe`` naming the variant.
     """
     import tempfile
 
@@ -352,8 +352,8 @@ def int8_measured_change(card) -> Optional[float]:
     """The largest per-class Dice change of the card's INT8 graph as measured (``card.raw['int8']``), or None.
 
     Where the block holds ``cross_validation.max_dice_change`` (measured on held-out folds by
-    benchmarks/compare_models.py, the figure issue 13 asks for: per class the change INT8 makes to the
-    cross-validated Dice, the largest |change| over classes; benchmarks/int8_cv_to_cards.py), that one decides;
+    benchmarks/accuracy/compare_models.py, the figure issue 13 asks for: per class the change INT8 makes to the
+    cross-validated Dice, the largest |change| over classes; benchmarks/release/int8_cv_to_cards.py), that one decides;
     else the training-frame figure."""
     record = (getattr(card, "raw", None) or {}).get("int8")
     if not isinstance(record, dict):

@@ -4,7 +4,7 @@ Pixel probabilities say where a structure would be, not whether the frame holds 
 paints a nerve into most frames that have none. So each class gets one number per frame, its *presence*:
 
 - the raw score is the class's highest probability in the part of the model input the frame fills (on usgra-seg's
-  held-out blocks it ranks frames with a nerve above frames without with an AUC of 0.99, benchmarks/presence.md);
+  held-out blocks it ranks frames with a nerve above frames without with an AUC of 0.99, benchmarks/accuracy/presence.md);
 - a model card's ``presence`` block maps it to a calibrated probability with Platt scaling on its logit,
   ``p = sigmoid(a * logit(score) + b)``, fitted on held-out frames (cross-validation blocks with nerve-free windows,
   or a site's own corrected frames with ``nerveseg calibrate``);

@@ -41,7 +41,7 @@ BACKENDS = ("onnx", "torch")
 #: widens it, an exclude click inside it pulls the nearest side in past the click) and the model sees the box alone;
 #: clicks without a box are always tokens. "model": as SAM's point tokens beside the box, which is what SAM was
 #: trained for, but the released LiteMedSAM weights were trained on boxes: on usgra-seg their Dice falls with each
-#: such click, while "box" clicks keep it (benchmarks/prompted.md).
+#: such click, while "box" clicks keep it (benchmarks/annotation/prompted.md).
 CLICK_MODES = ("model", "box")
 #: Bumped when :func:`export_onnx` writes different graphs for the same weights (part of the cached file names).
 #: 2: the decoder graph also outputs ``iou_predictions``; 3: it takes a previous mask (``mask_input``).

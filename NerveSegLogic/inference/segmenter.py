@@ -46,7 +46,7 @@ def file_sha256(path: Path) -> str:
 def choose_backend(task: str, device: str) -> str:
     """``auto``'s choice: ONNX Runtime for a semantic model on the CPU when onnxruntime is installed, else torch.
 
-    Measured on 2 CPU cores (benchmarks/live_path.md): the default unet at 128x128 takes 12 ms per frame in ONNX
+    Measured on 2 CPU cores (benchmarks/speed/live_path.md): the default unet at 128x128 takes 12 ms per frame in ONNX
     Runtime against 33 ms in torch, so the live path keeps up with 30 fps only on ONNX Runtime. Instance models
     are not exported to ONNX, and on a GPU torch runs the model where it is.
     """
@@ -65,7 +65,7 @@ class Segmenter:
     card: the model's ModelCard (classes, input spec, task).
     backend: a TorchBackend or OnnxBackend (anything with ``run(batch)`` and ``task``).
     min_component_area: connected regions smaller than this (pixels of the frame) are dropped; Smistad's rule.
-    contours: ``smooth`` or ``fast`` (see :data:`CONTOURS`; benchmarks/contours.md measures both).
+    contours: ``smooth`` or ``fast`` (see :data:`CONTOURS`; benchmarks/speed/contours.md measures both).
     region: the image region (:mod:`.region`): None (the whole frame, the default), a :class:`~.region.Region`
         or ``"X,Y,W,H"`` (frame pixels), or ``"auto"`` (found from the first second of frames; the whole frame is
         segmented meanwhile). The model sees only the region; the labelmap is the full frame's, zero outside it.
@@ -325,7 +325,7 @@ def smooth_labelmap_and_box(probabilities: np.ndarray, placement: pp.Placement
     What is resampled is each class's margin over background, p_k - p_0 (K-1 maps; resampling is linear, so these
     are the margins of the resampled probabilities, and the argmax of (0, margins) is that of the probabilities):
     one map fewer than the probabilities. Each is resampled on its own and the argmax runs over contiguous
-    per-class maps, at about half the cost of warping interleaved maps (benchmarks/serve_overhead.md, "Cuts").
+    per-class maps, at about half the cost of warping interleaved maps (benchmarks/speed/serve_overhead.md, "Cuts").
 
     ``box`` = (top, bottom, left, right) in frame pixels holds every pixel that can be non-zero (the union of the
     resampled boxes), for :func:`~.preprocess.remove_small_components`'s ``within``; None when the model marked
@@ -361,7 +361,7 @@ def smooth_labelmap_and_box(probabilities: np.ndarray, placement: pp.Placement
     # The boxes of the grown regions, from their outer outlines: each 8-connected region has one (a region inside
     # another's hole has none, and needs none: it lies inside that region's box). Cheaper than labelling the
     # regions: 85 against 140 us with the memory cold, the same boxes on 203 of 203 usgra-seg frames
-    # (benchmarks/serve_overhead.md).
+    # (benchmarks/speed/serve_overhead.md).
     outlines, _ = cv2.findContours(grown, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     sx, sy = placement.scaled_w / placement.src_w, placement.scaled_h / placement.src_h
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP

@@ -71,7 +71,7 @@ stream, owned by the inference engine (``InferenceEngine.set_steady``) of the in
 still gives every result its ``presence`` and ``states``). ``predict``, ``evaluate`` and pre-labelling do not use it.
 
 Not thread-safe: one filter per stream, called from the thread that produces that stream's results (the inference
-worker). Measured in ``benchmarks/steady_overlay.md``.
+worker). Measured in ``benchmarks/accuracy/steady_overlay.md``.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ MOTION_SIDE = 64
 
 @dataclass(frozen=True)
 class SteadyOptions:
-    """How steady the overlay is. The defaults are the live path's, tuned on benchmarks/steady_overlay.md.
+    """How steady the overlay is. The defaults are the live path's, tuned on benchmarks/accuracy/steady_overlay.md.
 
     newest_weight: the newest frame's weight in the exponential moving average of the class probabilities, in
         [0.2, 1]; 1 turns averaging off. 1/3: the newest frame weighs 0.33, the one before 0.22, then 0.15, ...

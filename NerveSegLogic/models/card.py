@@ -260,7 +260,7 @@ def _parse_classes(value: Any, fail) -> Tuple[SegmentClass, ...]:
 
 def _check_int8(record: Any, task: str, fail) -> None:
     """The optional ``int8`` block: how the model's INT8 ONNX graph is made (``recipe``) and what was measured of it
-    (benchmarks/bench_int8.py). ``max_dice_change`` (the largest per-class |Dice int8 - Dice float32|) decides
+    (benchmarks/int8/bench_int8.py). ``max_dice_change`` (the largest per-class |Dice int8 - Dice float32|) decides
     whether ``auto`` runs it; a block that only names the recipe (nothing measured yet) keeps ``auto`` on float32."""
     from ..inference.backends import INT8_RECIPES
 

@@ -4,7 +4,7 @@ It connects to PLUS, to ``nerveseg replay`` or to any OpenIGTLink server, on a b
 
 - reconnects with exponential backoff (``reconnect_min_s`` .. ``reconnect_max_s``) while no server answers, and says
   so in the log once, then every ``log_every_s`` seconds;
-- reads each message with its own socket reader (measured against pyigtl's: see benchmarks/receiver.md), refuses a
+- reads each message with its own socket reader (measured against pyigtl's: see benchmarks/speed/receiver.md), refuses a
   header that announces more than ``max_body_bytes`` BEFORE allocating anything, checks the CRC-64 of every IMAGE
   body, and skips every other message type (and IMAGEs from other devices when ``device_name`` is set) by reading
   their body into a small scratch buffer;

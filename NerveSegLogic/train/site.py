@@ -3,7 +3,7 @@
 - :data:`SITE_RECIPE`: the one place the fine-tuning schedule lives. :func:`site_recipe` derives a run's recipe
   from the model card's (the paper's) recipe: a short schedule, a lower learning rate, the same loss, optimiser,
   augmentations and sampling, no ImageNet encoder (the init replaces it), and the freezing options. Its values are
-  to be chosen by measurement (``benchmarks/adaptation.md``); the run's card records the values it used
+  to be chosen by measurement (``benchmarks/accuracy/adaptation.md``); the run's card records the values it used
   (``training.recipe.site``).
 - :func:`resolve_init`: ``--init NAME|WEIGHTS|RUN_DIR``: a registered model's own weights (sha256 from its card),
   a .safetensors file, or a training run's folder (resolved as ``--teacher`` is, :func:`.distill.resolve_weights`),
@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 #: cards' batch sizes of 4-8, 15 epochs are 45-75 steps); ``lr_factor`` multiplies the card's learning rate;
 #: ``schedule`` replaces the card's; ``augmentations`` / ``batch_size`` None keep the card's (the batch is clamped
 #: to the number of training frames); ``freeze_encoder`` / ``freeze_norm`` are the defaults of the flags.
-#: ``lr_factor`` 0.03 was chosen on usgra-seg blocks 0 and 1 (benchmarks/adaptation.md): at 0.1 fine-tuning with
+#: ``lr_factor`` 0.03 was chosen on usgra-seg blocks 0 and 1 (benchmarks/accuracy/adaptation.md): at 0.1 fine-tuning with
 #: 10 or 20 frames lowered the held-out nerve Dice of both blocks (by 0.01-0.02); at 0.03 it did not.
 SITE_RECIPE: Dict[str, Any] = {
     "epochs": 15,

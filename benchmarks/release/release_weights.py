@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 from NerveSegLogic.models import registry  # noqa: E402
 from NerveSegLogic.models.card import write_card  # noqa: E402
