@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from NerveSegLogic.annotate.postgres_temp import TempPostgres, postgres_bindir
+from NerveSegLogic.testing.postgres import TempPostgres, postgres_bindir
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
 """What makes a test behave like 3D Slicer, which cannot run here (see issue 11); the first two live in
-NerveSegLogic/scene/slicerlike.py (a benchmark drives the panel with them too) and are imported here:
+NerveSegLogic/testing/slicerlike.py (a benchmark drives the panel with them too) and are imported here:
 
 - :func:`slicer_scene`: a scene carrying Slicer's Sequences logic (``vtkSlicerSequencesLogic``), which in Slicer is
   always loaded and copies a browser's selected item into its proxy nodes whenever a sequence changes.
@@ -17,7 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from NerveSegLogic.scene.slicerlike import GilHoldingDriver, hold_gil, slicer_scene  # noqa: F401
+from NerveSegLogic.testing.slicerlike import GilHoldingDriver, hold_gil, slicer_scene  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 

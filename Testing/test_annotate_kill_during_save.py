@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from NerveSegLogic.annotate.killed_children import SAVE_SHAPE, save_until_killed as _save_until_killed
+from NerveSegLogic.testing.killed_children import SAVE_SHAPE, save_until_killed as _save_until_killed
 from NerveSegLogic.store.database import AnnotationStore, pixel_sha256
 
 KILLS = 50

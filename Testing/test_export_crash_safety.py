@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from NerveSegLogic.annotate.killed_children import EXPORT_SHAPE, export_options as _options
-from NerveSegLogic.annotate.killed_children import export_until_killed as _export_forever
+from NerveSegLogic.testing.killed_children import EXPORT_SHAPE, export_options as _options
+from NerveSegLogic.testing.killed_children import export_until_killed as _export_forever
 from NerveSegLogic.store.database import AnnotationStore
 from NerveSegLogic.datasets import atomic_dir
 from NerveSegLogic.datasets.export import check_picture_path, export_cohort, frames_from_store

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from NerveSegLogic.frame import ImageGeometry
 from NerveSegLogic.stream import ImageReceiver
 from NerveSegLogic.stream.codec import HEADER_SIZE, IgtlProtocolError, encode_image, parse_header
-from NerveSegLogic.stream.fuzz import StreamServer, check_codec_on, mutated_messages
+from NerveSegLogic.testing.igtl_fuzz import StreamServer, check_codec_on, mutated_messages
 
 BRIEF = settings(max_examples=100, derandomize=True, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow])

@@ -60,8 +60,8 @@ REPO = Path(__file__).resolve().parents[2]
 import numpy as np  # noqa: E402
 
 from NerveSegLogic.inference.steady import SteadyOptions, SteadyOverlay  # noqa: E402
-from NerveSegLogic.datasets.moving_probe import moving_sequence  # noqa: E402
-from NerveSegLogic.machine import cpu_name, load_note  # noqa: E402
+from NerveSegLogic.testing.moving_sequence import moving_sequence  # noqa: E402
+from NerveSegLogic.testing.machine import cpu_name, load_note  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "usgra-seg"
 SAMPLE = REPO / "Resources" / "Sample"

@@ -42,7 +42,7 @@ from NerveSegLogic.inference import backends  # noqa: E402
 from NerveSegLogic.imaging import placement as pp  # noqa: E402
 from NerveSegLogic.models import registry  # noqa: E402
 from NerveSegLogic.train.metrics import dice  # noqa: E402
-from NerveSegLogic.machine import cpu_name, load_note  # noqa: E402
+from NerveSegLogic.testing.machine import cpu_name, load_note  # noqa: E402
 
 #: The live path keeps 30 fps when a frame's whole segment() takes at most this (ms).
 FRAME_BUDGET_MS = 1000.0 / 30.0

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 import numpy as np  # noqa: E402
 
-from NerveSegLogic.machine import cpu_name  # noqa: E402
+from NerveSegLogic.testing.machine import cpu_name  # noqa: E402
 from NerveSegLogic.train.crossval import images_by_name as frames  # noqa: E402  (the data set's frames, sorted by name)
 
 

@@ -6,7 +6,7 @@ Three campaigns, each for its share of ``--seconds``:
    versions 1 and 2 with metadata, RAS and LPS), mutated (bytes flipped, cut, extended, header and image-header
    fields overwritten, huge and sliver sizes announced, CRC recomputed half the time), fed through parse_header,
    check_crc, decode_image and frame_image. The contract: only IgtlProtocolError / ImageRefused are raised, and
-   every accepted frame is 2D and inside image_bounds (NerveSegLogic/stream/fuzz.py).
+   every accepted frame is 2D and inside image_bounds (NerveSegLogic/testing/igtl_fuzz.py).
 2. headers: random 58-byte headers through parse_header.
 3. receiver: an ImageReceiver connected to a server that sends a stream of mutated messages followed by a valid
    frame; the receiver must stay alive, never stop on an unexpected error, and stop within 2 s.
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 
     from NerveSegLogic.frame import ImageGeometry
     from NerveSegLogic.stream.codec import HEADER_SIZE, IgtlProtocolError, encode_image, parse_header
-    from NerveSegLogic.stream.fuzz import check_codec_on, mutated_messages
+    from NerveSegLogic.testing.igtl_fuzz import check_codec_on, mutated_messages
 
     def check_header(raw):
         try:
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
 
     def check_receiver(messages):
         from NerveSegLogic.stream import ImageReceiver
-        from NerveSegLogic.stream.fuzz import StreamServer  # the same fake server the test uses
+        from NerveSegLogic.testing.igtl_fuzz import StreamServer  # the same fake server the test uses
 
         server = StreamServer(b"".join(messages) + good)
         receiver = ImageReceiver(port=server.port, reconnect_min_s=0.01, reconnect_max_s=0.02, stall_timeout_s=0.2,

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 def save_loop(kills: int, seed: int) -> dict:
     import numpy as np
 
-    from NerveSegLogic.annotate.killed_children import SAVE_SHAPE, save_until_killed
+    from NerveSegLogic.testing.killed_children import SAVE_SHAPE, save_until_killed
     from NerveSegLogic.store.database import AnnotationStore, pixel_sha256
 
     H, W = SAVE_SHAPE
@@ -75,7 +75,7 @@ def save_loop(kills: int, seed: int) -> dict:
 
 
 def export_loop(kills: int, seed: int) -> dict:
-    from NerveSegLogic.annotate.killed_children import EXPORT_SHAPE, export_options, export_until_killed
+    from NerveSegLogic.testing.killed_children import EXPORT_SHAPE, export_options, export_until_killed
     from NerveSegLogic.store.database import AnnotationStore
     from NerveSegLogic.datasets.export import export_cohort, frames_from_store
     from NerveSegLogic.datasets.manifest import verify_manifest

@@ -22,7 +22,7 @@ Saves per second (acknowledged saves over the run's wall time, kills and restart
 p99 of save_mask/set_status calls that returned) per engine.
 
 Both engines commit durably: SQLite WAL with synchronous=FULL; PostgreSQL with fsync on (a throwaway cluster like
-the tests', NerveSegLogic/annotate/postgres_temp.py TempPostgres, durable=True).
+the tests', NerveSegLogic/testing/postgres.py TempPostgres, durable=True).
 
 Run:  nice -n 5 .venv/bin/python benchmarks/reliability/store_concurrency.py [--saves 3000] [--engines sqlite,postgresql]
 """
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
                 run = run_engine(engine, location, args.saves, args.clients, args.frames, args.seed)
                 results.append(verify(run, location, args.frames))
             else:
-                from NerveSegLogic.annotate.postgres_temp import TempPostgres, postgres_bindir
+                from NerveSegLogic.testing.postgres import TempPostgres, postgres_bindir
 
                 cluster = TempPostgres(postgres_bindir(), durable=True)
                 try:

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 from NerveSegLogic.imaging import placement as pp  # noqa: E402
 from NerveSegLogic.inference.segmenter import Segmenter  # noqa: E402
 from NerveSegLogic.train import metrics  # noqa: E402
-from NerveSegLogic.machine import cpu_name, load_note  # noqa: E402
+from NerveSegLogic.testing.machine import cpu_name, load_note  # noqa: E402
 
 #: The live path's budget (issue 12): 30 fps sustained with the whole segment() p50 at most this (ms).
 P50_BUDGET_MS = 25.0

@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-from NerveSegLogic.stream.sample_feed import sample_frames as make_frames  # noqa: E402  (the sample at 580x420)
+from NerveSegLogic.testing.sample_feed import sample_frames as make_frames  # noqa: E402  (the sample at 580x420)
 
 
 def make_probe_frames(folder: Path, count: int = 100, width: int = 580, height: int = 420) -> int:
@@ -42,7 +42,7 @@ def make_probe_frames(folder: Path, count: int = 100, width: int = 580, height: 
     import cv2
     import numpy as np
 
-    from NerveSegLogic.datasets.moving_probe import moving_sequence
+    from NerveSegLogic.testing.moving_sequence import moving_sequence
     from NerveSegLogic.resources import sample_dir
 
     first = sorted((sample_dir() / "images").glob("*.png"))[0]

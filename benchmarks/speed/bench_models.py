@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 from NerveSegLogic.models import registry  # noqa: E402  (after the path set-up, so it runs from a checkout)
 from NerveSegLogic.models.card import write_card  # noqa: E402
-from NerveSegLogic.machine import cpu_name  # noqa: E402
+from NerveSegLogic.testing.machine import cpu_name  # noqa: E402
 
 
 def load_average() -> str:

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 def run_once(mode: str, driver: str, source: Path, args, threads: int = 0) -> dict:
     from NerveSegLogic.live.controller import LiveController
     from NerveSegLogic.live.selftest import run_sample_replay
-    from NerveSegLogic.scene.slicerlike import GilHoldingDriver, slicer_scene
+    from NerveSegLogic.testing.slicerlike import GilHoldingDriver, slicer_scene
 
     controller = LiveController(slicer_scene())
     controller.threads = threads  # the panel's inference threads (0: the backend's default)
@@ -58,7 +58,7 @@ def run_once(mode: str, driver: str, source: Path, args, threads: int = 0) -> di
 
 
 def main() -> None:
-    from NerveSegLogic.stream.sample_feed import sample_frames as make_frames
+    from NerveSegLogic.testing.sample_feed import sample_frames as make_frames
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="default: the registry's default model")

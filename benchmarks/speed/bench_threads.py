@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 
 import bench_vs_fast as vs  # noqa: E402  (beside this script: its NerveSeg run, run_system, is the one measured here)
 
-from NerveSegLogic.stream.sample_feed import sample_frames  # noqa: E402
+from NerveSegLogic.testing.sample_feed import sample_frames  # noqa: E402
 
 
 def main(argv=None) -> int:

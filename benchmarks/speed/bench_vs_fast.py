@@ -50,7 +50,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
-from NerveSegLogic.stream.sample_feed import FRAME_SIZE, SentLog, free_port, sample_frames as make_frames  # noqa: E402
+from NerveSegLogic.testing.sample_feed import FRAME_SIZE, SentLog, free_port, sample_frames as make_frames  # noqa: E402
 
 #: What pyfast needs from Debian (USB, OpenCL on the CPU through pocl, GL/EGL and fonts for its Qt parts).
 DEBIAN_PACKAGES = ("libusb-1.0-0", "ocl-icd-libopencl1", "pocl-opencl-icd", "libgl1", "libegl1", "libfontconfig1")
@@ -349,7 +349,7 @@ def report(runs: List[Dict], summary: Dict, args, command: str, onnx_path: Path,
             return "-"
         return f"{(b / a if inverse else a / b):.2f}"
 
-    from NerveSegLogic.machine import cpu_name, load_note
+    from NerveSegLogic.testing.machine import cpu_name, load_note
 
     cpu = cpu_name()
     lines = [

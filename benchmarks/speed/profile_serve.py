@@ -75,7 +75,7 @@ def steal_percent(before: Dict[str, int], after: Dict[str, int]):
 
 
 def stages(args) -> Dict:
-    from NerveSegLogic.stream.sample_feed import SentLog, free_port, sample_frames as make_frames
+    from NerveSegLogic.testing.sample_feed import SentLog, free_port, sample_frames as make_frames
 
     from NerveSegLogic.live.serve import SegmentationServer, ServeOptions
     from NerveSegLogic.stream.receiver import ImageReceiver
@@ -176,7 +176,7 @@ def peers_in_child(args, server, input_port: int, output_port: int, arrivals: Di
 
 def peer_child(args) -> int:
     """The child of :func:`peers_in_child`: replay server on --input-port, labelmap client on --output-port."""
-    from NerveSegLogic.stream.sample_feed import SentLog, sample_frames as make_frames
+    from NerveSegLogic.testing.sample_feed import SentLog, sample_frames as make_frames
 
     from NerveSegLogic.stream.receiver import ImageReceiver
     from NerveSegLogic.stream.replay import ReplayServer
@@ -234,7 +234,7 @@ def functions(args) -> str:
     from NerveSegLogic.inference.backends import load_segmenter
     from NerveSegLogic.stream.codec import encode_image
 
-    from NerveSegLogic.stream.sample_feed import FRAME_SIZE
+    from NerveSegLogic.testing.sample_feed import FRAME_SIZE
 
     import cv2
 

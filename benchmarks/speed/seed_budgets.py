@@ -43,7 +43,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
 
-from NerveSegLogic.machine import cpu_name, load_note
+from NerveSegLogic.testing.machine import cpu_name, load_note
 
 #: Frames in usgra-seg, the data every seed trains on here.
 ALL_FRAMES = 204

@@ -41,7 +41,7 @@ class SentLog:
     while the ``with`` block runs)."""
 
     def __init__(self):
-        from . import replay
+        from ..stream import replay
 
         self._replay = replay
         self._original = replay.encode_frame_parts

@@ -17,7 +17,7 @@ _PYDLL = ctypes.PyDLL(None) if os.name != "nt" else None  # PyDLL calls keep the
 
 def slicer_scene():
     """A standalone MRML scene with the Sequences logic attached (as every scene in Slicer has)."""
-    from . import mrml
+    from ..scene import mrml
 
     scene = mrml.new_scene()
     assert mrml.sequences_logic_of(scene) is not None, "this MRML build has no vtkSlicerSequencesLogic"

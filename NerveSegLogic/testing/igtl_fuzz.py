@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from ..frame import ImageGeometry
 from ..imaging.bounds import MAX_ASPECT, MAX_PIXELS, MAX_SIDE_PX
-from .codec import (HEADER_SIZE, IgtlProtocolError, ImageRefused, SCALAR_TYPES, check_crc,
-                                        crc64, decode_image, encode_image, frame_image, parse_header)
+from ..stream.codec import (HEADER_SIZE, IgtlProtocolError, ImageRefused, SCALAR_TYPES, check_crc, crc64,
+                                        decode_image, encode_image, frame_image, parse_header)
 
 #: Offsets of fields inside a version-1 IMAGE message (header then image header).
 _IMAGE_FIELDS = {  # name: (offset from the start of the content, struct format)
