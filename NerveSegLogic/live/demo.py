@@ -15,6 +15,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..igtl import IMAGE_DEVICE_NAME
+
 log = logging.getLogger(__name__)
 
 #: After the replay server has sent its last frame, how long to wait for the pipeline to drain (s).
@@ -82,7 +84,7 @@ def run_demo(options: DemoOptions) -> dict:
     scene.set_model_identity(segmenter.card.name, segmenter.card_sha256)
     kept = _Kept()
     replay.start()
-    receiver = ImageReceiver("127.0.0.1", replay.port, device_name="Image_Reference")
+    receiver = ImageReceiver("127.0.0.1", replay.port, device_name=IMAGE_DEVICE_NAME)
     pipeline = LivePipeline(receiver, segmenter, sinks=[scene.apply, kept])
     pipeline.engine.set_steady(bool(options.steady))  # one stream: one filter, inside the segmenter
     say(f"replaying {options.frames} frames from {source} at {options.fps:g} fps on 127.0.0.1:{replay.port}"

@@ -9,19 +9,19 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from ..igtl import LABEL_DEVICE_NAME, SERVE_PORT
 from ..stream.sender import confidence_metadata
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 5.0
-LABEL_DEVICE_NAME = "NerveSegLabel"
 
 
 @dataclass
 class ServeOptions:
     input_host: str
     input_port: int
-    port: int = 18945
+    port: int = SERVE_PORT
     host: str = "127.0.0.1"  # this machine only unless told otherwise: OpenIGTLink has no authentication
     allowed_clients: Optional[str] = None  # comma-separated client addresses or networks; None: any
     input_idle_timeout_s: Optional[float] = 10.0  # silence on the input past this is reported and reconnected
