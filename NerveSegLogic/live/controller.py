@@ -29,11 +29,13 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 import numpy as np
 
 from ..frame import Frame, SegmentationResult
+from ..igtl import DEFAULT_PORT, IMAGE_DEVICE_NAME, SERVE_PORT
 from ..signals import Signal
 from ..slot import NewestSlot
-from .choices import (BACKENDS, DEFAULT_DEVICE_NAME, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_REMOTE_PORT, INTENDED_USE,
-                      MODES, STATUS_INTERVAL_S, InputChoice, _check_host_port)
-from .runs import InProcessRun, RemoteRun, VolumeNodeInput
+from .choices import BACKENDS, DEFAULT_HOST, INTENDED_USE, MODES, STATUS_INTERVAL_S
+from .inputs import InputChoice, check_host_port
+from .remote import RemoteRun
+from .runs import InProcessRun, Run, VolumeNodeInput
 from .status import ClassConfidence, DisplaySettings, LiveStatus, confidence_of
 
 log = logging.getLogger(__name__)
@@ -174,7 +176,7 @@ class LiveController:
         self._segmenter_key: Optional[Tuple[str, str, str]] = None
         self._scene: Optional[LiveSceneLike] = None
         self._scenes_made = 0
-        self._run = None
+        self._run: Optional[Run] = None
         self._mode = "in-process"
         self._recording = True
         self.display = DisplaySettings()
@@ -197,12 +199,12 @@ class LiveController:
 
     # ------------------------------------------------------------------------------------------------ input
     def connect(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                device_name: Optional[str] = DEFAULT_DEVICE_NAME) -> str:
+                device_name: Optional[str] = IMAGE_DEVICE_NAME) -> str:
         """Take frames from an OpenIGTLink server (PLUS, ``nerveseg replay``): IMAGE messages of ``device_name``
         (None or '' = any IMAGE). The connection opens at :meth:`start` and is kept, reconnecting, until
         :meth:`stop`; while running, switches to the new input at once. Returns the input's description;
         ValueError for an empty host or a port outside 1..65535."""
-        host, port = _check_host_port(host, port, "input server")
+        host, port = check_host_port(host, port, "input server")
         choice = InputChoice("igtl", host=host, port=port, device_name=(device_name or None))
         self._switch_input(choice, None)
         return choice.describe()
@@ -216,17 +218,17 @@ class LiveController:
             raise ValueError("choose a volume node as the input")
         if self._scene is not None and node is self._scene.volume_node:
             raise ValueError(f"{node.GetName()!r} is NerveSeg's own output volume; choose the scanner's image node "
-                             f"(e.g. Image_Reference from OpenIGTLinkIF)")
+                             f"(e.g. {IMAGE_DEVICE_NAME} from OpenIGTLinkIF)")
         if self.mrml_scene is not None and node.GetScene() is not self.mrml_scene:
             raise ValueError(f"volume node {node.GetName()!r} is not in this controller's scene")
         choice = InputChoice("volume", node_name=node.GetName())
         self._switch_input(choice, node)
         return choice.describe()
 
-    def connect_remote(self, host: str, port: int = DEFAULT_REMOTE_PORT) -> str:
+    def connect_remote(self, host: str, port: int = SERVE_PORT) -> str:
         """Use a ``nerveseg serve`` at host:port for ``start(mode="remote")``: it segments the same input server's
-        images and sends back ``NerveSegLabel`` labelmaps. Returns its description; ValueError for a bad address."""
-        remote = _check_host_port(host, port, "segmentation server")
+        images and sends back labelmaps (:data:`~NerveSegLogic.igtl.LABEL_DEVICE_NAME`). Returns its description; ValueError for a bad address."""
+        remote = check_host_port(host, port, "segmentation server")
         changed = remote != self._remote
         self._remote = remote
         if changed and self.running and self._mode == "remote":
@@ -339,10 +341,10 @@ class LiveController:
         self._steady = on
         run = self._run
         if changed and run is not None:
-            if self._mode == "in-process" and hasattr(run, "set_steady"):
-                run.set_steady(on)  # the inference thread takes it with its next frame
-            elif self._mode == "child-process":
-                self._restart()
+            if self._mode == "child-process":
+                self._restart()  # the worker takes --steady when it starts
+            else:
+                run.set_steady(on)  # in-process: the inference thread takes it with its next frame; remote: nothing
         return self.steady_description()
 
     def steady_description(self) -> str:
@@ -497,7 +499,7 @@ class LiveController:
     def worker_log(self, lines: int = 40) -> str:
         """The last lines of the worker process's log (empty when no worker runs)."""
         run = self._run
-        return run.log_tail(lines) if run is not None and hasattr(run, "log_tail") else ""
+        return run.log_tail(lines) if run is not None else ""
 
     def stop(self) -> None:
         """Stop receiving and segmenting; joins every thread and closes every socket. What was shown and recorded
@@ -566,17 +568,10 @@ class LiveController:
         run = self._run
         if run is not None:
             try:
-                if isinstance(run, InProcessRun) and run.volume_input is not None and run.volume_input.removed():
-                    self.stop()
-                    self._message = f"input volume '{run.volume_input.name}' was removed; stopped"
-                    self._emit_status()
+                if self._stopped_by(run):  # e.g. its input volume was removed
                     return None
                 result = run.poll()
-                if getattr(run, "failed", False):
-                    message = run.message
-                    self.stop()
-                    self._message = message
-                    self._emit_status()
+                if self._stopped_by(run):  # e.g. the worker gave up after its restarts
                     return None
             except Exception as error:
                 self._tick_errors += 1
@@ -593,6 +588,16 @@ class LiveController:
         if self.status_due():
             self._emit_status()
         return result
+
+    def _stopped_by(self, run: Run) -> bool:
+        """Stop when the run says it cannot go on, with its reason as the message; whether it did."""
+        reason = run.stop_reason()
+        if reason is None:
+            return False
+        self.stop()
+        self._message = reason
+        self._emit_status()
+        return True
 
     def all_accounted(self) -> bool:
         """True when nothing is in flight: every frame received so far was applied, dropped as stale or failed
@@ -623,8 +628,7 @@ class LiveController:
                               message=self._message or self._limit_message(), **common)
         counters = run.counters()
         connected, lost = run.watch.state()
-        remote_watch = getattr(run, "remote_watch", None)
-        remote_connected, remote_lost = remote_watch.state() if remote_watch is not None else (None, False)
+        remote_connected, remote_lost = run.remote_watch.state()
         percentiles = run.stats.percentiles().get("total", {})
         return LiveStatus(running=True, connected=connected, input_lost=lost, remote_connected=remote_connected,
                           remote_lost=remote_lost, fps=run.stats.recent_fps(), latency_ms=run.stats.last_total_ms(),
