@@ -30,13 +30,16 @@ import numpy as np
 
 from ..frame import Frame, SegmentationResult
 from ..igtl import DEFAULT_PORT, IMAGE_DEVICE_NAME, SERVE_PORT
+from ..imaging.region import Region, parse_region, region_from_ras_bounds, region_text
 from ..signals import Signal
 from ..slot import NewestSlot
+from ..stream.receiver import ImageReceiver
 from .choices import BACKENDS, DEFAULT_HOST, INTENDED_USE, MODES, STATUS_INTERVAL_S
 from .inputs import InputChoice, check_host_port
 from .remote import RemoteRun
 from .runs import InProcessRun, Run, VolumeNodeInput
 from .status import ClassConfidence, DisplaySettings, LiveStatus, confidence_of
+from .worker.parent import WorkerProcess, WorkerRun
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +101,6 @@ CardReader = Callable[[str], Any]  # model name -> ModelCard
 
 
 def _default_receiver(host: str, port: int, device_name: Optional[str], on_frame=None) -> FrameReceiver:
-    from ..stream.receiver import ImageReceiver
-
     return ImageReceiver(host, port, device_name=device_name, on_frame=on_frame)
 
 
@@ -112,7 +113,7 @@ def _default_segmenter(name: str, backend: str, device: str) -> FrameSegmenter:
 
 def _default_scene(classes, mrml_scene=None, name: str = "NerveSeg", record: bool = True,
                    limit=None) -> LiveSceneLike:
-    from ..scene.live import LiveScene
+    from ..scene.live import LiveScene  # the scene package (MRML): only when a scene is made
 
     return LiveScene(classes, mrml_scene=mrml_scene, name=name, record=record, limit=limit)
 
@@ -308,8 +309,6 @@ class LiveController:
         restarts with it. Setting ``"auto"`` again finds the region again. In remote mode the server's own
         ``--region`` applies (the choice is kept for the other modes).
         Returns what the panel shows; RegionError (a ValueError) naming the value for a bad one."""
-        from ..imaging.region import Region, parse_region
-
         if region is None or isinstance(region, str):
             choice = parse_region(region, what="image region")
         else:
@@ -376,7 +375,6 @@ class LiveController:
         the IJK-to-RAS geometry of ``volume_node`` (default: NerveSeg's live volume, which shows the frames with
         their own geometry, else the input volume). ValueError when no volume with an image is there yet, or the
         box holds too few of its pixels."""
-        from ..imaging.region import region_from_ras_bounds
         from ..scene import mrml
 
         node = volume_node
@@ -473,16 +471,12 @@ class LiveController:
     def _worker_run(self, scene, role: str):
         """A WorkerRun: the worker process receives (from PLUS, or the volume node's frames sent from here) and
         segments (role ``segment``) or pairs a serve's labelmaps with the frames (role ``remote``)."""
-        from .worker.parent import WorkerProcess, WorkerRun
-
         args = ["--role", role, "--model", self._model_name]
         volume_input = None
         if role == "segment":
             args += ["--backend", self.backend, "--compute", self.compute_device, "--threads", str(int(self.threads)),
                      "--steady", "on" if self._steady else "off"]
             if self._region is not None:
-                from ..imaging.region import region_text
-
                 args += ["--region", region_text(self._region)]
         if self._input.kind == "igtl":
             args += ["--input", f"{self._input.host}:{self._input.port}",

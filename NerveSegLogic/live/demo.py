@@ -16,6 +16,10 @@ from typing import List, Optional
 import numpy as np
 
 from ..igtl import IMAGE_DEVICE_NAME
+from ..resources import sample_dir
+from ..stream.receiver import ImageReceiver
+from ..stream.replay import ReplayServer
+from .pipeline import LivePipeline
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +62,9 @@ class _Kept:
 
 def run_demo(options: DemoOptions) -> dict:
     """Run the demo; returns the summary (also written to ``<out>/summary.json``)."""
-    from ..inference.backends import load_segmenter
+    from ..inference.backends import load_segmenter  # the model's packages: only when the demo runs
     from ..models import registry
-    from .pipeline import LivePipeline
-    from ..resources import sample_dir
     from ..scene import LiveScene
-    from ..stream.receiver import ImageReceiver
-    from ..stream.replay import ReplayServer
 
     out = Path(options.out).resolve()  # the scene saver returns absolute paths; summary paths are relative to out
     out.mkdir(parents=True, exist_ok=True)

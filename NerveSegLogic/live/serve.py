@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..igtl import LABEL_DEVICE_NAME, SERVE_PORT
-from ..stream.sender import confidence_metadata
+from ..stream.receiver import ImageReceiver
+from ..stream.sender import ImageSender, confidence_metadata
+from .engine import ReconnectWatch
+from .pipeline import LivePipeline
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +51,8 @@ class SegmentationServer:
     """Owns the pipeline and the sender; ``serve_forever`` drives it, ``stop`` (any thread) ends it."""
 
     def __init__(self, options: ServeOptions, segmenter=None):
-        from ..inference.backends import load_segmenter
+        from ..inference.backends import load_segmenter  # the model's packages: only when a server is made
         from ..models import registry
-        from .pipeline import LivePipeline
-        from ..stream.receiver import ImageReceiver
-        from ..stream.sender import ImageSender
 
         self.options = options
         name = options.model or registry.default_name()
@@ -70,8 +70,6 @@ class SegmentationServer:
         self.pipeline = LivePipeline(self.receiver, self.segmenter, worker_sink=self._send)
         # One input stream: one steady overlay, run inside the segmenter on the inference thread.
         self.pipeline.engine.set_steady(bool(options.steady))
-        from .engine import ReconnectWatch
-
         self._reconnects = ReconnectWatch(self.receiver, self.pipeline.engine)
         self._stop = threading.Event()
         self.results_sent = 0

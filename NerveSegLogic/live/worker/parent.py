@@ -38,6 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from ...frame import Frame, SegmentationResult
 from ...imaging.region import Region
+from ..pipeline import LiveStats
 from . import link
 
 log = logging.getLogger(__name__)
@@ -386,8 +387,6 @@ class WorkerRun:
                  volume_input=None, model_name: str = "",
                  process_factory: Optional[Callable[[Sequence[str]], WorkerProcess]] = None,
                  clock: Callable[[], float] = time.monotonic):
-        from ..pipeline import LiveStats
-
         self.worker_args = list(worker_args)
         self.classes = tuple(classes)
         self.sinks = list(sinks)
