@@ -27,6 +27,7 @@ for _folder in (_HERE, os.path.dirname(_HERE)):
     if os.path.isdir(os.path.join(_folder, "NerveSegLogic")) and _folder not in sys.path:
         sys.path.insert(0, _folder)
 
+from NerveSegLogic.igtl import DEFAULT_PORT, IMAGE_DEVICE_NAME, SERVE_PORT  # noqa: E402 (imports nothing)
 from NerveSegLogic.install import slicer_packages  # noqa: E402 (needs the path above; imports no torch, no qt)
 from NerveSegLogic.annotate.review.controller import (ReviewController, focus_takes_text,  # noqa: E402
                                                        review_key_enabled)
@@ -72,8 +73,8 @@ class NerveSeg(ScriptedLoadableModule):
 class NerveSegParameterNode:
     useVolumeNode: bool = False
     host: str = "127.0.0.1"
-    port: Annotated[int, WithinRange(1, 65535)] = 18944
-    deviceName: str = "Image_Reference"
+    port: Annotated[int, WithinRange(1, 65535)] = DEFAULT_PORT
+    deviceName: str = IMAGE_DEVICE_NAME
     inputVolume: vtkMRMLScalarVolumeNode
     modelName: str = ""
     backend: Annotated[str, Choice(["auto", "torch", "onnx", "onnx-int8"])] = "auto"
@@ -81,7 +82,7 @@ class NerveSegParameterNode:
     threads: Annotated[int, WithinRange(0, 64)] = 0
     mode: Annotated[str, Choice(["child-process", "in-process", "remote"])] = "child-process"
     remoteHost: str = "127.0.0.1"
-    remotePort: Annotated[int, WithinRange(1, 65535)] = 18945
+    remotePort: Annotated[int, WithinRange(1, 65535)] = SERVE_PORT
     record: bool = True
     recordMinutes: Annotated[float, WithinRange(0.0, 600.0)] = 0.0
     recordMegabytes: Annotated[int, WithinRange(64, 65536)] = 1024

@@ -20,6 +20,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .igtl import IMAGE_DEVICE_NAME
+
 #: Stage stamps in the order a frame passes them. ``started`` is when the inference worker took the frame out of
 #: the newest-frame slot; the gap before it is time spent waiting, not working.
 STAGES = ("received", "started", "preprocessed", "inferred", "postprocessed", "applied")
@@ -100,7 +102,7 @@ class Frame:
     image: np.ndarray
     geometry: ImageGeometry = field(default_factory=ImageGeometry)
     frame_id: int = 0
-    device_name: str = "Image_Reference"
+    device_name: str = IMAGE_DEVICE_NAME
     igtl_timestamp: float = 0.0
     received_wall: float = 0.0
     timestamps: Dict[str, float] = field(default_factory=dict)

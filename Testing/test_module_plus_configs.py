@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from NerveSegLogic.live.choices import DEFAULT_DEVICE_NAME, DEFAULT_PORT
+from NerveSegLogic.igtl import DEFAULT_PORT, IMAGE_DEVICE_NAME
 from NerveSegLogic.stream.codec import FRAME_COMPONENTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def test_config_serves_image_reference_on_port_18944_with_pixel_spacing(path):
     client = server.find("DefaultClientInfo")
     assert [m.get("Type") for m in client.find("MessageTypes")] == ["IMAGE"]
     images = client.find("ImageNames").findall("Image")
-    assert [f"{i.get('Name')}_{i.get('EmbeddedTransformToFrame')}" for i in images] == [DEFAULT_DEVICE_NAME]
+    assert [f"{i.get('Name')}_{i.get('EmbeddedTransformToFrame')}" for i in images] == [IMAGE_DEVICE_NAME]
 
     transforms = {(t.get("From"), t.get("To")): t for t in root.find("CoordinateDefinitions").findall("Transform")}
     matrix = np.array(transforms[("Image", "Reference")].get("Matrix").split(), dtype=float).reshape(4, 4)

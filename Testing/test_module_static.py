@@ -24,8 +24,8 @@ UI = REPO / "Resources" / "UI" / "NerveSeg.ui"
 #: What NerveSeg.py may import when Slicer loads it. torch (and anything that pulls it in) must wait for Start.
 ALLOWED_TOP_LEVEL = {"os", "sys", "pathlib", "typing", "logging", "enum", "qt", "ctk", "vtk", "slicer",
                      "slicer.i18n", "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "slicer.util",
-                     "NerveSegLogic", "NerveSegLogic.live.controller", "NerveSegLogic.install", "NerveSegLogic.install.slicer_packages",
-                     "NerveSegLogic.annotate.review.controller"}
+                     "NerveSegLogic", "NerveSegLogic.igtl", "NerveSegLogic.live.controller", "NerveSegLogic.install",
+                     "NerveSegLogic.install.slicer_packages", "NerveSegLogic.annotate.review.controller"}
 HEAVY = ("torch", "onnxruntime", "onnx", "monai", "cv2", "scipy", "safetensors", "skimage", "SimpleITK")
 
 # Qt/CTK/MRML classes, and which ones have what the code uses (subclasses listed explicitly).

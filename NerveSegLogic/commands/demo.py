@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from ..igtl import IMAGE_DEVICE_NAME
 from ..inference.backends import BACKEND_CHOICES, DEFAULT_THREADS, thread_count
 from ..imaging.region import REGION_HELP, region_argument
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Run the live path end to end on this machine:
   1. a replay server (the stand-in for PLUS) streams the bundled sample frames over OpenIGTLink on 127.0.0.1
-     (IMAGE messages, device name Image_Reference, pixel spacing in the message matrix);
+     (IMAGE messages, device name {IMAGE_DEVICE_NAME}, pixel spacing in the message matrix);
   2. the receiver takes them in; the background engine segments the newest frame with the chosen model and keeps
      the overlay steady across frames (--no-steady: each frame on its own), with each class's presence;
   3. each result is written into a real MRML scene (slicer-core): a scalar volume node for the image, a

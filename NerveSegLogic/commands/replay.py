@@ -10,8 +10,7 @@ import logging
 import sys
 import time
 
-DEFAULT_PORT = 18944  # PLUS's default OpenIGTLink port
-DEFAULT_DEVICE = "Image_Reference"  # PLUS's device name for the B-mode image
+from ..igtl import DEFAULT_PORT, IMAGE_DEVICE_NAME  # PLUS's default OpenIGTLink port and B-mode image device name
 
 DESCRIPTION = f"""\
 Serve recorded ultrasound frames as OpenIGTLink IMAGE messages, the way PLUS serves a live scanner, to every client
@@ -21,16 +20,16 @@ Sources: a folder of PNG/JPEG/TIFF/BMP images (sorted by name), a video file (an
 volume sequence (.seq.nrrd, spacing and origin from its header), or the bundled sample (Resources/Sample, with the
 spacing in its sample.json), which is what you get without --source.
 
-Frames go out at a fixed rate on an absolute schedule (no drift), with device name {DEFAULT_DEVICE!r}, the pixel
+Frames go out at a fixed rate on an absolute schedule (no drift), with device name {IMAGE_DEVICE_NAME!r}, the pixel
 spacing in the IGTL matrix and the send time as the IGTL timestamp. A line per second reports frames sent and
 clients. Ctrl-C stops it cleanly.
 
 Defaults: --port {DEFAULT_PORT} (PLUS's), --host 127.0.0.1 (this machine only; 0.0.0.0 serves the network),
 --fps: the source's own rate (video, sequence, sample.json), else 25; grey frames; the whole source once."""
 
-EPILOG = """\
+EPILOG = f"""\
 examples:
-  nerveseg replay                                        # the bundled sample at 25 fps on port 18944
+  nerveseg replay                                        # the bundled sample at 25 fps on port {DEFAULT_PORT}
   nerveseg replay --source recordings/axillary.seq.nrrd --loop
   nerveseg replay --source frames/ --fps 30 --spacing 0.08 --port 18945 --frames 300
   nerveseg replay --source clip.mp4 --host 0.0.0.0 --rgb    # RGB as 3 components, like Clarius via PLUS"""
@@ -72,8 +71,8 @@ def register(subparsers) -> None:
     parser.add_argument("--loop", action="store_true", help="start again at the end (until Ctrl-C or --frames)")
     parser.add_argument("--frames", type=int, default=None, metavar="N",
                         help="stop after N frames (default: the whole source once, or forever with --loop)")
-    parser.add_argument("--device-name", default=DEFAULT_DEVICE,
-                        help=f"IGTL device name of the images (default {DEFAULT_DEVICE}, as PLUS)")
+    parser.add_argument("--device-name", default=IMAGE_DEVICE_NAME,
+                        help=f"IGTL device name of the images (default {IMAGE_DEVICE_NAME}, as PLUS)")
     parser.add_argument("--spacing", type=positive_number, default=None, metavar="MM",
                         help="pixel size in mm, overriding the source's (default: the source's; 1.0 for images "
                              "and videos, which carry none)")

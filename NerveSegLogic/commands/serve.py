@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from ..igtl import DEFAULT_PORT, IMAGE_DEVICE_NAME, LABEL_DEVICE_NAME, SERVE_PORT
 from ..inference.backends import BACKEND_CHOICES, DEFAULT_THREADS, thread_count
 from ..imaging.region import REGION_HELP, region_argument
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Headless form of the live path, for a GPU (or CPU) box serving Slicer laptops:
 receives OpenIGTLink IMAGE messages from PLUS (or any IGTL server) at --input, segments the newest frame with the
-chosen model, and sends every segmentation out as an IGTL IMAGE message (device name NerveSegLabel, same geometry
+chosen model, and sends every segmentation out as an IGTL IMAGE message (device name {LABEL_DEVICE_NAME}, same geometry
 and the same IGTL timestamp as the frame it was computed from, one label value per class, each class's presence
 and display state in the message's metadata) to every client connected on --port. In 3D Slicer, connect OpenIGTLinkIF as a client to this port to see the labelmap.
 Reconnects to the input with backoff when it goes away; Ctrl-C stops cleanly.
@@ -20,25 +21,25 @@ for the first stream, --port + 1 for the second and so on (or the port given as 
 one frame at a time, first come first served, so a stalled or misbehaving scanner does not hold up the others.
 Research use only, not for clinical decisions."""
 
-EPILOG = """\
-defaults: --port 18945 on --host 127.0.0.1 (this machine only; 0.0.0.0 serves the network, best with --allow),
+EPILOG = f"""\
+defaults: --port {SERVE_PORT} on --host 127.0.0.1 (this machine only; 0.0.0.0 serves the network, best with --allow),
           --input-timeout 10 s, --model the registry's default, --device any IMAGE (whatever its device name),
           --backend auto (ONNX Runtime on a CPU, torch on a GPU), --compute auto (CUDA when present, else CPU).
 example:
-  nerveseg serve --input 127.0.0.1:18944 --port 18945
-  nerveseg serve --input plus-host:18944 --port 18945 --model smistad-unet --device Image_Reference
-  nerveseg serve --input 127.0.0.1:18944 --host 0.0.0.0 --allow 192.168.1.20,192.168.1.21
-  nerveseg serve --input 127.0.0.1:18944 --region 120,80,640,480   # only the image of a frame grabber's video
-  nerveseg serve --input 127.0.0.1:18944 --region auto
-  nerveseg serve --input 127.0.0.1:18944 --no-steady   # each frame's own answer, no smoothing across frames
-  nerveseg serve --input or1-plus:18944=OR1 --input or2-plus:18944=OR2 --port 18945
-                 # OR1's labelmaps (OR1_Label) on port 18945, OR2's (OR2_Label) on 18946"""
+  nerveseg serve --input 127.0.0.1:{DEFAULT_PORT} --port {SERVE_PORT}
+  nerveseg serve --input plus-host:{DEFAULT_PORT} --port {SERVE_PORT} --model smistad-unet --device {IMAGE_DEVICE_NAME}
+  nerveseg serve --input 127.0.0.1:{DEFAULT_PORT} --host 0.0.0.0 --allow 192.168.1.20,192.168.1.21
+  nerveseg serve --input 127.0.0.1:{DEFAULT_PORT} --region 120,80,640,480   # only the image of a frame grabber's video
+  nerveseg serve --input 127.0.0.1:{DEFAULT_PORT} --region auto
+  nerveseg serve --input 127.0.0.1:{DEFAULT_PORT} --no-steady   # each frame's own answer, no smoothing across frames
+  nerveseg serve --input or1-plus:{DEFAULT_PORT}=OR1 --input or2-plus:{DEFAULT_PORT}=OR2 --port {SERVE_PORT}
+                 # OR1's labelmaps (OR1_Label) on port {SERVE_PORT}, OR2's (OR2_Label) on {SERVE_PORT + 1}"""
 
 
 def parse_host_port(text: str):
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:18944), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:{DEFAULT_PORT}), got {text!r}")
     return host, int(port)
 
 
@@ -77,10 +78,10 @@ def register(subparsers) -> None:
                                    description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, type=input_stream, action="append", metavar="HOST:PORT[=NAME]",
-                        help="the IGTL server to receive images from (PLUS: port 18944); once per scanner, each "
-                             "named (HOST:PORT=NAME, optionally =NAME@PORT for its output port), to serve several "
-                             "scanners with one model")
-    parser.add_argument("--port", type=port_number, default=18945,
+                        help=f"the IGTL server to receive images from (PLUS: port {DEFAULT_PORT}); once per "
+                             "scanner, each named (HOST:PORT=NAME, optionally =NAME@PORT for its output port), to "
+                             "serve several scanners with one model")
+    parser.add_argument("--port", type=port_number, default=SERVE_PORT,
                         help="port that clients connect to (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")

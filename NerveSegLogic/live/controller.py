@@ -29,12 +29,17 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 import numpy as np
 
 from ..frame import Frame, SegmentationResult
+from ..igtl import DEFAULT_PORT, IMAGE_DEVICE_NAME, SERVE_PORT
+from ..imaging.region import Region, parse_region, region_from_ras_bounds, region_text
 from ..signals import Signal
 from ..slot import NewestSlot
-from .choices import (BACKENDS, DEFAULT_DEVICE_NAME, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_REMOTE_PORT, INTENDED_USE,
-                      MODES, STATUS_INTERVAL_S, InputChoice, _check_host_port)
-from .runs import InProcessRun, RemoteRun, VolumeNodeInput
+from ..stream.receiver import ImageReceiver
+from .choices import BACKENDS, DEFAULT_HOST, INTENDED_USE, MODES, STATUS_INTERVAL_S
+from .inputs import InputChoice, check_host_port
+from .remote import RemoteRun
+from .runs import InProcessRun, Run, VolumeNodeInput
 from .status import ClassConfidence, DisplaySettings, LiveStatus, confidence_of
+from .worker.parent import WorkerProcess, WorkerRun
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +101,6 @@ CardReader = Callable[[str], Any]  # model name -> ModelCard
 
 
 def _default_receiver(host: str, port: int, device_name: Optional[str], on_frame=None) -> FrameReceiver:
-    from ..stream.receiver import ImageReceiver
-
     return ImageReceiver(host, port, device_name=device_name, on_frame=on_frame)
 
 
@@ -110,7 +113,7 @@ def _default_segmenter(name: str, backend: str, device: str) -> FrameSegmenter:
 
 def _default_scene(classes, mrml_scene=None, name: str = "NerveSeg", record: bool = True,
                    limit=None) -> LiveSceneLike:
-    from ..scene.live import LiveScene
+    from ..scene.live import LiveScene  # the scene package (MRML): only when a scene is made
 
     return LiveScene(classes, mrml_scene=mrml_scene, name=name, record=record, limit=limit)
 
@@ -174,7 +177,7 @@ class LiveController:
         self._segmenter_key: Optional[Tuple[str, str, str]] = None
         self._scene: Optional[LiveSceneLike] = None
         self._scenes_made = 0
-        self._run = None
+        self._run: Optional[Run] = None
         self._mode = "in-process"
         self._recording = True
         self.display = DisplaySettings()
@@ -197,12 +200,12 @@ class LiveController:
 
     # ------------------------------------------------------------------------------------------------ input
     def connect(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                device_name: Optional[str] = DEFAULT_DEVICE_NAME) -> str:
+                device_name: Optional[str] = IMAGE_DEVICE_NAME) -> str:
         """Take frames from an OpenIGTLink server (PLUS, ``nerveseg replay``): IMAGE messages of ``device_name``
         (None or '' = any IMAGE). The connection opens at :meth:`start` and is kept, reconnecting, until
         :meth:`stop`; while running, switches to the new input at once. Returns the input's description;
         ValueError for an empty host or a port outside 1..65535."""
-        host, port = _check_host_port(host, port, "input server")
+        host, port = check_host_port(host, port, "input server")
         choice = InputChoice("igtl", host=host, port=port, device_name=(device_name or None))
         self._switch_input(choice, None)
         return choice.describe()
@@ -216,17 +219,17 @@ class LiveController:
             raise ValueError("choose a volume node as the input")
         if self._scene is not None and node is self._scene.volume_node:
             raise ValueError(f"{node.GetName()!r} is NerveSeg's own output volume; choose the scanner's image node "
-                             f"(e.g. Image_Reference from OpenIGTLinkIF)")
+                             f"(e.g. {IMAGE_DEVICE_NAME} from OpenIGTLinkIF)")
         if self.mrml_scene is not None and node.GetScene() is not self.mrml_scene:
             raise ValueError(f"volume node {node.GetName()!r} is not in this controller's scene")
         choice = InputChoice("volume", node_name=node.GetName())
         self._switch_input(choice, node)
         return choice.describe()
 
-    def connect_remote(self, host: str, port: int = DEFAULT_REMOTE_PORT) -> str:
+    def connect_remote(self, host: str, port: int = SERVE_PORT) -> str:
         """Use a ``nerveseg serve`` at host:port for ``start(mode="remote")``: it segments the same input server's
-        images and sends back ``NerveSegLabel`` labelmaps. Returns its description; ValueError for a bad address."""
-        remote = _check_host_port(host, port, "segmentation server")
+        images and sends back labelmaps (:data:`~NerveSegLogic.igtl.LABEL_DEVICE_NAME`). Returns its description; ValueError for a bad address."""
+        remote = check_host_port(host, port, "segmentation server")
         changed = remote != self._remote
         self._remote = remote
         if changed and self.running and self._mode == "remote":
@@ -306,8 +309,6 @@ class LiveController:
         restarts with it. Setting ``"auto"`` again finds the region again. In remote mode the server's own
         ``--region`` applies (the choice is kept for the other modes).
         Returns what the panel shows; RegionError (a ValueError) naming the value for a bad one."""
-        from ..imaging.region import Region, parse_region
-
         if region is None or isinstance(region, str):
             choice = parse_region(region, what="image region")
         else:
@@ -339,10 +340,10 @@ class LiveController:
         self._steady = on
         run = self._run
         if changed and run is not None:
-            if self._mode == "in-process" and hasattr(run, "set_steady"):
-                run.set_steady(on)  # the inference thread takes it with its next frame
-            elif self._mode == "child-process":
-                self._restart()
+            if self._mode == "child-process":
+                self._restart()  # the worker takes --steady when it starts
+            else:
+                run.set_steady(on)  # in-process: the inference thread takes it with its next frame; remote: nothing
         return self.steady_description()
 
     def steady_description(self) -> str:
@@ -374,7 +375,6 @@ class LiveController:
         the IJK-to-RAS geometry of ``volume_node`` (default: NerveSeg's live volume, which shows the frames with
         their own geometry, else the input volume). ValueError when no volume with an image is there yet, or the
         box holds too few of its pixels."""
-        from ..imaging.region import region_from_ras_bounds
         from ..scene import mrml
 
         node = volume_node
@@ -471,16 +471,12 @@ class LiveController:
     def _worker_run(self, scene, role: str):
         """A WorkerRun: the worker process receives (from PLUS, or the volume node's frames sent from here) and
         segments (role ``segment``) or pairs a serve's labelmaps with the frames (role ``remote``)."""
-        from .worker.parent import WorkerProcess, WorkerRun
-
         args = ["--role", role, "--model", self._model_name]
         volume_input = None
         if role == "segment":
             args += ["--backend", self.backend, "--compute", self.compute_device, "--threads", str(int(self.threads)),
                      "--steady", "on" if self._steady else "off"]
             if self._region is not None:
-                from ..imaging.region import region_text
-
                 args += ["--region", region_text(self._region)]
         if self._input.kind == "igtl":
             args += ["--input", f"{self._input.host}:{self._input.port}",
@@ -497,7 +493,7 @@ class LiveController:
     def worker_log(self, lines: int = 40) -> str:
         """The last lines of the worker process's log (empty when no worker runs)."""
         run = self._run
-        return run.log_tail(lines) if run is not None and hasattr(run, "log_tail") else ""
+        return run.log_tail(lines) if run is not None else ""
 
     def stop(self) -> None:
         """Stop receiving and segmenting; joins every thread and closes every socket. What was shown and recorded
@@ -566,17 +562,10 @@ class LiveController:
         run = self._run
         if run is not None:
             try:
-                if isinstance(run, InProcessRun) and run.volume_input is not None and run.volume_input.removed():
-                    self.stop()
-                    self._message = f"input volume '{run.volume_input.name}' was removed; stopped"
-                    self._emit_status()
+                if self._stopped_by(run):  # e.g. its input volume was removed
                     return None
                 result = run.poll()
-                if getattr(run, "failed", False):
-                    message = run.message
-                    self.stop()
-                    self._message = message
-                    self._emit_status()
+                if self._stopped_by(run):  # e.g. the worker gave up after its restarts
                     return None
             except Exception as error:
                 self._tick_errors += 1
@@ -593,6 +582,16 @@ class LiveController:
         if self.status_due():
             self._emit_status()
         return result
+
+    def _stopped_by(self, run: Run) -> bool:
+        """Stop when the run says it cannot go on, with its reason as the message; whether it did."""
+        reason = run.stop_reason()
+        if reason is None:
+            return False
+        self.stop()
+        self._message = reason
+        self._emit_status()
+        return True
 
     def all_accounted(self) -> bool:
         """True when nothing is in flight: every frame received so far was applied, dropped as stale or failed
@@ -623,8 +622,7 @@ class LiveController:
                               message=self._message or self._limit_message(), **common)
         counters = run.counters()
         connected, lost = run.watch.state()
-        remote_watch = getattr(run, "remote_watch", None)
-        remote_connected, remote_lost = remote_watch.state() if remote_watch is not None else (None, False)
+        remote_connected, remote_lost = run.remote_watch.state()
         percentiles = run.stats.percentiles().get("total", {})
         return LiveStatus(running=True, connected=connected, input_lost=lost, remote_connected=remote_connected,
                           remote_lost=remote_lost, fps=run.stats.recent_fps(), latency_ms=run.stats.last_total_ms(),

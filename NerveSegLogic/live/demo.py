@@ -15,6 +15,12 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..igtl import IMAGE_DEVICE_NAME
+from ..resources import sample_dir
+from ..stream.receiver import ImageReceiver
+from ..stream.replay import ReplayServer
+from .pipeline import LivePipeline
+
 log = logging.getLogger(__name__)
 
 #: After the replay server has sent its last frame, how long to wait for the pipeline to drain (s).
@@ -56,13 +62,9 @@ class _Kept:
 
 def run_demo(options: DemoOptions) -> dict:
     """Run the demo; returns the summary (also written to ``<out>/summary.json``)."""
-    from ..inference.backends import load_segmenter
+    from ..inference.backends import load_segmenter  # the model's packages: only when the demo runs
     from ..models import registry
-    from .pipeline import LivePipeline
-    from ..resources import sample_dir
     from ..scene import LiveScene
-    from ..stream.receiver import ImageReceiver
-    from ..stream.replay import ReplayServer
 
     out = Path(options.out).resolve()  # the scene saver returns absolute paths; summary paths are relative to out
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,7 @@ def run_demo(options: DemoOptions) -> dict:
     scene.set_model_identity(segmenter.card.name, segmenter.card_sha256)
     kept = _Kept()
     replay.start()
-    receiver = ImageReceiver("127.0.0.1", replay.port, device_name="Image_Reference")
+    receiver = ImageReceiver("127.0.0.1", replay.port, device_name=IMAGE_DEVICE_NAME)
     pipeline = LivePipeline(receiver, segmenter, sinks=[scene.apply, kept])
     pipeline.engine.set_steady(bool(options.steady))  # one stream: one filter, inside the segmenter
     say(f"replaying {options.frames} frames from {source} at {options.fps:g} fps on 127.0.0.1:{replay.port}"

@@ -1,30 +1,86 @@
-"""One live run each: where frames come from and where their results are made, polled from the panel's tick.
+"""The live runs the panel's timer polls: the :class:`Run` protocol, and the in-process run with its volume-node input.
 
 - :class:`InProcessRun`: frames (OpenIGTLink receiver thread, or a volume node read on the main thread) ->
   LivePipeline inference thread -> the scene. Headless use; in Slicer, threads run only while the GUI executes
-  Python, so the panel uses the worker process (:mod:`NerveSegLogic.live.worker.parent`) instead.
-- :class:`RemoteRun`: images from the input server, labelmaps from a ``nerveseg serve``, paired by IGTL timestamp.
-  Runs inside the worker process in Slicer (remote mode), or in-process headless.
+  Python, so the panel uses the worker process (:class:`~NerveSegLogic.live.worker.parent.WorkerRun`) instead.
+- :class:`~NerveSegLogic.live.remote.RemoteRun`: images from the input server, labelmaps from a ``nerveseg serve``,
+  paired by IGTL timestamp. Runs inside the worker process in Slicer (remote mode), or in-process headless.
+- :class:`~NerveSegLogic.live.worker.parent.WorkerRun`: a worker process receives and segments (or pairs), this
+  process applies its results.
 
-Every run has ``start``, ``stop``, ``poll`` (apply the newest result through the sinks; returns it or None),
-``all_accounted``, ``counters``, ``stats`` (LiveStats) and ``watch`` (connection state).
+All three follow the :class:`Run` protocol: the :class:`~NerveSegLogic.live.controller.LiveController` calls only
+what it names, and never asks which run it holds.
 """
 
 from __future__ import annotations
 
-import collections
-import logging
-import threading
 import time
-from typing import Deque, Optional, Tuple
+from typing import Any, Dict, Optional, Protocol, Tuple, runtime_checkable
 
 import numpy as np
 
 from ..frame import Frame, SegmentationResult
 from ..slot import NewestSlot
-from .choices import LABEL_DEVICE_NAME, REMOTE_FRAME_MEMORY, TIMESTAMP_TOLERANCE_S, InputChoice
+from .engine import ReconnectWatch
+from .inputs import ConnectionWatch
+from .pipeline import LivePipeline, LiveStats
 
-log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------------------------ protocol
+class Watch(Protocol):
+    """A connection's state for the status line."""
+
+    def state(self) -> Tuple[Optional[bool], bool]:
+        """(connected: True, False or None when unknown or there is no such connection, lost: it was connected
+        during this run and is not now)."""
+        ...
+
+
+@runtime_checkable
+class Run(Protocol):
+    """What the LiveController may call on a live run. Every method is there on every run; where one means nothing
+    for a kind of run, it does nothing (its docstring says so).
+
+    stats: the applied results' rates and latencies (LiveStats); watch: the input server's connection (the scanner,
+    PLUS); remote_watch: the segmentation server's connection (remote mode; (None, False) where there is none).
+    """
+
+    stats: LiveStats
+    watch: Watch
+    remote_watch: Watch
+
+    def start(self) -> None:
+        """Start receiving and segmenting; returns at once (connections open and models load in the background)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop everything this run started (threads joined, sockets closed, worker ended). Idempotent."""
+        ...
+
+    def poll(self) -> Optional[SegmentationResult]:
+        """Main thread, from the panel's tick: apply the newest result through the sinks; returns it or None.
+        Never blocks."""
+        ...
+
+    def all_accounted(self) -> bool:
+        """Nothing in flight: every frame received was applied, dropped or failed (or no labelmap waits)."""
+        ...
+
+    def counters(self) -> Dict[str, Any]:
+        """{received, applied, dropped, errors: int, last_error: str or None} since the run started."""
+        ...
+
+    def stop_reason(self) -> Optional[str]:
+        """None while the run can go on; else why it cannot (the controller stops it and shows this line)."""
+        ...
+
+    def set_steady(self, steady) -> None:
+        """Switch the steady overlay (True, False or a SteadyOptions) while running, where the run can."""
+        ...
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the run's own log (a worker process's); '' where it has none."""
+        ...
 
 
 # --------------------------------------------------------------------------------------- frames from a volume node
@@ -103,45 +159,19 @@ class VolumeNodeInput:
 
 
 # -------------------------------------------------------------------------------------------------------- runs
-def _is_connected(receiver) -> Optional[bool]:
-    if receiver is None:
-        return None
-    if hasattr(receiver, "is_connected"):
-        return bool(receiver.is_connected)
-    counters = receiver.counters() if hasattr(receiver, "counters") else {}
-    return bool(counters.get("connected")) if "connected" in counters else None
-
-
-class ConnectionWatch:
-    """Remembers whether a receiver was connected during this run, to tell 'waiting' from 'lost'."""
-
-    def __init__(self, receiver):
-        self.receiver = receiver
-        self.ever_connected = False
-
-    def state(self) -> Tuple[Optional[bool], bool]:
-        connected = _is_connected(self.receiver)
-        if connected:
-            self.ever_connected = True
-        return connected, bool(self.ever_connected and connected is False)
-
-
 class InProcessRun:
-    """Frames -> LivePipeline (inference thread) -> scene, polled from tick().
+    """Frames -> LivePipeline (inference thread) -> scene, polled from tick(). A :class:`Run`.
 
     steady: the steady overlay (:mod:`NerveSegLogic.inference.steady`) on (True, the default), off (False:
     per-frame answers, still with presence and states), or a SteadyOptions; see :meth:`set_steady`.
     """
 
     def __init__(self, receiver, volume_input: Optional[VolumeNodeInput], segmenter, sinks, steady=True):
-        from .pipeline import LivePipeline
-
         self.volume_input = volume_input
         self.pipeline = LivePipeline(receiver, segmenter, sinks=sinks, frames=None if receiver else NewestSlot())
         self.stats = self.pipeline.stats
         self.watch = ConnectionWatch(receiver)
-        from .engine import ReconnectWatch
-
+        self.remote_watch = ConnectionWatch(None)  # no segmentation server: always (None, False)
         self._reconnects = ReconnectWatch(receiver, self.pipeline.engine)
         self.set_steady(steady)
 
@@ -173,134 +203,12 @@ class InProcessRun:
                 "errors": c["inference_errors"] + c["sink_errors"],
                 "last_error": self.pipeline.engine.counters().get("last_error")}
 
-
-class FrameMemory:
-    """The last ``size`` image frames; filled on the receiver thread, searched on the main thread."""
-
-    def __init__(self, size: int = REMOTE_FRAME_MEMORY):
-        self._lock = threading.Lock()
-        self._frames: Deque[Frame] = collections.deque(maxlen=size)
-        self.added = 0
-
-    def add(self, frame: Frame) -> None:
-        with self._lock:
-            self._frames.append(frame)
-            self.added += 1
-
-    def find(self, igtl_timestamp: float, tolerance: float = TIMESTAMP_TOLERANCE_S) -> Optional[Frame]:
-        """The newest remembered frame whose IGTL timestamp is within ``tolerance`` s, else None."""
-        with self._lock:
-            for frame in reversed(self._frames):
-                if abs(frame.igtl_timestamp - igtl_timestamp) <= tolerance:
-                    return frame
+    def stop_reason(self) -> Optional[str]:
+        """Why the run must stop: its input volume left the scene (deleted, or the scene closed); else None."""
+        if self.volume_input is not None and self.volume_input.removed():
+            return f"input volume '{self.volume_input.name}' was removed; stopped"
         return None
 
-
-class RemoteRun:
-    """Images from the input server, labelmaps from a ``nerveseg serve``, paired by IGTL timestamp in tick()."""
-
-    def __init__(self, receiver_factory, input_choice: InputChoice, server: Tuple[str, int], classes,
-                 model_name: str, sinks):
-        from .pipeline import LiveStats
-
-        self.memory = FrameMemory()
-        self.image_receiver = receiver_factory(input_choice.host, input_choice.port, input_choice.device_name,
-                                               on_frame=self.memory.add)
-        # Any IMAGE on the serve's port: a serve port carries one stream's labelmaps, named LABEL_DEVICE_NAME by a
-        # plain serve and NAME_Label by a serve of several scanners (--input HOST:PORT=NAME ...).
-        self.label_receiver = receiver_factory(server[0], server[1], None)
-        self.classes = tuple(classes)
-        self.labels = {c.label for c in self.classes}
-        self.model_name = model_name
-        self.sinks = list(sinks)
-        self.stats = LiveStats()
-        self.watch = ConnectionWatch(self.image_receiver)
-        self.remote_watch = ConnectionWatch(self.label_receiver)
-        self.unmatched = 0
-        self.errors = 0
-        self.last_error: Optional[str] = None
-
-    def start(self) -> None:
-        self.image_receiver.start()
-        self.label_receiver.start()
-
-    def stop(self) -> None:
-        self.label_receiver.stop()
-        self.image_receiver.stop()
-
-    def poll(self) -> Optional[SegmentationResult]:
-        label = self.label_receiver.frames.take(timeout=0)
-        if label is None:
-            return None
-        frame = self.memory.find(label.igtl_timestamp)
-        if frame is None:
-            # Its frame is older than what we remember, or the server segments another stream: never guess.
-            self.unmatched += 1
-            return None
-        labelmap = np.asarray(label.image)
-        if labelmap.shape != frame.image.shape:
-            self.errors += 1
-            self.last_error = (f"labelmap {labelmap.shape} from the server does not match frame "
-                               f"{frame.image.shape}: is it segmenting the same stream?")
-            return None
-        labelmap = labelmap.astype(np.uint8, copy=False)
-        unknown = set(np.unique(labelmap).tolist()) - self.labels - {0}
-        if unknown:
-            # Another model on the server: show only the classes this card names rather than mislabel any.
-            self.last_error = (f"the server's labelmap has values {sorted(unknown)} that {self.model_name} does not "
-                               f"have; select the model the server runs")
-            labelmap = np.where(np.isin(labelmap, list(self.labels)), labelmap, 0).astype(np.uint8)
-        if "received" in label.timestamps:
-            frame.stamp("postprocessed", label.timestamps["received"])  # when its result came back here
-        presence, states = confidence_from_metadata(getattr(label, "metadata", None), self.classes)
-        result = SegmentationResult(frame=frame, labelmap=labelmap, model_name=f"{self.model_name} (remote)",
-                                    classes=self.classes, presence=presence, states=states)
-        for sink in self.sinks:
-            try:
-                sink(result)
-            except Exception as error:
-                self.errors += 1
-                self.last_error = repr(error)
-                log.exception("applying the remote result of frame %s failed", frame.frame_id)
-                return None
-        frame.stamp("applied")
-        self.stats.record(result)
-        return result
-
-    def all_accounted(self) -> bool:
-        return self.label_receiver.frames.peek() is None
-
-    def counters(self) -> dict:
-        dropped = self.label_receiver.frames.dropped_count + self.unmatched
-        return {"received": self.memory.added, "applied": self.stats.applied, "dropped": dropped,
-                "errors": self.errors, "last_error": self.last_error}
-
-
-
-def confidence_from_metadata(metadata, classes) -> Tuple[Optional[dict], Optional[dict]]:
-    """(presence, states) of the classes from a ``nerveseg serve`` labelmap's IGTL metadata
-    (``NerveSeg.presence.<key>`` = "0.930", ``NerveSeg.state.<key>`` = "shown"; see
-    :func:`NerveSegLogic.stream.sender.confidence_metadata`); (None, None) when it carries none (an older serve, or
-    another IGTL server). Unreadable values are skipped."""
-    from ..stream.sender import PRESENCE_KEY, STATE_KEY
-
-    if not metadata:
-        return None, None
-    presence, states = {}, {}
-    for c in classes:
-        value = metadata.get(PRESENCE_KEY + c.key)
-        if value is not None:
-            try:
-                number = float(value)
-            except ValueError:
-                number = float("nan")
-            if 0.0 <= number <= 1.0:
-                presence[c.key] = number
-        state = metadata.get(STATE_KEY + c.key)
-        if state in ("shown", "uncertain", "hidden"):
-            states[c.key] = state
-    return presence or None, states or None
-
-
-# Names used before the split of controller.py.
-_InProcessRun, _RemoteRun = InProcessRun, RemoteRun
+    def log_tail(self, lines: int = 40) -> str:
+        """Always '': an in-process run has no log of its own (it logs through :mod:`logging`)."""
+        return ""

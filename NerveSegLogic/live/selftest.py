@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
-from .choices import DEFAULT_DEVICE_NAME
+from ..igtl import IMAGE_DEVICE_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
     from .controller import LiveController
@@ -68,7 +68,7 @@ def run_sample_replay(controller: "LiveController", frames: int = 12, fps: float
     replay = ReplayServer(source, fps=fps, loop=True, max_frames=frames, wait_for_client=True)
     replay.start()
     try:
-        controller.connect("127.0.0.1", replay.port, DEFAULT_DEVICE_NAME)
+        controller.connect("127.0.0.1", replay.port, IMAGE_DEVICE_NAME)
         controller.start(mode)
         deadline = time.monotonic() + timeout_s
         while True:

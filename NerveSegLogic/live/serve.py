@@ -9,19 +9,22 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..stream.sender import confidence_metadata
+from ..igtl import LABEL_DEVICE_NAME, SERVE_PORT
+from ..stream.receiver import ImageReceiver
+from ..stream.sender import ImageSender, confidence_metadata
+from .engine import ReconnectWatch
+from .pipeline import LivePipeline
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 5.0
-LABEL_DEVICE_NAME = "NerveSegLabel"
 
 
 @dataclass
 class ServeOptions:
     input_host: str
     input_port: int
-    port: int = 18945
+    port: int = SERVE_PORT
     host: str = "127.0.0.1"  # this machine only unless told otherwise: OpenIGTLink has no authentication
     allowed_clients: Optional[str] = None  # comma-separated client addresses or networks; None: any
     input_idle_timeout_s: Optional[float] = 10.0  # silence on the input past this is reported and reconnected
@@ -48,11 +51,8 @@ class SegmentationServer:
     """Owns the pipeline and the sender; ``serve_forever`` drives it, ``stop`` (any thread) ends it."""
 
     def __init__(self, options: ServeOptions, segmenter=None):
-        from ..inference.backends import load_segmenter
+        from ..inference.backends import load_segmenter  # the model's packages: only when a server is made
         from ..models import registry
-        from .pipeline import LivePipeline
-        from ..stream.receiver import ImageReceiver
-        from ..stream.sender import ImageSender
 
         self.options = options
         name = options.model or registry.default_name()
@@ -70,8 +70,6 @@ class SegmentationServer:
         self.pipeline = LivePipeline(self.receiver, self.segmenter, worker_sink=self._send)
         # One input stream: one steady overlay, run inside the segmenter on the inference thread.
         self.pipeline.engine.set_steady(bool(options.steady))
-        from .engine import ReconnectWatch
-
         self._reconnects = ReconnectWatch(self.receiver, self.pipeline.engine)
         self._stop = threading.Event()
         self.results_sent = 0

@@ -5,19 +5,21 @@
 - :mod:`.sender`: :class:`ImageSender`, IMAGE messages (labelmaps) out to any number of clients.
 - :mod:`.sources` and :mod:`.replay`: recorded frames served at a steady rate by :class:`ReplayServer`.
 
+The default ports and device names are :mod:`NerveSegLogic.igtl`'s (re-exported here).
 Nothing here imports torch or slicer; OpenCV is imported only where images are read or made grey.
 """
 
 from NerveSegLogic.stream.codec import (DEFAULT_MAX_BODY_BYTES, Header, IgtlProtocolError, ImageMessage,
                                         ImageRefused, decode_image, encode_image, geometry_to_igtl_matrix,
                                         igtl_matrix_to_geometry, parse_header)
-from NerveSegLogic.stream.receiver import DEFAULT_PORT, ImageReceiver, ReceiverStats
-from NerveSegLogic.stream.replay import DEFAULT_FPS, PLUS_IMAGE_DEVICE, ReplayServer
-from NerveSegLogic.stream.sender import LABEL_DEVICE_NAME, ImageSender, SenderStats
+from NerveSegLogic.igtl import DEFAULT_PORT, IMAGE_DEVICE_NAME, LABEL_DEVICE_NAME, SERVE_PORT
+from NerveSegLogic.stream.receiver import ImageReceiver, ReceiverStats
+from NerveSegLogic.stream.replay import DEFAULT_FPS, ReplayServer
+from NerveSegLogic.stream.sender import ImageSender, SenderStats
 from NerveSegLogic.stream.sources import open_source, sample_source
 
 __all__ = [
-    "DEFAULT_FPS", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_PORT", "LABEL_DEVICE_NAME", "PLUS_IMAGE_DEVICE",
+    "DEFAULT_FPS", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_PORT", "IMAGE_DEVICE_NAME", "LABEL_DEVICE_NAME", "SERVE_PORT",
     "Header", "IgtlProtocolError", "ImageMessage", "ImageReceiver", "ImageRefused", "ImageSender", "ReceiverStats",
     "ReplayServer", "SenderStats", "decode_image", "encode_image", "geometry_to_igtl_matrix",
     "igtl_matrix_to_geometry", "open_source", "parse_header", "sample_source",

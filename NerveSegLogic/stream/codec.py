@@ -40,6 +40,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
+from NerveSegLogic.igtl import IMAGE_DEVICE_NAME
 from ..imaging.bounds import ImageTooLarge, check_image_size
 
 logger = logging.getLogger(__name__)
@@ -368,7 +369,7 @@ class ImageMessage:
         return int(i), int(j), int(k)
 
 
-def encode_image(image: np.ndarray, geometry: Optional[ImageGeometry] = None, device_name: str = "Image_Reference",
+def encode_image(image: np.ndarray, geometry: Optional[ImageGeometry] = None, device_name: str = IMAGE_DEVICE_NAME,
                  timestamp: float = 0.0, header_version: int = 1, metadata: Optional[Mapping[str, str]] = None,
                  coordinate: int = COORDINATE_RAS) -> bytes:
     """A complete IMAGE message for ``image``.

@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from NerveSegLogic.frame import Frame
+from NerveSegLogic.igtl import DEFAULT_PORT
 from NerveSegLogic.slot import NewestSlot
 from NerveSegLogic.stream.codec import (DEFAULT_MAX_BODY_BYTES, HEADER_SIZE, IgtlProtocolError, ImageRefused,
                                         check_crc, decode_image, frame_image, parse_header)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PORT = 18944  # PLUS's and Slicer's default OpenIGTLink port
 _SCRATCH_BYTES = 64 * 1024
 _RECV_CHUNK = 1024 * 1024
 

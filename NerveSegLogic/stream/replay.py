@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Optional, Union
 
+from NerveSegLogic.igtl import IMAGE_DEVICE_NAME
 from NerveSegLogic.stream.codec import encode_frame_parts
 from NerveSegLogic.stream.sender import ImageSender
 from NerveSegLogic.stream.sources import FrameSource, open_source, sample_source
@@ -29,7 +30,6 @@ from NerveSegLogic.stream.sources import FrameSource, open_source, sample_source
 logger = logging.getLogger(__name__)
 
 DEFAULT_FPS = 25.0
-PLUS_IMAGE_DEVICE = "Image_Reference"
 _BEHIND_LIMIT_S = 1.0
 _BACKLOG_S = 0.5
 
@@ -52,7 +52,7 @@ class ReplayServer:
     """
 
     def __init__(self, source: Union[FrameSource, str, Path, None] = None, *, fps: Optional[float] = None,
-                 host: str = "127.0.0.1", port: int = 0, device_name: str = PLUS_IMAGE_DEVICE, spacing_mm=None,
+                 host: str = "127.0.0.1", port: int = 0, device_name: str = IMAGE_DEVICE_NAME, spacing_mm=None,
                  loop: bool = False, max_frames: Optional[int] = None, wait_for_client: bool = False,
                  color: str = "grey", allowed_clients=None):
         if source is None:

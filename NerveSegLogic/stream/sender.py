@@ -29,12 +29,11 @@ from typing import Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tup
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
+from NerveSegLogic.igtl import LABEL_DEVICE_NAME
 from NerveSegLogic.stream import codec
 from NerveSegLogic.stream.codec import encode_image
 
 logger = logging.getLogger(__name__)
-
-LABEL_DEVICE_NAME = "NerveSegLabel"
 
 
 @dataclass

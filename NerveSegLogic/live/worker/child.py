@@ -24,6 +24,15 @@ from typing import List, Optional
 
 import numpy as np
 
+from ...frame import Frame
+from ...imaging.components import find_regions
+from ...imaging.region import parse_region
+from ...slot import NewestSlot
+from ...stream.receiver import ImageReceiver
+from ..engine import ReconnectWatch
+from ..inputs import InputChoice
+from ..pipeline import LivePipeline
+from ..remote import RemoteRun
 from . import link
 
 log = logging.getLogger("nerveseg.worker")
@@ -80,8 +89,6 @@ class ParentLink:
             link.send(self.sock, kind, header, arrays)
 
     def _read(self) -> None:
-        from ...frame import Frame
-
         reader = link.MessageReader()
         self.sock.settimeout(None)
         try:
@@ -110,8 +117,6 @@ class ParentLink:
 
 def result_message(result, counters: dict, min_region_area: int):
     """(header, arrays) of one result for the parent."""
-    from ...imaging.components import find_regions
-
     frame = result.frame
     received, offsets = link.frame_stage_offsets(frame)
     labels = [c.label for c in result.classes] or [int(v) for v in np.unique(result.labelmap) if v]
@@ -191,8 +196,6 @@ def run(args: argparse.Namespace) -> int:
         remote_run.sinks = [send_result]
         remote_run.start()
     else:
-        from ..engine import ReconnectWatch
-
         reconnects = ReconnectWatch(pipeline.receiver, pipeline.engine)
         pipeline.sinks = [send_result]
         pipeline.start()
@@ -224,14 +227,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args, parent: ParentLink):
-    """(pipeline, description, classes, remote run) for the role."""
-    from ..pipeline import LivePipeline
-    from ...slot import NewestSlot
-    from ...stream.receiver import ImageReceiver
-
+    """(pipeline, description, classes, remote run) for the role. The model registry and the backends, the worker's
+    slow imports, are imported here, after the hello went out."""
     device = args.device_name or None
     if args.role == "remote":
-        from ..runs import RemoteRun
         from ...models import registry
 
         card = registry.card(args.model or registry.default_name())
@@ -241,14 +240,11 @@ def _build(args, parent: ParentLink):
         def receiver_factory(h, p, d, on_frame=None):
             return ImageReceiver(h, p, device_name=d, on_frame=on_frame)
 
-        from ..choices import InputChoice
-
         run = RemoteRun(receiver_factory, InputChoice("igtl", host=image_host, port=image_port, device_name=device),
                         remote, card.classes, card.name, sinks=[])
         return None, f"{card.name} on the server {args.remote}", card.classes, run
 
     from ...inference.backends import default_threads, load_segmenter, resolve_device
-    from ...imaging.region import parse_region
 
     region = parse_region(getattr(args, "region", ""))  # a bad value fails here, before the model is loaded
     # 0: as serve (one thread less than the cores, measured best on 2 cores), leaving a core to Slicer's GUI.

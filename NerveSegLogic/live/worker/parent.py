@@ -38,6 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from ...frame import Frame, SegmentationResult
 from ...imaging.region import Region
+from ..pipeline import LiveStats
 from . import link
 
 log = logging.getLogger(__name__)
@@ -373,7 +374,8 @@ class _WorkerWatch:
 
 
 class WorkerRun:
-    """A live run whose frames are received and segmented by a worker process (see the module docstring).
+    """A live run whose frames are received and segmented by a worker process (see the module docstring); a
+    :class:`~NerveSegLogic.live.runs.Run`.
 
     worker_args: the worker's arguments (role, model, input...); classes: the model's classes (results carry
     label values of these); sinks: called with each applied SegmentationResult (the LiveScene's apply);
@@ -385,8 +387,6 @@ class WorkerRun:
                  volume_input=None, model_name: str = "",
                  process_factory: Optional[Callable[[Sequence[str]], WorkerProcess]] = None,
                  clock: Callable[[], float] = time.monotonic):
-        from ..pipeline import LiveStats
-
         self.worker_args = list(worker_args)
         self.classes = tuple(classes)
         self.sinks = list(sinks)
@@ -592,7 +592,18 @@ class WorkerRun:
                 "errors": before["errors"] + c["errors"] + self.apply_errors,
                 "last_error": self.message or self.last_error}
 
+    def stop_reason(self) -> Optional[str]:
+        """Why the run must stop: the worker failed :data:`MAX_RESTARTS` times in a row (the message says how); else
+        None. A volume input that left the scene does not stop it (the worker then gets no more frames), where the
+        in-process run stops."""
+        return self.message if self.failed else None
+
+    def set_steady(self, steady) -> None:
+        """Does nothing: the worker took ``--steady`` when it started (the controller restarts a segmenting worker to
+        change it; a remote worker's server smooths by its own ``--steady``)."""
+
     def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the running worker's log, else of the last worker that ended."""
         if self.process is not None:
             return self.process.log_tail(lines)
         return self.last_log
