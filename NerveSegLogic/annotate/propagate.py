@@ -36,11 +36,11 @@ log = logging.getLogger(__name__)
 ORIGIN = "propagated"
 #: The box of the previous frame's structure, grown by this share of its size on each side (the structure moves).
 GROW = 0.10
-#: Stop where the predicted IoU of a structure falls below this. 0.6, not 0.8: the tuned LiteMedSAM predicts 0.57-0.79
-#: on frames it carries well, so 0.8 stopped every moving test sequence at its first frame; at 0.6 a 40-frame
-#: sequence needed ~21 corrections instead of ~39, the same as no stop in 9 of 10 (benchmarks/annotation/propagate.md, a
-#: sweep on those sequences: chosen on what it is reported on). It guards little against a jump to another scene
-#: (91 % of usgra-seg's unrelated next frames pass it); the frame-size check and the review of each draft do.
+#: Stop where the predicted IoU of a structure falls below this. 0.6, not 0.8: the tuned LiteMedSAM predicts less than
+#: 0.8 on frames it carries well, so 0.8 stopped every moving test sequence at its first frame; 0.6 halved the
+#: corrections (benchmarks/annotation/propagate.md, a sweep on those sequences: chosen on what it is reported on). It
+#: guards little against a jump to another scene (most of usgra-seg's unrelated next frames pass it); the frame-size
+#: check and the review of each draft do.
 MIN_IOU = 0.60
 #: A structure whose mask shrinks below this share of its previous area has left the view.
 MIN_KEEP = 0.25

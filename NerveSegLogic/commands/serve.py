@@ -117,8 +117,8 @@ def register(subparsers) -> None:
                              "an older OpenIGTLink, which cannot read version 2 (default: on)")
     parser.add_argument("--stream-batch", action=argparse.BooleanOptionalAction, default=False,
                         help="with several inputs, run the frames of the streams that wait for the model at the same "
-                             "moment as one batch (default: off; on 2 CPU cores no consistent gain: the same fps and "
-                             "median latency, a lower p99 in 3 of 4 runs with 4 scanners: benchmarks/speed/serve_streams.md)")
+                             "moment as one batch (default: off; on 2 CPU cores no consistent gain: "
+                             "benchmarks/speed/serve_streams.md)")
     parser.set_defaults(func=run)
 
 

@@ -117,8 +117,8 @@ def normalize(image: np.ndarray, mode: str = "unit") -> np.ndarray:
     """float32 image in 0..1 (``unit``) or zero mean, unit variance (``zscore``).
 
     A grey uint8 frame (the live case) goes through a 256-entry table with ``cv2.LUT``: the same floats as
-    converting and dividing, in one pass instead of two and without the intermediate array (580x420: about 0.6 ms
-    -> 0.1 ms under load, benchmarks/speed/serve_overhead.md).
+    converting and dividing, in one pass instead of two and without the intermediate array (timed in
+    benchmarks/speed/serve_overhead.md).
     """
     if image.dtype == np.uint8 and image.ndim == 2 and image.size:
         out = _cv2().LUT(image, _UNIT_OF_UINT8)
@@ -173,8 +173,8 @@ _scratch = threading.local()
 def _unit_for_placing(grey: np.ndarray) -> np.ndarray:
     """``normalize(grey, "unit")`` for :func:`place` to read, written into a per-thread buffer reused from frame to
     frame when ``grey`` is a 2D uint8 frame (the live case). The full-size float frame is only an intermediate
-    (place() resizes it into a new canvas, so the buffer never leaves), and a fresh 1 MB array for every 580x420
-    frame cost about 0.5 ms of page faults in a long-running process (benchmarks/speed/serve_overhead.md, "Cuts")."""
+    (place() resizes it into a new canvas, so the buffer never leaves), and a fresh frame-sized array for every frame
+    costs page faults in a long-running process (benchmarks/speed/serve_overhead.md, "Cuts")."""
     if grey.dtype != np.uint8 or grey.ndim != 2 or not grey.size:
         return normalize(grey, "unit")
     buffer = getattr(_scratch, "unit", None)
@@ -244,8 +244,8 @@ def remove_small_components(labelmap: np.ndarray, min_area: int = MIN_COMPONENT_
     """Labelmap with every connected region (8-connected, per label) smaller than ``min_area`` pixels set to 0.
 
     Each label's regions are found only inside the box around its pixels (a region never leaves that box, so the
-    answer is the full frame's), and small ones are cleared through a lookup of component numbers: measured on a
-    580x420 labelmap with two structures and scattered specks, 11.5 ms -> 3.7 ms per frame.
+    answer is the full frame's), and small ones are cleared through a lookup of component numbers (timed in
+    benchmarks/speed/serve_overhead.md, "Cuts").
 
     Cheaper still, with the same pixels cleared (benchmarks/speed/serve_overhead.md, "Cuts"): the labels' boxes are
     looked for inside the box of all foreground (found in one pass), so no frame-sized mask is made per label; the

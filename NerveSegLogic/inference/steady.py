@@ -17,14 +17,13 @@ What it does, in order:
    3 x 192 x 192), exponential: ``average = w * newest + (1 - w) * previous average`` with the newest frame's
    weight ``w`` = :attr:`SteadyOptions.newest_weight`. Before blending, the previous average is **moved by the
    estimated shift** (whole model pixels; sub-pixel warping measured no better), so the mask follows the anatomy
-   instead of trailing it: on the benchmark's fast sequences motion compensation is worth +0.03 nerve Dice against
-   the moving truth at the default weight. Where the motion uncovers a strip, the newest frame alone is used.
+   instead of trailing it (benchmarks/accuracy/steady_overlay.md measures what motion compensation is worth). Where the motion uncovers a strip, the newest frame alone is used.
 3. **Sticky labels** (hysteresis of each pixel's class): the average is pulled towards last frame's labels (moved
    with the motion), ``(p + s * pull) / (1 + s * sum(pull))`` with ``pull`` each class's share of the 3 x 3 model
    pixels around (:func:`sticky_labels`; ``s`` = :attr:`SteadyOptions.stickiness`): inside a structure a pixel
    keeps its class unless another beats it by more than ``s``, so outlines stop jittering from frame to frame; at
    an outline the pull is shared by both sides, so a scene that does not change keeps its outline (within about a
-   frame pixel: Dice 0.997 with the frame's own labelmap after 10 identical frames, on 24 usgra-seg frames).
+   frame pixel of the frame's own labelmap after 10 identical frames; benchmarks/accuracy/steady_overlay.md).
 4. **The labelmap** is rebuilt from these steadied probabilities with the segmenter's own postprocessing
    (``Segmenter.semantic``: bilinear or fast contours, small regions dropped), unless they are the frame's own.
 5. **Presence with hysteresis**, per class. Each frame gives the class a per-frame *level* (``hidden`` 0,

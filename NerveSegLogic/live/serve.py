@@ -64,9 +64,8 @@ class SegmentationServer:
         self.receiver = ImageReceiver(options.input_host, options.input_port, device_name=options.device_name,
                                       idle_timeout_s=options.input_idle_timeout_s)
         # The labelmap is sent from the inference thread as soon as it exists: encoded while it is still in the
-        # cache and without the hand-over to this thread (idle p50: handoff 0.14 -> 0.04 ms, send 0.34 -> 0.22 ms
-        # with the one-copy encoder; benchmarks/speed/serve_overhead.md). The sender is thread-safe; this thread only
-        # counts and reports.
+        # cache and without the hand-over to this thread (benchmarks/speed/serve_overhead.md). The sender is
+        # thread-safe; this thread only counts and reports.
         self.pipeline = LivePipeline(self.receiver, self.segmenter, worker_sink=self._send)
         # One input stream: one steady overlay, run inside the segmenter on the inference thread.
         self.pipeline.engine.set_steady(bool(options.steady))

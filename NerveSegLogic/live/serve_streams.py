@@ -18,9 +18,7 @@ handled by its receiver; a frame the model fails on: counted by its worker) stay
 
 Cross-stream batching (``batch=True``, ``--stream-batch``): when the model becomes free, every request waiting at that
 moment (one per stream at most) runs as one batch; nothing waits for a batch to fill. It is off by default: on two
-CPU cores the default INT8 model costs about as much per frame in a batch of 4 as alone (5.2 against 5.9 ms), and with
-4 scanners at 30 fps batching gave the same fps and median latency and a lower p99 in 3 of 4 runs, not all
-(benchmarks/speed/serve_streams.md); with 2 scanners no batch ever formed.
+CPU cores it brought no consistent gain (benchmarks/speed/serve_streams.md).
 """
 
 from __future__ import annotations

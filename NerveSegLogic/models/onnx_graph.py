@@ -4,8 +4,8 @@
 before each convolution (models/efficientnet_unet.py, ``SameConv2d``). torch's exporter writes each as a ``Pad``
 node whose pads come from a chain of constant nodes that its constant folding leaves in place, so neither
 ONNX Runtime's pad fusion nor its quantizer sees through them: in the INT8 graph every one of the 22 pads of
-effnet2-unet ran as dequantize -> float Pad -> quantize (benchmarks/int8/pad_fold.md: INT8 19.6 -> 12.0 ms per frame
-once folded). A zero ``Pad`` of the two spatial axes followed only by a ``Conv`` is the same as that ``Conv`` with
+effnet2-unet ran as dequantize -> float Pad -> quantize (benchmarks/int8/pad_fold.md times the graph before and
+after the fold). A zero ``Pad`` of the two spatial axes followed only by a ``Conv`` is the same as that ``Conv`` with
 those pads (ONNX ``Conv`` takes separate begin and end pads), so the Pad goes into the Conv's ``pads`` attribute
 and the constant chain that fed it is dropped. The graph's output is bit for bit the same
 (Testing/test_onnx_graph.py).

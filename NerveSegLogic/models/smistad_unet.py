@@ -17,8 +17,8 @@ normalisation, so the initial weights alone decide whether the image reaches the
 convolution initialisation the signal shrinks ~20x in the first level alone and the biases take over, so a fresh
 model's logits vary by less than 1e-3 over the image, and Dice-loss training on usgra-seg sat at "background
 everywhere" for 47 epochs (Glorot/Keras-style initialisation with zero biases: the same in 10 epochs). With He
-initialisation the activations keep their scale through the 22 convolutions and the same recipe learns (nerve
-Dice 0.27 on the held-out block after 8 epochs).
+initialisation the activations keep their scale through the 22 convolutions and the same recipe learns (the card's
+notes and benchmarks/release/seed_smistad.md give what it reached).
 """
 
 from __future__ import annotations

@@ -358,8 +358,8 @@ class ImageSender:
         the IGTL timestamp (s since the epoch) of the frame it was computed from. Returns the number of clients.
 
         ``copy=False``: the caller never writes to ``labelmap`` again (serve's labelmaps are new for every frame),
-        so the message refers to its pixels instead of copying them (codec.encode_frame_parts): a 580x420
-        labelmap's encoding 240 -> 210 us with a 10 ms sleep before each call (benchmarks/speed/serve_overhead.md).
+        so the message refers to its pixels instead of copying them (codec.encode_frame_parts; timed in
+        benchmarks/speed/serve_overhead.md).
 
         ``metadata``: string key/value pairs sent with it (OpenIGTLink header version 2 metadata; ``nerveseg serve``
         sends each class's presence and display state, :func:`confidence_metadata`). None or empty: a version 1

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 #: ``schedule`` replaces the card's; ``augmentations`` / ``batch_size`` None keep the card's (the batch is clamped
 #: to the number of training frames); ``freeze_encoder`` / ``freeze_norm`` are the defaults of the flags.
 #: ``lr_factor`` 0.03 was chosen on usgra-seg blocks 0 and 1 (benchmarks/accuracy/adaptation.md): at 0.1 fine-tuning with
-#: 10 or 20 frames lowered the held-out nerve Dice of both blocks (by 0.01-0.02); at 0.03 it did not.
+#: 10 or 20 frames lowered the held-out nerve Dice of both blocks; at 0.03 it did not.
 SITE_RECIPE: Dict[str, Any] = {
     "epochs": 15,
     "lr_factor": 0.03,
