@@ -35,7 +35,7 @@ def find_regions(labelmap: np.ndarray, labels: Iterable[int], min_area: int = 1,
         rows = np.flatnonzero(binary.any(axis=1))
         if rows.size == 0:
             continue
-        # Regions never leave the box around the label's pixels: label only that box (benchmarks/speed/scene.md).
+        # Regions never leave the box around the label's pixels: label only that box (benchmarks/speed/serve_overhead.md).
         r0, r1 = int(rows[0]), int(rows[-1]) + 1
         cols = np.flatnonzero(binary[r0:r1].any(axis=0))
         c0, c1 = int(cols[0]), int(cols[-1]) + 1
