@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..checksums import sha256_file
 from ..imaging import placement as pp
 
 
@@ -100,7 +101,6 @@ def load_teachers(texts: Sequence[str], student_card, spec: pp.InputSpec, device
     A ``card.json`` next to the weights (a training run's folder) is the teacher's card, with the input size and
     build it was trained with; otherwise the registered card of its model is."""
     from ..models import registry
-    from ..models.weights import sha256_file
 
     teachers = []
     for text in texts:

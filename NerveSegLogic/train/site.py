@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ..checksums import sha256_file
+
 #: The site recipe: how ``--init`` changes the card's recipe. ``epochs`` is absolute (with k = 20 frames and the
 #: cards' batch sizes of 4-8, 15 epochs are 45-75 steps); ``lr_factor`` multiplies the card's learning rate;
 #: ``schedule`` replaces the card's; ``augmentations`` / ``batch_size`` None keep the card's (the batch is clamped
@@ -143,7 +145,7 @@ def resolve_init(text: str, model_card, build_overrides: Optional[Mapping[str, A
     is. Raises ValueError naming both sides when architecture, build, classes or input channels differ, and
     WeightsError when a registered model's weights are not on this machine."""
     from ..models import registry
-    from ..models.weights import WeightsError, sha256_file
+    from ..models.weights import WeightsError
     from .distill import resolve_weights
 
     model_part, at, rest = text.partition("@")
@@ -231,8 +233,6 @@ def data_fingerprint(dataset, indices: Sequence[int], frames: Sequence = ()) -> 
     pixels of ``frames``, the frames as read)."""
     if hasattr(dataset, "fingerprint"):
         return dataset.fingerprint(indices)
-    from ..datasets.manifest import sha256_file
-
     rows, method = [], "files"
     cache: Dict[str, str] = {}
 
