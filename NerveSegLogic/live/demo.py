@@ -56,7 +56,7 @@ class _Kept:
 
 def run_demo(options: DemoOptions) -> dict:
     """Run the demo; returns the summary (also written to ``<out>/summary.json``)."""
-    from ..inference.backends import load_segmenter
+    from ..inference.segmenter import load_segmenter
     from ..models import registry
     from .pipeline import LivePipeline
     from ..resources import sample_dir

@@ -48,7 +48,7 @@ class SegmentationServer:
     """Owns the pipeline and the sender; ``serve_forever`` drives it, ``stop`` (any thread) ends it."""
 
     def __init__(self, options: ServeOptions, segmenter=None):
-        from ..inference.backends import load_segmenter
+        from ..inference.segmenter import load_segmenter
         from ..models import registry
         from .pipeline import LivePipeline
         from ..stream.receiver import ImageReceiver

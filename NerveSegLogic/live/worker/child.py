@@ -247,7 +247,8 @@ def _build(args, parent: ParentLink):
                         remote, card.classes, card.name, sinks=[])
         return None, f"{card.name} on the server {args.remote}", card.classes, run
 
-    from ...inference.backends import default_threads, load_segmenter, resolve_device
+    from ...inference.backends import default_threads, resolve_device
+    from ...inference.segmenter import load_segmenter
     from ...imaging.region import parse_region
 
     region = parse_region(getattr(args, "region", ""))  # a bad value fails here, before the model is loaded
