@@ -89,6 +89,8 @@ class StoreDataset:
 
     def __init__(self, path: Union[str, Path], statuses: Optional[Sequence[str]] = None,
                  mapping: Optional[Mapping] = None):
+        # lazy on purpose: annotate/ imports datasets/ (its readers), so datasets/ reaches annotate/ only when a
+        # store is opened
         from NerveSegLogic.annotate.backends import is_url, redacted
         from NerveSegLogic.annotate.store import STATUSES, UNLABELLED, AnnotationStore, StoreError
 

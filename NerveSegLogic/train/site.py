@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..checksums import sha256_file
+from ..models import registry
+from ..models.weights import WeightsError, apply_weights
 
 #: The site recipe: how ``--init`` changes the card's recipe. ``epochs`` is absolute (with k = 20 frames and the
 #: cards' batch sizes of 4-8, 15 epochs are 45-75 steps); ``lr_factor`` multiplies the card's learning rate;
@@ -144,9 +146,7 @@ def resolve_init(text: str, model_card, build_overrides: Optional[Mapping[str, A
     path is ``[MODEL@]WEIGHTS`` (a .safetensors file, or a run folder with its card.json), resolved as ``--teacher``
     is. Raises ValueError naming both sides when architecture, build, classes or input channels differ, and
     WeightsError when a registered model's weights are not on this machine."""
-    from ..models import registry
-    from ..models.weights import WeightsError
-    from .distill import resolve_weights
+    from .distill import resolve_weights  # lazy on purpose: distill imports torch, site's callers may not need it
 
     model_part, at, rest = text.partition("@")
     path_part = rest if at else text
@@ -180,7 +180,6 @@ def resolve_init(text: str, model_card, build_overrides: Optional[Mapping[str, A
 
 
 def _is_registered(name: str, cards_dir) -> bool:
-    from ..models import registry
 
     try:
         return name in registry.names(cards_dir, tasks=None)
@@ -218,8 +217,6 @@ def _mapping(classes: Mapping[int, str]) -> str:
 def load_init(model, source: InitSource, device: str = "cpu") -> None:
     """Copy the init's weights into ``model``: loaded by the registry from its own card (safetensors, sha256
     checked), then applied with the same key and shape check (a mismatch names the file)."""
-    from ..models import registry
-    from ..models.weights import apply_weights
 
     loaded = registry.load_from_card(source.card, device="cpu", weights_path=source.weights, sha256=source.sha256)
     apply_weights(model, loaded.state_dict(), source.weights)
