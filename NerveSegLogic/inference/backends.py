@@ -11,14 +11,17 @@ torch and onnxruntime are imported when a backend is made, never at module impor
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+# Moved names, imported here for benchmarks/ until they import them from their new homes (models/int8.py,
+# inference/quantize.py) after this change is merged; then these two lines go. Both sit below this module.
+from ..models.int8 import (INT8_MAX_DICE_CHANGE, INT8_RECIPE, INT8_RECIPES, int8_allowed,  # noqa: F401
+                           int8_faster, int8_measured_change, int8_recipe_of)
+from .quantize import calibration_frames, int8_path_for, quantize_int8  # noqa: F401
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 #: What the commands accept for --backend: ``auto`` then the backends.
@@ -235,13 +238,6 @@ def describe(backend: Any) -> str:
         return "onnxruntime (cpu)"
     return type(backend).__name__
 
-
-# ------------------------------------------------------------------------------------------ moved names (benchmarks)
-# benchmarks/ still import these from here; they switch to the new homes after this change is merged, and then this
-# block goes. Both homes sit below this module (no import cycle).
-from ..models.int8 import (INT8_MAX_DICE_CHANGE, INT8_RECIPE, INT8_RECIPES, int8_allowed,  # noqa: E402,F401
-                           int8_faster, int8_measured_change, int8_recipe_of)
-from .quantize import calibration_frames, int8_path_for, quantize_int8  # noqa: E402,F401
 
 #: Names that moved above this module (importing them back here would make a cycle): name -> new module.
 _MOVED_UP = {"load_segmenter": "NerveSegLogic.inference.segmenter", "resolve_backend": "NerveSegLogic.inference.loading"}
