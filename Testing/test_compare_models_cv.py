@@ -91,21 +91,21 @@ def test_a_fold_is_scored_with_the_weights_at_the_end_of_training_not_the_best_o
 
 
 def test_the_speed_re_measurement_times_the_graph_of_the_cards_recipe(compare_models, tmp_path):
-    from NerveSegLogic.inference import backends
+    from NerveSegLogic.models import int8
 
     graphs = tmp_path / "onnx"
     graphs.mkdir()
     (graphs / "m.int8.onnx").write_bytes(b"made with min/max before recipes had names")
     movavg = "qdq-perchannel-movavg-v1"
     # a legacy graph stands for the default recipe only
-    assert compare_models.fold_int8_graph("m", tmp_path, backends.INT8_RECIPE) == graphs / "m.int8.onnx"
+    assert compare_models.fold_int8_graph("m", tmp_path, int8.INT8_RECIPE) == graphs / "m.int8.onnx"
     with pytest.raises(FileNotFoundError, match=movavg):
         compare_models.fold_int8_graph("m", tmp_path, movavg)
     (graphs / f"m.int8-{movavg}.onnx").write_bytes(b"moving average")
     assert compare_models.fold_int8_graph("m", tmp_path, movavg) == graphs / f"m.int8-{movavg}.onnx"
-    (graphs / f"m.int8-{backends.INT8_RECIPE}.onnx").write_bytes(b"min/max, named")
-    assert compare_models.fold_int8_graph("m", tmp_path, backends.INT8_RECIPE).name.endswith(
-        f"int8-{backends.INT8_RECIPE}.onnx")
+    (graphs / f"m.int8-{int8.INT8_RECIPE}.onnx").write_bytes(b"min/max, named")
+    assert compare_models.fold_int8_graph("m", tmp_path, int8.INT8_RECIPE).name.endswith(
+        f"int8-{int8.INT8_RECIPE}.onnx")
 
 
 def test_the_report_says_when_speeds_were_measured_and_on_which_graph(compare_models):

@@ -72,7 +72,7 @@ def clip():
 
 @pytest.fixture(scope="module")
 def segmenter():
-    from NerveSegLogic.inference.backends import load_segmenter
+    from NerveSegLogic.inference.segmenter import load_segmenter
 
     seg = load_segmenter("effnet2-unet", backend="onnx", threads=1)
     yield seg
@@ -333,7 +333,7 @@ def test_the_worker_gets_the_region_from_the_panels_controller(monkeypatch, fres
     args = child.parse_args(["--connect", "127.0.0.1:1", "--token", "t", *run.worker_args])
     assert args.region == "150,70,534,512"
     args.input = "parent"  # frames from the parent: no receiver is started
-    monkeypatch.setattr("NerveSegLogic.inference.backends.load_segmenter", lambda *a, **k: fresh)
+    monkeypatch.setattr("NerveSegLogic.inference.segmenter.load_segmenter", lambda *a, **k: fresh)
     child._build(args, SimpleNamespace(frames=None))
     assert fresh.region == Region(150, 70, 534, 512)
     args.region = "auto"

@@ -7,7 +7,9 @@ import onnx
 import pytest
 import torch
 
-from NerveSegLogic.inference import backends
+from NerveSegLogic.inference import backends, loading, quantize
+from NerveSegLogic.inference.segmenter import load_segmenter
+from NerveSegLogic.models import int8 as card_int8
 from NerveSegLogic.models import registry
 from NerveSegLogic.models.card import ModelCard
 
@@ -27,7 +29,7 @@ def small_graphs(tmp_path_factory):
     torch.manual_seed(0)
     model = registry.build("smistad-unet", filters=[4, 8]).eval()
     fp32 = registry.export_onnx(model, folder / "small.onnx", card=card)
-    int8 = backends.quantize_int8(fp32, backends.int8_path_for(fp32), card, frames=_frames())
+    int8 = quantize.quantize_int8(fp32, quantize.int8_path_for(fp32), card, frames=_frames())
     return card, fp32, int8
 
 
@@ -41,7 +43,7 @@ def _card_with_int8(block, name="unet"):
 def test_int8_graph_is_cached_next_to_the_float32_one_and_marked_int8(small_graphs):
     _, fp32, int8 = small_graphs
     assert int8.parent == fp32.parent and int8.is_file()
-    assert int8.name.startswith(fp32.stem) and backends.INT8_RECIPE in int8.name
+    assert int8.name.startswith(fp32.stem) and card_int8.INT8_RECIPE in int8.name
     graph = onnx.load(str(int8))
     props = {p.key: p.value for p in graph.metadata_props}
     assert props["nerveseg.precision"] == "int8" and props["nerveseg.calibration_frames"] == "3"
@@ -69,11 +71,11 @@ def test_int8_backend_gives_float_probabilities_close_to_float32(small_graphs):
 def test_quantize_refuses_instance_models_missing_graphs_and_no_frames(small_graphs, tmp_path):
     card, fp32, _ = small_graphs
     with pytest.raises(ValueError, match="instance model"):
-        backends.quantize_int8(fp32, tmp_path / "x.onnx", registry.card("bpmsegnet"), frames=_frames(1))
+        quantize.quantize_int8(fp32, tmp_path / "x.onnx", registry.card("bpmsegnet"), frames=_frames(1))
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
-        backends.quantize_int8(tmp_path / "missing.onnx", tmp_path / "x.onnx", card, frames=_frames(1))
+        quantize.quantize_int8(tmp_path / "missing.onnx", tmp_path / "x.onnx", card, frames=_frames(1))
     with pytest.raises(ValueError, match="at least one frame"):
-        backends.quantize_int8(fp32, tmp_path / "x.onnx", card, frames=[])
+        quantize.quantize_int8(fp32, tmp_path / "x.onnx", card, frames=[])
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -89,12 +91,12 @@ def test_the_card_names_the_int8_recipe_and_the_graph_is_made_and_cached_with_it
     data = card.to_json()
     data["int8"] = {"recipe": "qdq-perchannel-movavg-v1"}  # named before anything was measured: allowed
     movavg_card = ModelCard.from_dict(data)
-    assert backends.int8_recipe_of(movavg_card) == "qdq-perchannel-movavg-v1"
-    assert backends.int8_recipe_of(card) == backends.INT8_RECIPE  # a card naming none
-    assert backends.resolve_backend(movavg_card, "auto", "cpu") == "onnx"  # nothing measured: float32
-    path = backends.int8_path_for(fp32, "qdq-perchannel-movavg-v1")
+    assert card_int8.int8_recipe_of(movavg_card) == "qdq-perchannel-movavg-v1"
+    assert card_int8.int8_recipe_of(card) == card_int8.INT8_RECIPE  # a card naming none
+    assert loading.resolve_backend(movavg_card, "auto", "cpu") == "onnx"  # nothing measured: float32
+    path = quantize.int8_path_for(fp32, "qdq-perchannel-movavg-v1")
     assert path != minmax and "movavg" in path.name
-    made = backends.quantize_int8(fp32, tmp_path / path.name, movavg_card, frames=_frames())
+    made = quantize.quantize_int8(fp32, tmp_path / path.name, movavg_card, frames=_frames())
     props = {p.key: p.value for p in onnx.load(str(made)).metadata_props}
     assert props["nerveseg.int8_recipe"] == "qdq-perchannel-movavg-v1"
     # averaged per-frame ranges are narrower than the min/max over all frames: other activation scales
@@ -109,11 +111,11 @@ def test_an_unknown_int8_recipe_is_refused_naming_the_card_and_field(tmp_path):
 
 
 def test_load_segmenter_quantizes_once_and_reuses_the_cache(tmp_path, unet_random):
-    first = backends.load_segmenter(unet_random, backend="onnx-int8", threads=1, onnx_cache=tmp_path)
+    first = load_segmenter(unet_random, backend="onnx-int8", threads=1, onnx_cache=tmp_path)
     path = first.backend.path
     assert isinstance(first.backend, backends.OnnxInt8Backend) and path.parent == tmp_path
     stamp = path.stat().st_mtime_ns
-    again = backends.load_segmenter(unet_random, backend="onnx-int8", threads=1, onnx_cache=tmp_path)
+    again = load_segmenter(unet_random, backend="onnx-int8", threads=1, onnx_cache=tmp_path)
     assert again.backend.path == path and path.stat().st_mtime_ns == stamp
     result = first.segment(np.zeros((420, 580), dtype=np.uint8))
     assert result.labelmap.shape == (420, 580)
@@ -121,7 +123,7 @@ def test_load_segmenter_quantizes_once_and_reuses_the_cache(tmp_path, unet_rando
 
 def test_onnx_int8_refuses_an_instance_model():
     with pytest.raises(ValueError, match="semantic models only"):
-        backends.load_segmenter("bpmsegnet", backend="onnx-int8")
+        load_segmenter("bpmsegnet", backend="onnx-int8")
 
 
 # ------------------------------------------------------------------------------------------- card and auto
@@ -147,32 +149,32 @@ def test_auto_runs_int8_only_where_the_measured_dice_change_is_under_the_limit()
     agreement = {"nerve": 0.95, "blood_vessel": 0.96}
     small = _card_with_int8({"max_dice_change": 0.004, "mask_agreement_dice": agreement})
     large = _card_with_int8({"max_dice_change": 0.02, "mask_agreement_dice": agreement})
-    at_limit = _card_with_int8({"max_dice_change": backends.INT8_MAX_DICE_CHANGE, "mask_agreement_dice": agreement})
+    at_limit = _card_with_int8({"max_dice_change": card_int8.INT8_MAX_DICE_CHANGE, "mask_agreement_dice": agreement})
     empty = _card_with_int8({"max_dice_change": 0.0, "mask_agreement_dice": {"nerve": None, "blood_vessel": None}})
     unmeasured = registry.card("unet").to_json()
     unmeasured.pop("int8", None)
-    assert backends.resolve_backend(small, "auto", "cpu") == "onnx-int8"
-    assert backends.resolve_backend(large, "auto", "cpu") == "onnx"
-    assert backends.resolve_backend(at_limit, "auto", "cpu") == "onnx"
-    assert backends.resolve_backend(empty, "auto", "cpu") == "onnx"  # nothing segmented: no evidence
-    assert backends.resolve_backend(ModelCard.from_dict(unmeasured), "auto", "cpu") == "onnx"
-    assert backends.resolve_backend(registry.card("bpmsegnet"), "auto", "cpu") == "torch"
-    assert backends.resolve_backend(large, "onnx-int8", "cpu") == "onnx-int8"  # asked for: given
+    assert loading.resolve_backend(small, "auto", "cpu") == "onnx-int8"
+    assert loading.resolve_backend(large, "auto", "cpu") == "onnx"
+    assert loading.resolve_backend(at_limit, "auto", "cpu") == "onnx"
+    assert loading.resolve_backend(empty, "auto", "cpu") == "onnx"  # nothing segmented: no evidence
+    assert loading.resolve_backend(ModelCard.from_dict(unmeasured), "auto", "cpu") == "onnx"
+    assert loading.resolve_backend(registry.card("bpmsegnet"), "auto", "cpu") == "torch"
+    assert loading.resolve_backend(large, "onnx-int8", "cpu") == "onnx-int8"  # asked for: given
     slower = _card_with_int8({"max_dice_change": 0.004, "mask_agreement_dice": agreement,
                               "ms_per_frame": {"onnx_float32": 18.0, "onnx_int8": 21.0}})
     faster = _card_with_int8({"max_dice_change": 0.004, "mask_agreement_dice": agreement,
                               "ms_per_frame": {"onnx_float32": 18.0, "onnx_int8": 9.0}})
-    assert backends.resolve_backend(slower, "auto", "cpu") == "onnx"  # measured slower: float32 is better
+    assert loading.resolve_backend(slower, "auto", "cpu") == "onnx"  # measured slower: float32 is better
     # the cross-validated change (held-out folds) decides over the training-frame one, either way
     folds_large = _card_with_int8({"max_dice_change": 0.004, "mask_agreement_dice": agreement,
                                    "cross_validation": {"max_dice_change": 0.017, "folds": 5}})
     folds_small = _card_with_int8({"max_dice_change": 0.02, "mask_agreement_dice": agreement,
                                    "cross_validation": {"max_dice_change": 0.006, "folds": 5}})
-    assert backends.resolve_backend(folds_large, "auto", "cpu") == "onnx"
-    assert backends.resolve_backend(folds_small, "auto", "cpu") == "onnx-int8"
-    assert backends.resolve_backend(faster, "auto", "cpu") == "onnx-int8"
+    assert loading.resolve_backend(folds_large, "auto", "cpu") == "onnx"
+    assert loading.resolve_backend(folds_small, "auto", "cpu") == "onnx-int8"
+    assert loading.resolve_backend(faster, "auto", "cpu") == "onnx-int8"
     with pytest.raises(ValueError, match="onnx-int8"):
-        backends.resolve_backend(small, "tensorrt", "cpu")
+        loading.resolve_backend(small, "tensorrt", "cpu")
 
 
 def test_shipped_int8_blocks_agree_with_what_auto_picks():
@@ -180,7 +182,7 @@ def test_shipped_int8_blocks_agree_with_what_auto_picks():
         block = card.raw.get("int8")
         if block is None:
             continue
-        picked = backends.resolve_backend(card, "auto", "cpu") == "onnx-int8"
+        picked = loading.resolve_backend(card, "auto", "cpu") == "onnx-int8"
         assert picked == block.get("auto_uses_int8", False), card.name  # only a recipe named: nothing measured
 
 

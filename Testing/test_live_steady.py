@@ -40,7 +40,7 @@ STATES = {"shown", "uncertain", "hidden"}
 
 @pytest.fixture(scope="module")
 def segmenter():
-    from NerveSegLogic.inference.backends import load_segmenter
+    from NerveSegLogic.inference.segmenter import load_segmenter
 
     return load_segmenter(registry.default_name(), backend="auto", threads=1)
 

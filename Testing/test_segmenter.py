@@ -59,7 +59,7 @@ def test_unknown_model_name_lists_the_valid_ones():
 
 
 def test_auto_backend_is_onnx_runtime_for_semantic_models_on_the_cpu_only():
-    from NerveSegLogic.inference.segmenter import choose_backend
+    from NerveSegLogic.inference.backends import choose_backend
 
     assert choose_backend("semantic", "cpu") == "onnx"
     assert choose_backend("instance", "cpu") == "torch"  # instance models are not exported to ONNX

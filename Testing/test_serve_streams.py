@@ -150,7 +150,7 @@ class Client:
 
 @pytest.fixture(scope="module")
 def model(unet_random):
-    from NerveSegLogic.inference.backends import load_segmenter
+    from NerveSegLogic.inference.segmenter import load_segmenter
 
     return load_segmenter(unet_random, backend="onnx", threads=1)
 

@@ -71,7 +71,7 @@ class ContentCheck:
         process, so a few pixels at a boundary may differ: at most 0.1 % of a frame. The steady overlay is on (the
         panel's default); the sample's 24 frames are unrelated views, each a cut it notices and starts again at,
         so each labelmap is still the frame's own answer (a moving probe's are checked in test_live_steady.py)."""
-        from NerveSegLogic.inference.backends import load_segmenter
+        from NerveSegLogic.inference.segmenter import load_segmenter
 
         segmenter = load_segmenter(model, backend="auto", threads=1)
         nerve = next(c.label for c in segmenter.classes if c.key == "nerve")

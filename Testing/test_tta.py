@@ -163,12 +163,13 @@ def test_predict_tta_flip_reaches_the_segmenter(tmp_path, monkeypatch, capsys):
 
     used = []
 
-    def from_name(name, **kwargs):
-        segmenter = Segmenter(registry.card(name), TorchBackend(_asymmetric_module(), task="semantic"))
+    def from_card(card, **kwargs):
+        assert card == registry.card("unet")  # predict passes the card it looked up
+        segmenter = Segmenter(card, TorchBackend(_asymmetric_module(), task="semantic"))
         used.append(segmenter)
         return segmenter
 
-    monkeypatch.setattr(Segmenter, "from_name", staticmethod(from_name))
+    monkeypatch.setattr(Segmenter, "from_card", staticmethod(from_card))
     image = tmp_path / "frame.png"
     cv2.imwrite(str(image), np.tile(np.arange(0, 250, 5, dtype=np.uint8), (40, 1)))
     args = _parse(predict, ["predict", str(image), "--model", "unet", "--tta", "flip", "--out", str(tmp_path / "o")])
@@ -183,7 +184,7 @@ def test_predict_refuses_tta_for_an_instance_model_before_loading_it(tmp_path, m
     from NerveSegLogic.commands import predict
     from NerveSegLogic.inference.segmenter import Segmenter
 
-    monkeypatch.setattr(Segmenter, "from_name", staticmethod(lambda *a, **k: pytest.fail("model was loaded")))
+    monkeypatch.setattr(Segmenter, "from_card", staticmethod(lambda *a, **k: pytest.fail("model was loaded")))
     image = tmp_path / "frame.png"
     cv2.imwrite(str(image), np.zeros((8, 8), np.uint8))
     args = _parse(predict, ["predict", str(image), "--model", "bpmsegnet", "--tta", "flip"])

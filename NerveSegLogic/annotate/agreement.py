@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..classes import canonical_key
+from ..imaging import overlap
 from ..store.database import AnnotationStore, VersionSummary
 
 LABEL_ORIGINS = ("manual", "corrected")
@@ -79,8 +82,6 @@ def _fmt(value: Optional[float]) -> str:
 def class_dice(mask_a: np.ndarray, classes_a: Dict[int, str], mask_b: np.ndarray,
                classes_b: Dict[int, str]) -> Dict[str, Optional[float]]:
     """Dice per class key between two labelmaps with their own {label: key} mappings (None: class in neither)."""
-    from NerveSegLogic.classes import canonical_key
-
     def keyed(classes):
         out = {}
         for label, key in classes.items():
@@ -95,8 +96,8 @@ def class_dice(mask_a: np.ndarray, classes_a: Dict[int, str], mask_b: np.ndarray
     for key in sorted(set(ka) | set(kb)):
         a = np.isin(mask_a, ka.get(key, []))
         b = np.isin(mask_b, kb.get(key, []))
-        total = int(a.sum()) + int(b.sum())
-        result[key] = None if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
+        score = overlap.dice(a, b)
+        result[key] = None if math.isnan(score) else score  # in neither (overlap's NaN): left out of this frame
     return result
 
 

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..imaging import overlap
 from ..store.database import AnnotationStore, UNLABELLED, VersionSummary
 
 ORDERS = ("uncertainty", "index")
@@ -40,15 +41,12 @@ class QueueEntry:
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over the labels present in either labelmap of 2|A∩B| / (|A| + |B|); 1.0 when both are empty."""
+    """Mean over the labels present in either labelmap of their Dice (:func:`~NerveSegLogic.imaging.overlap.dice`,
+    never NaN here: each label is in one of the two); 1.0 when both are empty."""
     labels = sorted((set(np.unique(a)) | set(np.unique(b))) - {0})
     if not labels:
-        return 1.0
-    scores = []
-    for label in labels:
-        x, y = a == label, b == label
-        scores.append(2.0 * np.logical_and(x, y).sum() / (x.sum() + y.sum()))
-    return float(np.mean(scores))
+        return 1.0  # both empty (overlap's rule: NaN): two models that both find nothing agree, disagreement 0
+    return float(np.mean([overlap.dice(a == label, b == label) for label in labels]))
 
 
 def review_queue(store: AnnotationStore, order: str = "uncertainty",

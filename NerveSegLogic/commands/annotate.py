@@ -365,14 +365,16 @@ def _prelabel(store, args) -> int:
     import torch
 
     from NerveSegLogic.annotate.prelabel import prelabel
+    from NerveSegLogic.checksums import sha256_file
     from NerveSegLogic.inference.backends import apply_tta, check_tta
-    from NerveSegLogic.inference.segmenter import Segmenter, file_sha256
+    from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.models import registry
 
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     try:
-        check_tta(args.tta, registry.card(args.model).task, args.model)  # before the weights are loaded
-        segmenter = apply_tta(Segmenter.from_name(args.model, backend=args.backend, device=args.device,
+        card = registry.card(args.model)
+        check_tta(args.tta, card.task, args.model)  # before the weights are loaded
+        segmenter = apply_tta(Segmenter.from_card(card, backend=args.backend, device=args.device,
                                                   weights_path=args.weights), args.tta)
     except (RuntimeError, ValueError) as error:  # WeightsError (missing/corrupt weights), a device torch cannot use
         # or --tta flip on an instance model
@@ -391,7 +393,7 @@ def _prelabel(store, args) -> int:
             return 1
     comment = None
     if args.weights:
-        comment = f"weights {Path(args.weights).name} sha256 {file_sha256(Path(args.weights))}"
+        comment = f"weights {Path(args.weights).name} sha256 {sha256_file(Path(args.weights))}"
     report = prelabel(store, segmenter, _author(args), second_opinion=args.second_opinion, progress=True,
                       comment=comment, refiner=refiner)
     print(f"{len(report.version_ids)} frames pre-labelled by {report.model_name} "

@@ -56,7 +56,8 @@ def run(args) -> int:
 
     from ..datasets.readers import open_dataset
     from ..inference import presence as pr
-    from ..inference.backends import describe, load_segmenter
+    from ..inference.backends import describe
+    from ..inference.segmenter import load_segmenter
     from ..models import registry
     from ..models.card import write_card
     from ..models.user_models import sites_dir
@@ -86,7 +87,7 @@ def run(args) -> int:
         from ..train.negatives import negative_frames
 
         frames.frames.extend(negative_frames(frames.frames, seed=0, rate=float(args.negatives)))
-    segmenter = load_segmenter(card.name, backend=args.backend, threads=args.threads)
+    segmenter = load_segmenter(card, backend=args.backend, threads=args.threads)
     rows = calibrate.collect(segmenter, frames, scored, progress=not args.no_progress)
     fitted = {"data": str(args.data), "frames": len(rows), "negative_windows": len(frames) - len(names),
               "backend": describe(segmenter.backend), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

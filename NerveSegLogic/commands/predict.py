@@ -85,10 +85,11 @@ def run(args) -> int:
         raise SystemExit("nerveseg predict: no image files found in " + ", ".join(args.inputs))
     name = args.model or registry.default_name()
     try:
-        check_tta(args.tta, registry.card(name).task, name)  # an instance model with --tta flip: before any loading
+        card = registry.card(name)
+        check_tta(args.tta, card.task, name)  # an instance model with --tta flip: before any loading
     except ValueError as error:
         raise SystemExit(f"nerveseg predict: {error}") from None
-    segmenter = apply_tta(Segmenter.from_name(name, backend=args.backend, device=args.device), args.tta)
+    segmenter = apply_tta(Segmenter.from_card(card, backend=args.backend, device=args.device), args.tta)
     region = getattr(args, "region", None)
     auto = AutoRegions(files, series) if region == "auto" else None
     if region is not None and auto is None:

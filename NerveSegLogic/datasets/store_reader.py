@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from NerveSegLogic.checksums import sha256_file
 from NerveSegLogic.classes import SegmentClass, canonical_key, segment_class
 
 from .dataset import DatasetError, Sample
@@ -221,8 +222,6 @@ class StoreDataset:
     def fingerprint(self, indices: Optional[Sequence[int]] = None) -> Dict:
         """The store file's sha256, the version ids of the items ``indices`` (default: all), and a sha256 of their
         content (frame pixels sha256, version id, mask sha256: stable whatever else the store gains later)."""
-        from .manifest import sha256_file
-
         chosen = range(len(self)) if indices is None else list(indices)
         rows = sorted((self._frames[i].sha256, self._versions[i].id, self._versions[i].mask_sha256) for i in chosen)
         content = hashlib.sha256("\n".join(f"{a}\t{b}\t{c}" for a, b, c in rows).encode("utf-8")).hexdigest()

@@ -14,6 +14,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from .quantize import quantize_int8
+
 #: name -> settings: ``method`` the calibration method, ``extra`` ONNX Runtime's extra options, ``frames: all``
 #: calibrates on every training frame instead of 24, ``keep`` names the nodes left in float32
 #: (:func:`kept_convolutions`).
@@ -43,11 +45,9 @@ def kept_convolutions(graph_path: Path, keep: str) -> List[str]:
 
 
 def quantize(fp32_path: Path, out_path: Path, card, frames: List[np.ndarray], name: str) -> Path:
-    """The live path's quantizer (:func:`backends.quantize_int8`) with recipe ``name``'s settings."""
-    from . import backends
-
+    """The live path's quantizer (:func:`.quantize.quantize_int8`) with recipe ``name``'s settings."""
     recipe = RECIPES[name]
-    return backends.quantize_int8(
+    return quantize_int8(
         fp32_path, out_path, card, frames=frames, calibrate_method=recipe["method"],
         extra_options=recipe.get("extra") or {}, recipe=f"recipes-{name}",
         nodes_to_exclude=kept_convolutions(fp32_path, recipe["keep"]) if recipe.get("keep") else ())

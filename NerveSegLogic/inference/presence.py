@@ -3,8 +3,8 @@
 Pixel probabilities say where a structure would be, not whether the frame holds one: on another scanner a model
 paints a nerve into most frames that have none. So each class gets one number per frame, its *presence*:
 
-- the raw score is the class's highest probability in the part of the model input the frame fills (on usgra-seg's
-  held-out blocks it ranks frames with a nerve above frames without with an AUC of 0.99, benchmarks/accuracy/presence.md);
+- the raw score is the class's highest probability in the part of the model input the frame fills (how well it ranks
+  frames with a nerve above frames without on usgra-seg's held-out blocks: benchmarks/accuracy/presence.md);
 - a model card's ``presence`` block maps it to a calibrated probability with Platt scaling on its logit,
   ``p = sigmoid(a * logit(score) + b)``, fitted on held-out frames (cross-validation blocks with nerve-free windows,
   or a site's own corrected frames with ``nerveseg calibrate``);
@@ -12,6 +12,7 @@ paints a nerve into most frames that have none. So each class gets one number pe
   ``uncertain`` and ``show`` it is drawn as uncertain (outline only); below ``uncertain`` it is not drawn.
 
 A card without a ``presence`` block reports the raw score and draws as before (no thresholds).
+The block's fields are checked when the card is read (:func:`NerveSegLogic.models.card.presence_problems`).
 
 The card block::
 
@@ -33,7 +34,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-SCORES = ("max_probability",)
+from ..models.card import presence_problems
+
 #: Raw scores are clipped to [EPS, 1 - EPS] before the logit: a softmax in float32 (or INT8) saturates at 1.
 EPS = 1e-6
 
@@ -82,7 +84,7 @@ class PresenceModel:
 
     @classmethod
     def from_block(cls, block: Mapping[str, Any], where: str = "presence block") -> "PresenceModel":
-        problems = check_block(block)
+        problems = presence_problems(block)
         if problems:
             raise ValueError(f"{where}: field 'presence': " + "; ".join(problems))
         calibrations = {key: Calibration(float(v["a"]), float(v["b"]))
@@ -104,28 +106,6 @@ class PresenceModel:
         """``shown`` / ``uncertain`` / ``hidden`` per class; ``shown`` for a class without thresholds."""
         return {key: (self.thresholds[key].state(p) if key in self.thresholds else "shown")
                 for key, p in presence.items()}
-
-
-def check_block(block: Any) -> list:
-    """Problems of a card's ``presence`` block (empty list when valid)."""
-    problems = []
-    if not isinstance(block, Mapping):
-        return [f"expected an object, got {type(block).__name__}"]
-    if block.get("score", "max_probability") not in SCORES:
-        problems.append(f"score: expected one of {SCORES}, got {block.get('score')!r}")
-    for key, value in (block.get("calibration") or {}).items():
-        if not isinstance(value, Mapping) or not all(_finite(value.get(name)) for name in ("a", "b")):
-            problems.append(f"calibration.{key}: expected {{\"a\": number, \"b\": number}}, got {value!r}")
-    for key, value in (block.get("thresholds") or {}).items():
-        if not isinstance(value, Mapping) or not all(_finite(value.get(name)) for name in ("show", "uncertain")):
-            problems.append(f"thresholds.{key}: expected {{\"show\": number, \"uncertain\": number}}, got {value!r}")
-        elif not 0.0 <= value["uncertain"] <= value["show"] <= 1.0:
-            problems.append(f"thresholds.{key}: expected 0 <= uncertain <= show <= 1, got {dict(value)}")
-    return problems
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ------------------------------------------------------------------------------------------------------ scores

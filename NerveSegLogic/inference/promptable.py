@@ -29,6 +29,12 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 
 from ..imaging import placement as pp
+from ..models import registry
+from .backends import set_threads
+from .loading import onnx_cache_dir
+
+# models.litemedsam (and torch, onnxruntime) are imported where used, lazily on purpose: listing and choosing models
+# must not load torch.
 
 log = logging.getLogger(__name__)
 
@@ -155,34 +161,43 @@ class PromptableSegmenter:
     @classmethod
     def from_name(cls, name: Optional[str] = None, backend: str = "onnx", threads: Optional[int] = None,
                   onnx_cache: Optional[os.PathLike] = None, click_mode: Optional[str] = None) -> "PromptableSegmenter":
-        """The registered promptable model ``name`` (None: the default promptable model,
-        :func:`~NerveSegLogic.models.registry.default_promptable_name`) with its shipped weights (sha256-checked
-        safetensors). ``click_mode`` None: the card's (:func:`card_click_mode`).
+        """:meth:`from_card` for the registered promptable model ``name`` (None: the default promptable model,
+        :func:`~NerveSegLogic.models.registry.default_promptable_name`), its card looked up once, here.
 
-        Raises KeyError for an unknown name, ValueError for a model that is not promptable or an unknown backend,
-        and the registry's WeightsError for missing or corrupt weights.
+        Raises KeyError for an unknown name, and what :meth:`from_card` raises.
         """
-        from ..models import registry
-        from .backends import set_threads
-
-        if backend not in BACKENDS:
+        if backend not in BACKENDS:  # before any card is read, as always
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         if name is None:
             name = registry.default_promptable_name()
-        card = registry.card(name)
+        return cls.from_card(registry.card(name), backend=backend, threads=threads, onnx_cache=onnx_cache,
+                             click_mode=click_mode)
+
+    @classmethod
+    def from_card(cls, card, backend: str = "onnx", threads: Optional[int] = None,
+                  onnx_cache: Optional[os.PathLike] = None, click_mode: Optional[str] = None) -> "PromptableSegmenter":
+        """``card``'s promptable model with its shipped weights (sha256-checked safetensors) on ``backend`` (onnx:
+        the graphs exported once into :func:`~.loading.onnx_cache_dir`; or torch). ``click_mode`` None: the card's
+        (:func:`card_click_mode`).
+
+        Raises ValueError for a model that is not promptable, one without weights or an unknown backend, and the
+        registry's WeightsError for missing or corrupt weights.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         if card.task != "promptable":
-            raise ValueError(f"model {name!r} is a {card.task} model; prompting needs a card with task "
+            raise ValueError(f"model {card.name!r} is a {card.task} model; prompting needs a card with task "
                              f"'promptable' (registered: {', '.join(registry.names(tasks=('promptable',)))})")
         if not card.weights:
-            raise ValueError(f"model {name!r}: its card {card.path} lists no weights")
+            raise ValueError(f"model {card.name!r}: its card {card.path} lists no weights")
         module = registry.load_from_card(card)
         sha = card.weights["sha256"]
         click_mode = click_mode or card_click_mode(card)
         if backend == "torch":
             set_threads(threads)
             return cls.from_module(card, module, sha, click_mode)
-        cache = Path(onnx_cache) if onnx_cache else Path(tempfile.gettempdir()) / "nerveseg-onnx"
-        encoder_path, decoder_path = export_onnx(module, cache, f"{card.name}-{sha[:16]}-g{GRAPH_VERSION}")
+        encoder_path, decoder_path = export_onnx(module, onnx_cache_dir(onnx_cache),
+                                                 f"{card.name}-{sha[:16]}-g{GRAPH_VERSION}")
         return cls.from_onnx(card, encoder_path, decoder_path, sha, threads, click_mode)
 
     @classmethod

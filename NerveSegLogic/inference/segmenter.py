@@ -6,20 +6,21 @@ what is measured offline is what the clinician sees live.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 
+from ..checksums import sha256_file
 from ..frame import Frame, Instance, SegmentationResult
 from ..imaging import placement as pp
-from .backends import OnnxBackend, TorchBackend
 from ..imaging.region import AUTO, AutoRegion, Region, RegionChoice, parse_region
+from ..models import registry
+from .backends import TorchBackend, choose_backend, describe, resolve_device, set_threads
+from .loading import load_backend
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +34,6 @@ INSTANCE_SCORE_THRESHOLD = 0.5
 #: the model's resolution, then nearest-neighbour up (each model pixel becomes a block of frame pixels).
 CONTOURS = ("smooth", "fast")
 DEFAULT_CONTOURS = "smooth"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def choose_backend(task: str, device: str) -> str:
-    """``auto``'s choice: ONNX Runtime for a semantic model on the CPU when onnxruntime is installed, else torch.
-
-    Measured on 2 CPU cores (benchmarks/speed/live_path.md): the default unet at 128x128 takes 12 ms per frame in ONNX
-    Runtime against 33 ms in torch, so the live path keeps up with 30 fps only on ONNX Runtime. Instance models
-    are not exported to ONNX, and on a GPU torch runs the model where it is.
-    """
-    if task != "semantic" or device != "cpu":
-        return "torch"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "onnx"
 
 
 class Segmenter:
@@ -87,7 +64,7 @@ class Segmenter:
         self.classes = tuple(card.classes)
         self.min_component_area = int(min_component_area)
         card_path = getattr(card, "path", None)
-        self.card_sha256: Optional[str] = file_sha256(card_path) if card_path and Path(card_path).is_file() else None
+        self.card_sha256: Optional[str] = sha256_file(card_path) if card_path and Path(card_path).is_file() else None
 
     # ----------------------------------------------------------------------------------------------- region
     @property
@@ -138,38 +115,31 @@ class Segmenter:
         return cls(card, TorchBackend(module, task=card.task, device=device, threads=threads), **kwargs)
 
     @classmethod
+    def from_card(cls, card, backend: str = "auto", device: str = "cpu", threads: Optional[int] = None,
+                  onnx_cache: Optional[Path] = None, weights_path=None, **kwargs) -> "Segmenter":
+        """``card``'s model with its shipped (or given) weights on ``backend`` (auto, torch, onnx or onnx-int8; see
+        :func:`~.loading.load_backend`); ``kwargs`` go to the constructor. Raises ValueError for an unknown backend
+        or a non-semantic model on ONNX, and the registry's WeightsError for missing or corrupt weights."""
+        return cls(card, load_backend(card, backend, device=device, threads=threads, onnx_cache=onnx_cache,
+                                      weights_path=weights_path), **kwargs)
+
+    @classmethod
     def from_name(cls, name: str, backend: str = "torch", device: str = "cpu", weights_path=None,
                   threads: Optional[int] = None, onnx_cache: Optional[Path] = None, **kwargs) -> "Segmenter":
-        """The registered model ``name`` with its shipped (or given) weights on ``backend`` (torch, onnx or auto:
-        see :func:`choose_backend`).
+        """:meth:`from_card` for the registered model ``name`` (its card looked up once, here), where ``auto`` is
+        float32 only (:func:`~.backends.choose_backend`): :func:`load_segmenter` is the live path's, whose ``auto``
+        may run the INT8 graph.
 
         Raises KeyError/ValueError for an unknown name (listing the valid ones) and the registry's WeightsError
         for missing or corrupt weights. The ONNX backend exports the loaded model once to ``onnx_cache``
         (default: a folder in the system temp dir, keyed by the weights' sha256 and
         :data:`registry.ONNX_GRAPH_VERSION`).
         """
-        from ..models import registry
-        from .backends import resolve_device
-
         card = registry.card(name)
         if backend == "auto":
             backend = choose_backend(card.task, resolve_device(device))
-        device = "cpu" if backend == "onnx" else resolve_device(device)
-        module = registry.load(name, device=device, weights_path=weights_path)
-        if backend == "torch":
-            return cls.from_module(card, module, device=device, threads=threads, **kwargs)
-        if backend != "onnx":
-            raise ValueError(f"unknown backend {backend!r}; expected 'torch' or 'onnx'")
-        if card.task != "semantic":
-            raise ValueError(f"model {name!r} is an {card.task} model; the ONNX backend runs semantic models only")
-        weights = Path(weights_path) if weights_path else card.weights_path
-        key = file_sha256(weights)[:16] if weights and Path(weights).is_file() else "random"
-        cache = Path(onnx_cache) if onnx_cache else Path(tempfile.gettempdir()) / "nerveseg-onnx"
-        cache.mkdir(parents=True, exist_ok=True)
-        onnx_path = cache / f"{card.name}-{key}-g{registry.ONNX_GRAPH_VERSION}.onnx"
-        if not onnx_path.is_file():
-            registry.export_onnx(module, onnx_path, card=card)
-        return cls(card, OnnxBackend(onnx_path, threads=threads), **kwargs)
+        return cls.from_card(card, backend, device=device, threads=threads, onnx_cache=onnx_cache,
+                             weights_path=weights_path, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- running
     def warm_up(self, height: int = 420, width: int = 580) -> None:
@@ -276,9 +246,25 @@ class Segmenter:
         return labelmap, None, instances
 
     def describe(self) -> str:
-        from .backends import describe
-
         return f"{self.card.name} on {describe(self.backend)}"
+
+
+def load_segmenter(model, backend: str = "auto", device: str = "cpu", threads: Optional[int] = None,
+                   onnx_cache: Optional[Path] = None, weights_path=None, **kwargs) -> Segmenter:
+    """The live path's model: a :class:`Segmenter` for ``model`` (a ModelCard, or a registered name whose card is
+    looked up once) on ``backend`` (``auto``, torch, onnx or onnx-int8; ``auto`` runs the INT8 graph where the card
+    allows it, see :func:`~.loading.resolve_backend`), with ``threads`` intra-op threads for ONNX Runtime and torch.
+
+    ``onnx-int8`` exports the float32 graph as the onnx backend does (cached by the weights' sha256), then
+    quantizes it once into :func:`~.quantize.int8_path_for` next to it. Raises ValueError for an unknown backend
+    or a non-semantic model on ONNX, KeyError for an unknown name, and the registry's WeightsError for missing or
+    bad weights.
+    """
+    card = registry.card(model) if isinstance(model, str) else model
+    segmenter = Segmenter.from_card(card, backend, device=device, threads=threads, onnx_cache=onnx_cache,
+                                    weights_path=weights_path, **kwargs)
+    set_threads(threads)  # torch is loaded by now (the weights were read with it)
+    return segmenter
 
 
 def _argmax_above_background(margins) -> np.ndarray:

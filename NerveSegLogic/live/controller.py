@@ -105,7 +105,8 @@ def _default_receiver(host: str, port: int, device_name: Optional[str], on_frame
 
 
 def _default_segmenter(name: str, backend: str, device: str) -> FrameSegmenter:
-    from ..inference.backends import load_segmenter, resolve_device  # imports torch: only when a model is loaded
+    from ..inference.backends import resolve_device  # imports torch: only when a model is loaded
+    from ..inference.segmenter import load_segmenter
 
     # "auto" becomes cuda or cpu here: the weights are moved to this device before the backend sees it.
     return load_segmenter(name, backend=backend, device=resolve_device(device))

@@ -62,7 +62,7 @@ class _Kept:
 
 def run_demo(options: DemoOptions) -> dict:
     """Run the demo; returns the summary (also written to ``<out>/summary.json``)."""
-    from ..inference.backends import load_segmenter  # the model's packages: only when the demo runs
+    from ..inference.segmenter import load_segmenter  # the model's packages: only when the demo runs
     from ..models import registry
     from ..scene import LiveScene
 

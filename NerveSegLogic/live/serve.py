@@ -51,7 +51,7 @@ class SegmentationServer:
     """Owns the pipeline and the sender; ``serve_forever`` drives it, ``stop`` (any thread) ends it."""
 
     def __init__(self, options: ServeOptions, segmenter=None):
-        from ..inference.backends import load_segmenter  # the model's packages: only when a server is made
+        from ..inference.segmenter import load_segmenter  # the model's packages: only when a server is made
         from ..models import registry
 
         self.options = options

@@ -330,7 +330,7 @@ class MultiStreamServer:
 
     def __init__(self, options, streams: Sequence[StreamInput], segmenter=None, batch: bool = False,
                  max_batch: Optional[int] = None):
-        from ..inference.backends import load_segmenter
+        from ..inference.segmenter import load_segmenter
         from .serve import SegmentationServer
         from ..models import registry
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import tempfile
@@ -22,6 +23,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from NerveSegLogic.classes import SegmentClass, segment_class
 from ..imaging.placement import InputSpec
 
+from .int8 import INT8_RECIPES
 from .user_models import SITE_CARD_FILE, fetched_weights_path
 
 TASKS = ("semantic", "instance", "promptable")
@@ -161,9 +163,7 @@ class ModelCard:
                 raise fail(key, "expected an object")
         _check_int8(raw.get("int8"), task, fail)
         if raw.get("presence") is not None:
-            from NerveSegLogic.inference.presence import check_block
-
-            problems = check_block(raw["presence"])
+            problems = presence_problems(raw["presence"])
             if problems:
                 raise fail("presence", "; ".join(problems))
         default = raw.get("default", False)
@@ -262,8 +262,6 @@ def _check_int8(record: Any, task: str, fail) -> None:
     """The optional ``int8`` block: how the model's INT8 ONNX graph is made (``recipe``) and what was measured of it
     (benchmarks/int8/bench_int8.py). ``max_dice_change`` (the largest per-class |Dice int8 - Dice float32|) decides
     whether ``auto`` runs it; a block that only names the recipe (nothing measured yet) keeps ``auto`` on float32."""
-    from ..inference.backends import INT8_RECIPES
-
     if record is None:
         return
     if task != "semantic":
@@ -286,6 +284,33 @@ def _check_int8(record: Any, task: str, fail) -> None:
         change = folds.get("max_dice_change") if isinstance(folds, dict) else None
         if isinstance(change, bool) or not isinstance(change, (int, float)) or not change >= 0:
             raise fail("int8.cross_validation.max_dice_change", f"expected a number >= 0, got {change!r}")
+
+
+#: How a ``presence`` block's raw score is computed (see :mod:`NerveSegLogic.inference.presence`).
+PRESENCE_SCORES = ("max_probability",)
+
+
+def presence_problems(block: Any) -> list:
+    """Problems of a card's ``presence`` block (empty list when valid); the block is described in
+    :mod:`NerveSegLogic.inference.presence`, which reads it."""
+    problems = []
+    if not isinstance(block, Mapping):
+        return [f"expected an object, got {type(block).__name__}"]
+    if block.get("score", "max_probability") not in PRESENCE_SCORES:
+        problems.append(f"score: expected one of {PRESENCE_SCORES}, got {block.get('score')!r}")
+    for key, value in (block.get("calibration") or {}).items():
+        if not isinstance(value, Mapping) or not all(_finite(value.get(name)) for name in ("a", "b")):
+            problems.append(f"calibration.{key}: expected {{\"a\": number, \"b\": number}}, got {value!r}")
+    for key, value in (block.get("thresholds") or {}).items():
+        if not isinstance(value, Mapping) or not all(_finite(value.get(name)) for name in ("show", "uncertain")):
+            problems.append(f"thresholds.{key}: expected {{\"show\": number, \"uncertain\": number}}, got {value!r}")
+        elif not 0.0 <= value["uncertain"] <= value["show"] <= 1.0:
+            problems.append(f"thresholds.{key}: expected 0 <= uncertain <= show <= 1, got {dict(value)}")
+    return problems
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_recipe(recipe: Any, fail) -> None:

@@ -21,7 +21,6 @@ Plain ``urllib``: no third-party HTTP client is needed for one GET with a ``Rang
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import logging
 import os
@@ -36,7 +35,7 @@ from typing import Callable, Iterator, Optional
 
 from .card import ModelCard
 from .user_models import fetched_weights_path
-from .weights import sha256_file
+from ..checksums import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +212,7 @@ def _content_range_start(value: Optional[str]) -> Optional[int]:
 
 def _check_and_place(card: ModelCard, candidate: Path, final: Path, source: str) -> None:
     """Rename ``candidate`` to ``final`` when its sha256 is the card's; else delete it and raise FetchError."""
-    digest = hashlib.sha256()
-    with open(candidate, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    actual = digest.hexdigest()
+    actual = sha256_file(candidate)
     if actual != card.weights["sha256"]:
         candidate.unlink()
         raise FetchError(f"model {card.name!r}: the file from {source} has sha256 {actual}, not the card's "

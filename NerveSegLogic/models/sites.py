@@ -24,9 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..checksums import sha256_file
 from .card import ModelCard, load_card
 from .user_models import SITE_CARD_FILE, site_card_files, sites_dir
-from .weights import WeightsError, sha256_file
+from .weights import WeightsError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9+\-]*$")
 

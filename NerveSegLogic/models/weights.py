@@ -11,11 +11,12 @@ torch and safetensors are imported inside the functions, so importing this modul
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Mapping, Optional
+
+from NerveSegLogic.checksums import sha256_file  # noqa: F401 - also this module's name for it (tests, benchmarks)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -27,15 +28,6 @@ DTYPES = ("float32", "float16")
 
 class WeightsError(RuntimeError):
     """A weights file that cannot be used: missing, wrong checksum, not safetensors, or not matching the model."""
-
-
-def sha256_file(path: os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Lower-case hex sha256 of a file's bytes; OSError when it cannot be read."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def strip_prefixes(state: Mapping[str, "torch.Tensor"]) -> Dict[str, "torch.Tensor"]:

@@ -51,10 +51,10 @@ import cv2
 import numpy as np
 
 from ..frame import ImageGeometry
-
 from .backends import Backend, SqliteBackend
-from .errors import (APPLICATION_ID, APPLICATION_NAME, ConflictError, NotAStoreError,  # noqa: F401 (the store's
-                     StoreConnectionError, StoreError)  # errors are raised here and imported from here by callers)
+# The store's errors are raised here and callers import them from here too.
+from .errors import (APPLICATION_ID, APPLICATION_NAME, ConflictError, NotAStoreError,  # noqa: F401
+                     StoreConnectionError, StoreError)
 from .location import POSTGRES_SCHEMES, STORE_URL_FORM, LocationError, is_url, parse_postgres_url
 from .postgres import PostgresBackend
 
@@ -63,9 +63,7 @@ ORIGINS = ("model", "manual", "corrected", "prompt", "propagated", "consensus")
 #: Pseudo-status for :meth:`AnnotationStore.frames`: frames with no version yet.
 UNLABELLED = "unlabelled"
 
-#: Written into the file header (PRAGMA application_id) and the meta table so a NerveSeg store is recognisable.
-APPLICATION_ID = 0x4E534547  # "NSEG"
-APPLICATION_NAME = "nerveseg-annotation-store"
+#: The schema's version, kept in the meta table (APPLICATION_ID and APPLICATION_NAME, in errors.py, mark the store).
 SCHEMA_VERSION = 1
 
 logger = logging.getLogger(__name__)

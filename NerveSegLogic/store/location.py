@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 #: Matches ``scheme://`` at the start of a store location (a URL rather than a file path).

@@ -24,7 +24,10 @@ from typing import Any, Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..checksums import sha256_file
 from ..imaging import placement as pp
+from ..models import registry
+from ..models.card import ModelCard
 
 
 @dataclass
@@ -52,8 +55,6 @@ def read_run_card(path: Path):
     """A training run's ``card.json`` (named card.json, not after its model, so read without the name check)."""
     import json
 
-    from ..models.card import ModelCard
-
     try:
         return ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError) as error:
@@ -69,8 +70,6 @@ def resolve_weights(text: str, default_model: str, cards_dir=None):
     input size and build the weights were trained with), else the registered card of MODEL. MODEL defaults to the
     model that ``card.json`` names, else ``default_model``. Raises ValueError naming ``text`` when a part is
     missing, or the run's card belongs to another model than the MODEL given."""
-    from ..models import registry
-
     model, at, rest = text.partition("@")
     if not at:
         model, rest = "", text
@@ -99,9 +98,6 @@ def load_teachers(texts: Sequence[str], student_card, spec: pp.InputSpec, device
 
     A ``card.json`` next to the weights (a training run's folder) is the teacher's card, with the input size and
     build it was trained with; otherwise the registered card of its model is."""
-    from ..models import registry
-    from ..models.weights import sha256_file
-
     teachers = []
     for text in texts:
         try:

@@ -5,9 +5,10 @@ Everything is numpy/scipy/OpenCV (and pycocotools for COCO AP); nothing imports 
 Conventions (the same in metrics.json, the comparison table and the tests):
 
 - Masks are compared in the frame's own pixel grid. A class is ``labelmap == label``.
-- Dice, IoU, precision, recall: from pixel counts. When a ratio has a zero denominator it is undefined and reported
-  as NaN, which the means skip (nnU-Net's convention): Dice and IoU when truth and prediction are both empty,
-  precision when nothing is predicted, recall when the truth is empty.
+- Dice, IoU, precision, recall: from pixel counts (Dice and IoU: :mod:`NerveSegLogic.imaging.overlap`, the one
+  definition). When a ratio has a zero denominator it is undefined and reported as NaN, which the means skip
+  (nnU-Net's convention): Dice and IoU when truth and prediction are both empty, precision when nothing is
+  predicted, recall when the truth is empty.
 - HD95 (:func:`hausdorff95`): boundary pixels are a mask minus its binary erosion (4-connected structuring element,
   as MONAI's ``get_mask_edges``); the 95th percentile (linear interpolation) of the distances from each boundary
   pixel of one mask to the nearest boundary pixel of the other, taken both ways, the larger of the two. In pixels,
@@ -37,6 +38,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+# dice and iou are also this module's names for them (metrics.dice, metrics.iou: training, tests)
+from ..imaging.overlap import dice, dice_from_counts, iou, iou_from_counts, overlap_counts  # noqa: F401
 from ..imaging.placement import MIN_COMPONENT_AREA_PX
 
 #: Smistad et al.: a predicted region is a true positive when it overlaps a true region by more than this.
@@ -61,26 +64,6 @@ def _binary(mask: np.ndarray) -> np.ndarray:
 def _check_same_shape(pred: np.ndarray, truth: np.ndarray) -> None:
     if pred.shape != truth.shape:
         raise ValueError(f"prediction and truth differ in shape: {pred.shape} vs {truth.shape}")
-
-
-def overlap_counts(pred: np.ndarray, truth: np.ndarray) -> Tuple[int, int, int]:
-    """(true positive, false positive, false negative) pixel counts of two binary masks of the same shape."""
-    pred, truth = _binary(pred), _binary(truth)
-    _check_same_shape(pred, truth)
-    tp = int(np.count_nonzero(pred & truth))
-    return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(truth)) - tp
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """2 |P n T| / (|P| + |T|) of two binary masks; NaN when both are empty."""
-    tp, fp, fn = overlap_counts(pred, truth)
-    return _ratio(2 * tp, 2 * tp + fp + fn)
-
-
-def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    """|P n T| / |P u T| of two binary masks; NaN when both are empty."""
-    tp, fp, fn = overlap_counts(pred, truth)
-    return _ratio(tp, tp + fp + fn)
 
 
 def precision(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -254,7 +237,7 @@ def frame_metrics(pred_labelmap: np.ndarray, true_labelmap: np.ndarray, labels: 
         auc = math.nan
         if probabilities is not None and key in probabilities:
             auc = pixel_auc(probabilities[key], truth)
-        per_class[key] = {"dice": _ratio(2 * tp, 2 * tp + fp + fn), "iou": _ratio(tp, tp + fp + fn),
+        per_class[key] = {"dice": dice_from_counts(tp, fp, fn), "iou": iou_from_counts(tp, fp, fn),
                           "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
                           "hd95_px": hd_px, "hd95_mm": hd_mm, "auc": auc}
         detection[key] = match_regions(pred, truth).as_dict()

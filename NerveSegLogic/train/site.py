@@ -22,6 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ..checksums import sha256_file
+from ..models import registry
+from ..models.weights import WeightsError, apply_weights
+
 #: The site recipe: how ``--init`` changes the card's recipe. ``epochs`` is absolute (with k = 20 frames and the
 #: cards' batch sizes of 4-8, 15 epochs are 45-75 steps); ``lr_factor`` multiplies the card's learning rate;
 #: ``schedule`` replaces the card's; ``augmentations`` / ``batch_size`` None keep the card's (the batch is clamped
@@ -142,9 +146,7 @@ def resolve_init(text: str, model_card, build_overrides: Optional[Mapping[str, A
     path is ``[MODEL@]WEIGHTS`` (a .safetensors file, or a run folder with its card.json), resolved as ``--teacher``
     is. Raises ValueError naming both sides when architecture, build, classes or input channels differ, and
     WeightsError when a registered model's weights are not on this machine."""
-    from ..models import registry
-    from ..models.weights import WeightsError, sha256_file
-    from .distill import resolve_weights
+    from .distill import resolve_weights  # lazy on purpose: distill imports torch, site's callers may not need it
 
     model_part, at, rest = text.partition("@")
     path_part = rest if at else text
@@ -178,7 +180,6 @@ def resolve_init(text: str, model_card, build_overrides: Optional[Mapping[str, A
 
 
 def _is_registered(name: str, cards_dir) -> bool:
-    from ..models import registry
 
     try:
         return name in registry.names(cards_dir, tasks=None)
@@ -216,8 +217,6 @@ def _mapping(classes: Mapping[int, str]) -> str:
 def load_init(model, source: InitSource, device: str = "cpu") -> None:
     """Copy the init's weights into ``model``: loaded by the registry from its own card (safetensors, sha256
     checked), then applied with the same key and shape check (a mismatch names the file)."""
-    from ..models import registry
-    from ..models.weights import apply_weights
 
     loaded = registry.load_from_card(source.card, device="cpu", weights_path=source.weights, sha256=source.sha256)
     apply_weights(model, loaded.state_dict(), source.weights)
@@ -231,8 +230,6 @@ def data_fingerprint(dataset, indices: Sequence[int], frames: Sequence = ()) -> 
     pixels of ``frames``, the frames as read)."""
     if hasattr(dataset, "fingerprint"):
         return dataset.fingerprint(indices)
-    from ..datasets.manifest import sha256_file
-
     rows, method = [], "files"
     cache: Dict[str, str] = {}
 

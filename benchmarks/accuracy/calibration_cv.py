@@ -38,7 +38,7 @@ def fold_rows(data: Path, base_runs: Path, fold: int, backend: str, threads: int
     from NerveSegLogic.train.crossval import base_run, block_names
 
     from NerveSegLogic.datasets.readers import open_dataset
-    from NerveSegLogic.inference.backends import load_segmenter
+    from NerveSegLogic.inference.segmenter import load_segmenter
     from NerveSegLogic.train import calibrate
     from NerveSegLogic.train.data import FrameStore
     from NerveSegLogic.train.negatives import negative_frames

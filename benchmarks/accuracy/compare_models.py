@@ -201,6 +201,8 @@ def fold_extras(model: str, data: Path, run_dir: Path, train_names: List[str], h
       ``threads`` intra-op threads, with the load average (a busy machine inflates it).
     """
     from NerveSegLogic.inference import backends
+    from NerveSegLogic.inference import quantize
+    from NerveSegLogic.models import int8
     from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.models import registry
     from NerveSegLogic.train.evaluate import evaluate
@@ -216,10 +218,10 @@ def fold_extras(model: str, data: Path, run_dir: Path, train_names: List[str], h
         registry.export_onnx(module, fp32_path, card=card)
     step = max(1, len(train_names) // INT8_CALIBRATION_FRAMES)
     calibration = [f.image for f in fold_frames(data, train_names[::step][:INT8_CALIBRATION_FRAMES]).frames]
-    recipe = backends.int8_recipe_of(registry.card(model))  # the registered card's, as the live path will make it
+    recipe = int8.int8_recipe_of(registry.card(model))  # the registered card's, as the live path will make it
     int8_path = graphs / f"{model}.int8-{recipe}.onnx"
     if not int8_path.is_file():
-        backends.quantize_int8(fp32_path, int8_path, card, frames=calibration, recipe=recipe)
+        quantize.quantize_int8(fp32_path, int8_path, card, frames=calibration, recipe=recipe)
     fp32 = Segmenter(card, backends.OnnxBackend(fp32_path, threads=threads))
     int8 = Segmenter(card, backends.OnnxInt8Backend(int8_path, threads=threads))
 
@@ -262,11 +264,11 @@ def fold_int8_graph(model: str, run_dir: Path, recipe: str) -> Path:
 
     Folds scored before recipes had names hold ``<model>.int8.onnx``, made with the default (min/max) recipe: that
     file stands for the default recipe only. FileNotFoundError names the file expected."""
-    from NerveSegLogic.inference import backends
+    from NerveSegLogic.models import int8
 
     path = run_dir / "onnx" / f"{model}.int8-{recipe}.onnx"
     legacy = run_dir / "onnx" / f"{model}.int8.onnx"
-    if not path.is_file() and recipe == backends.INT8_RECIPE and legacy.is_file():
+    if not path.is_file() and recipe == int8.INT8_RECIPE and legacy.is_file():
         return legacy
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no INT8 graph with recipe {recipe} for this fold; score the fold first "
@@ -277,12 +279,13 @@ def fold_int8_graph(model: str, run_dir: Path, recipe: str) -> Path:
 def live_path_speed(model: str, data: Path, run_dir: Path, held_out: List[str], threads: int) -> Dict:
     """:func:`_time_live_path` again on the graphs :func:`fold_extras` wrote (for a re-measurement when idle)."""
     from NerveSegLogic.inference import backends
+    from NerveSegLogic.models import int8
     from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.models import registry
     from NerveSegLogic.train.evaluate_weights import card_for_weights
 
     card, _, _ = card_for_weights(model, run_dir / f"{model}.safetensors")
-    recipe = backends.int8_recipe_of(registry.card(model))
+    recipe = int8.int8_recipe_of(registry.card(model))
     segmenters = {"onnx": Segmenter(card, backends.OnnxBackend(run_dir / "onnx" / f"{model}.onnx", threads=threads)),
                   "onnx-int8": Segmenter(card, backends.OnnxInt8Backend(fold_int8_graph(model, run_dir, recipe),
                                                                          threads=threads))}
@@ -396,7 +399,7 @@ def _int8_text(entry: Dict) -> str:
 def _live_ms(entry: Dict) -> Optional[float]:
     """The live path's ms/frame on the backend `auto` would pick for these weights: INT8 where its cross-validated
     Dice change is under the live path's tolerance, else float32 ONNX Runtime (None: not measured)."""
-    from NerveSegLogic.inference.backends import INT8_MAX_DICE_CHANGE
+    from NerveSegLogic.models.int8 import INT8_MAX_DICE_CHANGE
 
     speed = entry.get("live_path_ms")
     if not speed:
@@ -643,7 +646,7 @@ def readme_table(table: Dict[str, Dict], folds: int, earlier: Optional[str] = No
 
 
 def _int8_tolerance() -> float:
-    from NerveSegLogic.inference.backends import INT8_MAX_DICE_CHANGE
+    from NerveSegLogic.models.int8 import INT8_MAX_DICE_CHANGE
 
     return INT8_MAX_DICE_CHANGE
 

@@ -142,7 +142,7 @@ def thresholds_card(card, show: float, uncertain: float):
 
 def load(args):
     """(segmenter, card for the filter, description of the weights)."""
-    from NerveSegLogic.inference.backends import load_segmenter
+    from NerveSegLogic.inference.segmenter import load_segmenter
     from NerveSegLogic.models.card import ModelCard
 
     weights, run_card, described = None, None, "shipped"

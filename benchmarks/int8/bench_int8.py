@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 import numpy as np  # noqa: E402
 
-from NerveSegLogic.inference import backends  # noqa: E402
+from NerveSegLogic.inference.segmenter import load_segmenter
+from NerveSegLogic.models import int8
 from NerveSegLogic.imaging import placement as pp  # noqa: E402
 from NerveSegLogic.models import registry  # noqa: E402
 from NerveSegLogic.train.metrics import dice  # noqa: E402
@@ -130,11 +131,11 @@ def speed(segmenters: Dict, frame: np.ndarray, rounds: int, warmup: int, runs: i
 
 def bench(name: str, dataset, args, skip: set) -> Dict:
     started = load_average()
-    fp32 = backends.load_segmenter(name, backend="onnx", threads=args.threads)
-    int8 = backends.load_segmenter(name, backend="onnx-int8", threads=args.threads)
+    fp32 = load_segmenter(name, backend="onnx", threads=args.threads)
+    int8 = load_segmenter(name, backend="onnx-int8", threads=args.threads)
     segmenters = {"onnx": fp32, "onnx-int8": int8}
     if not args.no_torch:
-        segmenters = {"torch": backends.load_segmenter(name, backend="torch", device="cpu", threads=args.threads),
+        segmenters = {"torch": load_segmenter(name, backend="torch", device="cpu", threads=args.threads),
                       **segmenters}
     row = {"name": name, "input": [fp32.card.input.height, fp32.card.input.width]}
     row["accuracy"] = accuracy(fp32, int8, dataset, skip)
@@ -145,7 +146,7 @@ def bench(name: str, dataset, args, skip: set) -> Dict:
 
 def card_block(row: Dict, args, command: str, calibration: int) -> Dict:
     acc, spd = row["accuracy"], row["speed"]
-    recipe = backends.int8_recipe_of(registry.card(row["name"]))
+    recipe = int8.int8_recipe_of(registry.card(row["name"]))
     return {
         "max_dice_change": acc["max_dice_change"],
         "dice_change": acc["dice_change"],
@@ -161,7 +162,7 @@ def card_block(row: Dict, args, command: str, calibration: int) -> Dict:
                          "float32, not accuracy"),
         "calibration": f"{calibration} bundled sample frames (Resources/Sample), recipe {recipe}",
         "recipe": recipe,
-        "auto_uses_int8": bool(acc["max_dice_change"] < backends.INT8_MAX_DICE_CHANGE
+        "auto_uses_int8": bool(acc["max_dice_change"] < int8.INT8_MAX_DICE_CHANGE
                                and acc["float32_segments_something"]
                                and spd["model_ms"]["onnx-int8"] < spd["model_ms"]["onnx"]),
         "load_average": spd["load_average"][0]["before"],
@@ -185,7 +186,7 @@ def write_card_block(name: str, block: Dict) -> None:
     if folds is not None:
         block["cross_validation"] = folds
         data["int8"] = block
-        block["auto_uses_int8"] = bool(backends.int8_allowed(ModelCard.from_dict(data)))
+        block["auto_uses_int8"] = bool(int8.int8_allowed(ModelCard.from_dict(data)))
     data["int8"] = block
     write_card(data, path)
 
@@ -207,12 +208,12 @@ def report(rows: List[Dict], args, command: str, calibration: int) -> str:
         f"- command: `{command}`",
         f"- INT8 graph: ONNX Runtime quantize_static after quant_pre_process; QDQ format, int8 weights per output "
         f"channel, uint8 activations calibrated on the {calibration} bundled sample frames with each card's recipe "
-        f"(`int8.recipe`; without one `{backends.INT8_RECIPE}`: min/max); input and output stay float32",
+        f"(`int8.recipe`; without one `{int8.INT8_RECIPE}`: min/max); input and output stay float32",
         "- Dice: mean over frames of each class's Dice against the ground truth, through the live path's Segmenter "
         "(placement, argmax, small-region removal). The frames are **training frames** of the shipped weights (the "
         "cross-validation folds' weights are not kept), minus the calibration frames: the change measures what "
         "INT8 loses against float32, not accuracy. Agreement: Dice of the INT8 mask against the float32 mask.",
-        f"- `auto` runs INT8 where every class's Dice change is under {backends.INT8_MAX_DICE_CHANGE} (recorded in "
+        f"- `auto` runs INT8 where every class's Dice change is under {int8.INT8_MAX_DICE_CHANGE} (recorded in "
         "the card's `int8` block).",
         "",
         "## Accuracy",
@@ -244,7 +245,7 @@ def report(rows: List[Dict], args, command: str, calibration: int) -> str:
         s = row["speed"]
         m, p, w, wp = s["model_ms"], s["model_ms_p90"], s["segment_ms"], s["segment_ms_p90"]
         acc = row["accuracy"]
-        auto = "onnx-int8" if (acc["max_dice_change"] < backends.INT8_MAX_DICE_CHANGE
+        auto = "onnx-int8" if (acc["max_dice_change"] < int8.INT8_MAX_DICE_CHANGE
                                and acc["float32_segments_something"]) else "onnx"
         keeps = "yes" if w[auto] <= FRAME_BUDGET_MS else "no"
         torch_cell = f"{m['torch']:.1f} ({p['torch']:.1f})" if "torch" in m else "-"

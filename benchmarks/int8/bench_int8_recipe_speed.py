@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from NerveSegLogic.inference import backends
+    from NerveSegLogic.inference.quantize import calibration_frames
     from NerveSegLogic.imaging import placement as pp
     from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.models import registry
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="nerveseg-recipes-") as work:
         fp32 = registry.export_onnx(args.model, Path(work) / f"{args.model}.onnx")
-        calibration = backends.calibration_frames()
+        calibration = calibration_frames()
         graphs = {r: quantize(fp32, Path(work) / f"{r}.onnx", card, calibration, r) for r in recipes}
         reference = Segmenter(card, backends.OnnxBackend(fp32, threads=args.threads))
         segmenters = {r: Segmenter(card, backends.OnnxBackend(p, threads=args.threads)) for r, p in graphs.items()}

@@ -37,7 +37,7 @@ def graphs(model: str, folder: Path):
     """{(export, precision): path} for export in (torch, folded), precision in (float32, int8)."""
     import onnx
 
-    from NerveSegLogic.inference import backends
+    from NerveSegLogic.inference import quantize
     from NerveSegLogic.models import registry
 
     card = registry.card(model)
@@ -45,7 +45,7 @@ def graphs(model: str, folder: Path):
     out, nodes = {}, {}
     for export, simplify in (("torch", False), ("folded", True)):
         fp32 = registry.export_onnx(module, folder / f"{model}-{export}.onnx", card=card, simplify=simplify)
-        int8 = backends.quantize_int8(fp32, folder / f"{model}-{export}.int8.onnx", card)
+        int8 = quantize.quantize_int8(fp32, folder / f"{model}-{export}.int8.onnx", card)
         out[export, "float32"], out[export, "int8"] = fp32, int8
         for precision, path in (("float32", fp32), ("int8", int8)):
             graph = onnx.load(str(path)).graph

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cards", type=Path, default=REPO / "Resources" / "Models")
     args = parser.parse_args(argv)
 
-    from NerveSegLogic.inference import backends
+    from NerveSegLogic.models import int8
     from NerveSegLogic.models.card import ModelCard, write_card
 
     report = json.loads(args.comparison.read_text(encoding="utf-8"))
@@ -79,11 +79,11 @@ def main(argv=None) -> int:
             speed = {k: v for k, v in figures["segment_ms_per_frame"].items()
                      if k.startswith("onnx") and isinstance(v, (int, float))}
             block = {"max_dice_change": figures["max_dice_change"], "dice_change": figures["dice_change"],
-                     "ms_per_frame": speed, "recipe": backends.int8_recipe_of(ModelCard.from_dict(card, path)),
+                     "ms_per_frame": speed, "recipe": int8.int8_recipe_of(ModelCard.from_dict(card, path)),
                      "evaluated_on": "cross-validation folds only (see cross_validation)"}
         block["cross_validation"] = figures
         card["int8"] = block
-        block["auto_uses_int8"] = backends.int8_allowed(ModelCard.from_dict(card, path))
+        block["auto_uses_int8"] = int8.int8_allowed(ModelCard.from_dict(card, path))
         write_card(card, path)
         print(f"{model}: INT8 Dice change on {len(folds)} folds {figures['max_dice_change']:.4f} "
               f"-> auto uses {'INT8' if block['auto_uses_int8'] else 'float32'}")

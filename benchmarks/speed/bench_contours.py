@@ -64,7 +64,8 @@ def run(args) -> Dict:
     import cv2
 
     from NerveSegLogic.datasets.readers import open_dataset
-    from NerveSegLogic.inference.backends import load_segmenter, set_threads
+    from NerveSegLogic.inference.backends import set_threads
+    from NerveSegLogic.inference.segmenter import load_segmenter
     from NerveSegLogic.train.data import FrameStore
     from NerveSegLogic.train.evaluate import evaluation_classes
 

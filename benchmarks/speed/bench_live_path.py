@@ -95,7 +95,7 @@ def segment_cost(model: str, backend: str, args) -> dict:
 
     from NerveSegLogic.frame import Frame
     from NerveSegLogic.imaging import placement as pp
-    from NerveSegLogic.inference.backends import load_segmenter
+    from NerveSegLogic.inference.segmenter import load_segmenter
     from NerveSegLogic.inference.segmenter import Segmenter
     from NerveSegLogic.inference.steady import SteadyOptions, SteadyOverlay
 

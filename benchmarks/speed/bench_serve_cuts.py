@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     from NerveSegLogic.frame import ImageGeometry
     from NerveSegLogic.imaging import placement as pp
     from NerveSegLogic.inference import segmenter as seg
-    from NerveSegLogic.inference.backends import load_segmenter
+    from NerveSegLogic.inference.segmenter import load_segmenter
     from NerveSegLogic.stream import codec
 
     old_pp = load_version(args.before, "NerveSegLogic/imaging/placement.py")

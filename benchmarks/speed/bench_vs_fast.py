@@ -439,7 +439,7 @@ def main(argv=None) -> int:
                       Path(saved.get("onnx", "model.onnx")))
         return 0
 
-    from NerveSegLogic.inference.backends import load_segmenter
+    from NerveSegLogic.inference.segmenter import load_segmenter
     from NerveSegLogic.models import registry
 
     args.model = args.model or registry.default_name()

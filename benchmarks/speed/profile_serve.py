@@ -206,7 +206,7 @@ def model_alone(args) -> Dict:
     loop that only reads the clock for as long as the model's median. When the model alone has serve's tail and the
     control has none, the tail is the machine's memory system (other tenants of the host), not serve's code and
     not the CPU being taken away."""
-    from NerveSegLogic.inference.backends import load_segmenter
+    from NerveSegLogic.inference.segmenter import load_segmenter
 
     segmenter = load_segmenter(args.model, backend=args.backend, threads=args.threads)
     spec = segmenter.spec
@@ -231,7 +231,7 @@ def model_alone(args) -> Dict:
 
 
 def functions(args) -> str:
-    from NerveSegLogic.inference.backends import load_segmenter
+    from NerveSegLogic.inference.segmenter import load_segmenter
     from NerveSegLogic.stream.codec import encode_image
 
     from NerveSegLogic.testing.sample_feed import FRAME_SIZE

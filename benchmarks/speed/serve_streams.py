@@ -211,7 +211,8 @@ def model_batches(frames: List[np.ndarray], repeats: int = 60) -> Dict:
     """The default model alone, as serve loads it: ms per call and per frame for batches of 1, 2 and 4 frames
     (median of ``repeats`` calls), i.e. the most cross-stream batching could save when frames do coincide."""
     from NerveSegLogic.imaging import placement as pp
-    from NerveSegLogic.inference.backends import DEFAULT_THREADS, load_segmenter
+    from NerveSegLogic.inference.backends import DEFAULT_THREADS
+    from NerveSegLogic.inference.segmenter import load_segmenter
     from NerveSegLogic.models import registry
 
     segmenter = load_segmenter(registry.default_name(), backend="auto", device="cpu", threads=DEFAULT_THREADS)
@@ -314,7 +315,8 @@ def main() -> int:
         args.out.with_suffix(".md").write_text(markdown(report))
         return 0
 
-    from NerveSegLogic.inference.backends import DEFAULT_THREADS, resolve_backend
+    from NerveSegLogic.inference.backends import DEFAULT_THREADS
+    from NerveSegLogic.inference.loading import resolve_backend
     from NerveSegLogic.models import registry
 
     import logging

@@ -244,7 +244,8 @@ def _build(args, parent: ParentLink):
                         remote, card.classes, card.name, sinks=[])
         return None, f"{card.name} on the server {args.remote}", card.classes, run
 
-    from ...inference.backends import default_threads, load_segmenter, resolve_device
+    from ...inference.backends import default_threads, resolve_device
+    from ...inference.segmenter import load_segmenter
 
     region = parse_region(getattr(args, "region", ""))  # a bad value fails here, before the model is loaded
     # 0: as serve (one thread less than the cores, measured best on 2 cores), leaving a core to Slicer's GUI.
