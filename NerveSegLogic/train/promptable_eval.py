@@ -17,10 +17,13 @@ and benchmarks/release/tune_litemedsam.py.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import List
 
 import numpy as np
+
+from ..imaging import overlap
 
 #: The promptable model the fold runs tune (its released weights are the start).
 BASE = "litemedsam"
@@ -72,9 +75,10 @@ def jittered_box(region: np.ndarray, rng: np.random.Generator, fraction: float, 
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """Dice of two boolean masks (1.0 when both are empty)."""
-    total = prediction.sum() + reference.sum()
-    return 1.0 if total == 0 else float(2 * (prediction & reference).sum() / total)
+    """Dice of two boolean masks (:func:`NerveSegLogic.imaging.overlap.dice`), 1.0 when both are empty: the simulated
+    annotator has nothing left to fix."""
+    value = overlap.dice(prediction, reference)
+    return 1.0 if math.isnan(value) else value
 
 
 def next_click(prediction: np.ndarray, reference: np.ndarray):

@@ -59,6 +59,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 import numpy as np  # noqa: E402
 
+from NerveSegLogic.imaging import overlap  # noqa: E402
 from NerveSegLogic.inference.steady import SteadyOptions, SteadyOverlay  # noqa: E402
 from NerveSegLogic.testing.moving_sequence import moving_sequence  # noqa: E402
 from NerveSegLogic.testing.machine import cpu_name, load_note  # noqa: E402
@@ -93,8 +94,9 @@ DEFAULT = "default (avg 1/3, sticky 0.3, 2/5)"
 # ----------------------------------------------------------------------------------------------------- sequences
 # ----------------------------------------------------------------------------------------------------- metrics
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+    """The project's Dice (imaging.overlap), 1.0 when both masks are empty (both agree that nothing is there)."""
+    value = overlap.dice(a, b)
+    return 1.0 if math.isnan(value) else value
 
 
 def stream_metrics(labelmaps: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> Dict:

@@ -44,7 +44,6 @@ Its two-step CPU test (Testing/test_bpmsegnet_gpu_script.py) runs it with --devi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -99,14 +98,6 @@ def parse_build(items):
         except ValueError:
             raise SystemExit(f"--build {item!r}: the value must be JSON (e.g. fpn_channels=32)") from None
     return build
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def held_out_record(summary, card_json, record, data: Path) -> dict:

@@ -41,6 +41,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 
+from NerveSegLogic.imaging import overlap  # noqa: E402
 from NerveSegLogic.train.promptable_eval import read_pair  # noqa: E402
 
 TUNED = Path("runs/litemedsam")
@@ -53,7 +54,7 @@ def frame_dice(prediction: np.ndarray, reference: np.ndarray) -> dict:
     for label, key in CLASSES.items():
         p, r = prediction == label, reference == label
         if r.any():
-            out[key] = float(2 * (p & r).sum() / (p.sum() + r.sum()))
+            out[key] = overlap.dice(p, r)
     return out
 
 

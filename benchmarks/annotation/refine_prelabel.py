@@ -31,6 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 
+from NerveSegLogic.imaging import overlap  # noqa: E402
 from NerveSegLogic.train.promptable_eval import read_pair, semantic_model  # noqa: E402
 
 TUNED = Path("runs/litemedsam")
@@ -60,8 +61,7 @@ def scores(prediction: np.ndarray, reference: np.ndarray) -> dict:
         p, r = prediction == label, reference == label
         if not p.any() and not r.any():
             continue
-        total = int(p.sum() + r.sum())
-        out[key] = {"dice": round(float(2 * (p & r).sum() / total), 4), "hd95": round(hausdorff95(p, r), 2)}
+        out[key] = {"dice": round(overlap.dice(p, r), 4), "hd95": round(hausdorff95(p, r), 2)}
     return out
 
 
