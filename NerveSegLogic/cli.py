@@ -12,6 +12,8 @@ import logging
 import sys
 from typing import List, Optional
 
+from .models.weights import WeightsError
+
 # Order as shown in --help.
 COMMANDS = ["demo", "serve", "replay", "predict", "models", "train", "evaluate", "calibrate", "annotate", "export"]
 
@@ -34,9 +36,9 @@ def _user_errors() -> tuple:
     """The exceptions that mean bad input rather than a bug: each carries a message naming what was wrong."""
     import sqlite3
 
+    # The package's own imports inside functions here are lazy on purpose: registering a subcommand stays cheap: what
+    # it runs loads only when it runs.
     from .store.database import StoreError
-    from .models.weights import WeightsError  # a RuntimeError; data set errors are ValueErrors
-
     # sqlite3.Error: an annotation store on a full or read-only disk, locked or damaged.
     return (ValueError, KeyError, OSError, WeightsError, StoreError, sqlite3.Error)
 

@@ -21,6 +21,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .igtl import IMAGE_DEVICE_NAME
+from .imaging.placement import restore
 
 #: Stage stamps in the order a frame passes them. ``started`` is when the inference worker took the frame out of
 #: the newest-frame slot; the gap before it is time spent waiting, not working.
@@ -193,8 +194,6 @@ class SegmentationResult:
             return self.probabilities
         if self.placement is None:
             return None
-        from .imaging.placement import restore
-
         maps = restore(self.probabilities, self.placement)
         return maps if self.region is None else self.region.place_maps(maps, height, width)
 

@@ -28,6 +28,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..store.database import AnnotationStore, ConflictError, VersionSummary
+from ..classes import canonical_key
 
 ORIGIN = "consensus"
 METHODS = ("staple", "majority")
@@ -100,8 +101,6 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def _key(key: str) -> str:
-    from NerveSegLogic.classes import canonical_key
-
     try:
         return canonical_key(key)
     except ValueError:

@@ -18,6 +18,7 @@ import math
 
 import cv2
 import numpy as np
+
 from ..store.database import AnnotationStore, Version
 
 #: Coordinates beyond this many pixels from the origin are refused (OpenCV rounds them into int32, where NaN and

@@ -25,7 +25,13 @@ from NerveSegLogic.frame import ImageGeometry
 from ..imaging.bounds import ImageTooLarge, check_image_size
 from ..imaging.placement import to_grey
 
-from ..store.database import AnnotationStore, ConflictError, pixel_sha256
+from ..store.database import AnnotationStore, ConflictError, default_author, pixel_sha256
+from ..classes import canonical_key
+from ..imaging.files import ImageFileError, read_image_file
+from ..datasets.dataset import DatasetError
+from ..datasets.safe_paths import resolve_inside
+from ..classes import segment_class
+from ..scene.readback import read_segmentation_sequence_items, read_sequence_file
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +186,6 @@ def _read_image_file(path: Path) -> Iterator[Tuple[Optional[int], np.ndarray]]:
                 raise SourceError(str(exc)) from None
             yield (page if len(pages) > 1 else None), _grey(image, f"{path} page {page}")
         return
-    from ..imaging.files import ImageFileError, read_image_file
-
     try:  # refuses an oversize image from its header, before decoding
         image = read_image_file(path)
     except ImageFileError as exc:
@@ -373,8 +377,6 @@ def find_recording_files(folder: PathLike) -> RecordingFiles:
         file_name = storage.attrib.get("fileName") if storage is not None else None
         if not file_name:
             continue
-        from ..datasets.dataset import DatasetError
-        from ..datasets.safe_paths import resolve_inside
 
         try:  # a scene file is input too: its file names are followed only inside the recording folder
             where = f"{mrmls[0]}: sequence {element.attrib.get('name')!r} storage field 'fileName'"
@@ -413,8 +415,6 @@ def segment_classes_from_header(header: dict) -> Dict[int, str]:
 
 
 def _class_key(segment_id, name, n: int) -> str:
-    from NerveSegLogic.classes import canonical_key
-
     for candidate in (segment_id, name):
         if candidate:
             try:
@@ -431,9 +431,6 @@ def _recorded_masks(path: Path, classes: Optional[Mapping[int, str]], where: str
         found = dict(classes) if classes else segment_classes_from_header(seq.header)
         return seq.index_values, seq.frames.astype(np.uint8), found
     if path.name.lower().endswith(".seq.mrb"):
-        from NerveSegLogic.classes import segment_class
-        from NerveSegLogic.scene.readback import read_segmentation_sequence_items, read_sequence_file
-
         values = read_sequence_file(path).index_values
         items = read_segmentation_sequence_items(path)
         if classes:
@@ -532,8 +529,6 @@ def import_recording(store: AnnotationStore, folder: PathLike, subject: Optional
     1..N, or the ``Segment<N>_`` header fields of a labelmap sequence). The model is named by the sequence node's
     ``NerveSeg.model`` attribute when the scene has one, else "recorded"; its card sha256 by ``NerveSeg.modelSha256``.
     """
-    from ..store.database import default_author
-
     folder = Path(folder)
     files = find_recording_files(folder)
     subject = subject if subject is not None else subject_from_source(folder)

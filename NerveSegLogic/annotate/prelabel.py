@@ -23,6 +23,10 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import numpy as np
 
 from ..store.database import AnnotationStore, ConflictError, UNLABELLED
+from ..classes import canonical_key
+from ..imaging.placement import place
+from ..inference.backends import tta_of
+from .prompt import FramePrompter
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +59,6 @@ def _valid_probabilities(segmenter, image: np.ndarray, probabilities: np.ndarray
     spec = getattr(segmenter, "spec", None)
     if spec is None:
         return probabilities
-    from ..imaging.placement import place
-
     _, placement = place(image, spec)
     return probabilities[:, :placement.valid_h, :placement.valid_w]
 
@@ -101,8 +103,6 @@ def grown_box(region: np.ndarray, grow: float) -> Tuple[float, float, float, flo
 
 
 def _canonical(key: str) -> str:
-    from NerveSegLogic.classes import canonical_key
-
     try:
         return canonical_key(key)
     except ValueError:
@@ -168,8 +168,6 @@ class PrelabelRefiner:
 
     def __init__(self, store: AnnotationStore, model, grow: float = REFINE_GROW, min_iou: float = REFINE_MIN_IOU,
                  min_area: int = REFINE_MIN_AREA):
-        from .prompt import FramePrompter
-
         if not 0.0 <= float(min_iou) <= 1.0:
             raise ValueError(f"refine: the predicted-IoU threshold must be 0..1, got {min_iou}")
         if not 0.0 <= float(grow) <= 1.0:
@@ -229,8 +227,6 @@ def prelabel(store: AnnotationStore, segmenter, author: str, frame_ids: Optional
     refiner: a :class:`PrelabelRefiner`: each labelmap is refined by the promptable model before it is saved.
     A frame that gains a mask from someone else while this runs is skipped, not overwritten.
     """
-    from NerveSegLogic.inference.backends import tta_of
-
     tta = tta_of(getattr(segmenter, "backend", None))
     if tta == "flip":
         comment = f"{comment}; {FLIP_TTA_NOTE}" if comment else FLIP_TTA_NOTE

@@ -70,6 +70,8 @@ def _author_arg(parser) -> None:
 
 
 def register(subparsers) -> None:
+    # The package's own imports inside functions here are lazy on purpose: registering a subcommand stays cheap: what
+    # it runs loads only when it runs.
     from .predict import add_tta_argument
 
     parser = subparsers.add_parser("annotate", help="annotation store: import, pre-label, review, correct",

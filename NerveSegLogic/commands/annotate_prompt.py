@@ -90,6 +90,8 @@ def parse_point(text: str) -> Tuple[float, float, bool]:
 def load_model(name, backend: str, threads: int):
     """The promptable model (``name`` None: the default one), loaded once per process (a second prompt in the same
     process reuses it)."""
+    # The package's own imports inside functions here are lazy on purpose: registering a subcommand stays cheap: what
+    # it runs loads only when it runs.
     from NerveSegLogic.inference.promptable import PromptableSegmenter
 
     return PromptableSegmenter.from_name(name, backend=backend, threads=threads or None)

@@ -26,6 +26,8 @@ examples:
 
 
 def register(subparsers) -> None:
+    # The package's own imports inside functions here are lazy on purpose: registering a subcommand stays cheap: what
+    # it runs loads only when it runs.
     from .train import add_data_arguments
 
     parser = subparsers.add_parser("calibrate", help="fit presence calibration and thresholds on labelled frames",

@@ -58,6 +58,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    # The package's own imports inside functions here are lazy on purpose: registering a subcommand stays cheap: what
+    # it runs loads only when it runs.
     from ..live.demo import DemoOptions, run_demo
 
     if args.frames <= 0 or args.fps <= 0:

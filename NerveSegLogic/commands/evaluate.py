@@ -38,6 +38,8 @@ examples:
 
 
 def register(subparsers) -> None:
+    # The package's own imports inside functions here are lazy on purpose: registering a subcommand stays cheap: what
+    # it runs loads only when it runs.
     from .predict import add_tta_argument
     from .train import add_data_arguments
 

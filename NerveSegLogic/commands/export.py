@@ -96,6 +96,8 @@ def _parse_map(text):
 
 def run(args: argparse.Namespace) -> int:
     """Export; 0 on success, 1 when the request or the data are wrong (nothing is left at --out then)."""
+    # The package's own imports inside functions here are lazy on purpose: registering a subcommand stays cheap: what
+    # it runs loads only when it runs.
     from ..store.database import StoreError
     from NerveSegLogic.datasets.dataset import DatasetError
     from NerveSegLogic.datasets.export import (ExportError, ExportOptions, export_cohort, frames_from_dataset,

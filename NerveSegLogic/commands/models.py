@@ -81,6 +81,8 @@ def register(subparsers) -> None:
 
 
 def _user_folder_hint() -> str:
+    # The package's own imports inside functions here are lazy on purpose: registering a subcommand stays cheap: what
+    # it runs loads only when it runs.
     from NerveSegLogic.models.user_models import user_models_dir
 
     return str(user_models_dir())

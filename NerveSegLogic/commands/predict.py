@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="(default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     add_tta_argument(parser)
+    # The package's own imports inside functions here are lazy on purpose: registering a subcommand stays cheap: what
+    # it runs loads only when it runs.
     from ..imaging.region import region_argument
 
     parser.add_argument("--region", type=region_argument, default=None, metavar="X,Y,W,H|auto",

@@ -118,6 +118,8 @@ class _CtrlCFlag:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until the frames run out (or Ctrl-C); 0 on success, 1 when the source cannot be read."""
+    # The package's own imports inside functions here are lazy on purpose: registering a subcommand stays cheap: what
+    # it runs loads only when it runs.
     from NerveSegLogic.stream.replay import ReplayServer
 
     log = logging.getLogger("nerveseg.replay")

@@ -45,6 +45,8 @@ def parse_host_port(text: str):
 
 def input_stream(text: str):
     """One --input: HOST:PORT, HOST:PORT=NAME or HOST:PORT=NAME@OUTPUT_PORT (live_serve_streams.StreamInput)."""
+    # The package's own imports inside functions here are lazy on purpose: registering a subcommand stays cheap: what
+    # it runs loads only when it runs.
     from ..live.serve_streams import parse_input
 
     try:

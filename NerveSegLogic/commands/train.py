@@ -144,6 +144,8 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
+    # The package's own imports inside functions here are lazy on purpose: registering a subcommand stays cheap: what
+    # it runs loads only when it runs.
     from ..datasets.dataset import DatasetError
     from ..models.weights import WeightsError
     from ..train.data import ClassMismatchError

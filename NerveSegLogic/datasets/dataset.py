@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from NerveSegLogic.classes import SegmentClass
+from ..imaging.placement import to_grey
 
 
 class DatasetError(ValueError):
@@ -142,8 +143,6 @@ class LabelledDataset:
     # -- reading ----------------------------------------------------------------------------------------------------
 
     def _read(self, ref: SampleRef) -> Sample:
-        from ..imaging.placement import to_grey
-
         try:
             image, mask = ref.load()
         except DatasetError:

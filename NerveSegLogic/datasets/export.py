@@ -38,8 +38,13 @@ from .atomic_dir import (clean_leftovers, fsync_tree, glob_escape, marker_of, mo
                          write_marker)
 from .deidentify import (METADATA_ALLOW_LIST, SECTOR_MODES, SectorNotFound, allowed_metadata, apply_sector,
                          find_sector, load_or_create_salt, pseudonym, sector_thumbnail, write_sector_sheets)
-from .manifest import dataset_card, source_dataset, write_manifest
+from .manifest import dataset_card, known_source_of_folder, KNOWN_SOURCES, source_dataset, write_manifest
 from .splits import SPLITS, check_subjects_disjoint, parse_fractions, split_by_subject
+from .coco import CocoWriter, instances
+from .labelme import LabelmeWriter
+from .nnunet import NnunetWriter
+from .pairs import MasksWriter
+from .slicer import SlicerWriter
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +182,6 @@ def frames_from_dataset(dataset, source: Optional[str] = None) -> List[ExportFra
     """Frames of a :class:`~NerveSegLogic.datasets.readers.LabelledDataset` (to convert a data set between
     formats); subject and spacing as the data set gives them; a public source named in the folder's
     ATTRIBUTION.md/README.md/sample.json (usgra-seg) is recorded so the card credits it."""
-    from .manifest import KNOWN_SOURCES, known_source_of_folder
-
     frames = []
     mapping = dataset.label_mapping
     known = known_source_of_folder(dataset.root)
@@ -240,19 +243,14 @@ def plan_classes(frames: Sequence[ExportFrame], classes: Optional[Sequence[str]]
 
 def _writer(options: ExportOptions, root: Path, classes):
     if options.format == "nnunet":
-        from .nnunet import NnunetWriter
         return NnunetWriter(root, classes, dataset_name=options.title)
     if options.format == "coco":
-        from .coco import CocoWriter
         return CocoWriter(root, classes, description=options.title)
     if options.format == "labelme":
-        from .labelme import LabelmeWriter
         return LabelmeWriter(root, classes)
     if options.format == "masks":
-        from .pairs import MasksWriter
         return MasksWriter(root, classes, image_format=options.image_format)
     if options.format == "slicer":
-        from .slicer import SlicerWriter
         return SlicerWriter(root, classes)
     raise ExportError(f"unknown export format {options.format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
 
@@ -353,8 +351,6 @@ def export_cohort(frames: Sequence[ExportFrame], out: Path, options: ExportOptio
 
 def _write_frames(frames, splits, subject_keys, classes, luts, options, tmp, salt, on_frame):
     from tqdm import tqdm
-
-    from .coco import instances
 
     writer = _writer(options, tmp, classes)
     entries, thumbnails = [], []

@@ -12,14 +12,13 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from .dataset import DatasetError
+from ..imaging.bounds import check_image_size, ImageTooLarge
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
 def _open(path: Path):
     from PIL import Image, UnidentifiedImageError
-
-    from ..imaging.bounds import ImageTooLarge, check_image_size
 
     try:
         image = Image.open(path)

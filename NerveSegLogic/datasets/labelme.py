@@ -29,6 +29,7 @@ from .files import read_image, write_image
 from .labels import name_mapping, read_class_file
 from .layout import frame_extras, manifest_frames, split_parts
 from .safe_paths import resolve_inside
+from .coco import instances
 
 AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
 LABELME_VERSION = "5.5.0"
@@ -192,8 +193,6 @@ def component_shapes(mask: np.ndarray, cls: SegmentClass) -> List[dict]:
     """Labelme shapes for every 8-connected component of class ``cls`` in ``mask``: a polygon where the traced
     outline fills back to exactly the component, else a ``mask`` shape."""
     import cv2
-
-    from .coco import instances
 
     shapes = []
     count, components = instances(mask, cls.label)

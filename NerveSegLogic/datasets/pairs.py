@@ -21,9 +21,10 @@ import numpy as np
 from NerveSegLogic.classes import USGRA_SEG_MAPPING
 
 from .dataset import DatasetError, LabelledDataset, SampleRef
-from .files import IMAGE_SUFFIXES, find_partner, read_image, read_label_image
+from .files import find_partner, IMAGE_SUFFIXES, read_image, read_label_image, write_image, write_label_image
 from .labels import index_mapping, read_class_file
 from .layout import frame_extras, manifest_frames, split_parts
+from .labelme import write_classes_json
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 KAGGLE_DEFAULT_MAPPING = {255: "nerve"}
@@ -198,8 +199,6 @@ class MasksWriter:
         self._colors = [c.color_uint8() for c in self.classes]
 
     def add(self, case: str, split: str, image: np.ndarray, mask: np.ndarray, **_) -> List[Path]:
-        from .files import write_image, write_label_image
-
         if self.image_format == "png":
             image_path = self.root / split / "images" / f"{case}.png"
             mask_path = self.root / split / "masks" / f"{case}.png"
@@ -213,6 +212,4 @@ class MasksWriter:
         return [image_path, mask_path]
 
     def close(self) -> List[Path]:
-        from .labelme import write_classes_json
-
         return [write_classes_json(self.root, self.classes)]

@@ -33,8 +33,15 @@ import logging
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
 
+from ..store.location import is_url
+from .coco import looks_like_coco, read_coco
 from .dataset import DatasetError, LabelledDataset, Sample, SampleRef
+from .labelme import looks_like_labelme, read_labelme
+from .nnunet import looks_like_nnunet, read_nnunet
+from .pairs import looks_like_folder, looks_like_kaggle, read_folder, read_kaggle
+from .slicer import looks_like_slicer, read_slicer
 from .splits import block_splits, contiguous_folds
+from .store_reader import looks_like_store, read_store
 
 __all__ = ["open_dataset", "detect_format", "FORMATS", "Sample", "SampleRef", "LabelledDataset", "DatasetError",
            "block_splits", "contiguous_folds"]
@@ -48,25 +55,18 @@ FORMATS = ("store", "nnunet", "coco", "slicer", "folder", "kaggle", "labelme")
 def _reader(format: str) -> Tuple[Callable, Callable]:
     """(looks_like, read) of a format; imported on demand so opening one format loads only its libraries."""
     if format == "store":
-        from .store_reader import looks_like_store, read_store
         return looks_like_store, read_store
     if format == "folder":
-        from .pairs import looks_like_folder, read_folder
         return looks_like_folder, read_folder
     if format == "kaggle":
-        from .pairs import looks_like_kaggle, read_kaggle
         return looks_like_kaggle, read_kaggle
     if format == "nnunet":
-        from .nnunet import looks_like_nnunet, read_nnunet
         return looks_like_nnunet, read_nnunet
     if format == "coco":
-        from .coco import looks_like_coco, read_coco
         return looks_like_coco, read_coco
     if format == "labelme":
-        from .labelme import looks_like_labelme, read_labelme
         return looks_like_labelme, read_labelme
     if format == "slicer":
-        from .slicer import looks_like_slicer, read_slicer
         return looks_like_slicer, read_slicer
     raise DatasetError(f"unknown data set format {format!r}; expected 'auto' or one of {', '.join(FORMATS)}")
 
@@ -106,8 +106,6 @@ def open_dataset(path: Union[str, Path], format: str = "auto", mapping: Optional
     The pairing of files is checked now; pixels are read when an item is indexed (``validate()`` reads all).
     Raises DatasetError (a ValueError) naming the file, the field and what was expected. An annotation store on a
     server (``postgresql://USER@HOST[:PORT]/DB``) is a store."""
-    from ..store.location import is_url
-
     if is_url(path):
         if format not in ("auto", "store"):
             raise DatasetError(f"{path}: an annotation store's address, not a {format} data set")

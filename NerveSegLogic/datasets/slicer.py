@@ -27,6 +27,7 @@ from NerveSegLogic.frame import ImageGeometry
 from .dataset import DatasetError, LabelledDataset, SampleRef
 from .labels import name_mapping, read_class_file
 from .layout import frame_extras, manifest_frames, split_parts
+from .labelme import write_classes_json
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
 
@@ -296,6 +297,4 @@ class SlicerWriter:
         return [volume_path, seg_path]
 
     def close(self) -> List[Path]:
-        from .labelme import write_classes_json
-
         return [write_classes_json(self.root, self.classes)]

@@ -31,6 +31,7 @@ from NerveSegLogic.checksums import sha256_file
 from NerveSegLogic.classes import SegmentClass, canonical_key, segment_class
 
 from .dataset import DatasetError, Sample
+from ..store.location import is_url, redacted
 
 #: Bytes 68..71 of an SQLite file's header hold its application_id (big-endian); see store.APPLICATION_ID.
 _HEADER = b"SQLite format 3\x00"
@@ -38,6 +39,8 @@ DEFAULT_STATUSES = ("accepted",)
 
 
 def _application_id() -> int:
+    # The package's own imports inside functions here are lazy on purpose: they load OpenCV, which importing this
+    # module must not.
     from ..store.database import APPLICATION_ID
 
     return APPLICATION_ID
@@ -89,7 +92,6 @@ class StoreDataset:
 
     def __init__(self, path: Union[str, Path], statuses: Optional[Sequence[str]] = None,
                  mapping: Optional[Mapping] = None):
-        from ..store.location import is_url, redacted
         from ..store.database import STATUSES, UNLABELLED, AnnotationStore, StoreError
 
         url = path.strip() if is_url(path) else None  # a postgresql:// store: root is its URL without a password

@@ -11,6 +11,8 @@ from typing import Tuple
 
 import numpy as np
 
+from ..frame import ImageGeometry
+
 BURNED_IN_TEXT = ("DOE^JANE 1957-03-02", "ID 123456 14:32")
 
 
@@ -80,8 +82,6 @@ def fill_store(store, n_frames: int, n_subjects: int = 10, seed: int = 0, height
     """Add ``n_frames`` synthetic frames to an AnnotationStore, spread over ``n_subjects`` subjects (named like
     people, ``Subject Name NN``, so de-identification has something to remove), each with one saved version
     whose status cycles through ``statuses``. Returns the FrameRecords."""
-    from NerveSegLogic.frame import ImageGeometry
-
     rng = np.random.default_rng(seed)
     records = []
     for n in range(n_frames):

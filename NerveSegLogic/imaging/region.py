@@ -31,6 +31,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .placement import to_grey
+
 log = logging.getLogger(__name__)
 
 #: ``--region auto``.
@@ -221,8 +223,6 @@ def region_from_ras_bounds(bounds: Sequence[float], ijk_to_ras: np.ndarray, heig
 def as_uint8(image: np.ndarray) -> np.ndarray:
     """A grey (H, W) uint8 version of a frame (grey or colour; uint8, uint16 or float as :func:`normalize` reads
     them), for finding the region."""
-    from .placement import to_grey
-
     image = np.asarray(image)
     if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] in (3, 4):
         import cv2  # the same weights as to_grey in fixed point, several times faster; only the region depends on it

@@ -301,6 +301,8 @@ class PromptableSegmenter:
 
     def _run_decode(self, embedding: np.ndarray, box, points, mask_input: Optional[np.ndarray] = None):
         """One decode of a box and clicks in input pixels: (logits (1, 1, S, S), predicted IoU or None)."""
+        # The package's own imports inside functions here are lazy on purpose: they load torch, which importing this
+        # module must not.
         from ..models.litemedsam import prompt_points
 
         coords, labels = prompt_points(box, points)

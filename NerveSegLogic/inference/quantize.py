@@ -20,6 +20,7 @@ import numpy as np
 from ..imaging import placement as pp
 from ..models.int8 import INT8_RECIPE, INT8_RECIPES, int8_recipe_of
 from ..resources import sample_dir
+from ..datasets.readers import open_dataset
 
 
 def calibration_frames() -> List[np.ndarray]:
@@ -27,8 +28,6 @@ def calibration_frames() -> List[np.ndarray]:
     the graph made on a user's machine is the one whose Dice change the card records."""
     # Lazy on purpose: the data set readers are needed only while a graph is made (once per model and recipe), and
     # datasets/ sits above inference/ (its store reader reaches annotate/, which runs segmenters).
-    from ..datasets.readers import open_dataset
-
     dataset = open_dataset(sample_dir())
     return [dataset[i].image for i in range(len(dataset))]
 

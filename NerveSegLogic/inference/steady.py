@@ -85,6 +85,7 @@ import numpy as np
 
 from ..imaging import placement as pp
 from .presence import PresenceModel, frame_scores
+from .segmenter import Segmenter, smooth_labelmap_and_box
 
 STATES = ("hidden", "uncertain", "shown")  # index = level
 LEVEL = {name: level for level, name in enumerate(STATES)}
@@ -453,8 +454,6 @@ class SteadyOverlay:
     def labelmap(self, probabilities: np.ndarray, placement, region, frame_shape) -> np.ndarray:
         """The frame's labelmap from (steadied) model-size probabilities, made exactly as the segmenter makes it
         (``Segmenter.semantic``: smooth or fast contours, small regions dropped), placed at the region if any."""
-        from .segmenter import Segmenter
-
         labelmap = Segmenter.semantic(self._postprocess, probabilities, placement)[0]
         if region is not None:
             labelmap = region.place(labelmap, *frame_shape)
@@ -525,8 +524,6 @@ class SteadyOverlay:
         highest in the frame's part of the model input, on pixels no other class holds, small regions dropped;
         ``labelmap`` itself (the same object) when that draws nothing or the highest is below
         :data:`HOLD_MIN_PEAK`."""
-        from .segmenter import smooth_labelmap_and_box
-
         channel = probabilities[label]
         valid = channel[:placement.valid_h, :placement.valid_w]
         peak = float(valid.max()) if valid.size else 0.0

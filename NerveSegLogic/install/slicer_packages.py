@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence
 
+from ..resources import resources_dir
+
 log = logging.getLogger(__name__)
 
 REQUIREMENTS_FILE = "requirements-slicer.txt"
@@ -108,8 +110,6 @@ class Missing:
 
 def requirements_path() -> Path:
     """``Resources/requirements-slicer.txt`` (FileNotFoundError naming where Resources was looked for)."""
-    from ..resources import resources_dir
-
     return resources_dir() / REQUIREMENTS_FILE
 
 

@@ -40,6 +40,12 @@ from .remote import RemoteRun
 from .runs import InProcessRun, Run, VolumeNodeInput
 from .status import ClassConfidence, DisplaySettings, LiveStatus, confidence_of
 from .worker.parent import WorkerProcess, WorkerRun
+from ..inference.backends import resolve_device
+from ..inference.segmenter import load_segmenter
+from ..models import registry
+from ..models.fetch import fetch_weights
+from ..scene import mrml
+from ..scene.live import LiveScene, RecordingLimit
 
 log = logging.getLogger(__name__)
 
@@ -105,29 +111,20 @@ def _default_receiver(host: str, port: int, device_name: Optional[str], on_frame
 
 
 def _default_segmenter(name: str, backend: str, device: str) -> FrameSegmenter:
-    from ..inference.backends import resolve_device  # imports torch: only when a model is loaded
-    from ..inference.segmenter import load_segmenter
-
     # "auto" becomes cuda or cpu here: the weights are moved to this device before the backend sees it.
     return load_segmenter(name, backend=backend, device=resolve_device(device))
 
 
 def _default_scene(classes, mrml_scene=None, name: str = "NerveSeg", record: bool = True,
                    limit=None) -> LiveSceneLike:
-    from ..scene.live import LiveScene  # the scene package (MRML): only when a scene is made
-
     return LiveScene(classes, mrml_scene=mrml_scene, name=name, record=record, limit=limit)
 
 
 def _default_card(name: str):
-    from ..models import registry
-
     return registry.card(name)
 
 
 def _default_model_names() -> List[str]:
-    from ..models import registry
-
     return registry.names()
 
 
@@ -285,8 +282,6 @@ class LiveController:
         :mod:`NerveSegLogic.models.fetch`), calling ``progress(done, total)`` as bytes arrive (the panel keeps its
         window alive from there; raising in it stops the download, which a later fetch resumes). Returns the
         file's path; FetchError naming the address on failure. The card is read again so it finds the file."""
-        from ..models.fetch import fetch_weights
-
         if self._card is None:
             raise ValueError("choose a model first")
         path = fetch_weights(self._card, progress=progress)
@@ -376,8 +371,6 @@ class LiveController:
         the IJK-to-RAS geometry of ``volume_node`` (default: NerveSeg's live volume, which shows the frames with
         their own geometry, else the input volume). ValueError when no volume with an image is there yet, or the
         box holds too few of its pixels."""
-        from ..scene import mrml
-
         node = volume_node
         if node is None:
             for candidate in (self.volume_node, self._volume_node):
@@ -640,8 +633,6 @@ class LiveController:
                              at_limit: str = "stop") -> None:
         """The panel's recording limit: ``minutes`` of scan time (0: none) and ``megabytes`` MiB (0/None: none);
         ``at_limit`` stop or drop-oldest. Unchanged values do nothing. ValueError for values out of range."""
-        from ..scene.live import RecordingLimit
-
         limit = RecordingLimit(max_seconds=float(minutes) * 60.0 if minutes else None,
                                max_megabytes=float(megabytes) if megabytes else None, at_limit=at_limit)
         if limit != self._recording_limit:

@@ -20,6 +20,10 @@ from ..resources import sample_dir
 from ..stream.receiver import ImageReceiver
 from ..stream.replay import ReplayServer
 from .pipeline import LivePipeline
+from ..inference.backends import describe
+from ..inference.segmenter import load_segmenter
+from ..models import registry
+from ..scene import LiveScene
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +66,6 @@ class _Kept:
 
 def run_demo(options: DemoOptions) -> dict:
     """Run the demo; returns the summary (also written to ``<out>/summary.json``)."""
-    from ..inference.segmenter import load_segmenter  # the model's packages: only when the demo runs
-    from ..models import registry
-    from ..scene import LiveScene
-
     out = Path(options.out).resolve()  # the scene saver returns absolute paths; summary paths are relative to out
     out.mkdir(parents=True, exist_ok=True)
     model_name = options.model or registry.default_name()
@@ -127,6 +127,8 @@ def run_demo(options: DemoOptions) -> dict:
 def _write_overlays(out: Path, items, classes, video: bool) -> dict:
     import cv2
 
+    # The package's own imports inside functions here are lazy on purpose: they load OpenCV, which importing this
+    # module must not.
     from ..imaging.overlay import contact_sheet, render_overlay
 
     folder = out / "overlays"
@@ -171,8 +173,6 @@ def _write_video(path: Path, pictures, fps: float = 10.0) -> Optional[str]:
 
 
 def describe_backend(backend) -> str:
-    from ..inference.backends import describe
-
     return describe(backend)
 
 

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 from ..frame import Frame, SegmentationResult
 from ..slot import NewestSlot
+from ..inference.steady import SteadyOptions, SteadyOverlay
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ class InferenceEngine:
         (per-frame gating, presence and states only), ``True`` / ``False`` for those two, or None (none: the
         segmenter's plain answer, no presence). A new filter each call, so it also starts the stream again. Any
         thread: the worker takes the new filter with its next frame."""
-        from ..inference.steady import SteadyOptions, SteadyOverlay
-
         if options is True:
             options = SteadyOptions()
         elif options is False:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..frame import SegmentationResult
 from .engine import InferenceEngine
+from ..slot import NewestSlot
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ class LivePipeline:
 
     def __init__(self, receiver, segmenter, sinks: Iterable[Sink] = (), frames=None,
                  worker_sink: Optional[Sink] = None):
-        from ..slot import NewestSlot
-
         self.receiver = receiver
         self.frames = receiver.frames if receiver is not None else (frames or NewestSlot())
         self.segmenter = segmenter

@@ -24,6 +24,8 @@ from ..slot import NewestSlot
 from .engine import ReconnectWatch
 from .inputs import ConnectionWatch
 from .pipeline import LivePipeline, LiveStats
+from ..imaging.placement import to_grey
+from ..scene import mrml
 
 
 # ------------------------------------------------------------------------------------------------------ protocol
@@ -91,9 +93,6 @@ def frame_from_volume_node(node, frame_id: int) -> Frame:
     has no image yet, is 3D, or has an unsupported number of components. Main thread only (reads MRML).
     """
     from vtkmodules.util import numpy_support
-
-    from ..imaging.placement import to_grey
-    from ..scene import mrml
 
     name = node.GetName()
     image_data = node.GetImageData()

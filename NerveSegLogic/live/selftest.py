@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Tuple
 from ..igtl import IMAGE_DEVICE_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
+    # The package's own imports inside functions here are lazy on purpose: they load numpy, which importing this
+    # module must not.
     from .controller import LiveController
 
 log = logging.getLogger(__name__)

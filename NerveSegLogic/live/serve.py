@@ -14,6 +14,8 @@ from ..stream.receiver import ImageReceiver
 from ..stream.sender import ImageSender, confidence_metadata
 from .engine import ReconnectWatch
 from .pipeline import LivePipeline
+from ..inference.segmenter import load_segmenter
+from ..models import registry
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,6 @@ class SegmentationServer:
     """Owns the pipeline and the sender; ``serve_forever`` drives it, ``stop`` (any thread) ends it."""
 
     def __init__(self, options: ServeOptions, segmenter=None):
-        from ..inference.segmenter import load_segmenter  # the model's packages: only when a server is made
-        from ..models import registry
-
         self.options = options
         name = options.model or registry.default_name()
         self.segmenter = segmenter or load_segmenter(name, backend=options.backend, device=options.compute,

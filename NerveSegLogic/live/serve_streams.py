@@ -34,6 +34,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..inference.segmenter import load_segmenter
+from ..models import registry
+from .serve import _region_note, SegmentationServer
+
 log = logging.getLogger(__name__)
 
 #: A named stream's labelmaps go out as ``NAME`` + this (``OR1`` -> ``OR1_Label``).
@@ -330,10 +334,6 @@ class MultiStreamServer:
 
     def __init__(self, options, streams: Sequence[StreamInput], segmenter=None, batch: bool = False,
                  max_batch: Optional[int] = None):
-        from ..inference.segmenter import load_segmenter
-        from .serve import SegmentationServer
-        from ..models import registry
-
         self.options = options
         self.streams = list(streams)
         if segmenter is None:
@@ -460,8 +460,6 @@ class MultiStreamServer:
 
 def run_serve_streams(options, streams: Sequence[StreamInput], batch: bool = False) -> None:
     """``nerveseg serve`` with named inputs: print what serves where, serve until Ctrl-C."""
-    from .serve import _region_note
-
     server = MultiStreamServer(options, streams, batch=batch)
     server.start()
     print(f"nerveseg serve: {server.segmenter.describe()} for {len(streams)} stream(s), one at a time, first come "

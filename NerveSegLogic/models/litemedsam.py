@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights import strip_prefixes
+
 #: Input side (pixels) and embedding grid of the released model.
 IMAGE_SIZE = 256
 EMBEDDING_SIZE = 64
@@ -532,8 +534,6 @@ def remap_checkpoint(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The released checkpoint's state dict in this module's names. They are the same names (the modules above
     were written to match them); wrapper prefixes (``module.``, ``_orig_mod.``) are stripped and a checkpoint
     nested under ``"model"`` or ``"state_dict"`` is unwrapped. Raises ValueError when it is not LiteMedSAM's."""
-    from .weights import strip_prefixes
-
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from NerveSegLogic.resources import models_dir
 
+from . import onnx_graph
 from .card import ModelCard, load_card
 from .user_models import site_card_files
 from .weights import WeightsError, apply_weights, read_weights, save_weights as _save_weights
@@ -325,11 +326,9 @@ def _simplify(path: Path) -> None:
     older onnx whose reference evaluator lacks an operator, say), the graph torch wrote stays: slower, not wrong."""
     import onnx
 
-    from .onnx_graph import fold_pads_into_convs
-
     graph = onnx.load(str(path))
     try:
-        folded = fold_pads_into_convs(graph)
+        folded = onnx_graph.fold_pads_into_convs(graph)
     except Exception as error:  # noqa: BLE001 - any failure here only costs speed
         log.warning("%s: kept the graph as exported, without folding its pads (%s: %s)", path.name,
                     type(error).__name__, error)

@@ -44,6 +44,7 @@ from NerveSegLogic.frame import SegmentationResult
 from NerveSegLogic.scene import display, mrml
 from NerveSegLogic.scene.nodes import ClassSegments, update_volume
 from NerveSegLogic.scene.saving import save_scene
+from ..imaging.components import find_regions
 
 if TYPE_CHECKING:  # pragma: no cover
     from NerveSegLogic.classes import SegmentClass
@@ -299,7 +300,6 @@ class LiveScene:
         if self._names.visible:
             regions = result.regions
             if regions is None:  # not found where the labelmap was made (e.g. a result built here)
-                from ..imaging.components import find_regions
 
                 regions = find_regions(result.labelmap, [c.label for c in self.classes], self.min_region_area)
             self._names.update(regions, geometry)

@@ -25,6 +25,8 @@ from typing import Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 import numpy as np
 
 from NerveSegLogic.frame import ImageGeometry
+from ..imaging.placement import to_grey
+from ..resources import sample_dir
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +75,6 @@ def _spacing_xyz(spacing_mm: Union[None, float, Sequence[float]], default: Tuple
 def _colour(image: np.ndarray, color: str, name: str) -> np.ndarray:
     """BGR(A) from OpenCV -> RGB, or grey; grey input stays grey."""
     import cv2
-
-    from ..imaging.placement import to_grey
 
     if image.ndim == 2:
         return image
@@ -298,8 +298,6 @@ class SequenceFileSource:
         return int(self._frames.shape[0])
 
     def __iter__(self) -> Iterator[SourceFrame]:
-        from ..imaging.placement import to_grey
-
         for index in range(len(self)):
             image = self._frames[index]
             if image.ndim == 3:
@@ -332,8 +330,6 @@ def open_source(path: Union[str, Path], spacing_mm=None, color: str = "grey") ->
 def sample_source(folder: Union[str, Path, None] = None, spacing_mm=None, color: str = "grey") -> ImageFolderSource:
     """The bundled sample (Resources/Sample by default): its images with the spacing and rate of its sample.json."""
     if folder is None:
-        from NerveSegLogic.resources import sample_dir
-
         folder = sample_dir()
     folder = Path(folder)
     description_path = folder / "sample.json"

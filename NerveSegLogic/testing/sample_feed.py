@@ -11,6 +11,8 @@ import socket
 from pathlib import Path
 from typing import List, Tuple
 
+from ..resources import sample_dir
+
 #: The frame the benchmarks stream (width, height): the size issue 2 names for a scanner's frames.
 FRAME_SIZE: Tuple[int, int] = (580, 420)
 
@@ -27,8 +29,6 @@ def sample_frames(folder: Path, size: Tuple[int, int] = FRAME_SIZE) -> int:
     aspect not kept); returns how many."""
     import cv2
 
-    from ..resources import sample_dir
-
     files = sorted((sample_dir() / "images").glob("*.png"))
     for path in files:
         image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
@@ -41,6 +41,8 @@ class SentLog:
     while the ``with`` block runs)."""
 
     def __init__(self):
+        # The package's own imports inside functions here are lazy on purpose: they load numpy, which importing this
+        # module must not.
         from ..stream import replay
 
         self._replay = replay

@@ -17,6 +17,8 @@ _PYDLL = ctypes.PyDLL(None) if os.name != "nt" else None  # PyDLL calls keep the
 
 def slicer_scene():
     """A standalone MRML scene with the Sequences logic attached (as every scene in Slicer has)."""
+    # The package's own imports inside functions here are lazy on purpose: they load numpy, which importing this
+    # module must not.
     from ..scene import mrml
 
     scene = mrml.new_scene()

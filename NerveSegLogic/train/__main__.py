@@ -13,11 +13,11 @@ import logging
 import sys
 from typing import List, Optional
 
+from ..commands import train as command
+from .distributed import launched_by_torchrun
+
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..commands import train as command
-    from .distributed import launched_by_torchrun
-
     parser = argparse.ArgumentParser(
         prog="python -m NerveSegLogic.train", description=command.DESCRIPTION, epilog=command.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)

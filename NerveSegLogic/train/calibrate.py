@@ -60,6 +60,8 @@ def fit(rows: Sequence[Row], show: float = pr.DEFAULT_SHOW, uncertain: float = p
     per class: frames with / without, AUC, ECE of the raw score and of the calibrated presence, the reliability bins
     (calibrated), and the operating points at ``show`` and ``uncertain``.
     """
+    # The package's own imports inside functions here are lazy on purpose: they load OpenCV, which importing this
+    # module must not.
     from .evaluate import presence as presence_summary
 
     keys = sorted({key for row in rows for key in row.truth})

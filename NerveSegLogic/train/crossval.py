@@ -21,6 +21,13 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from . import data as td
+from ..datasets.readers import open_dataset
+from ..models import registry
+from ..models.card import ModelCard
+from ..models.weights import read_weights
+from .data import block_folds, FrameStore
+
 #: The repository this package sits in (reports name paths relative to it).
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,9 +41,6 @@ INT8_CALIBRATION_FRAMES = 24
 # ------------------------------------------------------------------------------------------------------ folds
 def block_names(data: Path, folds: int = 5) -> List[List[str]]:
     """The frame names of each of ``folds`` contiguous blocks of the data set at ``data`` (sorted by name)."""
-    from ..datasets.readers import open_dataset
-    from .data import block_folds
-
     names = sorted(open_dataset(data).names())
     return [[names[i] for i in block] for block in block_folds(names, folds)]
 
@@ -44,9 +48,6 @@ def block_names(data: Path, folds: int = 5) -> List[List[str]]:
 def fold_frames(data: Path, wanted: List[str]):
     """A FrameStore of the frames of ``data`` named ``wanted``, in that order (usgra-seg's labels are the models'
     labels: no class translation)."""
-    from ..datasets.readers import open_dataset
-    from .data import FrameStore
-
     dataset = open_dataset(data)
     index = {name: i for i, name in enumerate(dataset.names())}
     return FrameStore(dataset, None, [index[name] for name in wanted])
@@ -60,8 +61,8 @@ def use_last_weights(model: str, run_dir: Path) -> Dict:
     figure it selects by (mean Dice), most for noisy, undertrained models. A fixed budget, then the last state,
     chooses nothing. The run's ``<model>.safetensors`` and card.json (sha256, ``training.run.weights``, the notes)
     are rewritten to say so. Returns the card's ``training.run.weights_after``."""
-    from ..models import registry
-    from ..models.card import ModelCard
+    # The package's own imports inside functions here are lazy on purpose: they load OpenCV, which importing this
+    # module must not.
     from .evaluate import write_json
     from .checkpoints import read_checkpoint
 
@@ -151,9 +152,6 @@ def load_run(run: Path, which: str):
     checkpoint's state at the end of training) or ``best`` (the run's ``<model>.safetensors``)."""
     import torch
 
-    from ..models import registry
-    from ..models.card import ModelCard
-    from ..models.weights import read_weights
     from .checkpoints import read_checkpoint
 
     found = read_checkpoint(run)
@@ -179,9 +177,6 @@ def load_run(run: Path, which: str):
 def held_out_store(data_dir: Path, card, folds: int, fold: int, expected_names: List[str]):
     """The FrameStore of block ``fold`` of ``folds`` (the card's classes), refused unless its frames are
     ``expected_names`` (the run's own validation block)."""
-    from ..datasets.readers import open_dataset
-    from . import data as td
-
     dataset = open_dataset(data_dir)
     translation = td.label_translation(card.classes, dataset.classes, card.name, str(data_dir))
     names = list(dataset.names())
@@ -236,8 +231,6 @@ def score_held_out(segmenter, store, seed: int, negatives_rate: float) -> Dict:
 
 def images_by_name(data: Path, limit: Optional[int] = None) -> List[np.ndarray]:
     """The images of the data set at ``data``, its frames sorted by name (the first ``limit`` of them)."""
-    from ..datasets.readers import open_dataset
-
     dataset = open_dataset(data)
     names = dataset.names()
     order = sorted(range(len(names)), key=lambda i: names[i])[:limit]

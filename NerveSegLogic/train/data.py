@@ -15,6 +15,9 @@ import numpy as np
 
 from ..classes import SegmentClass
 from ..imaging import placement as pp
+from ..datasets.dataset import DatasetError
+from ..datasets.splits import contiguous_folds
+from ..datasets.splits import block_splits
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +87,6 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 def block_folds(names: Sequence[str], folds: int) -> List[List[int]]:
     """Indices of ``folds`` contiguous blocks of the items sorted by name (neighbouring frames come from the same
     scan, so a fold never takes random frames). Raises ValueError for fewer items than folds."""
-    from ..datasets.splits import contiguous_folds
-
     return [list(test) for _, test in contiguous_folds(list(names), folds)]
 
 
@@ -107,8 +108,6 @@ def split_indices(names: Sequence[str], folds: int, fold: Optional[int],
         blocks = block_folds(names, folds)
         validation = sorted(blocks[index])
     else:
-        from ..datasets.splits import block_splits
-
         members: Dict[str, List[int]] = {}
         for item, group in enumerate(groups):
             members.setdefault(group, []).append(item)
@@ -176,8 +175,6 @@ class FrameStore:
     def _read(dataset, index, model_classes, model_name):
         if model_classes is None:
             return dataset[index]
-        from ..datasets.dataset import DatasetError
-
         try:
             return dataset[index]
         except DatasetError as error:

@@ -36,6 +36,8 @@ import numpy as np
 from ..classes import SegmentClass
 from . import metrics
 from .data import ClassMismatchError, FrameStore
+from ..imaging import placement as pp
+from ..imaging.overlay import render_overlay
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +166,6 @@ def _class_probabilities(result, classes) -> Optional[Dict[str, np.ndarray]]:
     """Per-class pixel scores in frame size for AUC: a semantic model's probabilities brought back to the frame
     (with the result's placement), or for an instance model the highest score of an instance of that class
     covering the pixel."""
-    from ..imaging import placement as pp
-
     height, width = result.labelmap.shape
     if result.probabilities is not None:
         probabilities = result.probabilities
@@ -318,8 +318,6 @@ def write_report(evaluation: Evaluation, frames: FrameStore, out_dir: Path, clas
     foreground Dice) into ``out_dir``; returns the paths. ``context`` (data, weights, device, command) is recorded
     in both files."""
     import cv2
-
-    from ..imaging.overlay import render_overlay
 
     out_dir = Path(out_dir)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ def card_for_weights(model: str, weights: Optional[Path], cards_dir: Optional[Pa
     (as training writes it) gives the input size and sha256 they were trained with; without one, the registered
     card with no checksum (the caller vouches for the file).
     """
+    # The package's own imports inside functions here are lazy on purpose: they load OpenCV, numpy, which importing
+    # this module must not.
     from ..models import registry
     from ..models.card import ModelCard
 

@@ -44,11 +44,15 @@ import numpy as np
 
 from ..imaging import placement as pp
 from ..inference.backends import resolve_device  # one rule for auto, cpu and cuda in training and the live path
-from . import data as td
+from . import data as td, metrics
 from .augment import Augmenter
 from .checkpoints import check_resumable, read_checkpoint, restore_checkpoint, save_checkpoint
 from .recipe import learning_rate, make_optimizer, resolve_recipe, run_card
 from .reports import plot_learning_curve, write_run_card
+from ..inference.segmenter import Segmenter
+from ..models import registry
+from .distributed import context, convert_batchnorm
+from .site import data_fingerprint, norm_layers
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +113,6 @@ class Trainer:
     def __init__(self, options: TrainOptions, dataset=None, card=None, dist=None):
         import torch
 
-        from ..models import registry
-        from .distributed import context
-
         self.options = options
         # one process (distributed.Single), or this process's place among those torchrun started (distributed.Group)
         self.dist = dist if dist is not None else context(options.distributed)
@@ -119,6 +120,8 @@ class Trainer:
         self.base_card = card if card is not None else registry.card(options.model, options.cards_dir)
         self.init = None
         if options.init:
+            # The package's own imports inside functions here are lazy on purpose: they load torch, which importing
+            # this module must not.
             from .site import resolve_init
 
             # before the data is read: a wrong --init fails at once, naming both models
@@ -189,8 +192,6 @@ class Trainer:
         self.shard_share = 1.0  # this process's share of the current global batch (instance models' loss)
         self.augmenter = Augmenter.from_recipe(self.recipe)
         # what identifies the frames used, taken as they were read (a store may gain versions while this runs)
-        from .site import data_fingerprint
-
         self.data_fingerprint = data_fingerprint(dataset, self.train_items + self.val_items, self.data_frames())
 
         self.device = self.dist.start(resolve_device(options.device))  # distributed: joins the process group
@@ -273,9 +274,6 @@ class Trainer:
     def _synchronise_batchnorm(self) -> Optional[str]:
         """Distributed: batch norm over the global batch (options.sync_batchnorm), else per-process statistics;
         a description for the card, None without batch norm in training mode."""
-        from .distributed import convert_batchnorm
-        from .site import norm_layers
-
         if not norm_layers(self.model) or self.recipe.get("freeze_norm"):
             return None
         if not self.options.sync_batchnorm:
@@ -448,9 +446,6 @@ class Trainer:
     def _validate_here(self) -> Optional[Dict[str, Any]]:
         if self.val_store is None:
             return None
-        from ..inference.segmenter import Segmenter
-        from . import metrics
-
         segmenter = Segmenter.from_module(self.card, self.model, device=self.device)
         dice: Dict[str, List[float]] = {c.key: [] for c in self.card.classes}
         f1: Dict[str, List[float]] = {c.key: [] for c in self.card.classes}
@@ -472,8 +467,6 @@ class Trainer:
 
     def _save_best(self, val: Optional[Mapping[str, Any]], epoch: int) -> None:
         """Write the current weights as ``<out>/<model>.safetensors`` (atomically) and remember them as the best."""
-        from ..models import registry
-
         path = self.out / f"{self.card.name}.safetensors"
         temporary = self.out / f".{self.card.name}.safetensors.tmp"
         sha256 = None  # distributed: rank 0 alone writes (and knows) the weights
@@ -614,8 +607,6 @@ def train(options: TrainOptions, dataset=None, card=None) -> TrainResult:
     Raises ClassMismatchError when the data's classes are not the model's, CheckpointError when ``out`` holds a
     checkpoint of a different run, and the data set readers' DatasetError for bad data.
     """
-    from .distributed import context
-
     dist = context(options.distributed)  # distributed: torchrun's environment; raises when it lacks one
     try:
         return Trainer(options, dataset=dataset, card=card, dist=dist).run()

@@ -24,6 +24,10 @@ from typing import List
 import numpy as np
 
 from ..imaging import overlap
+from ..inference.promptable import PromptableSegmenter
+from ..inference.segmenter import Segmenter
+from ..models import registry
+from .data import block_folds
 
 #: The promptable model the fold runs tune (its released weights are the start).
 BASE = "litemedsam"
@@ -109,8 +113,6 @@ def frame_names(data: Path) -> List[str]:
 
 def folds_of(names: List[str], folds: int) -> List[List[int]]:
     """The project's contiguous blocks (NerveSegLogic/train/data.py block_folds): the same as the semantic models'."""
-    from .data import block_folds
-
     return block_folds(names, folds)
 
 
@@ -123,8 +125,6 @@ def tuned_model(weights: Path):
     """The released LiteMedSAM with the tuned parts from ``weights`` (float32), eval mode."""
     from safetensors.torch import load_file
 
-    from ..models import registry
-
     model = registry.load(BASE)
     state = model.state_dict()
     state.update(load_file(str(weights)))
@@ -135,9 +135,6 @@ def tuned_model(weights: Path):
 def fold_segmenter(weights: Path, card=None):
     """A PromptableSegmenter (torch) of the released model with the tuned parts from ``weights``, prompted as the
     tuned card prompts it (clicks as tokens, chained through the previous mask)."""
-    from ..inference.promptable import PromptableSegmenter
-    from ..models import registry
-
     segmenter = PromptableSegmenter.from_module(card or registry.card(BASE), tuned_model(weights), "0" * 64,
                                                 click_mode="model")
     segmenter.mask_prompt = True
@@ -149,8 +146,6 @@ _RELEASED = []
 
 def released_module():
     """The released LiteMedSAM module, loaded once per process."""
-    from ..models import registry
-
     if not _RELEASED:
         _RELEASED.append(registry.load(BASE))
     return _RELEASED[0]
@@ -159,9 +154,6 @@ def released_module():
 def semantic_model(fold: int, threads: int, runs: Path = SEMANTIC_RUNS):
     """The fold's effnet2-unet (``<runs>/fold<fold>``) as a Segmenter (weights checked against its run card's
     sha256), or None when the run is missing."""
-    from ..inference.segmenter import Segmenter
-    from ..models import registry
-
     run = runs / f"fold{fold}"
     weights, card_file = run / "effnet2-unet.safetensors", run / "card.json"
     if not weights.is_file() or not card_file.is_file():

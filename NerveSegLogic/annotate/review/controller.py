@@ -12,6 +12,10 @@ import numpy as np
 
 from ...frame import ImageGeometry
 from ...signals import Signal
+from ...classes import classes_from_mapping
+from ...models import registry
+from ...scene.annotation import annotation_scene, load_frame, read_mask, read_prompts
+from ...store.location import store_location
 
 #: Qt widget classes that use Return/Enter themselves: text entry (line edits, the editor Qt opens in a table cell
 #: to rename a segment, the line edit inside a spin box, an editable combo box or a ctkPathLineEdit), and lists and
@@ -54,13 +58,13 @@ PROMPT_PLACEMENTS = {"box": (0, False), "include": (1, True), "exclude": (2, Tru
 
 def _default_review_classes() -> Dict[int, str]:
     """Classes offered for frames that have no mask yet: the default model's ({label: key})."""
-    from ...models import registry
-
     card = registry.card(registry.default_name())
     return {c.label: c.key for c in card.classes}
 
 
 def _default_session_factory(store_path: str, author: str, order: str):
+    # The package's own imports inside functions here are lazy on purpose: they load OpenCV, which importing this
+    # module must not.
     from ..session import ReviewSession
     from ...store.database import AnnotationStore
 
@@ -73,14 +77,10 @@ def _default_session_factory(store_path: str, author: str, order: str):
 
 
 def _default_load_frame(image, mask, geometry, classes, mrml_scene=None):
-    from ...scene.annotation import load_frame
-
     return load_frame(image, mask, geometry, classes, mrml_scene=mrml_scene)
 
 
 def _default_read_mask(segmentation_node, volume_node, classes):
-    from ...scene.annotation import read_mask
-
     return read_mask(segmentation_node, volume_node, classes)
 
 
@@ -130,8 +130,6 @@ class ReviewController:
         """Open the store at ``store_path`` for ``author`` (frames in ``order``: uncertainty or index) and show the
         first frame. ValueError for no store or an empty author (every save records who made it); the store's
         own errors (not a NerveSeg store, unreadable) pass through."""
-        from ...store.location import store_location
-
         path = store_location(store_path or "")  # the panel's path field hands a URL over as a Path: postgresql:/...
         if not path or path == ".":
             raise ValueError("choose an annotation store file (.db), or enter a team store's address "
@@ -162,8 +160,6 @@ class ReviewController:
 
     def show(self, mask: Optional[np.ndarray] = None) -> Tuple[Any, Any]:
         """Put the current frame (and its stored mask, or ``mask``) into the annotation nodes; returns them."""
-        from ...classes import classes_from_mapping
-
         item = self._require().current()
         self._shown = item
         if item is not None:
@@ -246,8 +242,6 @@ class ReviewController:
     def _scene(self):
         if self.mrml_scene is not None:
             return self.mrml_scene
-        from ...scene.annotation import annotation_scene
-
         return annotation_scene()
 
     def prompt_nodes_in_scene(self) -> bool:
@@ -324,8 +318,6 @@ class ReviewController:
         shown, or None while there is neither a box nor an include click."""
         if self.prompts is None or not self.prompt_nodes_in_scene() or self.volume_node is None:
             raise RuntimeError("start the prompt tool first (start_prompts)")
-        from ...scene.annotation import read_prompts
-
         box, points = read_prompts(self.volume_node, *self._prompt_nodes)
         preview = self.prompts.set_prompts(box, points)
         if preview is not None:

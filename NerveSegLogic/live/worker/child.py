@@ -231,6 +231,8 @@ def _build(args, parent: ParentLink):
     slow imports, are imported here, after the hello went out."""
     device = args.device_name or None
     if args.role == "remote":
+        # The package's own imports inside functions here are lazy on purpose: the worker says hello to the panel
+        # before it loads the model's modules.
         from ...models import registry
 
         card = registry.card(args.model or registry.default_name())

@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...frame import ImageGeometry
+
 MAGIC = b"NSW1"
 _PREFIX = struct.Struct("<4sIQ")
 MAX_HEADER_BYTES = 1 << 20
@@ -223,8 +225,6 @@ def geometry_to_json(geometry) -> Dict[str, Any]:
 
 
 def geometry_from_json(data: Dict[str, Any]):
-    from ...frame import ImageGeometry
-
     try:
         return ImageGeometry(spacing=tuple(float(v) for v in data["spacing"]),
                              origin=tuple(float(v) for v in data["origin"]),
