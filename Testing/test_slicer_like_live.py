@@ -123,16 +123,38 @@ def test_worker_keeps_segmenting_while_the_main_thread_holds_the_gil_between_tic
     controller.scene.clear()
 
 
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])  # the field after the state: the parent's pid
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"NerveSegLogic.live.worker" in f.read()  # empty for a zombie: it has ended
+    except OSError:
+        return False
+
+
 def _pids_of_workers():
+    """Worker processes started by this test process (its descendants): workers of other test runs sharing the
+    machine are not ours to count."""
     out = set()
+    me = os.getpid()
     for pid in os.listdir("/proc"):
         if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"NerveSegLogic.live.worker" in f.read():
-                        out.add(int(pid))
-            except OSError:
-                pass
+            if not _is_worker(int(pid)):
+                continue
+            ancestor = int(pid)
+            for _ in range(64):
+                ancestor = _parent_of(ancestor)
+                if ancestor in (0, 1) or ancestor == me:
+                    break
+            if ancestor == me:
+                out.add(int(pid))
     return out
 
 
@@ -168,11 +190,13 @@ def test_a_crashed_worker_is_restarted_with_the_reason_shown_and_stop_leaves_no_
         assert any("worker crashed" in m and "restarting" in m for m in messages), messages
         assert controller.status().frames_applied >= applied_at_crash + 3, controller.status().text()
         assert controller.running
+        restarted = _pids_of_workers() - before
     finally:
         controller.stop()
         replay.stop()
     time.sleep(0.2)
     assert _pids_of_workers() - before == set(), "a worker process outlived stop()"
+    assert not [pid for pid in restarted | {worker} if _is_worker(pid)], "a worker process outlived stop()"
     controller.scene.clear()
 
 
