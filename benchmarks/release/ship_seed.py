@@ -185,6 +185,15 @@ def main(argv=None) -> int:
     run_card = json.loads((args.run / "card.json").read_text(encoding="utf-8"))
     data["input"] = dict(data["input"], size=list(setup["input_size"]))
     training = dict(run_card["training"])
+    run = dict(training.get("run") or {})
+    if run.get("validation_data"):
+        # The run's card describes the epoch that scored best on its held-out block; what ships is the last epoch,
+        # scored in metrics.cross_validation. Say so, rather than let the run record claim the best epoch ships.
+        run["validation_data"] = (run["validation_data"].split("; the weights are")[0]
+                                  + f"; ``validation`` is the best epoch's ({run.get('best_epoch')}) score on them, "
+                                  f"kept as the run's record: the shipped weights are the last epoch's "
+                                  f"({record['epoch']}), scored in metrics.cross_validation")
+        training["run"] = run
     held = ("" if not setup.get("val_names") else
             f", block {setup['fold']} of {setup['folds']} contiguous blocks ({len(setup['val_names'])} frames "
             f"{setup['val_names'][0]}..{setup['val_names'][-1]}) held out")

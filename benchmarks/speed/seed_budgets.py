@@ -159,6 +159,9 @@ def fmt_h(hours: float) -> str:
     return f"{hours:.1f}" if hours >= 10 else f"{hours:.2f}"
 
 
+TRAINED_HEADING = "## What each seed was given"
+
+
 def write_report(result, path: Path) -> None:
     budgets = result["budgets_h"]
     lines = [
@@ -225,7 +228,14 @@ def write_report(result, path: Path) -> None:
         "- Not included: the checkpoint writes (a few seconds per epoch) and the end-of-run card and curve.",
         "",
     ]
-    path.write_text("\n".join(line for line in lines if line is not None) + "\n", encoding="utf-8")
+    # The section on what each seed was given is kept from the existing report: it records training runs, which
+    # this script does not make.
+    kept = ""
+    if path.is_file():
+        previous = path.read_text(encoding="utf-8")
+        if TRAINED_HEADING in previous:
+            kept = "\n" + previous[previous.index(TRAINED_HEADING):].rstrip() + "\n"
+    path.write_text("\n".join(line for line in lines if line is not None) + "\n" + kept, encoding="utf-8")
 
 
 def main(argv=None) -> int:
