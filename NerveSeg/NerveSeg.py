@@ -1,8 +1,8 @@
 """NerveSeg: live segmentation of nerve-block ultrasound in 3D Slicer. Research use only, not for clinical decisions.
 
 Thin by design: every button's behaviour lives in the NerveSegLogic package (LiveController, ReviewController,
-install.slicer_packages), which is tested outside Slicer. This file only binds the panel to it. Note the package and this
-module's Logic class share the name NerveSegLogic: the package is only imported with ``from NerveSegLogic.x ...``.
+install.slicer_packages), which is tested outside Slicer. This file only binds the panel to it. Note the package and
+this module's Logic class share the name NerveSegLogic: the package is only imported with ``from NerveSegLogic.x ...``.
 """
 
 import os

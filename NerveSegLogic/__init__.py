@@ -11,6 +11,6 @@ import os as _os
 __version__ = "0.1.0"
 
 # OpenMP worker threads that spin while waiting steal the cores that the receiver and main threads need: on a
-# 2-core machine that made inference several times slower (benchmarks/speed/models.md). Set before any NerveSeg code loads torch
-# (command line, Slicer module, tests); a value the user set wins.
+# 2-core machine that made inference several times slower (benchmarks/speed/models.md). Set before any NerveSeg code
+# loads torch (command line, Slicer module, tests); a value the user set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

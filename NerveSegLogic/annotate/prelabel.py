@@ -66,7 +66,8 @@ def _valid_probabilities(segmenter, image: np.ndarray, probabilities: np.ndarray
 # ------------------------------------------------------------------------------------------------ refinement
 #: Each region's box is grown by this share of its width (left, right) and height (top, bottom) before prompting.
 REFINE_GROW = 0.10
-#: The promptable mask replaces a region when the model's predicted IoU is at least this (benchmarks/annotation/refine_prelabel.md).
+#: The promptable mask replaces a region when the model's predicted IoU is at least this
+#: (benchmarks/annotation/refine_prelabel.md).
 REFINE_MIN_IOU = 0.80
 #: Regions smaller than this (pixels) are left as they are.
 REFINE_MIN_AREA = 50
