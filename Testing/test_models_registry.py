@@ -72,6 +72,9 @@ def test_two_defaults_are_refused(tmp_path):
     ("weights", {"file": "../x.safetensors", "sha256": "0" * 64}, "'weights.file'"),
     ("weights", {"file": "x.safetensors", "sha256": "abc"}, "'weights.sha256'"),
     ("training", {"recipe": {"loss": "hinge"}}, "'training.recipe.loss'"),
+    ("training", {"recipe": {"loss": "dice", "optimizer": {"name": "adam", "lr": 1e-4}, "batch_size": 8,
+                             "epochs": 70, "schedule": {"name": "poly", "per": "batch"}}},
+     "'training.recipe.schedule.per'"),
     ("default", "yes", "'default'"),
 ])
 def test_a_bad_card_field_is_named_with_the_file(tmp_path, field, value, expected):

@@ -5,7 +5,7 @@ import pytest
 
 from NerveSegLogic.train import augment
 
-GEOMETRIC = ["rotation", "shear", "elastic", "flip"]
+GEOMETRIC = ["rotation", "shear", "elastic", "flip", "vertical_flip", "diagonal_flip"]
 INTENSITY = ["gamma", "gaussian_shadow", "jpeg"]
 
 
@@ -116,3 +116,48 @@ def test_augmenter_is_reproducible_from_its_seed_and_rejects_unknown_names():
     assert not np.array_equal(first[0], other[0])
     with pytest.raises(ValueError, match="unknown augmentation.*known: .*elastic"):
         augment.Augmenter(["gamma", "mixup"])
+
+
+def test_flips_are_the_mirrors_their_names_say():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    mask = (rng.random((64, 64)) > 0.7).astype(np.uint8)
+    for name, expected in (("flip", lambda a: a[:, ::-1]), ("vertical_flip", lambda a: a[::-1]),
+                           ("diagonal_flip", lambda a: a.T)):
+        out_image, out_mask = augment.AUGMENTATIONS[name](image, mask, rng)
+        assert np.array_equal(out_image, expected(image)), name
+        assert np.array_equal(out_mask, expected(mask)), name
+        again = augment.AUGMENTATIONS[name](*augment.AUGMENTATIONS[name](image, mask, rng), rng)
+        assert np.array_equal(again[0], image) and np.array_equal(again[1], mask), f"{name} twice is not the frame"
+
+
+def test_diagonal_flip_of_a_frame_that_is_not_square_keeps_its_shape_and_swaps_the_axes():
+    image = np.full((100, 160), 60, dtype=np.uint8)
+    mask = np.zeros_like(image)
+    mask[10:20, 100:140] = 1  # a box near the top right: after the flip it lies near the bottom left
+    image[mask == 1] = 200
+    out_image, out_mask = augment.diagonal_flip(image, mask, np.random.default_rng(0))
+    assert out_image.shape == image.shape and out_mask.shape == mask.shape
+    rows, cols = np.nonzero(out_mask)
+    # the transpose puts the box at rows 100-140 of 160 and columns 10-20 of 100, resized back to 100 x 160
+    assert abs(rows.min() - 100 * 100 / 160) <= 1 and abs(rows.max() + 1 - 140 * 100 / 160) <= 1
+    assert abs(cols.min() - 10 * 160 / 100) <= 2 and abs(cols.max() + 1 - 20 * 160 / 100) <= 2
+    assert (out_image[out_mask == 1] > 150).mean() > 0.9
+
+
+def test_recipe_angles_reach_the_augmentations():
+    import math
+
+    image = np.zeros((101, 101), dtype=np.uint8)
+    mask = np.zeros_like(image)
+    mask[50, 50:100] = 1
+    augmenter = augment.Augmenter.from_recipe({"augmentations": ["rotation"], "augmentation_probability": 1.0,
+                                                "rotation_degrees": 15})
+    angles = []
+    for seed in range(40):
+        _, rotated = augmenter(image, mask, np.random.default_rng(seed))
+        rows, cols = np.nonzero(rotated)
+        far = np.argmax(np.hypot(rows - 50, cols - 50))
+        angles.append(math.degrees(math.atan2(abs(rows[far] - 50), cols[far] - 50)))
+    assert max(angles) <= 15 + 1.5
+    assert max(angles) > augment.MAX_ROTATION_DEG + 1.5  # wider than the default's 10 degrees

@@ -169,6 +169,66 @@ def test_learning_rate_schedules_follow_the_recipe():
     assert learning_rate(step, 10) == pytest.approx(0.001)
 
 
+@pytest.mark.parametrize("per", ["epoch", "iteration"])
+def test_a_schedule_per_iteration_changes_the_rate_at_every_step_and_per_epoch_once_an_epoch(tmp_path, frames, per):
+    trainer = Trainer(options(tmp_path / "run", augmentations=[], epochs=2, batch_size=3), dataset=frames)
+    trainer.recipe["schedule"] = {"name": "poly", "power": 0.9, "per": per}
+    seen = []
+    step = trainer.step
+
+    def recording_step(x, y):
+        seen.append((trainer.epoch, trainer.position, trainer.optimizer.param_groups[0]["lr"]))
+        return step(x, y)
+
+    trainer.step = recording_step
+    trainer.run()
+    frames_per_epoch = len(trainer.store)
+    assert [(e, p) for e, p, _ in seen] == [(e, p) for e in (0, 1) for p in range(0, frames_per_epoch, 3)]
+    for epoch, position, lr in seen:
+        at = epoch + position / frames_per_epoch if per == "iteration" else epoch
+        assert lr == pytest.approx(learning_rate(trainer.recipe, at)), (epoch, position)
+    rates_in_first_epoch = {lr for e, _, lr in seen if e == 0}
+    assert len(rates_in_first_epoch) == (3 if per == "iteration" else 1)
+
+
+def test_stop_after_epoch_stops_at_that_epoch_end_and_the_same_command_resumes_with_the_recipe_schedule(
+        tmp_path, frames):
+    from NerveSegLogic.models import registry
+    from NerveSegLogic.models.card import ModelCard
+
+    base = registry.card("unet")
+    data = base.to_json()
+    data["training"]["recipe"]["schedule"] = {"name": "poly", "power": 0.9}  # a schedule that depends on epochs
+    card = ModelCard.from_dict(data, base.path)
+    out = tmp_path / "run"
+    sliced = options(out, augmentations=[], epochs=3, batch_size=4)
+    sliced.stop_after_epoch = 1
+    first = train(sliced, dataset=frames, card=card)
+    assert first.epochs_done == 1 and first.stop_reason == "stopped after epoch 1 of 3 (--stop-after-epoch)"
+    record = json.loads((out / "checkpoint.json").read_text())
+    assert record["epoch"] == 1 and record["position"] == 0  # a whole epoch's weights, not a mid-epoch state
+    again = train(sliced, dataset=frames, card=card)  # nothing more to do at the same N
+    assert again.epochs_done == 1 and again.global_step == first.global_step
+    sliced.stop_after_epoch = None
+    rest = train(sliced, dataset=frames, card=card)
+    assert rest.epochs_done == 3 and rest.stop_reason == "finished"
+    whole = train(options(tmp_path / "whole", augmentations=[], epochs=3, batch_size=4), dataset=frames, card=card)
+    rates = [h["lr"] for h in rest.history]
+    assert rates == [h["lr"] for h in whole.history] and rates[0] > rates[1] > rates[2]  # 3-epoch poly throughout
+    assert [h["train_loss"] for h in rest.history] == pytest.approx([h["train_loss"] for h in whole.history])
+    bad = options(tmp_path / "bad", epochs=2)
+    bad.stop_after_epoch = 0
+    with pytest.raises(ValueError, match="--stop-after-epoch must be a positive number of epochs, got 0"):
+        train(bad, dataset=frames)
+
+
+def test_a_schedule_applied_per_something_else_is_refused_by_name():
+    from NerveSegLogic.train.recipe import per_iteration
+
+    with pytest.raises(ValueError, match="schedule.per is 'batch'; expected 'epoch' or 'iteration'"):
+        per_iteration({"schedule": {"name": "poly", "per": "batch"}})
+
+
 def test_balanced_sampling_alternates_frames_with_and_without_structures():
     store = td.FrameStore.__new__(td.FrameStore)
     blank = np.zeros((4, 4), np.uint8)
@@ -213,3 +273,21 @@ def test_losses_of_each_recipe_are_finite_and_fall_to_zero_for_a_perfect_predict
     with pytest.raises(ValueError, match="unknown loss"):
         semantic_loss("focal")
     assert math.isfinite(semantic_loss("dice")(poor, target, model).item())
+
+
+def test_scoring_the_last_weights_of_a_run_stopped_mid_epoch_is_refused(tmp_path, frames):
+    from NerveSegLogic.train.crossval import load_run
+
+    trainer = Trainer(options(tmp_path / "run", augmentations=[], epochs=2, batch_size=4), dataset=frames)
+    trainer.run()
+    try:
+        card, model, record = load_run(tmp_path / "run", "last")  # after a whole epoch: the last epoch's weights
+    finally:
+        torch.set_grad_enabled(True)  # load_run turns gradients off, as the scoring scripts want
+    assert record["epoch"] == 2 and record["position"] == 0 and card.name == "unet"
+    x, y = trainer._batch([0, 1, 2, 3], epoch=2, first_position=0)
+    trainer.step(x, y)
+    trainer.position = 4  # as a time limit leaves it: a checkpoint four frames into epoch 3
+    trainer.checkpoint()
+    with pytest.raises(SystemExit, match="written 4 frames into epoch 3, so its weights are no epoch's"):
+        load_run(tmp_path / "run", "last")

@@ -97,6 +97,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, order and augmentation")
     parser.add_argument("--limit-minutes", type=float, default=None,
                         help="stop after this much training time, summed over resumed runs (default: none)")
+    parser.add_argument("--stop-after-epoch", type=int, default=None, metavar="N",
+                        help="stop at the end of epoch N of the recipe's (its schedule unchanged); the same command "
+                             "with a larger N, or without it, resumes (default: train every epoch)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the card's recipe")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the card's recipe)")
     parser.add_argument("--augmentations", default=None,
@@ -177,6 +180,7 @@ def run(args) -> int:
         model=args.model, data=Path(args.data), out=Path(args.out or Path("runs") / args.model),
         epochs=args.epochs, device=args.device, input_size=tuple(args.input_size) if args.input_size else None,
         folds=args.folds, fold=args.fold, seed=args.seed, limit_minutes=args.limit_minutes,
+        stop_after_epoch=args.stop_after_epoch,
         batch_size=args.batch_size, lr=args.lr, augmentations=augmentations, data_format=args.data_format,
         mapping=args.mapping, limit_images=args.limit_images, threads=args.threads, progress=not args.no_progress,
         teachers=list(args.teachers), distill_weight=args.distill_weight,

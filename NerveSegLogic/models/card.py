@@ -326,6 +326,8 @@ def _check_recipe(recipe: Any, fail) -> None:
     schedule = recipe.get("schedule")
     if not isinstance(schedule, dict) or schedule.get("name") not in SCHEDULES:
         raise fail("training.recipe.schedule", f"expected {{\"name\": one of {SCHEDULES}, ...}}")
+    if schedule.get("per", "epoch") not in ("epoch", "iteration"):
+        raise fail("training.recipe.schedule.per", f"expected 'epoch' or 'iteration', got {schedule.get('per')!r}")
     for key in ("batch_size", "epochs"):
         if not isinstance(recipe.get(key), int) or recipe[key] <= 0:
             raise fail(f"training.recipe.{key}", f"expected a positive integer, got {recipe.get(key)!r}")

@@ -14,7 +14,11 @@ from outside). Names are those of the model cards' ``training.recipe.augmentatio
 - ``jpeg`` (Smistad): JPEG compression at quality 10-60, the artefacts of a compressed video link.
 - ``elastic`` (Smistad): a smooth random displacement field (up to 3 % of the frame size, smoothness 10 % of it).
 - ``shear`` (Kim): shear along x and along y, each up to +-15 degrees, about the frame centre.
-- ``flip``: left-right mirror (Smistad tested it; not in the cards' default lists).
+- ``flip``: left-right mirror (Smistad tested it; Wu's "horizontal flip").
+- ``vertical_flip`` (Wu): top-bottom mirror.
+- ``diagonal_flip`` (Wu): mirror about the main diagonal (rows and columns swapped); a frame that is not square is
+  resized back to its own shape afterwards, so shapes are kept (Wu's inputs are square; usgra-seg's frames are
+  512x512 to 632x761, so the stretch is at most 20 %).
 - ``affine``: a small similarity transform: rotation up to +-10 degrees, scale 0.9-1.1, shift up to 5 % of the
   frame, about the frame centre (the effnet-unet recipe).
 
@@ -159,6 +163,24 @@ def flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
     return np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
 
 
+def vertical_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+    """Top-bottom mirror of image and mask (``rng`` unused)."""
+    _check(image, mask)
+    return np.ascontiguousarray(image[::-1]), np.ascontiguousarray(mask[::-1])
+
+
+def diagonal_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+    """Mirror about the main diagonal (the transpose) of image and mask (``rng`` unused); a frame that is not square
+    is resized back to its (H, W) afterwards, linearly for the image and nearest-neighbour for the mask."""
+    _check(image, mask)
+    height, width = image.shape
+    image, mask = np.ascontiguousarray(image.T), np.ascontiguousarray(mask.T)
+    if height != width:
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
 AUGMENTATIONS: Dict[str, Augmentation] = {
     "gamma": gamma,
     "rotation": rotation,
@@ -168,6 +190,8 @@ AUGMENTATIONS: Dict[str, Augmentation] = {
     "elastic": elastic,
     "shear": shear,
     "flip": flip,
+    "vertical_flip": vertical_flip,
+    "diagonal_flip": diagonal_flip,
     "affine": affine,
 }
 

@@ -166,6 +166,10 @@ def load_run(run: Path, which: str):
     card = ModelCard.from_dict(data, base.path)
     model = registry.build_from_card(card)
     if which == "last":
+        if int(record.get("position") or 0):
+            raise SystemExit(f"{run}: the checkpoint was written {record['position']} frames into epoch "
+                             f"{int(record['epoch']) + 1}, so its weights are no epoch's; finish the epoch (run the "
+                             "same command again, with --stop-after-epoch to end at an epoch) and score it then")
         state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     else:
         state = read_weights(run / f"{card.name}.safetensors", None)

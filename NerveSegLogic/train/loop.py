@@ -14,7 +14,9 @@ learning-rate schedule, batch size, epochs, augmentations, sampling and input si
 - Running again with the same ``out`` resumes from the checkpoint: same step count, optimiser state restored, and
   the same data order and augmentations as an uninterrupted run (both are functions of seed, epoch and position).
   Checkpoints are also written mid-epoch every ``checkpoint_minutes`` and when ``limit_minutes`` (training time
-  summed over all runs of this ``out``) is reached.
+  summed over all runs of this ``out``) is reached. ``stop_after_epoch`` stops at the end of that epoch instead
+  (the recipe's schedule, which may depend on its epochs, is unchanged): a long recipe trained in slices whose
+  weights are always a whole epoch's.
 - ``init`` (``--init NAME|WEIGHTS|RUN_DIR``, :mod:`.site`): start from a trained model's weights instead of
   random or ImageNet ones, with the site recipe (short schedule, lower learning rate, optionally frozen encoder
   and batch-norm statistics); the init's sha256 is part of what a resumed run must match.
@@ -47,7 +49,7 @@ from ..inference.backends import resolve_device  # one rule for auto, cpu and cu
 from . import data as td, metrics
 from .augment import Augmenter
 from .checkpoints import check_resumable, read_checkpoint, restore_checkpoint, save_checkpoint
-from .recipe import learning_rate, make_optimizer, resolve_recipe, run_card
+from .recipe import learning_rate, make_optimizer, per_iteration, resolve_recipe, run_card
 from .reports import plot_learning_curve, write_run_card
 from ..inference.segmenter import Segmenter
 from ..models import registry
@@ -71,6 +73,7 @@ class TrainOptions:
     fold: Optional[int] = None
     seed: int = 0
     limit_minutes: Optional[float] = None
+    stop_after_epoch: Optional[int] = None  # stop once this many of the recipe's epochs are done (schedule kept)
     batch_size: Optional[int] = None
     lr: Optional[float] = None
     augmentations: Optional[List[str]] = None
@@ -492,10 +495,17 @@ class Trainer:
         sampler = td.ShardedEpoch(self.store, train_indices, options.seed, self.recipe["sampling"], batch_size,
                                   dist.rank, dist.world_size)
 
+        stepwise = per_iteration(self.recipe)
+
         def over_limit() -> bool:
             return elapsed_at_start + (time.perf_counter() - session_start) >= limit_s
 
+        if options.stop_after_epoch is not None and options.stop_after_epoch < 1:
+            raise ValueError(f"--stop-after-epoch must be a positive number of epochs, got {options.stop_after_epoch}")
         while self.epoch < epochs:
+            if options.stop_after_epoch is not None and self.epoch >= options.stop_after_epoch:
+                stop_reason = f"stopped after epoch {self.epoch} of {epochs} (--stop-after-epoch)"
+                break
             if dist.decide(over_limit())[0]:
                 stop_reason = f"time limit of {options.limit_minutes:g} minutes"
                 break
@@ -513,6 +523,10 @@ class Trainer:
             epoch_start = time.perf_counter()
             stopped = False
             while self.position < len(order):
+                if stepwise:  # poly decay per iteration: the share of this epoch already trained counts
+                    lr = learning_rate(self.recipe, self.epoch + self.position / len(order))
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
                 chunk = order[self.position:self.position + batch_size]
                 lo, hi = sampler.shard(len(chunk))  # this process's frames of the global batch (all of it alone)
                 self.shard_sizes = sampler.shard_sizes(len(chunk))

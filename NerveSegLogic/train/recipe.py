@@ -39,10 +39,11 @@ def resolve_recipe(card, options) -> Dict[str, Any]:
     return recipe
 
 
-def learning_rate(recipe: Mapping[str, Any], epoch: int) -> float:
+def learning_rate(recipe: Mapping[str, Any], epoch: float) -> float:
     """Learning rate for ``epoch`` (0-based): constant; poly ``lr (1 - epoch / epochs) ** power``; step ``lr *
     gamma ** (epoch // step_epochs)``; cosine ``lr (min_factor + (1 - min_factor) (1 + cos(pi epoch / epochs)) / 2)``
-    (``min_factor`` default 0.01)."""
+    (``min_factor`` default 0.01). ``epoch`` may be fractional (the share of the epoch already trained) for a
+    schedule applied per iteration (:func:`per_iteration`)."""
     base = float(recipe["optimizer"]["lr"])
     schedule = recipe.get("schedule") or {"name": "constant"}
     name = schedule.get("name", "constant")
@@ -57,6 +58,15 @@ def learning_rate(recipe: Mapping[str, Any], epoch: int) -> float:
         phase = min(1.0, epoch / max(1, int(recipe["epochs"])))
         return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * phase)))
     raise ValueError(f"unknown learning-rate schedule {name!r}; expected constant, poly, step or cosine")
+
+
+def per_iteration(recipe: Mapping[str, Any]) -> bool:
+    """Whether the schedule changes the learning rate at every optimiser step (``schedule.per: "iteration"``, as
+    Wu et al. apply poly decay) rather than once per epoch (``"epoch"``, the default)."""
+    per = (recipe.get("schedule") or {}).get("per", "epoch")
+    if per not in ("epoch", "iteration"):
+        raise ValueError(f"recipe schedule.per is {per!r}; expected 'epoch' or 'iteration'")
+    return per == "iteration"
 
 
 def make_optimizer(model, recipe: Mapping[str, Any]):
