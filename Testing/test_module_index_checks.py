@@ -151,6 +151,27 @@ def test_tracked_files_weigh_under_100_mb():
         f"tree; expected under {TRACKED_LIMIT_BYTES / 1e6:.0f} MB. Largest:\n{listing}")
 
 
+def test_the_weights_the_repository_tracks_are_those_the_release_tooling_keeps_in_it():
+    """benchmarks/release/release_weights.py stages every other card's weights as release assets and writes their
+    addresses: a tracked file it does not list would be published twice, a listed one not tracked would be missing
+    from a clone."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("release_weights_under_test",
+                                                  REPO / "benchmarks" / "release" / "release_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cards = {json.loads(path.read_text())["name"]: json.loads(path.read_text())
+             for path in sorted((REPO / "Resources" / "Models").glob("*.json"))}
+    tracked = set(tracked_files())
+    in_repository = {name for name, card in cards.items() if card.get("weights")
+                     and f"Resources/Models/{card['weights']['file']}" in tracked}
+    assert in_repository == set(module.IN_REPOSITORY), (
+        f"tracked weights {sorted(in_repository)}; release_weights.IN_REPOSITORY {sorted(module.IN_REPOSITORY)}")
+    with_address = sorted(name for name in in_repository if cards[name]["weights"].get("url"))
+    assert not with_address, f"cards whose weights are tracked also name a release address: {with_address}"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The description file
 

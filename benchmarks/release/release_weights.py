@@ -1,10 +1,12 @@
 """Release tooling for model weights: which stay in the repository, which are release downloads, and checks.
 
 The repository must stay under the Extensions Index's 100 MB, so only the weights the offline paths need stay in it
-(:data:`IN_REPOSITORY`: the default live model, which ``make demo`` and the tests run, and the default promptable
-model, LiteMedSAM tuned on nerve-block ultrasound, which the annotation tools and their tests use). Every other card
-names its weights' release address (``weights.url``, ``weights.size``) and users run ``nerveseg models fetch``; the
-released LiteMedSAM weights (``litemedsam``, float32, 39 MB) are one of those since the tuned model ships.
+(:data:`IN_REPOSITORY`: the default live model, which ``make demo`` and the tests run; the default promptable
+model, LiteMedSAM tuned on nerve-block ultrasound, which the annotation tools and their tests use; and the seed
+models trained with their papers' recipes (issue 29), so that a fresh clone's shipped-models test segments with
+them). Every other card names its weights' release address (``weights.url``, ``weights.size``) and users run
+``nerveseg models fetch``; the released LiteMedSAM weights (``litemedsam``, float32, 39 MB) are one of those since
+the tuned model ships.
 
     # 1. put each card's weights file into a folder to upload as the release's assets (found next to the card, in
     #    the user models folder, or in this repository's git history), with SHA256SUMS:
@@ -37,7 +39,7 @@ from NerveSegLogic.models.card import write_card  # noqa: E402
 from NerveSegLogic.models.fetch import fetch_weights  # noqa: E402
 
 #: Cards whose weights stay in the repository (offline demo, tests and annotation); all others are release downloads.
-IN_REPOSITORY = ("effnet2-unet", "litemedsam-nerve")
+IN_REPOSITORY = ("effnet2-unet", "litemedsam-nerve", "smistad-unet", "sa-unet")
 
 
 def find_weights(card) -> Optional[Path]:
