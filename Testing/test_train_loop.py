@@ -199,6 +199,7 @@ def test_stop_after_epoch_stops_at_that_epoch_end_and_the_same_command_resumes_w
     base = registry.card("unet")
     data = base.to_json()
     data["training"]["recipe"]["schedule"] = {"name": "poly", "power": 0.9}  # a schedule that depends on epochs
+    data["input"]["size"] = [16, 16]  # the runs below train at 32x32: larger than the card's
     card = ModelCard.from_dict(data, base.path)
     out = tmp_path / "run"
     sliced = options(out, augmentations=[], epochs=3, batch_size=4)
@@ -207,6 +208,9 @@ def test_stop_after_epoch_stops_at_that_epoch_end_and_the_same_command_resumes_w
     assert first.epochs_done == 1 and first.stop_reason == "stopped after epoch 1 of 3 (--stop-after-epoch)"
     record = json.loads((out / "checkpoint.json").read_text())
     assert record["epoch"] == 1 and record["position"] == 0  # a whole epoch's weights, not a mid-epoch state
+    notes = json.loads((out / "card.json").read_text())["training"]["notes"]
+    assert any(n.endswith("(stopped after epoch 1 of 3 (--stop-after-epoch)).") for n in notes), notes
+    assert "Input 32x32 instead of the card's 16x16 (larger); the live path feeds this size." in notes, notes
     again = train(sliced, dataset=frames, card=card)  # nothing more to do at the same N
     assert again.epochs_done == 1 and again.global_step == first.global_step
     sliced.stop_after_epoch = None

@@ -82,7 +82,8 @@ def run_notes(trainer, stop_reason: str) -> List[str]:
         notes.append(f"Trained on CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
                      "not on the GPU the paper used.")
     if trainer.epoch < int(paper_recipe["epochs"]):
-        why = "chosen with --epochs" if stop_reason == "finished" else f"stopped at the {stop_reason}"
+        why = ("chosen with --epochs" if stop_reason == "finished"
+               else f"stopped at the {stop_reason}" if stop_reason.startswith("time limit") else stop_reason)
         notes.append(f"Trained for {trainer.epoch} epochs, fewer than the recipe's {paper_recipe['epochs']} "
                      f"({why}).")
     if trainer.frozen:
@@ -101,9 +102,10 @@ def run_notes(trainer, stop_reason: str) -> List[str]:
                      "its loss (its probability counts as 'not the labelled classes'), never taught as "
                      "background; validation scores each frame on the classes it labels.")
     if (trainer.spec.height, trainer.spec.width) != (trainer.base_card.input.height, trainer.base_card.input.width):
+        smaller = trainer.spec.height * trainer.spec.width < trainer.base_card.input.height * trainer.base_card.input.width
         notes.append(f"Input {trainer.spec.height}x{trainer.spec.width} instead of the card's "
-                     f"{trainer.base_card.input.height}x{trainer.base_card.input.width} (smaller, for CPU training); "
-                     "the live path feeds this size.")
+                     f"{trainer.base_card.input.height}x{trainer.base_card.input.width}"
+                     + (" (smaller, for CPU training)" if smaller else " (larger)") + "; the live path feeds this size.")
     which = "the site recipe's" if trainer.init is not None else "the recipe's"
     for key in ("batch_size", "augmentations"):
         if trainer.recipe.get(key) != paper_recipe.get(key):
