@@ -152,3 +152,13 @@ def test_a_card_that_is_not_an_object_or_not_json_is_named(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match=r"smistad-unet\.json: not valid JSON"):
         load_card(path)
+
+
+def test_every_cards_speed_was_measured_at_the_input_size_it_runs_at():
+    """The panel shows a card's speed beside its input size: a speed timed at another size (weights retrained at a
+    larger input) would tell the clinician a frame takes a fraction of what it does."""
+    stale = [f"{card.name}: speed at {card.speed['input']}, input {[card.input.height, card.input.width]}"
+             for card in registry.cards(tasks=None)
+             if card.speed and card.speed.get("input") is not None
+             and list(card.speed["input"]) != [card.input.height, card.input.width]]
+    assert not stale, "re-time them with benchmarks/speed/bench_models.py --write-cards: " + "; ".join(stale)

@@ -32,9 +32,9 @@ examples:
   nerveseg models info smistad-unet
   nerveseg models add runs/site-axillary --name axillary-site
   nerveseg models remove axillary-site
-  nerveseg models fetch ragcm
+  nerveseg models fetch unet
   nerveseg models fetch --all
-  nerveseg models fetch ragcm --from /media/usb/ragcm.safetensors
+  nerveseg models fetch unet --from /media/usb/unet.safetensors
   nerveseg models export-onnx smistad-unet --out smistad-unet.onnx
 """
 

@@ -39,7 +39,7 @@ from NerveSegLogic.models.card import write_card  # noqa: E402
 from NerveSegLogic.models.fetch import fetch_weights  # noqa: E402
 
 #: Cards whose weights stay in the repository (offline demo, tests and annotation); all others are release downloads.
-IN_REPOSITORY = ("effnet2-unet", "litemedsam-nerve", "smistad-unet", "sa-unet")
+IN_REPOSITORY = ("effnet2-unet", "litemedsam-nerve", "smistad-unet", "sa-unet", "ragcm")
 
 
 def find_weights(card) -> Optional[Path]:

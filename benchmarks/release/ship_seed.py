@@ -12,7 +12,8 @@ its last epoch's weights are taken.
 ``metrics.cross_validation`` with ``folds_scored`` saying how many of the blocks were scored. The weights go next to
 the card in Resources/Models as float16 after checking that float16 keeps the run's masks on the bundled sample
 (< 0.01 Dice change); the card's ``int8`` block, measured on other weights, is dropped (``auto`` then runs float32)
-and a note says so. The report states the budget against the paper's recipe.
+and a note says so, and so is a ``speed`` block timed at another input size (re-time it with
+``benchmarks/speed/bench_models.py --models NAME --write-cards``). The report states the budget against the paper's recipe.
 """
 
 from __future__ import annotations
@@ -216,6 +217,9 @@ def main(argv=None) -> int:
                                                 source=f"benchmarks/release/ship_seed.py ({args.report.as_posix().split('/')[-1]})",
                                                 updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))}
     data.pop("int8", None)
+    if (data.get("speed") or {}).get("input") not in (None, list(setup["input_size"])):
+        # timed at another input size: the panel would show it beside this size (re-time with bench_models.py)
+        data.pop("speed")
     data["notes"] = [n for n in data.get("notes", []) if not n.startswith("INT8:")] + [
         "INT8: not measured for these weights (the earlier INT8 figures were of other weights), so `auto` runs "
         "float32 ONNX."]
