@@ -161,8 +161,8 @@ def test_the_weights_the_repository_tracks_are_those_the_release_tooling_keeps_i
                                                   REPO / "benchmarks" / "release" / "release_weights.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cards = {json.loads(path.read_text())["name"]: json.loads(path.read_text())
-             for path in sorted((REPO / "Resources" / "Models").glob("*.json"))}
+    cards = {card["name"]: card for card in (json.loads(path.read_text())
+                                             for path in sorted((REPO / "Resources" / "Models").glob("*.json")))}
     tracked = set(tracked_files())
     in_repository = {name for name, card in cards.items() if card.get("weights")
                      and f"Resources/Models/{card['weights']['file']}" in tracked}

@@ -229,7 +229,7 @@ def test_stop_after_epoch_stops_at_that_epoch_end_and_the_same_command_resumes_w
 def test_a_schedule_applied_per_something_else_is_refused_by_name():
     from NerveSegLogic.train.recipe import per_iteration
 
-    with pytest.raises(ValueError, match="schedule.per is 'batch'; expected 'epoch' or 'iteration'"):
+    with pytest.raises(ValueError, match=r"schedule.per is 'batch'; expected one of \('epoch', 'iteration'\)"):
         per_iteration({"schedule": {"name": "poly", "per": "batch"}})
 
 

@@ -33,6 +33,8 @@ WEIGHT_DTYPES = ("float32", "float16")
 LOSSES = ("dice", "dice_ce", "bce_dice_l2", "maskrcnn")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "poly", "step", "cosine")
+#: When a schedule changes the learning rate (``training.recipe.schedule.per``; "epoch" when absent).
+SCHEDULE_STEPS = ("epoch", "iteration")
 SAMPLINGS = ("balanced", "uniform")
 DEFAULT_INTENDED_USE = "Research use only, not for clinical decisions."
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -326,8 +328,8 @@ def _check_recipe(recipe: Any, fail) -> None:
     schedule = recipe.get("schedule")
     if not isinstance(schedule, dict) or schedule.get("name") not in SCHEDULES:
         raise fail("training.recipe.schedule", f"expected {{\"name\": one of {SCHEDULES}, ...}}")
-    if schedule.get("per", "epoch") not in ("epoch", "iteration"):
-        raise fail("training.recipe.schedule.per", f"expected 'epoch' or 'iteration', got {schedule.get('per')!r}")
+    if schedule.get("per", "epoch") not in SCHEDULE_STEPS:
+        raise fail("training.recipe.schedule.per", f"expected one of {SCHEDULE_STEPS}, got {schedule.get('per')!r}")
     for key in ("batch_size", "epochs"):
         if not isinstance(recipe.get(key), int) or recipe[key] <= 0:
             raise fail(f"training.recipe.{key}", f"expected a positive integer, got {recipe.get(key)!r}")

@@ -12,6 +12,7 @@ import math
 from typing import Any, Dict, Mapping
 
 from ..imaging import placement as pp
+from ..models.card import SCHEDULE_STEPS
 from .site import site_recipe
 
 
@@ -64,8 +65,8 @@ def per_iteration(recipe: Mapping[str, Any]) -> bool:
     """Whether the schedule changes the learning rate at every optimiser step (``schedule.per: "iteration"``, as
     Wu et al. apply poly decay) rather than once per epoch (``"epoch"``, the default)."""
     per = (recipe.get("schedule") or {}).get("per", "epoch")
-    if per not in ("epoch", "iteration"):
-        raise ValueError(f"recipe schedule.per is {per!r}; expected 'epoch' or 'iteration'")
+    if per not in SCHEDULE_STEPS:
+        raise ValueError(f"recipe schedule.per is {per!r}; expected one of {SCHEDULE_STEPS}")
     return per == "iteration"
 
 

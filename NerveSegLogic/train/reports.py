@@ -102,10 +102,11 @@ def run_notes(trainer, stop_reason: str) -> List[str]:
                      "its loss (its probability counts as 'not the labelled classes'), never taught as "
                      "background; validation scores each frame on the classes it labels.")
     if (trainer.spec.height, trainer.spec.width) != (trainer.base_card.input.height, trainer.base_card.input.width):
-        smaller = trainer.spec.height * trainer.spec.width < trainer.base_card.input.height * trainer.base_card.input.width
+        base = trainer.base_card.input
+        smaller = trainer.spec.height * trainer.spec.width < base.height * base.width
         notes.append(f"Input {trainer.spec.height}x{trainer.spec.width} instead of the card's "
-                     f"{trainer.base_card.input.height}x{trainer.base_card.input.width}"
-                     + (" (smaller, for CPU training)" if smaller else " (larger)") + "; the live path feeds this size.")
+                     f"{base.height}x{base.width}" + (" (smaller, for CPU training)" if smaller else " (larger)")
+                     + "; the live path feeds this size.")
     which = "the site recipe's" if trainer.init is not None else "the recipe's"
     for key in ("batch_size", "augmentations"):
         if trainer.recipe.get(key) != paper_recipe.get(key):

@@ -94,7 +94,8 @@ def main(argv=None) -> int:
            "command": "python benchmarks/accuracy/top_row_probe.py " + shlex.join(argv if argv is not None
                                                                                   else sys.argv[1:]),
            "model": args.model, "weights_sha256": card.weights["sha256"], "input": [spec.height, spec.width],
-           "frames": [names[i] for i in picked], "loss": card.training["recipe"]["loss"], "loss_value": float(loss.detach()),
+           "frames": [names[i] for i in picked], "loss": card.training["recipe"]["loss"],
+           "loss_value": float(loss.detach()),
            "rows": rows, "black_and_random_frames": others}
     args.report.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     lines = [f"# {args.model}: what holds its top input row (issue 29)", "",

@@ -13,7 +13,8 @@ its last epoch's weights are taken.
 the card in Resources/Models as float16 after checking that float16 keeps the run's masks on the bundled sample
 (< 0.01 Dice change); the card's ``int8`` block, measured on other weights, is dropped (``auto`` then runs float32)
 and a note says so, and so is a ``speed`` block timed at another input size (re-time it with
-``benchmarks/speed/bench_models.py --models NAME --write-cards``). The report states the budget against the paper's recipe.
+``benchmarks/speed/bench_models.py --models NAME --write-cards``). The report states the budget against the paper's
+recipe.
 """
 
 from __future__ import annotations
